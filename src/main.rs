@@ -1,1 +1,82 @@
-fn main() {}
+//! The `chinwag` binary: parses the command line and runs `serve` or
+//! `token`. Exit status 2 for a bad setting, 1 for a failure to start.
+
+use chinwag::{
+    auth::{Claims, Keys},
+    config::{self, Cli, Command, ServeFlags},
+    server::Server,
+};
+use clap::Parser;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Serve(ServeFlags::default())) {
+        Command::Serve(flags) => serve(flags),
+        Command::Token(flags) => token(flags),
+    }
+}
+
+fn serve(flags: ServeFlags) -> ExitCode {
+    let cfg = match config::resolve(flags) {
+        Ok(c) => c,
+        Err(bad) => {
+            eprintln!("chinwag: {bad}");
+            return ExitCode::from(2);
+        }
+    };
+    // Block the signals in every thread; one thread waits for them.
+    let mut signals = match signal_hook::iterator::Signals::new([libc::SIGTERM, libc::SIGINT]) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("chinwag: cannot install signal handlers: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let (listen, data_dir, node, threads) =
+        (cfg.listen, cfg.data_dir.clone(), cfg.node_id.clone(), cfg.threads);
+    let server = match Server::start(cfg) {
+        Ok(s) => s,
+        Err(e) => {
+            log::error!("{e} ({listen})");
+            return ExitCode::from(1);
+        }
+    };
+    log::info!(
+        "chinwag {} listening on http://{} (node {node}, {threads} loops, data in {}); \
+         get a token with: chinwag token USER --link",
+        env!("CARGO_PKG_VERSION"),
+        server.addr,
+        data_dir.display()
+    );
+    if let Some(sig) = signals.forever().next() {
+        log::info!("signal {sig}: closing connections and flushing storage");
+    }
+    server.shutdown();
+    log::info!("stopped");
+    ExitCode::SUCCESS
+}
+
+fn token(flags: config::TokenFlags) -> ExitCode {
+    let (secret, listen, ttl) = match config::resolve_token(&flags) {
+        Ok(v) => v,
+        Err(bad) => {
+            eprintln!("chinwag: {bad}");
+            return ExitCode::from(2);
+        }
+    };
+    let exp = chinwag::proto::now_ms() / 1000 + ttl;
+    let jti = hex::encode(rand::random::<[u8; 8]>());
+    let claims =
+        Claims { sub: flags.user.clone(), exp, name: None, admin: flags.admin, jti: Some(jti) };
+    match Keys::new(&secret).sign(&claims) {
+        Ok(t) if flags.link => println!("http://{listen}/#token={t}"),
+        Ok(t) => println!("{t}"),
+        Err(e) => {
+            eprintln!("chinwag: cannot sign: {e}");
+            return ExitCode::from(1);
+        }
+    }
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,166 @@
+//! Tokens: HS256 JWT signing and checking, and the set of revoked token ids.
+//!
+//! Pure functions plus a [`Revocations`] handle shared by reactors (read on
+//! upgrade and by the revocation sweep). Knows nothing of sockets.
+
+use jsonwebtoken::{decode, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use parking_lot::RwLock;
+use serde::{Deserialize, Serialize};
+use std::{
+    collections::HashSet,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+};
+
+/// The claims chinwag reads and writes.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Claims {
+    /// The user id.
+    pub sub: String,
+    /// Expiry, seconds since the epoch (required).
+    pub exp: u64,
+    /// Display name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// May call the admin HTTP endpoints.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub admin: bool,
+    /// Token id, for revocation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jti: Option<String>,
+}
+
+/// Signs and checks tokens with one shared secret.
+#[derive(Clone)]
+pub struct Keys {
+    enc: EncodingKey,
+    dec: DecodingKey,
+    validation: Validation,
+}
+
+impl std::fmt::Debug for Keys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Keys(..)")
+    }
+}
+
+impl Keys {
+    /// Keys for `secret`.
+    pub fn new(secret: &[u8]) -> Keys {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        validation.leeway = 0;
+        Keys {
+            enc: EncodingKey::from_secret(secret),
+            dec: DecodingKey::from_secret(secret),
+            validation,
+        }
+    }
+
+    /// A signed token for `claims`.
+    pub fn sign(&self, claims: &Claims) -> Result<String, String> {
+        encode(&Header::new(Algorithm::HS256), claims, &self.enc).map_err(|e| e.to_string())
+    }
+
+    /// The claims of a valid, unexpired token with a valid user id.
+    pub fn verify(&self, token: &str) -> Result<Claims, String> {
+        let data =
+            decode::<Claims>(token, &self.dec, &self.validation).map_err(|e| e.to_string())?;
+        if !crate::proto::valid_user(&data.claims.sub) {
+            return Err("`sub` is not a valid user id".into());
+        }
+        Ok(data.claims)
+    }
+}
+
+/// Revoked token ids, with a generation counter so reactors notice changes
+/// without locking on every turn.
+#[derive(Debug, Default)]
+pub struct Revocations {
+    set: RwLock<HashSet<String>>,
+    generation: AtomicU64,
+}
+
+impl Revocations {
+    /// A set holding `ids`.
+    pub fn new(ids: impl IntoIterator<Item = String>) -> Arc<Revocations> {
+        Arc::new(Revocations { set: RwLock::new(ids.into_iter().collect()), generation: 0.into() })
+    }
+
+    /// Whether `jti` is revoked.
+    pub fn contains(&self, jti: &str) -> bool {
+        self.set.read().contains(jti)
+    }
+
+    /// Adds `jti`; bumps the generation if it is new.
+    pub fn add(&self, jti: &str) {
+        if self.set.write().insert(jti.to_string()) {
+            self.generation.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Changes whenever the set grows.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+}
+
+/// Parses a TTL such as `90s`, `15m`, `12h` or `30d` into seconds.
+pub fn parse_ttl(s: &str) -> Option<u64> {
+    let unit = s.chars().last()?;
+    let n: u64 = s[..s.len() - unit.len_utf8()].parse().ok()?;
+    let mult = match unit {
+        's' => 1,
+        'm' => 60,
+        'h' => 3600,
+        'd' => 86400,
+        _ => return None,
+    };
+    n.checked_mul(mult).filter(|&t| t > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claims(sub: &str, exp: u64) -> Claims {
+        Claims { sub: sub.into(), exp, name: None, admin: false, jti: Some("j1".into()) }
+    }
+
+    #[test]
+    fn sign_verify_roundtrip_and_rejections() {
+        let k = Keys::new(b"s3cret");
+        let exp = crate::proto::now_ms() / 1000 + 60;
+        let t = k.sign(&claims("alice", exp)).unwrap();
+        assert_eq!(k.verify(&t).unwrap(), claims("alice", exp));
+        assert!(Keys::new(b"other").verify(&t).is_err());
+        assert!(k.verify(&k.sign(&claims("alice", 1000)).unwrap()).is_err());
+        assert!(k.verify(&k.sign(&claims("bad user", exp)).unwrap()).is_err());
+        assert!(k.verify("garbage").is_err());
+    }
+
+    #[test]
+    fn ttl() {
+        assert_eq!(parse_ttl("90s"), Some(90));
+        assert_eq!(parse_ttl("15m"), Some(900));
+        assert_eq!(parse_ttl("12h"), Some(43200));
+        assert_eq!(parse_ttl("30d"), Some(2_592_000));
+        assert_eq!(parse_ttl("0s"), None);
+        assert_eq!(parse_ttl("5"), None);
+        assert_eq!(parse_ttl(""), None);
+        assert_eq!(parse_ttl("xd"), None);
+        assert_eq!(parse_ttl("5é"), None);
+    }
+
+    #[test]
+    fn revocations_bump_generation_once() {
+        let r = Revocations::new(vec!["a".to_string()]);
+        assert!(r.contains("a"));
+        let g = r.generation();
+        r.add("b");
+        r.add("b");
+        assert_eq!(r.generation(), g + 1);
+    }
+}

@@ -1,0 +1,413 @@
+//! What each client frame does: the rules of PROTOCOL.md sections 3 and 4
+//! applied on the reactor that owns the connection.
+//!
+//! Owns the chat semantics (membership checks, seq allocation under the
+//! room's lock, replies, broadcasts, durable-before-reply ordering). Sockets,
+//! timers and subscriptions bookkeeping stay in `reactor`.
+
+use crate::{
+    conn::{Conn, Limited},
+    fanout::{Cmd, ConnRef, UserAction},
+    proto::{self, Code, Cursor, Encoding, Out, Refusal, Request, Wire},
+    reactor::{Close, Reactor},
+    rooms::bits,
+    storage::{unavailable_wire, Pending},
+};
+use serde_json::Value;
+use std::sync::Arc;
+
+/// `joined` with `since` returns at most this many messages.
+const SINCE_MAX: usize = 1000;
+
+impl Reactor {
+    /// Handles one client frame's payload.
+    pub(crate) fn on_frame(&mut self, idx: u32, payload: &[u8], enc: Encoding) {
+        let (rate, burst) = (self.shared.cfg.rate, self.shared.cfg.burst);
+        let now = self.now;
+        let Some(session) = self.conns.get_mut(idx as usize).and_then(Conn::session_mut) else {
+            return;
+        };
+        let limited = session.bucket.take(rate, burst, now);
+        let decoded = proto::decode(payload, enc, self.shared.cfg.max_text);
+        let id = decoded.id;
+        match limited {
+            Ok(()) => {}
+            Err(Limited::Abuse) => return self.start_closing(idx, Some(Close::Policy)),
+            Err(Limited::Refuse(ms)) => {
+                return self.error(
+                    idx,
+                    id.as_ref(),
+                    Code::RateLimited,
+                    "rate limit exceeded",
+                    Some(ms),
+                )
+            }
+        }
+        let result = match decoded.request {
+            Ok(req) => self.act(idx, req, id.as_ref()),
+            Err(refusal) => Err(refusal),
+        };
+        if let Err(r) = result {
+            self.error(idx, id.as_ref(), r.code, &r.message, None);
+        }
+    }
+
+    /// Queues an `error` frame.
+    fn error(
+        &mut self,
+        idx: u32,
+        id: Option<&Value>,
+        code: Code,
+        message: &str,
+        retry_after_ms: Option<u64>,
+    ) {
+        self.reply(idx, &Out::Error { id, code, message, retry_after_ms });
+    }
+
+    /// Queues a reply in the connection's encoding.
+    fn reply(&mut self, idx: u32, frame: &Out<'_>) {
+        let Some(enc) = self.session_enc(idx) else { return };
+        self.queue(idx, proto::encode(frame, enc));
+    }
+
+    fn session_enc(&self, idx: u32) -> Option<Encoding> {
+        self.conns.get(idx as usize).and_then(Conn::session).map(|s| s.enc)
+    }
+
+    fn user_of(&self, idx: u32) -> Option<Arc<str>> {
+        self.conns.get(idx as usize).and_then(Conn::session).map(|s| s.user.clone())
+    }
+
+    /// Checks that the user may use `room` for send/typing/history/read/presence.
+    fn member_room(&self, idx: u32, room: &str) -> Result<(), Refusal> {
+        let Some(session) = self.conns.get(idx as usize).and_then(Conn::session) else {
+            return Err(Refusal::new(Code::Internal, "no session"));
+        };
+        if !proto::valid_room(room) {
+            match proto::dm_users(room) {
+                Some((a, b)) if *session.user != *a && *session.user != *b => {
+                    return Err(Refusal::new(
+                        Code::Forbidden,
+                        "a direct-message room of other users",
+                    ))
+                }
+                Some(_) => {}
+                None => return Err(Refusal::new(Code::InvalidRoom, "invalid room name")),
+            }
+        }
+        if session.has_room(room) {
+            Ok(())
+        } else {
+            Err(Refusal::new(Code::NotMember, "join the room first"))
+        }
+    }
+
+    fn act(&mut self, idx: u32, req: Request, id: Option<&Value>) -> Result<(), Refusal> {
+        let Some(user) = self.user_of(idx) else { return Ok(()) };
+        match req {
+            Request::Join { room, since } => self.join(idx, &user, &room, since, id),
+            Request::Leave { room } => self.leave(idx, &user, &room, id),
+            Request::Send { room, text } => {
+                self.member_room(idx, &room)?;
+                if proto::dm_users(&room).is_some() {
+                    self.publish_dm(idx, &user, &room, &text, id)
+                } else {
+                    self.publish(idx, &user, &room, &text, id)
+                }
+            }
+            Request::Dm { to, text } => {
+                if *to == *user {
+                    return Err(Refusal::new(
+                        Code::BadRequest,
+                        "cannot send a direct message to yourself",
+                    ));
+                }
+                let room = proto::dm_room(&user, &to);
+                self.publish_dm(idx, &user, &room, &text, id)
+            }
+            Request::Typing { room, active } => {
+                self.member_room(idx, &room)?;
+                self.broadcast(
+                    &room,
+                    &Out::Typing { room: &room, user: &user, active },
+                    0,
+                    Some(user.clone()),
+                );
+                Ok(())
+            }
+            Request::History { room, cursor, limit } => {
+                self.member_room(idx, &room)?;
+                let (messages, more) = self.shared.storage.history(&room, cursor, limit)?;
+                self.reply(idx, &Out::History { id, room: &room, messages, more });
+                Ok(())
+            }
+            Request::Read { room, seq } => {
+                self.member_room(idx, &room)?;
+                let latest = self.shared.storage.last_seq(&room)?;
+                let seq = self.shared.storage.set_read(&user, &room, seq.min(latest))?;
+                // Durable with the next group commit; nobody waits for it.
+                self.shared.committer.after_flush(Pending {
+                    reactor: self.id,
+                    cmd: None,
+                    on_fail: None,
+                });
+                let wire = Arc::new(Wire::encode(&Out::Read { room: &room, seq }, true, true));
+                let me = self.conn_ref(idx);
+                let room: Arc<str> = Arc::from(room.as_str());
+                self.to_user(&user, || Cmd::User {
+                    user: user.clone(),
+                    action: UserAction::None,
+                    wire: Some((wire.clone(), 0, room.clone())),
+                    skip: Some(me),
+                });
+                Ok(())
+            }
+            Request::Presence { room } => {
+                self.member_room(idx, &room)?;
+                let online = self.online_members(&room)?.1;
+                self.reply(idx, &Out::PresenceList { id, room: &room, online });
+                Ok(())
+            }
+            Request::Ping => {
+                self.reply(idx, &Out::Pong { id, ts: proto::now_ms() });
+                Ok(())
+            }
+        }
+    }
+
+    /// All members of a room and those of them online on this node.
+    fn online_members(&self, room: &str) -> Result<(Vec<String>, Vec<String>), Refusal> {
+        let members = self.shared.storage.members(room)?;
+        let online = members.iter().filter(|m| self.shared.dir.is_online(m)).cloned().collect();
+        Ok((members, online))
+    }
+
+    fn join(
+        &mut self,
+        idx: u32,
+        user: &Arc<str>,
+        room: &str,
+        since: Option<u64>,
+        id: Option<&Value>,
+    ) -> Result<(), Refusal> {
+        if !proto::valid_room(room) {
+            return Err(Refusal::new(Code::InvalidRoom, "invalid room name"));
+        }
+        let new = self.shared.storage.add_member(room, user)?;
+        let conn = self.conn_ref(idx);
+        let cmd = Cmd::Joined { conn, room: Arc::from(room), since, id: id.cloned(), new };
+        if new {
+            // Membership is durable before `joined` is sent.
+            let enc = self.session_enc(idx);
+            let fail =
+                unavailable_wire(id, enc == Some(Encoding::Json), enc == Some(Encoding::MsgPack));
+            self.shared.committer.after_flush(Pending {
+                reactor: self.id,
+                cmd: Some(cmd),
+                on_fail: Some(Cmd::Reply { conn, wire: Arc::new(fail) }),
+            });
+        } else if let Cmd::Joined { conn, room, since, id, new } = cmd {
+            self.finish_join(conn, &room, since, id, new);
+        }
+        Ok(())
+    }
+
+    /// The membership is durable: subscribe this connection (and the user's
+    /// others), answer `joined` with the history, announce a new member.
+    pub(crate) fn finish_join(
+        &mut self,
+        conn: ConnRef,
+        room: &str,
+        since: Option<u64>,
+        id: Option<Value>,
+        new: bool,
+    ) {
+        let idx = (conn.reactor == self.id).then_some(conn.idx).filter(|&i| {
+            self.conns.get(i as usize).is_some_and(|c| c.gen == conn.gen && c.session().is_some())
+        });
+        let Some(idx) = idx else { return };
+        let Some(user) = self.user_of(idx) else { return };
+        let result = (|| -> Result<(), Refusal> {
+            let (name, seq) = self.subscribe_local(idx, room, None)?;
+            // Everything up to `seq` comes from storage, later ones live.
+            let (history, more) = match since {
+                Some(since) => {
+                    let (mut msgs, _) =
+                        self.shared.storage.history(room, Cursor::After(since), SINCE_MAX + 1)?;
+                    msgs.retain(|m| m.seq <= seq);
+                    let more = msgs.len() > SINCE_MAX;
+                    msgs.truncate(SINCE_MAX);
+                    (msgs, more)
+                }
+                None => self.shared.storage.history(
+                    room,
+                    Cursor::Before(seq.saturating_add(1)),
+                    proto::DEFAULT_HISTORY,
+                )?,
+            };
+            let (members, online) = self.online_members(room)?;
+            self.reply(
+                idx,
+                &Out::Joined { id: id.as_ref(), room, seq, members, online, history, more },
+            );
+            self.to_user(&user, || Cmd::User {
+                user: user.clone(),
+                action: UserAction::Subscribe { room: name.clone(), floor: seq },
+                wire: None,
+                skip: Some(conn),
+            });
+            if new {
+                self.presence(room, &user, "online");
+            }
+            Ok(())
+        })();
+        if let Err(r) = result {
+            self.error(idx, id.as_ref(), r.code, &r.message, None);
+        }
+    }
+
+    fn leave(
+        &mut self,
+        idx: u32,
+        user: &Arc<str>,
+        room: &str,
+        id: Option<&Value>,
+    ) -> Result<(), Refusal> {
+        if !proto::valid_room(room) {
+            return Err(Refusal::new(Code::InvalidRoom, "invalid room name"));
+        }
+        self.member_room(idx, room)?;
+        self.shared.storage.remove_member(room, user)?;
+        let conn = self.conn_ref(idx);
+        let enc = self.session_enc(idx);
+        let fail =
+            unavailable_wire(id, enc == Some(Encoding::Json), enc == Some(Encoding::MsgPack));
+        self.shared.committer.after_flush(Pending {
+            reactor: self.id,
+            cmd: Some(Cmd::Left { conn, room: Arc::from(room), id: id.cloned() }),
+            on_fail: Some(Cmd::Reply { conn, wire: Arc::new(fail) }),
+        });
+        Ok(())
+    }
+
+    /// The removal is durable: unsubscribe and tell all the user's
+    /// connections, and tell the room.
+    pub(crate) fn finish_leave(&mut self, conn: ConnRef, room: &str, id: Option<Value>) {
+        let Some(user) = (conn.reactor == self.id)
+            .then(|| self.conns.get(conn.idx as usize).filter(|c| c.gen == conn.gen))
+            .flatten()
+            .and_then(Conn::session)
+            .map(|s| s.user.clone())
+        else {
+            return;
+        };
+        let wire = Arc::new(Wire::encode(&Out::Left { id: id.as_ref(), room }, true, true));
+        let room: Arc<str> = Arc::from(room);
+        self.to_user(&user, || Cmd::User {
+            user: user.clone(),
+            action: UserAction::Unsubscribe { room: room.clone() },
+            wire: Some((wire.clone(), 0, room.clone())),
+            skip: None,
+        });
+        self.presence(&room, &user, "offline");
+    }
+
+    /// Allocates the next seq of a room, stores the message and hands the
+    /// frame to every reactor with subscribers, all under the room's lock, so
+    /// that every reactor sees the room's messages in seq order. The `ack`
+    /// follows the flush.
+    fn publish(
+        &mut self,
+        idx: u32,
+        user: &Arc<str>,
+        room: &str,
+        text: &str,
+        id: Option<&Value>,
+    ) -> Result<(), Refusal> {
+        let ts = proto::now_ms();
+        let storage = &self.shared.storage;
+        let mailboxes = &self.shared.mailboxes;
+        let seq = self.shared.dir.with_room(
+            room,
+            || storage.last_seq(room),
+            |e| -> Result<u64, Refusal> {
+                let seq = e.seq + 1;
+                storage.append(room, seq, ts, user, text)?;
+                e.seq = seq;
+                let frame = Out::Message { room, seq, ts, from: user, text };
+                let wire = Arc::new(Wire::encode(&frame, e.json != 0, e.msgpack != 0));
+                for r in bits(e.reactors) {
+                    mailboxes[r].send(Cmd::Room {
+                        room: e.name.clone(),
+                        seq,
+                        wire: wire.clone(),
+                        skip_user: None,
+                    });
+                }
+                Ok(seq)
+            },
+        )??;
+        self.ack_after_flush(idx, room, seq, ts, id);
+        Ok(())
+    }
+
+    /// Like [`publish`](Self::publish) for a DM room: on the first message
+    /// both users become members, and delivery goes to both users'
+    /// connections (subscribing them) rather than to the room's subscribers.
+    fn publish_dm(
+        &mut self,
+        idx: u32,
+        user: &Arc<str>,
+        room: &str,
+        text: &str,
+        id: Option<&Value>,
+    ) -> Result<(), Refusal> {
+        let Some((a, b)) = proto::dm_users(room) else {
+            return Err(Refusal::new(Code::InvalidRoom, "invalid room name"));
+        };
+        let already =
+            self.conns.get(idx as usize).and_then(Conn::session).is_some_and(|s| s.has_room(room));
+        let ts = proto::now_ms();
+        let shared = &self.shared;
+        let seq = shared.dir.with_room(
+            room,
+            || shared.storage.last_seq(room),
+            |e| -> Result<u64, Refusal> {
+                if !already {
+                    shared.storage.add_member(room, a)?;
+                    shared.storage.add_member(room, b)?;
+                }
+                let seq = e.seq + 1;
+                shared.storage.append(room, seq, ts, user, text)?;
+                e.seq = seq;
+                let frame = Out::Message { room, seq, ts, from: user, text };
+                let wire = Arc::new(Wire::encode(&frame, true, true));
+                for u in [a, b] {
+                    for r in bits(shared.dir.user_reactors(u)) {
+                        shared.mailboxes[r].send(Cmd::User {
+                            user: Arc::from(u),
+                            action: UserAction::Subscribe { room: e.name.clone(), floor: seq - 1 },
+                            wire: Some((wire.clone(), seq, e.name.clone())),
+                            skip: None,
+                        });
+                    }
+                }
+                Ok(seq)
+            },
+        )??;
+        self.ack_after_flush(idx, room, seq, ts, id);
+        Ok(())
+    }
+
+    fn ack_after_flush(&mut self, idx: u32, room: &str, seq: u64, ts: u64, id: Option<&Value>) {
+        let Some(enc) = self.session_enc(idx) else { return };
+        let conn = self.conn_ref(idx);
+        let (json, mp) = (enc == Encoding::Json, enc == Encoding::MsgPack);
+        let ack = Wire::encode(&Out::Ack { id, room, seq, ts }, json, mp);
+        self.shared.committer.after_flush(Pending {
+            reactor: self.id,
+            cmd: Some(Cmd::Reply { conn, wire: Arc::new(ack) }),
+            on_fail: Some(Cmd::Reply { conn, wire: Arc::new(unavailable_wire(id, json, mp)) }),
+        });
+    }
+}

@@ -1,0 +1,396 @@
+//! Settings: command-line flags, environment and TOML file, resolved in one
+//! place into a validated [`Config`] (flag > env > file > default), plus the
+//! secret and node id files kept in the data directory.
+//!
+//! The only reader of `std::env` and of the config file. A bad value becomes
+//! a [`BadSetting`] naming the setting; `main` prints it and exits 2.
+
+use clap::{Args, Parser, Subcommand};
+use serde::Deserialize;
+use std::{
+    fs,
+    io::Write,
+    net::{SocketAddr, ToSocketAddrs},
+    path::{Path, PathBuf},
+};
+
+/// Largest `threads`: reactors are tracked as bits of a `u64`.
+pub const MAX_THREADS: usize = 64;
+
+/// The command line of PROTOCOL.md section 1.
+#[derive(Debug, Parser)]
+#[command(name = "chinwag", version, about = "A real-time chat server in one binary")]
+pub struct Cli {
+    /// What to do (default: serve).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server.
+    Serve(ServeFlags),
+    /// Print a signed token for USER.
+    Token(TokenFlags),
+}
+
+/// Flags of `chinwag serve`. Values are strings so that every bad value gets
+/// the same one-line refusal naming the setting.
+#[derive(Debug, Default, Args)]
+pub struct ServeFlags {
+    /// TOML config file.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:8080].
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// Data directory [default: ./chinwag-data].
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Redis URL: join a cluster.
+    #[arg(long, value_name = "URL")]
+    pub redis: Option<String>,
+    /// Event loops [default: number of cores].
+    #[arg(long, value_name = "N")]
+    pub threads: Option<String>,
+    /// Node id [default: random, kept in the data directory].
+    #[arg(long, value_name = "ID")]
+    pub node_id: Option<String>,
+    /// Accept `?user=` without a token (trusted networks only).
+    #[arg(long)]
+    pub open: bool,
+    /// Frames per second per connection [default: 20].
+    #[arg(long, value_name = "N")]
+    pub rate: Option<String>,
+    /// Token bucket size [default: 40].
+    #[arg(long, value_name = "N")]
+    pub burst: Option<String>,
+    /// Longest text, in characters [default: 4000].
+    #[arg(long, value_name = "N")]
+    pub max_text: Option<String>,
+    /// Largest client frame, in bytes [default: 65536].
+    #[arg(long, value_name = "BYTES")]
+    pub max_frame: Option<String>,
+    /// Unsent output that closes a slow consumer [default: 4194304].
+    #[arg(long, value_name = "BYTES")]
+    pub max_output: Option<String>,
+    /// TLS certificate chain (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+}
+
+/// Flags of `chinwag token`.
+#[derive(Debug, Args)]
+pub struct TokenFlags {
+    /// The user id.
+    pub user: String,
+    /// Grant the admin claim.
+    #[arg(long)]
+    pub admin: bool,
+    /// Lifetime: 90s, 15m, 12h, 30d.
+    #[arg(long, default_value = "30d")]
+    pub ttl: String,
+    /// Data directory holding the secret.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// TOML config file.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Print a sign-in link for the web page instead.
+    #[arg(long)]
+    pub link: bool,
+}
+
+/// A refused setting: `key` is its TOML name.
+#[derive(Debug)]
+pub struct BadSetting {
+    /// The setting's name.
+    pub key: &'static str,
+    /// Why it was refused.
+    pub why: String,
+}
+
+impl std::fmt::Display for BadSetting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "bad setting `{}`: {}", self.key, self.why)
+    }
+}
+
+fn bad(key: &'static str, why: impl Into<String>) -> BadSetting {
+    BadSetting { key, why: why.into() }
+}
+
+/// The config file's keys. Unknown keys are refused (they are typos).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileLayer {
+    listen: Option<String>,
+    data_dir: Option<PathBuf>,
+    redis: Option<String>,
+    threads: Option<i64>,
+    node_id: Option<String>,
+    secret: Option<String>,
+    open: Option<bool>,
+    rate: Option<i64>,
+    burst: Option<i64>,
+    max_text: Option<i64>,
+    max_frame: Option<i64>,
+    max_output: Option<i64>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+}
+
+/// The resolved, validated settings of a server.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Redis URL (cluster mode).
+    pub redis: Option<String>,
+    /// Number of event loops.
+    pub threads: usize,
+    /// This node's id.
+    pub node_id: String,
+    /// JWT signing secret.
+    pub secret: Vec<u8>,
+    /// Accept `?user=` without a token.
+    pub open: bool,
+    /// Frames per second per connection.
+    pub rate: u32,
+    /// Token bucket size.
+    pub burst: u32,
+    /// Longest text, in characters.
+    pub max_text: usize,
+    /// Largest client frame, in bytes.
+    pub max_frame: usize,
+    /// Unsent output that closes a slow consumer, in bytes.
+    pub max_output: usize,
+}
+
+fn read_file(path: Option<&Path>) -> Result<FileLayer, BadSetting> {
+    let Some(path) = path else { return Ok(FileLayer::default()) };
+    let text = fs::read_to_string(path)
+        .map_err(|e| bad("config", format!("cannot read {}: {e}", path.display())))?;
+    toml::from_str(&text).map_err(|e| {
+        let first = e.to_string().lines().next().unwrap_or_default().to_string();
+        bad("config", format!("{} does not parse: {first}", path.display()))
+    })
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+/// Parses a positive integer setting from a flag or file value.
+fn positive(
+    key: &'static str,
+    flag: Option<&str>,
+    file: Option<i64>,
+    default: u64,
+) -> Result<u64, BadSetting> {
+    let v = match (flag, file) {
+        (Some(s), _) => s
+            .trim()
+            .parse::<u64>()
+            .map_err(|_| bad(key, format!("`{s}` is not a positive integer")))?,
+        (None, Some(n)) => {
+            u64::try_from(n).map_err(|_| bad(key, format!("{n} is not a positive integer")))?
+        }
+        (None, None) => default,
+    };
+    if v == 0 {
+        return Err(bad(key, "must be at least 1"));
+    }
+    Ok(v)
+}
+
+fn parse_listen(s: &str) -> Result<SocketAddr, BadSetting> {
+    if let Ok(a) = s.parse() {
+        return Ok(a);
+    }
+    s.to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| bad("listen", format!("`{s}` is not an address like 127.0.0.1:8080")))
+}
+
+/// The data directory from flag, env, file or default (no I/O).
+fn data_dir(flag: Option<PathBuf>, file: Option<PathBuf>) -> PathBuf {
+    flag.or_else(|| env("CHINWAG_DATA_DIR").map(PathBuf::from))
+        .or(file)
+        .unwrap_or_else(|| PathBuf::from("./chinwag-data"))
+}
+
+/// Resolves `chinwag serve` settings, creating the data directory and its
+/// secret and node id files if needed.
+pub fn resolve(flags: ServeFlags) -> Result<Config, BadSetting> {
+    let file = read_file(flags.config.as_deref())?;
+    let listen = flags.listen.or_else(|| env("CHINWAG_LISTEN")).or(file.listen);
+    let listen = parse_listen(listen.as_deref().unwrap_or("127.0.0.1:8080"))?;
+    let redis = flags.redis.or_else(|| env("CHINWAG_REDIS_URL")).or(file.redis);
+    if let Some(url) = &redis {
+        return Err(bad(
+            "redis",
+            format!("`{url}`: cluster mode is not in this build yet; run without `redis` for a single node"),
+        ));
+    }
+    if flags.tls_cert.is_some()
+        || flags.tls_key.is_some()
+        || file.tls_cert.is_some()
+        || file.tls_key.is_some()
+    {
+        return Err(bad("tls_cert", "TLS is not in this build yet; put a TLS proxy in front"));
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+    let threads =
+        positive("threads", flags.threads.as_deref(), file.threads, cores.min(MAX_THREADS as u64))?;
+    if threads > MAX_THREADS as u64 {
+        return Err(bad("threads", format!("at most {MAX_THREADS}")));
+    }
+    let rate = positive("rate", flags.rate.as_deref(), file.rate, 20)?;
+    let burst = positive("burst", flags.burst.as_deref(), file.burst, 40)?;
+    let max_text = positive("max_text", flags.max_text.as_deref(), file.max_text, 4000)?;
+    let max_frame = positive("max_frame", flags.max_frame.as_deref(), file.max_frame, 65536)?;
+    let max_output = positive("max_output", flags.max_output.as_deref(), file.max_output, 4 << 20)?;
+    if rate > u32::MAX as u64 || burst > u32::MAX as u64 {
+        return Err(bad(if rate > u32::MAX as u64 { "rate" } else { "burst" }, "too large"));
+    }
+    if !(128..=(16 << 20)).contains(&max_frame) {
+        return Err(bad("max_frame", "must be between 128 and 16777216 bytes"));
+    }
+    if max_output < max_frame {
+        return Err(bad("max_output", "must be at least max_frame"));
+    }
+    if max_text > 1 << 20 {
+        return Err(bad("max_text", "must be at most 1048576"));
+    }
+    let data_dir = data_dir(flags.data_dir, file.data_dir);
+    prepare_dir(&data_dir)?;
+    let node_id = match flags.node_id.or(file.node_id) {
+        Some(id) if crate::proto::valid_user(&id) => id,
+        Some(id) => {
+            return Err(bad("node_id", format!("`{id}` must match [A-Za-z0-9_.-]{{1,64}}")))
+        }
+        None => kept_value(&data_dir, "node_id", "node_id", || {
+            format!("n{}", hex::encode(rand::random::<[u8; 4]>()))
+        })?,
+    };
+    let secret = secret(&data_dir, file.secret)?;
+    Ok(Config {
+        listen,
+        data_dir,
+        redis,
+        threads: threads as usize,
+        node_id,
+        secret,
+        open: flags.open || file.open.unwrap_or(false),
+        rate: rate as u32,
+        burst: burst as u32,
+        max_text: max_text as usize,
+        max_frame: max_frame as usize,
+        max_output: max_output as usize,
+    })
+}
+
+fn prepare_dir(dir: &Path) -> Result<(), BadSetting> {
+    fs::create_dir_all(dir)
+        .map_err(|e| bad("data_dir", format!("cannot create {}: {e}", dir.display())))
+}
+
+/// The secret: `CHINWAG_SECRET`, else the file's `secret`, else
+/// `DATA_DIR/secret` (generated on first use, mode 0600).
+fn secret(dir: &Path, file: Option<String>) -> Result<Vec<u8>, BadSetting> {
+    if let Some(s) = env("CHINWAG_SECRET").or(file) {
+        return Ok(s.into_bytes());
+    }
+    kept_value(dir, "secret", "secret", || hex::encode(rand::random::<[u8; 32]>()))
+        .map(String::into_bytes)
+}
+
+/// Reads `dir/name`, or writes a fresh value there (mode 0600) and returns it.
+fn kept_value(
+    dir: &Path,
+    name: &str,
+    key: &'static str,
+    fresh: impl FnOnce() -> String,
+) -> Result<String, BadSetting> {
+    let path = dir.join(name);
+    match fs::read_to_string(&path) {
+        Ok(v) if !v.trim().is_empty() => return Ok(v.trim().to_string()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(bad(key, format!("cannot read {}: {e}", path.display()))),
+    }
+    let value = fresh();
+    let write = || -> std::io::Result<()> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)?;
+        f.write_all(value.as_bytes())?;
+        f.sync_all()
+    };
+    write().map_err(|e| bad(key, format!("cannot write {}: {e}", path.display())))?;
+    Ok(value)
+}
+
+/// What `chinwag token` needs: the secret and the address for `--link`.
+pub fn resolve_token(flags: &TokenFlags) -> Result<(Vec<u8>, String, u64), BadSetting> {
+    let file = read_file(flags.config.as_deref())?;
+    let ttl = crate::auth::parse_ttl(&flags.ttl)
+        .ok_or_else(|| bad("ttl", format!("`{}` is not like 90s, 15m, 12h or 30d", flags.ttl)))?;
+    if !crate::proto::valid_user(&flags.user) {
+        return Err(bad("user", format!("`{}` must match [A-Za-z0-9_.-]{{1,64}}", flags.user)));
+    }
+    let listen = env("CHINWAG_LISTEN").or(file.listen).unwrap_or_else(|| "127.0.0.1:8080".into());
+    let dir = data_dir(flags.data_dir.clone(), file.data_dir);
+    let secret = match env("CHINWAG_SECRET").or(file.secret) {
+        Some(s) => s.into_bytes(),
+        None => {
+            prepare_dir(&dir)?;
+            secret(&dir, None)?
+        }
+    };
+    Ok((secret, listen, ttl))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positive_parsing() {
+        assert_eq!(positive("rate", Some("5"), Some(7), 20).unwrap(), 5);
+        assert_eq!(positive("rate", None, Some(7), 20).unwrap(), 7);
+        assert_eq!(positive("rate", None, None, 20).unwrap(), 20);
+        assert_eq!(positive("rate", Some("0"), None, 20).unwrap_err().key, "rate");
+        assert!(positive("rate", Some("-1"), None, 20).is_err());
+        assert!(positive("rate", None, Some(-3), 20).is_err());
+    }
+
+    #[test]
+    fn listen_parsing() {
+        assert_eq!(parse_listen("127.0.0.1:0").unwrap().port(), 0);
+        assert!(parse_listen("nonsense").is_err());
+    }
+
+    #[test]
+    fn kept_values_persist_with_mode_0600() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let a = kept_value(dir.path(), "secret", "secret", || "one".into()).unwrap();
+        let b = kept_value(dir.path(), "secret", "secret", || "two".into()).unwrap();
+        assert_eq!((a.as_str(), b.as_str()), ("one", "one"));
+        let mode = fs::metadata(dir.path().join("secret")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+}

@@ -1,0 +1,199 @@
+//! HTTP on the shared port: request heads parsed with httparse, routing, the
+//! WebSocket upgrade decision (auth, subprotocol, RFC 6455 headers) and the
+//! plain endpoints, as pure `bytes in → decision out` functions.
+//!
+//! Writes nothing to sockets itself: the reactor queues what it returns.
+
+use crate::{
+    auth::Claims,
+    proto::{valid_user, Encoding},
+    reactor::Shared,
+};
+use bytes::Bytes;
+use std::sync::atomic::Ordering;
+
+/// Largest request head accepted.
+pub const MAX_HEAD: usize = 16 << 10;
+/// Most headers accepted.
+const MAX_HEADERS: usize = 48;
+
+/// What to do with a connection once its request head is in.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Need more bytes.
+    Partial,
+    /// Answer with these bytes, then close.
+    Respond(Bytes),
+    /// Upgrade: write `response` (the 101), then speak WebSocket. `leftover`
+    /// holds bytes read past the head.
+    Upgrade { response: Bytes, claims: Claims, enc: Encoding, leftover: Vec<u8> },
+}
+
+/// A JSON error body `{"error":code,"message":..}` with its status.
+pub fn error(status: u16, code: &str, message: &str) -> Bytes {
+    let body = serde_json::json!({ "error": code, "message": message }).to_string();
+    response(status, "application/json", body.as_bytes())
+}
+
+/// A complete `Connection: close` response.
+pub fn response(status: u16, content_type: &str, body: &[u8]) -> Bytes {
+    let reason = match status {
+        200 => "OK",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        431 => "Request Header Fields Too Large",
+        503 => "Service Unavailable",
+        _ => "Error",
+    };
+    let mut out = format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
+         Cache-Control: no-store\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(body);
+    Bytes::from(out)
+}
+
+fn header<'a>(req: &'a httparse::Request<'_, '_>, name: &str) -> Option<&'a str> {
+    req.headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case(name))
+        .and_then(|h| std::str::from_utf8(h.value).ok())
+        .map(str::trim)
+}
+
+fn has_token(value: Option<&str>, token: &str) -> bool {
+    value.is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+}
+
+fn query_param<'a>(query: &'a str, key: &str) -> Option<&'a str> {
+    query.split('&').filter_map(|kv| kv.split_once('=')).find(|(k, _)| *k == key).map(|(_, v)| v)
+}
+
+/// Parses what has arrived of a request and decides.
+pub fn handle(buf: &[u8], shared: &Shared) -> Outcome {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let head_len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => {
+            return Outcome::Respond(error(431, "too_large", "request head too large"))
+        }
+        Ok(httparse::Status::Partial) => return Outcome::Partial,
+        Err(httparse::Error::TooManyHeaders) => {
+            return Outcome::Respond(error(431, "too_large", "too many headers"))
+        }
+        Err(e) => return Outcome::Respond(error(400, "bad_request", &format!("bad request: {e}"))),
+    };
+    let method = req.method.unwrap_or("");
+    let target = req.path.unwrap_or("/");
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    match path {
+        "/ws" if method == "GET" => upgrade(&req, query, &buf[head_len..], shared),
+        "/health" if method == "GET" => health(shared),
+        "/ws" | "/health" => Outcome::Respond(error(405, "method_not_allowed", "use GET")),
+        _ => Outcome::Respond(error(404, "not_found", "unknown path")),
+    }
+}
+
+fn health(shared: &Shared) -> Outcome {
+    let storage_ok = shared.storage.is_healthy();
+    let body = serde_json::json!({
+        "status": if storage_ok { "ok" } else { "degraded" },
+        "node": shared.cfg.node_id,
+        "redis": "off",
+        "storage": if storage_ok { "ok" } else { "down" },
+        "connections": shared.connections.load(Ordering::Relaxed),
+        "uptime_s": shared.started.elapsed().as_secs(),
+    });
+    let status = if storage_ok { 200 } else { 503 };
+    Outcome::Respond(response(status, "application/json", body.to_string().as_bytes()))
+}
+
+/// Checks the token (or `?user=` in open mode). `Err` is the 401 message.
+fn authenticate(
+    req: &httparse::Request<'_, '_>,
+    query: &str,
+    shared: &Shared,
+) -> Result<Claims, String> {
+    let bearer = header(req, "authorization").and_then(|v| {
+        let (scheme, rest) = v.split_once(' ')?;
+        scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+    });
+    if let Some(token) = bearer.or_else(|| query_param(query, "token")) {
+        let claims = shared.keys.verify(token)?;
+        if claims.jti.as_deref().is_some_and(|j| shared.revoked.contains(j)) {
+            return Err("token revoked".into());
+        }
+        return Ok(claims);
+    }
+    if shared.cfg.open {
+        if let Some(user) = query_param(query, "user") {
+            if !valid_user(user) {
+                return Err("`user` is not a valid user id".into());
+            }
+            return Ok(Claims {
+                sub: user.into(),
+                exp: u64::MAX,
+                name: None,
+                admin: false,
+                jti: None,
+            });
+        }
+    }
+    Err("missing token".into())
+}
+
+fn upgrade(req: &httparse::Request<'_, '_>, query: &str, rest: &[u8], shared: &Shared) -> Outcome {
+    let key = header(req, "sec-websocket-key");
+    let ok = has_token(header(req, "upgrade"), "websocket")
+        && has_token(header(req, "connection"), "upgrade")
+        && header(req, "sec-websocket-version") == Some("13")
+        && key.is_some_and(|k| !k.is_empty());
+    let Some(key) = key.filter(|_| ok) else {
+        return Outcome::Respond(error(400, "bad_request", "not a WebSocket upgrade"));
+    };
+    let claims = match authenticate(req, query, shared) {
+        Ok(c) => c,
+        Err(why) => return Outcome::Respond(error(401, "unauthorized", &why)),
+    };
+    let offered = Encoding::choose(header(req, "sec-websocket-protocol"));
+    let mut response = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Accept: {}\r\n",
+        tungstenite::handshake::derive_accept_key(key.as_bytes())
+    );
+    if let Some(enc) = offered {
+        response.push_str(&format!("Sec-WebSocket-Protocol: {}\r\n", enc.subprotocol()));
+    }
+    response.push_str("\r\n");
+    Outcome::Upgrade {
+        response: Bytes::from(response),
+        claims,
+        enc: offered.unwrap_or(Encoding::Json),
+        leftover: rest.to_vec(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_params() {
+        assert_eq!(query_param("a=1&token=xyz&b", "token"), Some("xyz"));
+        assert_eq!(query_param("", "token"), None);
+    }
+
+    #[test]
+    fn responses_carry_length() {
+        let r = error(404, "not_found", "x");
+        let s = std::str::from_utf8(&r).unwrap();
+        assert!(s.starts_with("HTTP/1.1 404 Not Found\r\n"));
+        let body = s.split("\r\n\r\n").nth(1).unwrap();
+        assert!(s.contains(&format!("Content-Length: {}\r\n", body.len())));
+    }
+}

@@ -1,0 +1,144 @@
+//! Startup and teardown of a node: storage → commit thread → reactors, and
+//! back: reactors drain (1001 to everyone) → commit thread's last flush.
+//!
+//! Holds handles, never a connection.
+
+use crate::{
+    auth::{Keys, Revocations},
+    config::Config,
+    fanout::{self, Cmd, Mailbox},
+    proto::Limits,
+    reactor::{Reactor, Shared, WAKER},
+    rooms::Directory,
+    storage::{Committer, Storage},
+};
+use mio::{net::TcpListener, Poll, Waker};
+use socket2::{Domain, Protocol, Socket, Type};
+use std::{
+    io,
+    net::SocketAddr,
+    sync::{atomic::AtomicUsize, Arc},
+    thread,
+    time::Instant,
+};
+
+/// Listen backlog per reactor.
+const BACKLOG: i32 = 4096;
+
+/// A listening socket with SO_REUSEPORT, so every reactor can have its own.
+fn listener(addr: SocketAddr) -> io::Result<TcpListener> {
+    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    sock.set_reuse_address(true)?;
+    sock.set_reuse_port(true)?;
+    sock.set_nonblocking(true)?;
+    sock.bind(&addr.into())?;
+    sock.listen(BACKLOG)?;
+    Ok(TcpListener::from_std(sock.into()))
+}
+
+/// A running node.
+#[derive(Debug)]
+pub struct Server {
+    /// The address actually bound (port 0 resolved).
+    pub addr: SocketAddr,
+    mailboxes: Vec<Mailbox>,
+    reactors: Vec<thread::JoinHandle<()>>,
+    commit: Option<thread::JoinHandle<()>>,
+    shared: Option<Arc<Shared>>,
+}
+
+/// Why the node could not start.
+#[derive(Debug)]
+pub enum StartError {
+    /// The listen address could not be bound.
+    Listen(io::Error),
+    /// The data directory could not be opened.
+    Storage(String),
+    /// Anything else (threads, poll).
+    Other(io::Error),
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartError::Listen(e) => write!(f, "cannot listen: {e}"),
+            StartError::Storage(e) => write!(f, "cannot open storage: {e}"),
+            StartError::Other(e) => write!(f, "cannot start: {e}"),
+        }
+    }
+}
+
+impl Server {
+    /// Opens storage, binds the listeners and starts every thread.
+    pub fn start(cfg: Config) -> Result<Server, StartError> {
+        let storage = Storage::open(&cfg.data_dir).map_err(|e| StartError::Storage(e.0))?;
+        let revoked = Revocations::new(storage.revoked().map_err(|e| StartError::Storage(e.0))?);
+        let first = listener(cfg.listen).map_err(StartError::Listen)?;
+        let addr = first.local_addr().map_err(StartError::Listen)?;
+        let mut listeners = vec![first];
+        for _ in 1..cfg.threads {
+            listeners.push(listener(addr).map_err(StartError::Listen)?);
+        }
+        let mut polls = Vec::new();
+        let mut mailboxes = Vec::new();
+        let mut inboxes = Vec::new();
+        for _ in 0..cfg.threads {
+            let poll = Poll::new().map_err(StartError::Other)?;
+            let waker = Waker::new(poll.registry(), WAKER).map_err(StartError::Other)?;
+            let (mb, inbox) = fanout::mailbox(waker);
+            polls.push(poll);
+            mailboxes.push(mb);
+            inboxes.push(inbox);
+        }
+        let (committer, commit) = Committer::start(storage.clone(), mailboxes.clone());
+        let shared = Arc::new(Shared {
+            limits: Limits {
+                max_text: cfg.max_text,
+                max_frame: cfg.max_frame,
+                rate: cfg.rate,
+                burst: cfg.burst,
+            },
+            keys: Keys::new(&cfg.secret),
+            cfg,
+            dir: Directory::new(),
+            storage,
+            committer,
+            mailboxes: mailboxes.clone(),
+            revoked,
+            started: Instant::now(),
+            connections: AtomicUsize::new(0),
+        });
+        let mut reactors = Vec::new();
+        for (i, ((poll, inbox), l)) in polls.into_iter().zip(inboxes).zip(listeners).enumerate() {
+            let reactor = Reactor::new(i as u16, poll, l, inbox, shared.clone())
+                .map_err(StartError::Other)?;
+            let handle = thread::Builder::new()
+                .name(format!("chinwag-loop-{i}"))
+                .stack_size(8 << 20)
+                .spawn(move || reactor.run())
+                .map_err(StartError::Other)?;
+            reactors.push(handle);
+        }
+        Ok(Server { addr, mailboxes, reactors, commit: Some(commit), shared: Some(shared) })
+    }
+
+    /// Closes every connection with 1001, waits for the reactors (at most a
+    /// few seconds), then lets the commit thread do its last flush.
+    pub fn shutdown(mut self) {
+        for mb in &self.mailboxes {
+            mb.send(Cmd::Shutdown);
+        }
+        for r in self.reactors.drain(..) {
+            let _ = r.join();
+        }
+        if let Some(shared) = self.shared.take() {
+            let _ = shared.storage.flush();
+            // Dropping the last `Committer` ends the commit thread.
+            drop(shared);
+        }
+        self.mailboxes.clear();
+        if let Some(c) = self.commit.take() {
+            let _ = c.join();
+        }
+    }
+}
