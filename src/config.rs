@@ -30,7 +30,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the server.
-    Serve(ServeFlags),
+    Serve(Box<ServeFlags>),
     /// Print a signed token for USER.
     Token(TokenFlags),
 }

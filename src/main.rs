@@ -12,8 +12,8 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
-    match cli.command.unwrap_or(Command::Serve(ServeFlags::default())) {
-        Command::Serve(flags) => serve(flags),
+    match cli.command.unwrap_or(Command::Serve(Box::default())) {
+        Command::Serve(flags) => serve(*flags),
         Command::Token(flags) => token(flags),
     }
 }
