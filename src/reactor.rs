@@ -814,9 +814,10 @@ impl Reactor {
         let Some(local) = self.rooms.get(room) else {
             // A stale bit: we have nobody here any more. Clear it lazily.
             let bit = self.bit();
+            let storage = &self.shared.storage;
             let _ = self.shared.dir.with_room(
                 room,
-                || Ok::<_, ()>(0),
+                || storage.last_seq(room),
                 |e| {
                     e.reactors &= !bit;
                     e.json &= !bit;

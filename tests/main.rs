@@ -1,1 +1,18 @@
-fn main() {}
+//! chinwag's integration suite: one test binary that runs the real server as a child process
+//! (see `support`) and checks it against `PROTOCOL.md`.
+//!
+//! * `ws`      — connecting, auth, hello, encodings and every client frame of section 3.
+//! * `errors`  — every error code a single node produces and malformed input of every kind.
+//! * `limits`  — rate limiting, frame and text limits, slow consumers and their close codes.
+//! * `storage` — history, `since`, persistence across restart, `kill -9` and SIGTERM.
+//! * `cli`     — command line, config precedence, `chinwag token`, `GET /health`.
+//! * `load`    — ordering under concurrent senders and 500 connections in 20 rooms.
+
+mod support;
+
+mod cli;
+mod errors;
+mod limits;
+mod load;
+mod storage;
+mod ws;
