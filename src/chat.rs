@@ -28,19 +28,21 @@ impl Reactor {
             return;
         };
         let limited = session.bucket.take(rate, burst, now);
+        self.metrics.frames_in += 1;
         let decoded = proto::decode(payload, enc, self.shared.cfg.max_text);
         let id = decoded.id;
         match limited {
             Ok(()) => {}
             Err(Limited::Abuse) => return self.start_closing(idx, Some(Close::Policy)),
             Err(Limited::Refuse(ms)) => {
+                self.metrics.rate_limited += 1;
                 return self.error(
                     idx,
                     id.as_ref(),
                     Code::RateLimited,
                     "rate limit exceeded",
                     Some(ms),
-                )
+                );
             }
         }
         let result = match decoded.request {
@@ -109,11 +111,13 @@ impl Reactor {
             Request::Leave { room } => self.leave(idx, &user, &room, id),
             Request::Send { room, text } => {
                 self.member_room(idx, &room)?;
-                if proto::dm_users(&room).is_some() {
-                    self.publish_dm(idx, &user, &room, &text, id)
+                let (seq, ts) = if proto::dm_users(&room).is_some() {
+                    self.publish_dm(&user, &room, &text, true)?
                 } else {
-                    self.publish(idx, &user, &room, &text, id)
-                }
+                    self.publish(&user, &room, &text)?
+                };
+                self.ack_after_flush(idx, &room, seq, ts, id);
+                Ok(())
             }
             Request::Dm { to, text } => {
                 if *to == *user {
@@ -123,7 +127,14 @@ impl Reactor {
                     ));
                 }
                 let room = proto::dm_room(&user, &to);
-                self.publish_dm(idx, &user, &room, &text, id)
+                let known = self
+                    .conns
+                    .get(idx as usize)
+                    .and_then(Conn::session)
+                    .is_some_and(|s| s.has_room(&room));
+                let (seq, ts) = self.publish_dm(&user, &room, &text, known)?;
+                self.ack_after_flush(idx, &room, seq, ts, id);
+                Ok(())
             }
             Request::Typing { room, active } => {
                 self.member_room(idx, &room)?;
@@ -146,11 +157,7 @@ impl Reactor {
                 let latest = self.shared.storage.last_seq(&room)?;
                 let seq = self.shared.storage.set_read(&user, &room, seq.min(latest))?;
                 // Durable with the next group commit; nobody waits for it.
-                self.shared.committer.after_flush(Pending {
-                    reactor: self.id,
-                    cmd: None,
-                    on_fail: None,
-                });
+                self.shared.committer.after_flush(Pending::new(self.id, None, None));
                 let wire = Arc::new(Wire::encode(&Out::Read { room: &room, seq }, true, true));
                 let me = self.conn_ref(idx);
                 let room: Arc<str> = Arc::from(room.as_str());
@@ -195,74 +202,105 @@ impl Reactor {
         }
         let new = self.shared.storage.add_member(room, user)?;
         let conn = self.conn_ref(idx);
-        let cmd = Cmd::Joined { conn, room: Arc::from(room), since, id: id.cloned(), new };
+        let room: Arc<str> = Arc::from(room);
         if new {
             // Membership is durable before `joined` is sent.
+            let cmd = Cmd::Joined {
+                conn,
+                room,
+                user: user.clone(),
+                since,
+                id: id.cloned(),
+                new,
+                http: false,
+            };
             let enc = self.session_enc(idx);
             let fail =
                 unavailable_wire(id, enc == Some(Encoding::Json), enc == Some(Encoding::MsgPack));
-            self.shared.committer.after_flush(Pending {
-                reactor: self.id,
-                cmd: Some(cmd),
-                on_fail: Some(Cmd::Reply { conn, wire: Arc::new(fail) }),
-            });
-        } else if let Cmd::Joined { conn, room, since, id, new } = cmd {
-            self.finish_join(conn, &room, since, id, new);
+            let fail = Cmd::Reply { conn, wire: Arc::new(fail) };
+            self.shared.committer.after_flush(Pending::new(self.id, Some(cmd), Some(fail)));
+        } else {
+            self.finish_join(conn, &room, user, since, id.cloned(), new, false);
         }
         Ok(())
     }
 
-    /// The membership is durable: subscribe this connection (and the user's
-    /// others), answer `joined` with the history, announce a new member.
+    /// The membership is durable: subscribe the joining connection (if it
+    /// is a WebSocket) and the user's others, answer (`joined` with the
+    /// history, or HTTP 200), announce a new member.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn finish_join(
         &mut self,
         conn: ConnRef,
         room: &str,
+        user: &Arc<str>,
         since: Option<u64>,
         id: Option<Value>,
         new: bool,
+        http: bool,
     ) {
-        let idx = (conn.reactor == self.id).then_some(conn.idx).filter(|&i| {
-            self.conns.get(i as usize).is_some_and(|c| c.gen == conn.gen && c.session().is_some())
-        });
-        let Some(idx) = idx else { return };
-        let Some(user) = self.user_of(idx) else { return };
+        let idx = (conn.reactor == self.id)
+            .then_some(conn.idx)
+            .filter(|&i| self.conns.get(i as usize).is_some_and(|c| c.gen == conn.gen));
         let result = (|| -> Result<(), Refusal> {
-            let (name, seq) = self.subscribe_local(idx, room, None)?;
-            // Everything up to `seq` comes from storage, later ones live.
-            let (history, more) = match since {
-                Some(since) => {
-                    let (mut msgs, _) =
-                        self.shared.storage.history(room, Cursor::After(since), SINCE_MAX + 1)?;
-                    msgs.retain(|m| m.seq <= seq);
-                    let more = msgs.len() > SINCE_MAX;
-                    msgs.truncate(SINCE_MAX);
-                    (msgs, more)
+            let ws = idx
+                .filter(|&i| !http && self.conns.get(i as usize).and_then(Conn::session).is_some());
+            let seq = match ws {
+                Some(idx) => {
+                    let (_, seq) = self.subscribe_local(idx, room, None)?;
+                    // Everything up to `seq` comes from storage, later ones live.
+                    let (history, more) = match since {
+                        Some(since) => {
+                            let (mut msgs, _) = self.shared.storage.history(
+                                room,
+                                Cursor::After(since),
+                                SINCE_MAX + 1,
+                            )?;
+                            msgs.retain(|m| m.seq <= seq);
+                            let more = msgs.len() > SINCE_MAX;
+                            msgs.truncate(SINCE_MAX);
+                            (msgs, more)
+                        }
+                        None => self.shared.storage.history(
+                            room,
+                            Cursor::Before(seq.saturating_add(1)),
+                            proto::DEFAULT_HISTORY,
+                        )?,
+                    };
+                    let (members, online) = self.online_members(room)?;
+                    self.reply(
+                        idx,
+                        &Out::Joined { id: id.as_ref(), room, seq, members, online, history, more },
+                    );
+                    seq
                 }
-                None => self.shared.storage.history(
-                    room,
-                    Cursor::Before(seq.saturating_add(1)),
-                    proto::DEFAULT_HISTORY,
-                )?,
+                None => self.shared.storage.last_seq(room)?,
             };
-            let (members, online) = self.online_members(room)?;
-            self.reply(
-                idx,
-                &Out::Joined { id: id.as_ref(), room, seq, members, online, history, more },
-            );
-            self.to_user(&user, || Cmd::User {
+            let name: Arc<str> = Arc::from(room);
+            self.to_user(user, || Cmd::User {
                 user: user.clone(),
                 action: UserAction::Subscribe { room: name.clone(), floor: seq },
                 wire: None,
                 skip: Some(conn),
             });
             if new {
-                self.presence(room, &user, "online");
+                self.presence(room, user, "online");
+            }
+            if let (true, Some(idx)) = (http, idx) {
+                let body = serde_json::json!({ "room": room, "seq": seq }).to_string();
+                self.respond_and_close(
+                    idx,
+                    crate::http::response(200, "application/json", body.as_bytes()),
+                );
             }
             Ok(())
         })();
-        if let Err(r) = result {
-            self.error(idx, id.as_ref(), r.code, &r.message, None);
+        if let (Err(r), Some(idx)) = (result, idx) {
+            if http {
+                self.respond_and_close(idx, crate::api::refused(&r));
+            } else {
+                self.error(idx, id.as_ref(), r.code, &r.message, None);
+            }
         }
     }
 
@@ -282,11 +320,9 @@ impl Reactor {
         let enc = self.session_enc(idx);
         let fail =
             unavailable_wire(id, enc == Some(Encoding::Json), enc == Some(Encoding::MsgPack));
-        self.shared.committer.after_flush(Pending {
-            reactor: self.id,
-            cmd: Some(Cmd::Left { conn, room: Arc::from(room), id: id.cloned() }),
-            on_fail: Some(Cmd::Reply { conn, wire: Arc::new(fail) }),
-        });
+        let cmd = Cmd::Left { conn, room: Arc::from(room), id: id.cloned() };
+        let fail = Cmd::Reply { conn, wire: Arc::new(fail) };
+        self.shared.committer.after_flush(Pending::new(self.id, Some(cmd), Some(fail)));
         Ok(())
     }
 
@@ -314,16 +350,14 @@ impl Reactor {
 
     /// Allocates the next seq of a room, stores the message and hands the
     /// frame to every reactor with subscribers, all under the room's lock, so
-    /// that every reactor sees the room's messages in seq order. The `ack`
-    /// follows the flush.
-    fn publish(
+    /// that every reactor sees the room's messages in seq order. The caller
+    /// answers after the flush. Returns `(seq, ts)`.
+    pub(crate) fn publish(
         &mut self,
-        idx: u32,
         user: &Arc<str>,
         room: &str,
         text: &str,
-        id: Option<&Value>,
-    ) -> Result<(), Refusal> {
+    ) -> Result<(u64, u64), Refusal> {
         let ts = proto::now_ms();
         let storage = &self.shared.storage;
         let mailboxes = &self.shared.mailboxes;
@@ -347,33 +381,31 @@ impl Reactor {
                 Ok(seq)
             },
         )??;
-        self.ack_after_flush(idx, room, seq, ts, id);
-        Ok(())
+        self.metrics.messages += 1;
+        Ok((seq, ts))
     }
 
     /// Like [`publish`](Self::publish) for a DM room: on the first message
-    /// both users become members, and delivery goes to both users'
-    /// connections (subscribing them) rather than to the room's subscribers.
-    fn publish_dm(
+    /// (`known` false) both users become members, and delivery goes to both
+    /// users' connections (subscribing them) rather than to the room's
+    /// subscribers.
+    pub(crate) fn publish_dm(
         &mut self,
-        idx: u32,
         user: &Arc<str>,
         room: &str,
         text: &str,
-        id: Option<&Value>,
-    ) -> Result<(), Refusal> {
+        known: bool,
+    ) -> Result<(u64, u64), Refusal> {
         let Some((a, b)) = proto::dm_users(room) else {
             return Err(Refusal::new(Code::InvalidRoom, "invalid room name"));
         };
-        let already =
-            self.conns.get(idx as usize).and_then(Conn::session).is_some_and(|s| s.has_room(room));
         let ts = proto::now_ms();
         let shared = &self.shared;
         let seq = shared.dir.with_room(
             room,
             || shared.storage.last_seq(room),
             |e| -> Result<u64, Refusal> {
-                if !already {
+                if !known {
                     shared.storage.add_member(room, a)?;
                     shared.storage.add_member(room, b)?;
                 }
@@ -395,19 +427,19 @@ impl Reactor {
                 Ok(seq)
             },
         )??;
-        self.ack_after_flush(idx, room, seq, ts, id);
-        Ok(())
+        self.metrics.messages += 1;
+        Ok((seq, ts))
     }
 
     fn ack_after_flush(&mut self, idx: u32, room: &str, seq: u64, ts: u64, id: Option<&Value>) {
         let Some(enc) = self.session_enc(idx) else { return };
         let conn = self.conn_ref(idx);
         let (json, mp) = (enc == Encoding::Json, enc == Encoding::MsgPack);
-        let ack = Wire::encode(&Out::Ack { id, room, seq, ts }, json, mp);
-        self.shared.committer.after_flush(Pending {
-            reactor: self.id,
-            cmd: Some(Cmd::Reply { conn, wire: Arc::new(ack) }),
-            on_fail: Some(Cmd::Reply { conn, wire: Arc::new(unavailable_wire(id, json, mp)) }),
-        });
+        let ack = Cmd::Reply {
+            conn,
+            wire: Arc::new(Wire::encode(&Out::Ack { id, room, seq, ts }, json, mp)),
+        };
+        let fail = Cmd::Reply { conn, wire: Arc::new(unavailable_wire(id, json, mp)) };
+        self.shared.committer.after_flush(Pending::new(self.id, Some(ack), Some(fail)));
     }
 }

@@ -149,6 +149,12 @@ impl Bucket {
         Bucket { tokens: burst as f64, last: now, refused: 0, window: now }
     }
 
+    /// Whether the bucket is not full again yet (its state still matters).
+    pub fn busy(&self, now: Instant, rate: u32, burst: u32) -> bool {
+        let dt = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens + dt * rate as f64 <= burst as f64 - 1.0
+    }
+
     /// Takes one token for a frame.
     pub fn take(&mut self, rate: u32, burst: u32, now: Instant) -> Result<(), Limited> {
         let dt = now.saturating_duration_since(self.last).as_secs_f64();
@@ -217,6 +223,8 @@ pub enum Phase {
         /// What has arrived so far.
         buf: Vec<u8>,
     },
+    /// An API call waiting for the flush that makes it durable.
+    HttpWait,
     /// A live WebSocket.
     Open(Box<Session>),
     /// Sending what is queued, then closing. `session` is kept for cleanup.

@@ -57,7 +57,18 @@ pub enum Cmd {
     Reply { conn: ConnRef, wire: Arc<Wire> },
     /// A membership change is durable: finish the `join` for this connection.
     /// `new`: the user was not a member before (announce them).
-    Joined { conn: ConnRef, room: Arc<str>, since: Option<u64>, id: Option<Value>, new: bool },
+    /// `http`: the join came from the HTTP API (answer 200 to `conn`).
+    Joined {
+        conn: ConnRef,
+        room: Arc<str>,
+        user: Arc<str>,
+        since: Option<u64>,
+        id: Option<Value>,
+        new: bool,
+        http: bool,
+    },
+    /// A complete HTTP response for a parked API connection.
+    Http { conn: ConnRef, bytes: bytes::Bytes },
     /// A membership change is durable: finish the `leave` for this user.
     Left { conn: ConnRef, room: Arc<str>, id: Option<Value> },
     /// Stop: close every connection with 1001 and exit the loop.

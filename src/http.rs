@@ -5,6 +5,7 @@
 //! Writes nothing to sockets itself: the reactor queues what it returns.
 
 use crate::{
+    api,
     auth::Claims,
     proto::{valid_user, Encoding},
     reactor::Shared,
@@ -12,8 +13,13 @@ use crate::{
 use bytes::Bytes;
 use std::sync::atomic::Ordering;
 
+/// The embedded web client.
+const INDEX: &str = include_str!("web/index.html");
+
 /// Largest request head accepted.
 pub const MAX_HEAD: usize = 16 << 10;
+/// Largest request body accepted (413 above).
+pub const MAX_BODY: usize = 64 << 10;
 /// Most headers accepted.
 const MAX_HEADERS: usize = 48;
 
@@ -24,6 +30,8 @@ pub enum Outcome {
     Partial,
     /// Answer with these bytes, then close.
     Respond(Bytes),
+    /// An API call to carry out on the reactor (it answers, maybe later).
+    Api(crate::api::Call),
     /// Upgrade: write `response` (the 101), then speak WebSocket. `leftover`
     /// holds bytes read past the head.
     Upgrade { response: Bytes, claims: Claims, enc: Encoding, leftover: Vec<u8> },
@@ -40,7 +48,12 @@ pub fn response(status: u16, content_type: &str, body: &[u8]) -> Bytes {
     let reason = match status {
         200 => "OK",
         400 => "Bad Request",
+        201 => "Created",
+        202 => "Accepted",
         401 => "Unauthorized",
+        403 => "Forbidden",
+        413 => "Payload Too Large",
+        429 => "Too Many Requests",
         404 => "Not Found",
         405 => "Method Not Allowed",
         431 => "Request Header Fields Too Large",
@@ -69,7 +82,7 @@ fn has_token(value: Option<&str>, token: &str) -> bool {
     value.is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
 }
 
-fn query_param<'a>(query: &'a str, key: &str) -> Option<&'a str> {
+pub(crate) fn query_param<'a>(query: &'a str, key: &str) -> Option<&'a str> {
     query.split('&').filter_map(|kv| kv.split_once('=')).find(|(k, _)| *k == key).map(|(_, v)| v)
 }
 
@@ -91,12 +104,51 @@ pub fn handle(buf: &[u8], shared: &Shared) -> Outcome {
     let method = req.method.unwrap_or("");
     let target = req.path.unwrap_or("/");
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let body_len = match header(&req, "content-length").map(str::parse::<usize>) {
+        None => 0,
+        Some(Ok(n)) => n,
+        Some(Err(_)) => return Outcome::Respond(error(400, "bad_request", "bad Content-Length")),
+    };
+    if body_len > MAX_BODY {
+        // Refused on the head alone: the body is never read.
+        return Outcome::Respond(error(413, "too_large", "body over 64 KiB"));
+    }
+    if header(&req, "transfer-encoding").is_some() {
+        return Outcome::Respond(error(
+            400,
+            "bad_request",
+            "send a Content-Length body, not chunked",
+        ));
+    }
     match path {
         "/ws" if method == "GET" => upgrade(&req, query, &buf[head_len..], shared),
         "/health" if method == "GET" => health(shared),
-        "/ws" | "/health" => Outcome::Respond(error(405, "method_not_allowed", "use GET")),
+        "/metrics" if method == "GET" => Outcome::Respond(response(
+            200,
+            crate::metrics::CONTENT_TYPE,
+            shared.metrics.render(shared).as_bytes(),
+        )),
+        "/" if method == "GET" => {
+            Outcome::Respond(response(200, "text/html; charset=utf-8", INDEX.as_bytes()))
+        }
+        "/ws" | "/health" | "/metrics" | "/" => {
+            Outcome::Respond(error(405, "method_not_allowed", "use GET"))
+        }
+        _ if path.starts_with("/api/") => {
+            if buf.len() < head_len + body_len {
+                return Outcome::Partial;
+            }
+            let body = &buf[head_len..head_len + body_len];
+            let bearer = header(&req, "authorization").and_then(bearer_token);
+            api::route(method, path, query, body, bearer, shared)
+        }
         _ => Outcome::Respond(error(404, "not_found", "unknown path")),
     }
+}
+
+fn bearer_token(v: &str) -> Option<&str> {
+    let (scheme, rest) = v.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
 }
 
 fn health(shared: &Shared) -> Outcome {
@@ -113,22 +165,24 @@ fn health(shared: &Shared) -> Outcome {
     Outcome::Respond(response(status, "application/json", body.to_string().as_bytes()))
 }
 
+/// Checks a token: signature, expiry, user id, revocation. `Err` is the 401 message.
+pub fn verify(token: &str, shared: &Shared) -> Result<Claims, String> {
+    let claims = shared.keys.verify(token)?;
+    if claims.jti.as_deref().is_some_and(|j| shared.revoked.contains(j)) {
+        return Err("token revoked".into());
+    }
+    Ok(claims)
+}
+
 /// Checks the token (or `?user=` in open mode). `Err` is the 401 message.
 fn authenticate(
     req: &httparse::Request<'_, '_>,
     query: &str,
     shared: &Shared,
 ) -> Result<Claims, String> {
-    let bearer = header(req, "authorization").and_then(|v| {
-        let (scheme, rest) = v.split_once(' ')?;
-        scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
-    });
+    let bearer = header(req, "authorization").and_then(bearer_token);
     if let Some(token) = bearer.or_else(|| query_param(query, "token")) {
-        let claims = shared.keys.verify(token)?;
-        if claims.jti.as_deref().is_some_and(|j| shared.revoked.contains(j)) {
-            return Err("token revoked".into());
-        }
-        return Ok(claims);
+        return verify(token, shared);
     }
     if shared.cfg.open {
         if let Some(user) = query_param(query, "user") {

@@ -9,7 +9,9 @@
 //!   subscriptions, delivery. The only caller of `Registry`.
 //! * `conn`    — one connection: socket, output queue, phase, rate bucket.
 //! * `chat`    — what each client frame does (join, send, dm, ...).
-//! * `http`    — request heads, routing, the upgrade decision, `/health`.
+//! * `http`    — request heads, routing, the upgrade decision, `/health`, `/`.
+//! * `api`     — the `/api/` routes: parsing, auth, rate limit, execution.
+//! * `metrics` — Prometheus counters and the `/metrics` text.
 //! * `proto`   — client frames in, server frames out (JSON / MessagePack,
 //!   framed once and shared), naming and text rules.
 //! * `rooms`   — the shared directory: room → reactors, user → reactors.
@@ -19,12 +21,14 @@
 //! * `auth`    — HS256 tokens and revocations.
 #![deny(rust_2018_idioms, missing_debug_implementations)]
 
+pub mod api;
 pub mod auth;
 pub mod chat;
 pub mod config;
 pub mod conn;
 pub mod fanout;
 pub mod http;
+pub mod metrics;
 pub mod proto;
 pub mod reactor;
 pub mod rooms;

@@ -512,6 +512,14 @@ pub enum Out<'a> {
         id: Option<&'a Value>,
         ts: u64,
     },
+    /// A server-originated notification (`POST /api/notify`).
+    Notification {
+        kind: &'a str,
+        text: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        data: Option<&'a Value>,
+        ts: u64,
+    },
     /// A refused frame.
     Error {
         id: Option<&'a Value>,

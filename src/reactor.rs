@@ -27,6 +27,7 @@ use crate::{
     conn::{would_block, Bucket, Conn, Io, OutQueue, Phase, Session},
     fanout::{Cmd, ConnRef, Inbox, Mailbox, UserAction},
     http::{self, Outcome},
+    metrics::{LocalCounts, Metrics},
     proto::{self, Cursor, Encoding, Limits, Out, Wire},
     rooms::{bits, Directory},
     storage::{Committer, Storage, StorageError},
@@ -132,6 +133,10 @@ pub struct Shared {
     pub started: Instant,
     /// Live WebSocket connections.
     pub connections: AtomicUsize,
+    /// Prometheus metrics.
+    pub metrics: Arc<Metrics>,
+    /// Rate-limit buckets of HTTP API callers, by token.
+    pub http_buckets: parking_lot::Mutex<HashMap<String, Bucket>>,
 }
 
 /// One subscriber of a room on this reactor.
@@ -185,6 +190,8 @@ pub struct Reactor {
     /// Set once shutdown began: stop turning at this time.
     shutdown: Option<Instant>,
     ws_config: WebSocketConfig,
+    /// Counts folded into the shared metrics once per turn.
+    pub(crate) metrics: LocalCounts,
 }
 
 fn token(idx: usize, gen: u32) -> Token {
@@ -226,6 +233,7 @@ impl Reactor {
             now: Instant::now(),
             shutdown: None,
             ws_config,
+            metrics: LocalCounts::default(),
         })
     }
 
@@ -280,6 +288,9 @@ impl Reactor {
             self.close_slow();
             self.flush_dirty();
             self.reap_all();
+            if self.metrics.frames_out != 0 || self.metrics.frames_in != 0 {
+                self.shared.metrics.absorb(self.id, &mut self.metrics, self.conns.len());
+            }
             if let Some(deadline) = self.shutdown {
                 if self.conns.is_empty() || self.now >= deadline {
                     break;
@@ -358,7 +369,7 @@ impl Reactor {
         match &mut conn.phase {
             Phase::Http { .. } => self.read_http(idx),
             Phase::Open(_) => self.read_ws(idx),
-            Phase::Closing { .. } => {
+            Phase::Closing { .. } | Phase::HttpWait => {
                 // Discard whatever the peer still sends; its EOF ends the linger.
                 let mut scratch = [0u8; 4096];
                 loop {
@@ -408,13 +419,14 @@ impl Reactor {
         match http::handle(buf, &self.shared) {
             Outcome::Partial => {}
             Outcome::Respond(bytes) => self.respond_and_close(idx, bytes),
+            Outcome::Api(call) => self.api_call(idx, call),
             Outcome::Upgrade { response, claims, enc, leftover } => {
                 self.open_session(idx, response, claims, enc, leftover)
             }
         }
     }
 
-    fn respond_and_close(&mut self, idx: u32, bytes: Bytes) {
+    pub(crate) fn respond_and_close(&mut self, idx: u32, bytes: Bytes) {
         if let Some(conn) = self.conns.get_mut(idx as usize) {
             conn.out.push(bytes);
             conn.phase =
@@ -599,6 +611,7 @@ impl Reactor {
             &mut self.conns,
             &mut self.dirty,
             &mut self.slow,
+            &mut self.metrics,
             self.shared.cfg.max_output,
             idx,
             bytes,
@@ -607,6 +620,7 @@ impl Reactor {
 
     fn close_slow(&mut self) {
         while let Some(idx) = self.slow.pop() {
+            self.metrics.slow_closes += 1;
             self.start_closing(idx, Some(Close::SlowConsumer));
         }
     }
@@ -800,8 +814,18 @@ impl Reactor {
                         }
                     }
                 }
-                Cmd::Joined { conn, room, since, id, new } => {
-                    self.finish_join(conn, &room, since, id, new)
+                Cmd::Joined { conn, room, user, since, id, new, http } => {
+                    self.finish_join(conn, &room, &user, since, id, new, http)
+                }
+                Cmd::Http { conn, bytes } => {
+                    if let Some(idx) = self.local(conn) {
+                        if matches!(
+                            self.conns.get(idx as usize).map(|c| &c.phase),
+                            Some(Phase::HttpWait)
+                        ) {
+                            self.respond_and_close(idx, bytes);
+                        }
+                    }
                 }
                 Cmd::Left { conn, room, id } => self.finish_leave(conn, &room, id),
                 Cmd::Shutdown => self.begin_shutdown(),
@@ -836,10 +860,12 @@ impl Reactor {
                 continue;
             }
             let Some(bytes) = wire.get(session.enc) else { continue };
+            self.metrics.deliveries += 1;
             queue_frame(
                 &mut self.conns,
                 &mut self.dirty,
                 &mut self.slow,
+                &mut self.metrics,
                 max,
                 sub.idx,
                 bytes.clone(),
@@ -888,6 +914,9 @@ impl Reactor {
                 }
             }
             if let Some(bytes) = wire.get(enc) {
+                if *seq != 0 {
+                    self.metrics.deliveries += 1;
+                }
                 self.queue(idx, bytes.clone());
             }
         }
@@ -925,7 +954,7 @@ impl Reactor {
                 Phase::Http { .. } if now.duration_since(conn.born) >= HTTP_DEADLINE => {
                     self.reap.push(idx)
                 }
-                Phase::Http { .. } => {}
+                Phase::Http { .. } | Phase::HttpWait => {}
                 Phase::Closing { until, .. } => {
                     if now >= *until {
                         self.reap.push(idx);
@@ -947,6 +976,7 @@ impl Reactor {
                 }
             }
         }
+        self.shared.metrics.absorb(self.id, &mut self.metrics, self.conns.len());
         for idx in ping {
             self.queue(idx, proto::ping_frame());
         }
@@ -993,6 +1023,7 @@ fn queue_frame(
     conns: &mut Slab<Conn>,
     dirty: &mut Vec<u32>,
     slow: &mut Vec<u32>,
+    counts: &mut LocalCounts,
     max: usize,
     idx: u32,
     bytes: Bytes,
@@ -1001,6 +1032,7 @@ fn queue_frame(
     if !matches!(conn.phase, Phase::Open(_)) {
         return false;
     }
+    counts.frames_out += 1;
     conn.out.push(bytes);
     if !conn.dirty {
         conn.dirty = true;

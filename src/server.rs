@@ -7,6 +7,7 @@ use crate::{
     auth::{Keys, Revocations},
     config::Config,
     fanout::{self, Cmd, Mailbox},
+    metrics::Metrics,
     proto::Limits,
     reactor::{Reactor, Shared, WAKER},
     rooms::Directory,
@@ -90,7 +91,9 @@ impl Server {
             mailboxes.push(mb);
             inboxes.push(inbox);
         }
-        let (committer, commit) = Committer::start(storage.clone(), mailboxes.clone());
+        let metrics = Arc::new(Metrics::new());
+        let (committer, commit) =
+            Committer::start(storage.clone(), mailboxes.clone(), metrics.clone());
         let shared = Arc::new(Shared {
             limits: Limits {
                 max_text: cfg.max_text,
@@ -107,6 +110,8 @@ impl Server {
             revoked,
             started: Instant::now(),
             connections: AtomicUsize::new(0),
+            metrics,
+            http_buckets: Default::default(),
         });
         let mut reactors = Vec::new();
         for (i, ((poll, inbox), l)) in polls.into_iter().zip(inboxes).zip(listeners).enumerate() {

@@ -19,13 +19,14 @@
 
 use crate::{
     fanout::{Cmd, Mailbox},
+    metrics::Metrics,
     proto::{Code, Cursor, Msg, Out, Refusal, Wire},
 };
 use crossbeam_channel::{Receiver, Sender};
 use std::{
     path::Path,
     sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, Ordering},
         Arc,
     },
     thread,
@@ -309,39 +310,37 @@ pub struct Pending {
     pub cmd: Option<Cmd>,
     /// What to send it if the flush fails (an `unavailable` error frame).
     pub on_fail: Option<Cmd>,
+    /// When it was queued (ack latency).
+    pub at: Instant,
 }
 
-/// Counters of the commit thread, for metrics and benchmarks.
-#[derive(Debug, Default)]
-pub struct CommitStats {
-    /// Flushes done.
-    pub flushes: AtomicU64,
-    /// Requests served by those flushes.
-    pub requests: AtomicU64,
-    /// Total flush time, microseconds.
-    pub flush_us: AtomicU64,
+impl Pending {
+    /// A request queued now.
+    pub fn new(reactor: u16, cmd: Option<Cmd>, on_fail: Option<Cmd>) -> Pending {
+        Pending { reactor, cmd, on_fail, at: Instant::now() }
+    }
 }
 
 /// The sending side of the group-commit thread.
 #[derive(Clone, Debug)]
 pub struct Committer {
     tx: Sender<Pending>,
-    /// Statistics of the thread.
-    pub stats: Arc<CommitStats>,
 }
 
 impl Committer {
     /// Starts the commit thread; it exits when every `Committer` is dropped,
     /// after a last flush.
-    pub fn start(storage: Storage, mailboxes: Vec<Mailbox>) -> (Committer, thread::JoinHandle<()>) {
+    pub fn start(
+        storage: Storage,
+        mailboxes: Vec<Mailbox>,
+        metrics: Arc<Metrics>,
+    ) -> (Committer, thread::JoinHandle<()>) {
         let (tx, rx) = crossbeam_channel::unbounded();
-        let stats = Arc::new(CommitStats::default());
-        let s = stats.clone();
         let handle = thread::Builder::new()
             .name("chinwag-commit".into())
-            .spawn(move || commit_loop(storage, mailboxes, rx, s))
+            .spawn(move || commit_loop(storage, mailboxes, rx, metrics))
             .unwrap_or_else(|e| panic!("cannot start the commit thread: {e}"));
-        (Committer { tx, stats }, handle)
+        (Committer { tx }, handle)
     }
 
     /// Queues a command to be delivered once everything written so far is durable.
@@ -355,7 +354,7 @@ fn commit_loop(
     storage: Storage,
     mailboxes: Vec<Mailbox>,
     rx: Receiver<Pending>,
-    stats: Arc<CommitStats>,
+    metrics: Arc<Metrics>,
 ) {
     let mut batch = Vec::new();
     while let Ok(first) = rx.recv() {
@@ -363,10 +362,11 @@ fn commit_loop(
         batch.extend(rx.try_iter());
         let t = Instant::now();
         let ok = storage.flush().is_ok();
-        stats.flush_us.fetch_add(t.elapsed().as_micros() as u64, Ordering::Relaxed);
-        stats.flushes.fetch_add(1, Ordering::Relaxed);
-        stats.requests.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        metrics.flush_seconds.observe(t.elapsed().as_secs_f64());
+        metrics.flush_batch.observe(batch.len() as f64);
+        let done = Instant::now();
         for p in batch.drain(..) {
+            metrics.ack_seconds.observe(done.saturating_duration_since(p.at).as_secs_f64());
             let cmd = if ok { p.cmd } else { p.on_fail };
             if let (Some(cmd), Some(mb)) = (cmd, mailboxes.get(p.reactor as usize)) {
                 mb.send(cmd);

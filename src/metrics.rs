@@ -1,0 +1,159 @@
+//! Prometheus metrics (prometheus-client) and the `/metrics` text.
+//!
+//! The hot path takes no lock and touches no shared cache line per message:
+//! each reactor counts into its own [`LocalCounts`] and folds them into the
+//! shared counters once per turn ([`Metrics::absorb`]).
+
+use crate::reactor::Shared;
+use prometheus_client::{
+    encoding::{text::encode, EncodeLabelSet},
+    metrics::{
+        counter::Counter, family::Family, gauge::Gauge, histogram::exponential_buckets,
+        histogram::Histogram,
+    },
+    registry::Registry,
+};
+use std::sync::atomic::Ordering;
+
+/// The Content-Type of the text exposition format.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Label of per-loop series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LoopLabel {
+    /// Reactor index.
+    pub r#loop: String,
+}
+
+/// One reactor's counts since its last turn.
+#[derive(Debug, Default)]
+pub struct LocalCounts {
+    /// Client frames read.
+    pub frames_in: u64,
+    /// Frames queued for clients.
+    pub frames_out: u64,
+    /// Messages accepted (sent or DM).
+    pub messages: u64,
+    /// Messages queued for a member.
+    pub deliveries: u64,
+    /// Connections closed with 1013.
+    pub slow_closes: u64,
+    /// Frames refused by the rate limit.
+    pub rate_limited: u64,
+}
+
+/// The node's metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    connections: Gauge,
+    by_loop: Family<LoopLabel, Gauge>,
+    frames_in: Counter,
+    frames_out: Counter,
+    messages: Counter,
+    deliveries: Counter,
+    slow_closes: Counter,
+    rate_limited: Counter,
+    /// Storage flush latency, seconds.
+    pub flush_seconds: Histogram,
+    /// Requests served per flush.
+    pub flush_batch: Histogram,
+    /// Accept-to-ack latency (queue to the commit thread until durable), seconds.
+    pub ack_seconds: Histogram,
+    redis_up: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("chinwag");
+        let m = Metrics {
+            connections: Gauge::default(),
+            by_loop: Family::default(),
+            frames_in: Counter::default(),
+            frames_out: Counter::default(),
+            messages: Counter::default(),
+            deliveries: Counter::default(),
+            slow_closes: Counter::default(),
+            rate_limited: Counter::default(),
+            flush_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+            flush_batch: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
+            ack_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+            redis_up: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register("connections", "Live WebSocket connections", m.connections.clone());
+        registry.register(
+            "loop_connections",
+            "Live WebSocket connections by event loop",
+            m.by_loop.clone(),
+        );
+        registry.register("frames_in", "Client frames received", m.frames_in.clone());
+        registry.register("frames_out", "Frames queued for clients", m.frames_out.clone());
+        registry.register("messages", "Messages accepted", m.messages.clone());
+        registry.register(
+            "deliveries",
+            "Messages queued for a member connection",
+            m.deliveries.clone(),
+        );
+        registry.register(
+            "slow_consumer_closes",
+            "Connections closed with 1013",
+            m.slow_closes.clone(),
+        );
+        registry.register(
+            "rate_limited",
+            "Frames refused by the rate limit",
+            m.rate_limited.clone(),
+        );
+        registry.register(
+            "storage_flush_seconds",
+            "Storage flush (fsync) latency",
+            m.flush_seconds.clone(),
+        );
+        registry.register(
+            "storage_flush_batch",
+            "Writes made durable per flush",
+            m.flush_batch.clone(),
+        );
+        registry.register(
+            "ack_latency_seconds",
+            "From accepting a write to its durable answer",
+            m.ack_seconds.clone(),
+        );
+        registry.register(
+            "redis_up",
+            "1 when the Redis link is up, 0 when down or off",
+            m.redis_up.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// Folds a reactor's counts into the shared counters and zeroes them.
+    pub fn absorb(&self, reactor: u16, c: &mut LocalCounts, conns: usize) {
+        self.frames_in.inc_by(c.frames_in);
+        self.frames_out.inc_by(c.frames_out);
+        self.messages.inc_by(c.messages);
+        self.deliveries.inc_by(c.deliveries);
+        self.slow_closes.inc_by(c.slow_closes);
+        self.rate_limited.inc_by(c.rate_limited);
+        self.by_loop.get_or_create(&LoopLabel { r#loop: reactor.to_string() }).set(conns as i64);
+        *c = LocalCounts::default();
+    }
+
+    /// The text exposition.
+    pub fn render(&self, shared: &Shared) -> String {
+        self.connections.set(shared.connections.load(Ordering::Relaxed) as i64);
+        let mut out = String::new();
+        if encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
