@@ -43,8 +43,8 @@ pub enum Op {
     Revoke { jti: String },
 }
 
-fn respond(status: u16, code: &str, message: &str) -> Outcome {
-    Outcome::Respond(error(status, code, message))
+fn respond(status: u16, code: &str, message: &str) -> Bytes {
+    error(status, code, message)
 }
 
 fn refusal_status(code: Code) -> u16 {
@@ -84,7 +84,7 @@ fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-fn query_u64(query: &str, key: &str) -> Result<Option<u64>, Outcome> {
+fn query_u64(query: &str, key: &str) -> Result<Option<u64>, Bytes> {
     match http::query_param(query, key) {
         None | Some("") => Ok(None),
         Some(v) => v
@@ -94,14 +94,14 @@ fn query_u64(query: &str, key: &str) -> Result<Option<u64>, Outcome> {
     }
 }
 
-fn body_json(body: &[u8]) -> Result<serde_json::Map<String, Value>, Outcome> {
+fn body_json(body: &[u8]) -> Result<serde_json::Map<String, Value>, Bytes> {
     match serde_json::from_slice(body) {
         Ok(Value::Object(m)) => Ok(m),
         _ => Err(respond(400, "bad_request", "the body must be a JSON object")),
     }
 }
 
-fn body_str(m: &serde_json::Map<String, Value>, key: &str) -> Result<String, Outcome> {
+fn body_str(m: &serde_json::Map<String, Value>, key: &str) -> Result<String, Bytes> {
     match m.get(key) {
         Some(Value::String(s)) => Ok(s.clone()),
         _ => Err(respond(400, "bad_request", &format!("`{key}` must be a string"))),
@@ -119,7 +119,7 @@ pub fn route(
 ) -> Outcome {
     match route_inner(method, path, query, body, bearer, shared) {
         Ok(call) => Outcome::Api(call),
-        Err(outcome) => outcome,
+        Err(bytes) => Outcome::Respond(bytes),
     }
 }
 
@@ -130,7 +130,7 @@ fn route_inner(
     body: &[u8],
     bearer: Option<&str>,
     shared: &Shared,
-) -> Result<Call, Outcome> {
+) -> Result<Call, Bytes> {
     let parts: Vec<&str> = path.trim_start_matches("/api/").split('/').collect();
     // Match the route before auth so an unknown path is 404 for anyone.
     let (want, which) = match parts.as_slice() {
@@ -148,7 +148,7 @@ fn route_inner(
     };
     let claims = http::verify(token, shared).map_err(|why| respond(401, "unauthorized", &why))?;
     take_token(token, shared)?;
-    let room = || -> Result<String, Outcome> {
+    let room = || -> Result<String, Bytes> {
         let room = percent_decode(parts[1])
             .ok_or_else(|| respond(400, "invalid_room", "invalid room name"))?;
         if proto::valid_room(&room) || proto::dm_users(&room).is_some() {
@@ -176,8 +176,7 @@ fn route_inner(
         ("messages", _) => {
             let room = room()?;
             let text = body_str(&body_json(body)?, "text")?;
-            proto::check_text(&text, shared.cfg.max_text)
-                .map_err(|r| Outcome::Respond(refused(&r)))?;
+            proto::check_text(&text, shared.cfg.max_text).map_err(|r| refused(&r))?;
             Op::Post { room, text }
         }
         ("join", _) => {
@@ -212,7 +211,7 @@ fn route_inner(
 }
 
 /// The per-token bucket: the same `rate`/`burst` as a WebSocket connection.
-fn take_token(token: &str, shared: &Shared) -> Result<(), Outcome> {
+fn take_token(token: &str, shared: &Shared) -> Result<(), Bytes> {
     let now = Instant::now();
     let (rate, burst) = (shared.cfg.rate, shared.cfg.burst);
     let mut buckets = shared.http_buckets.lock();
@@ -229,7 +228,7 @@ fn take_token(token: &str, shared: &Shared) -> Result<(), Outcome> {
                 Limited::Abuse => 1000,
             };
             let body = json!({"error": "rate_limited", "message": "rate limit exceeded", "retry_after_ms": ms});
-            Err(Outcome::Respond(response(429, "application/json", body.to_string().as_bytes())))
+            Err(response(429, "application/json", body.to_string().as_bytes()))
         }
     }
 }
