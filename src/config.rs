@@ -33,6 +33,8 @@ pub enum Command {
     Serve(Box<ServeFlags>),
     /// Print a signed token for USER.
     Token(TokenFlags),
+    /// Write a consistent copy of the data to DEST (also while the server runs).
+    Backup(BackupFlags),
 }
 
 /// Flags of `chinwag serve`. Values are strings so that every bad value gets
@@ -103,6 +105,25 @@ pub struct TokenFlags {
     /// Print a sign-in link for the web page instead.
     #[arg(long)]
     pub link: bool,
+}
+
+/// Flags of `chinwag backup`.
+#[derive(Debug, Args)]
+pub struct BackupFlags {
+    /// Where to write the copy (a new directory).
+    pub dest: PathBuf,
+    /// Data directory to copy.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// TOML config file.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+/// The data directory `chinwag backup` copies.
+pub fn resolve_backup(flags: &BackupFlags) -> Result<PathBuf, BadSetting> {
+    let file = read_file(flags.config.as_deref())?;
+    Ok(data_dir(flags.data_dir.clone(), file.data_dir))
 }
 
 /// A refused setting: `key` is its TOML name.

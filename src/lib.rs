@@ -19,6 +19,7 @@
 //!   cross-thread path into a reactor.
 //! * `storage` — sled (the only module naming it) and the group-commit thread.
 //! * `auth`    — HS256 tokens and revocations.
+//! * `control` — the local control socket and `chinwag backup`.
 #![deny(rust_2018_idioms, missing_debug_implementations)]
 
 pub mod api;
@@ -26,6 +27,7 @@ pub mod auth;
 pub mod chat;
 pub mod config;
 pub mod conn;
+pub mod control;
 pub mod fanout;
 pub mod http;
 pub mod metrics;

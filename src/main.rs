@@ -4,7 +4,9 @@
 use chinwag::{
     auth::{Claims, Keys},
     config::{self, Cli, Command, ServeFlags},
+    control,
     server::Server,
+    storage::Storage,
 };
 use clap::Parser;
 use std::process::ExitCode;
@@ -15,6 +17,7 @@ fn main() -> ExitCode {
     match cli.command.unwrap_or(Command::Serve(Box::default())) {
         Command::Serve(flags) => serve(*flags),
         Command::Token(flags) => token(flags),
+        Command::Backup(flags) => backup(flags),
     }
 }
 
@@ -50,12 +53,41 @@ fn serve(flags: ServeFlags) -> ExitCode {
         server.addr,
         data_dir.display()
     );
+    server.notify_systemd();
     if let Some(sig) = signals.forever().next() {
         log::info!("signal {sig}: closing connections and flushing storage");
     }
     server.shutdown();
     log::info!("stopped");
     ExitCode::SUCCESS
+}
+
+fn backup(flags: config::BackupFlags) -> ExitCode {
+    let dir = match config::resolve_backup(&flags) {
+        Ok(d) => d,
+        Err(bad) => {
+            eprintln!("chinwag: {bad}");
+            return ExitCode::from(2);
+        }
+    };
+    // A running server holds the database: ask it. Otherwise open it here.
+    let result = match control::request_backup(&dir, &flags.dest) {
+        Ok(Some(n)) => Ok(n),
+        Ok(None) => Storage::open(&dir)
+            .map_err(|e| e.to_string())
+            .and_then(|s| control::backup(&s, &dir, &flags.dest)),
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(n) => {
+            println!("backup of {} ({n} records) written to {}", dir.display(), flags.dest.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("chinwag: backup failed: {e}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 fn token(flags: config::TokenFlags) -> ExitCode {

@@ -135,6 +135,8 @@ pub struct Shared {
     pub connections: AtomicUsize,
     /// Prometheus metrics.
     pub metrics: Arc<Metrics>,
+    /// Per reactor: ms since `started` at its last turn (for the watchdog).
+    pub heartbeats: Vec<std::sync::atomic::AtomicU64>,
     /// Rate-limit buckets of HTTP API callers, by token.
     pub http_buckets: parking_lot::Mutex<HashMap<String, Bucket>>,
 }
@@ -257,6 +259,8 @@ impl Reactor {
             }
             self.inbox.awake();
             self.now = Instant::now();
+            let beat = self.now.saturating_duration_since(self.shared.started).as_millis() as u64;
+            self.shared.heartbeats[self.id as usize].store(beat, Ordering::Relaxed);
             for ev in events.iter() {
                 match ev.token() {
                     LISTENER => self.accept(),

@@ -18,7 +18,10 @@ use socket2::{Domain, Protocol, Socket, Type};
 use std::{
     io,
     net::SocketAddr,
-    sync::{atomic::AtomicUsize, Arc},
+    sync::{
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+        Arc,
+    },
     thread,
     time::Instant,
 };
@@ -74,6 +77,7 @@ impl Server {
     pub fn start(cfg: Config) -> Result<Server, StartError> {
         let storage = Storage::open(&cfg.data_dir).map_err(|e| StartError::Storage(e.0))?;
         let revoked = Revocations::new(storage.revoked().map_err(|e| StartError::Storage(e.0))?);
+        crate::control::serve(storage.clone(), cfg.data_dir.clone()).map_err(StartError::Other)?;
         let first = listener(cfg.listen).map_err(StartError::Listen)?;
         let addr = first.local_addr().map_err(StartError::Listen)?;
         let mut listeners = vec![first];
@@ -92,6 +96,7 @@ impl Server {
             inboxes.push(inbox);
         }
         let metrics = Arc::new(Metrics::new());
+        let cfg_threads = cfg.threads;
         let (committer, commit) =
             Committer::start(storage.clone(), mailboxes.clone(), metrics.clone());
         let shared = Arc::new(Shared {
@@ -112,6 +117,7 @@ impl Server {
             connections: AtomicUsize::new(0),
             metrics,
             http_buckets: Default::default(),
+            heartbeats: (0..cfg_threads).map(|_| AtomicU64::new(0)).collect(),
         });
         let mut reactors = Vec::new();
         for (i, ((poll, inbox), l)) in polls.into_iter().zip(inboxes).zip(listeners).enumerate() {
@@ -127,9 +133,36 @@ impl Server {
         Ok(Server { addr, mailboxes, reactors, commit: Some(commit), shared: Some(shared) })
     }
 
+    /// Tells systemd the node is ready and, if the unit has a watchdog,
+    /// pings it for as long as every event loop keeps turning.
+    pub fn notify_systemd(&self) {
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+        let mut usec = 0;
+        if !sd_notify::watchdog_enabled(false, &mut usec) {
+            return;
+        }
+        let Some(shared) = self.shared.clone() else { return };
+        let every = std::time::Duration::from_micros(usec / 2);
+        let spawned = thread::Builder::new().name("chinwag-watchdog".into()).spawn(move || loop {
+            thread::sleep(every);
+            let now = shared.started.elapsed().as_millis() as u64;
+            // A loop turns at least every 250 ms; 10 s of silence is a hang.
+            let alive = shared.heartbeats.iter().all(|h| now.saturating_sub(h.load(Ordering::Relaxed)) < 10_000);
+            if alive {
+                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
+            } else {
+                log::error!("an event loop stopped turning; withholding the watchdog ping");
+            }
+        });
+        if let Err(e) = spawned {
+            log::warn!("cannot start the watchdog thread: {e}");
+        }
+    }
+
     /// Closes every connection with 1001, waits for the reactors (at most a
     /// few seconds), then lets the commit thread do its last flush.
     pub fn shutdown(mut self) {
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
         for mb in &self.mailboxes {
             mb.send(Cmd::Shutdown);
         }

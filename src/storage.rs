@@ -289,6 +289,28 @@ impl Storage {
         self.check(r).map(drop)
     }
 
+    /// Copies every tree into a new database under `dest` (which must not
+    /// hold one yet) and flushes it. Messages are immutable and appended, so
+    /// the copy holds at least everything durable when the backup began.
+    pub fn backup_to(&self, dest: &Path) -> Result<u64> {
+        let path = dest.join("db");
+        if path.exists() {
+            return Err(StorageError(format!("{} already exists", path.display())));
+        }
+        let copy = sled::Config::new().path(&path).cache_capacity(CACHE_BYTES).flush_every_ms(None).open()?;
+        let mut n = 0;
+        for name in self.db.tree_names() {
+            let (src, dst) = (self.db.open_tree(&name)?, copy.open_tree(&name)?);
+            for kv in src.iter() {
+                let (k, v) = kv?;
+                dst.insert(k, v)?;
+                n += 1;
+            }
+        }
+        copy.flush()?;
+        Ok(n)
+    }
+
     /// Every revoked token id.
     pub fn revoked(&self) -> Result<Vec<String>> {
         let mut out = Vec::new();
