@@ -12,6 +12,7 @@ use std::{
     io::Write,
     net::{SocketAddr, ToSocketAddrs},
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 /// Largest `threads`: reactors are tracked as bits of a `u64`.
@@ -192,6 +193,30 @@ pub struct Config {
     pub max_frame: usize,
     /// Unsent output that closes a slow consumer, in bytes.
     pub max_output: usize,
+    /// TLS server settings when `tls_cert` and `tls_key` are set.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+/// Loads the certificate chain and key into a rustls server config.
+fn load_tls(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, BadSetting> {
+    use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(cert)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| bad("tls_cert", format!("cannot read {}: {e}", cert.display())))?;
+    if certs.is_empty() {
+        return Err(bad("tls_cert", format!("{} holds no certificate", cert.display())));
+    }
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| bad("tls_key", format!("cannot read {}: {e}", key.display())))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad("tls_cert", e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| bad("tls_key", format!("does not match the certificate: {e}")))?;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
 }
 
 fn read_file(path: Option<&Path>) -> Result<FileLayer, BadSetting> {
@@ -261,13 +286,14 @@ pub fn resolve(flags: ServeFlags) -> Result<Config, BadSetting> {
             format!("`{url}`: cluster mode is not in this build yet; run without `redis` for a single node"),
         ));
     }
-    if flags.tls_cert.is_some()
-        || flags.tls_key.is_some()
-        || file.tls_cert.is_some()
-        || file.tls_key.is_some()
-    {
-        return Err(bad("tls_cert", "TLS is not in this build yet; put a TLS proxy in front"));
-    }
+    let tls = match (flags.tls_cert.or(file.tls_cert), flags.tls_key.or(file.tls_key)) {
+        (Some(cert), Some(key)) => Some(load_tls(&cert, &key)?),
+        (None, None) => None,
+        (Some(_), None) => return Err(bad("tls_key", "set both tls_cert and tls_key, or neither")),
+        (None, Some(_)) => {
+            return Err(bad("tls_cert", "set both tls_cert and tls_key, or neither"))
+        }
+    };
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
     let threads =
         positive("threads", flags.threads.as_deref(), file.threads, cores.min(MAX_THREADS as u64))?;
@@ -316,6 +342,7 @@ pub fn resolve(flags: ServeFlags) -> Result<Config, BadSetting> {
         max_text: max_text as usize,
         max_frame: max_frame as usize,
         max_output: max_output as usize,
+        tls,
     })
 }
 

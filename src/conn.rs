@@ -95,13 +95,134 @@ impl OutQueue {
     }
 }
 
+/// A connection's byte stream: plain TCP, or TLS (rustls) over it, driven
+/// inside the same loop. Reads give plaintext; writes take plaintext.
+#[derive(Debug)]
+pub enum Transport {
+    /// Plain TCP.
+    Plain(TcpStream),
+    /// TLS over TCP.
+    Tls(TcpStream, Box<rustls::ServerConnection>),
+}
+
+/// TLS bytes rustls may hold for one connection before writes report
+/// `WouldBlock` (so unsent output stays in our queue, where the
+/// slow-consumer limit sees it).
+const TLS_BUFFER: usize = 64 << 10;
+
+impl Transport {
+    /// A transport for an accepted socket: TLS when `tls` is configured.
+    pub fn new(
+        sock: TcpStream,
+        tls: Option<&std::sync::Arc<rustls::ServerConfig>>,
+    ) -> io::Result<Transport> {
+        Ok(match tls {
+            None => Transport::Plain(sock),
+            Some(cfg) => {
+                let mut conn =
+                    rustls::ServerConnection::new(cfg.clone()).map_err(io::Error::other)?;
+                conn.set_buffer_limit(Some(TLS_BUFFER));
+                Transport::Tls(sock, Box::new(conn))
+            }
+        })
+    }
+
+    /// The TCP socket (for registration and shutdown).
+    pub fn tcp(&mut self) -> &mut TcpStream {
+        match self {
+            Transport::Plain(s) | Transport::Tls(s, _) => s,
+        }
+    }
+
+    /// Whether TLS records are waiting for the socket.
+    pub fn wants_write(&self) -> bool {
+        matches!(self, Transport::Tls(_, tls) if tls.wants_write())
+    }
+
+    /// Ends our side: TLS close_notify (best effort), then TCP write shutdown.
+    pub fn shutdown_write(&mut self) {
+        if let Transport::Tls(s, tls) = self {
+            tls.send_close_notify();
+            let _ = tls.write_tls(s);
+        }
+        let _ = self.tcp().shutdown(std::net::Shutdown::Write);
+    }
+}
+
+/// Writes pending TLS records until done or the socket is full.
+fn flush_tls(s: &mut TcpStream, tls: &mut rustls::ServerConnection) -> io::Result<()> {
+    while tls.wants_write() {
+        tls.write_tls(s)?;
+    }
+    Ok(())
+}
+
+impl Read for Transport {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let (s, tls) = match self {
+            Transport::Plain(s) => return s.read(buf),
+            Transport::Tls(s, tls) => (s, tls),
+        };
+        loop {
+            match tls.reader().read(buf) {
+                Ok(n) => return Ok(n),
+                Err(e) if would_block(&e) => {}
+                Err(e) => return Err(e),
+            }
+            if tls.read_tls(s)? == 0 {
+                return Ok(0);
+            }
+            if let Err(e) = tls.process_new_packets() {
+                // Send the alert, then fail the connection.
+                let _ = tls.write_tls(s);
+                return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+            }
+            // Handshake messages (or key updates) to answer right away.
+            match flush_tls(s, tls) {
+                Err(e) if !would_block(&e) => return Err(e),
+                _ => {}
+            }
+        }
+    }
+}
+
+impl Write for Transport {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.write_vectored(&[IoSlice::new(buf)])
+    }
+
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        let (s, tls) = match self {
+            Transport::Plain(s) => return s.write_vectored(bufs),
+            Transport::Tls(s, tls) => (s, tls),
+        };
+        flush_tls(s, tls)?;
+        let n = tls.writer().write_vectored(bufs)?;
+        match flush_tls(s, tls) {
+            Err(e) if !would_block(&e) => return Err(e),
+            _ => {}
+        }
+        if n == 0 {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Transport::Plain(_) => Ok(()),
+            Transport::Tls(s, tls) => flush_tls(s, tls),
+        }
+    }
+}
+
 /// The stream tungstenite sees: reads come from the socket, writes (pongs
 /// and close replies) join our queue so that they never interleave with a
 /// half-written frame of ours.
 #[derive(Debug)]
 pub struct Io<'a> {
     /// The socket.
-    pub sock: &'a mut TcpStream,
+    pub sock: &'a mut Transport,
     /// The connection's queue.
     pub out: &'a mut OutQueue,
 }
@@ -243,8 +364,8 @@ pub enum Phase {
 pub struct Conn {
     /// Generation of this slab slot.
     pub gen: u32,
-    /// The socket.
-    pub sock: TcpStream,
+    /// The socket (plain or TLS).
+    pub sock: Transport,
     /// Frames waiting for the socket.
     pub out: OutQueue,
     /// Its phase.

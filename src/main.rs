@@ -80,7 +80,11 @@ fn backup(flags: config::BackupFlags) -> ExitCode {
     };
     match result {
         Ok(n) => {
-            println!("backup of {} ({n} records) written to {}", dir.display(), flags.dest.display());
+            println!(
+                "backup of {} ({n} records) written to {}",
+                dir.display(),
+                flags.dest.display()
+            );
             ExitCode::SUCCESS
         }
         Err(e) => {

@@ -24,7 +24,7 @@
 use crate::{
     auth::{Keys, Revocations},
     config::Config,
-    conn::{would_block, Bucket, Conn, Io, OutQueue, Phase, Session},
+    conn::{would_block, Bucket, Conn, Io, OutQueue, Phase, Session, Transport},
     fanout::{Cmd, ConnRef, Inbox, Mailbox, UserAction},
     http::{self, Outcome},
     metrics::{LocalCounts, Metrics},
@@ -37,7 +37,7 @@ use mio::{net::TcpListener, Events, Interest, Poll, Token};
 use slab::Slab;
 use std::{
     collections::HashMap,
-    io::{self, Read},
+    io::{self, Read, Write},
     sync::{atomic::AtomicUsize, atomic::Ordering, Arc},
     time::{Duration, Instant},
 };
@@ -272,6 +272,10 @@ impl Reactor {
                         }
                         if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
                             self.on_readable(idx as u32);
+                            // TLS handshakes write while reading.
+                            if self.conns.get(idx).is_some_and(|c| c.sock.wants_write()) {
+                                self.mark_dirty(idx as u32);
+                            }
                         }
                         if ev.is_writable() {
                             self.mark_dirty(idx as u32);
@@ -327,6 +331,13 @@ impl Reactor {
                         log::warn!("cannot register a connection: {e}");
                         continue;
                     }
+                    let sock = match Transport::new(sock, self.shared.cfg.tls.as_ref()) {
+                        Ok(s) => s,
+                        Err(e) => {
+                            log::warn!("cannot start TLS: {e}");
+                            continue;
+                        }
+                    };
                     entry.insert(Conn {
                         gen,
                         sock,
@@ -993,12 +1004,22 @@ impl Reactor {
         for idx in std::mem::take(&mut self.dirty) {
             let Some(conn) = self.conns.get_mut(idx as usize) else { continue };
             conn.dirty = false;
-            match conn.out.write_to(&mut conn.sock) {
+            let written = conn.out.write_to(&mut conn.sock).and_then(|done| {
+                // TLS records may still wait behind the plaintext.
+                conn.sock.flush().map(|_| done).or_else(|e| {
+                    if would_block(&e) {
+                        Ok(false)
+                    } else {
+                        Err(e)
+                    }
+                })
+            });
+            match written {
                 Ok(true) => {
                     if let Phase::Closing { shut, .. } = &mut conn.phase {
                         if !*shut {
                             *shut = true;
-                            let _ = conn.sock.shutdown(std::net::Shutdown::Write);
+                            conn.sock.shutdown_write();
                         }
                     }
                 }
@@ -1015,7 +1036,7 @@ impl Reactor {
         while let Some(idx) = self.reap.pop() {
             self.cleanup(idx);
             if let Some(mut conn) = self.conns.try_remove(idx as usize) {
-                let _ = self.poll.registry().deregister(&mut conn.sock);
+                let _ = self.poll.registry().deregister(conn.sock.tcp());
             }
         }
     }

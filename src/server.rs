@@ -147,7 +147,10 @@ impl Server {
             thread::sleep(every);
             let now = shared.started.elapsed().as_millis() as u64;
             // A loop turns at least every 250 ms; 10 s of silence is a hang.
-            let alive = shared.heartbeats.iter().all(|h| now.saturating_sub(h.load(Ordering::Relaxed)) < 10_000);
+            let alive = shared
+                .heartbeats
+                .iter()
+                .all(|h| now.saturating_sub(h.load(Ordering::Relaxed)) < 10_000);
             if alive {
                 let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
             } else {

@@ -297,7 +297,11 @@ impl Storage {
         if path.exists() {
             return Err(StorageError(format!("{} already exists", path.display())));
         }
-        let copy = sled::Config::new().path(&path).cache_capacity(CACHE_BYTES).flush_every_ms(None).open()?;
+        let copy = sled::Config::new()
+            .path(&path)
+            .cache_capacity(CACHE_BYTES)
+            .flush_every_ms(None)
+            .open()?;
         let mut n = 0;
         for name in self.db.tree_names() {
             let (src, dst) = (self.db.open_tree(&name)?, copy.open_tree(&name)?);
