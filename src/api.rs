@@ -6,6 +6,7 @@
 use crate::{
     auth::Claims,
     conn::{Bucket, Limited, Phase},
+    deliver::ReplyTo,
     fanout::{Cmd, UserAction},
     http::{self, error, response, Outcome},
     proto::{self, Code, Cursor, Out, Refusal, Wire},
@@ -263,17 +264,11 @@ impl Reactor {
             }
             Op::Post { room, text } => {
                 self.api_member(&room, &user)?;
-                let (seq, ts) = if proto::dm_users(&room).is_some() {
-                    self.publish_dm(&user, &room, &text, true)?
-                } else {
-                    self.publish(&user, &room, &text)?
-                };
-                let body = json!({ "seq": seq, "ts": ts }).to_string();
                 let conn = self.conn_ref(idx);
-                self.after_flush_http(
-                    idx,
-                    Cmd::Http { conn, bytes: response(201, "application/json", body.as_bytes()) },
-                );
+                self.accept_message(&user, &room, &text, true, ReplyTo::Http { conn })?;
+                if let Some(c) = self.conns.get_mut(idx as usize) {
+                    c.phase = Phase::HttpWait;
+                }
                 Ok(None)
             }
             Op::Notify { user: to, kind, text, data } => {
@@ -291,11 +286,17 @@ impl Reactor {
                     wire: Some((wire.clone(), 0, to.clone())),
                     skip: None,
                 });
+                if let Some(c) = &self.shared.cluster {
+                    c.notify(&to, &kind, &text, data.as_ref(), proto::now_ms());
+                }
                 Ok(Some(response(202, "application/json", b"{\"status\":\"accepted\"}")))
             }
             Op::Revoke { jti } => {
                 self.shared.storage.revoke(&jti, 0)?;
                 self.shared.revoked.add(&jti);
+                if let Some(c) = &self.shared.cluster {
+                    c.revoke(&jti);
+                }
                 let conn = self.conn_ref(idx);
                 let body = json!({ "revoked": jti }).to_string();
                 self.after_flush_http(

@@ -7,10 +7,10 @@
 
 use crate::{
     conn::{Conn, Limited},
+    deliver::ReplyTo,
     fanout::{Cmd, ConnRef, UserAction},
     proto::{self, Code, Cursor, Encoding, Out, Refusal, Request, Wire},
     reactor::{Close, Reactor},
-    rooms::bits,
     storage::{unavailable_wire, Pending},
 };
 use serde_json::Value;
@@ -72,6 +72,11 @@ impl Reactor {
         self.queue(idx, proto::encode(frame, enc));
     }
 
+    fn ws_reply(&self, idx: u32, id: Option<&Value>) -> ReplyTo {
+        let enc = self.session_enc(idx).unwrap_or(Encoding::Json);
+        ReplyTo::Ws { conn: self.conn_ref(idx), id: id.cloned(), enc }
+    }
+
     fn session_enc(&self, idx: u32) -> Option<Encoding> {
         self.conns.get(idx as usize).and_then(Conn::session).map(|s| s.enc)
     }
@@ -111,13 +116,8 @@ impl Reactor {
             Request::Leave { room } => self.leave(idx, &user, &room, id),
             Request::Send { room, text } => {
                 self.member_room(idx, &room)?;
-                let (seq, ts) = if proto::dm_users(&room).is_some() {
-                    self.publish_dm(&user, &room, &text, true)?
-                } else {
-                    self.publish(&user, &room, &text)?
-                };
-                self.ack_after_flush(idx, &room, seq, ts, id);
-                Ok(())
+                let reply = self.ws_reply(idx, id);
+                self.accept_message(&user, &room, &text, true, reply)
             }
             Request::Dm { to, text } => {
                 if *to == *user {
@@ -132,18 +132,20 @@ impl Reactor {
                     .get(idx as usize)
                     .and_then(Conn::session)
                     .is_some_and(|s| s.has_room(&room));
-                let (seq, ts) = self.publish_dm(&user, &room, &text, known)?;
-                self.ack_after_flush(idx, &room, seq, ts, id);
-                Ok(())
+                let reply = self.ws_reply(idx, id);
+                self.accept_message(&user, &room, &text, known, reply)
             }
             Request::Typing { room, active } => {
                 self.member_room(idx, &room)?;
-                self.broadcast(
+                self.shared.broadcast(
                     &room,
                     &Out::Typing { room: &room, user: &user, active },
                     0,
                     Some(user.clone()),
                 );
+                if let Some(c) = &self.shared.cluster {
+                    c.typing(&room, &user, active);
+                }
                 Ok(())
             }
             Request::History { room, cursor, limit } => {
@@ -167,6 +169,9 @@ impl Reactor {
                     wire: Some((wire.clone(), 0, room.clone())),
                     skip: Some(me),
                 });
+                if let Some(c) = &self.shared.cluster {
+                    c.read(&room, &user, seq);
+                }
                 Ok(())
             }
             Request::Presence { room } => {
@@ -185,7 +190,7 @@ impl Reactor {
     /// All members of a room and those of them online on this node.
     fn online_members(&self, room: &str) -> Result<(Vec<String>, Vec<String>), Refusal> {
         let members = self.shared.storage.members(room)?;
-        let online = members.iter().filter(|m| self.shared.dir.is_online(m)).cloned().collect();
+        let online = members.iter().filter(|m| self.shared.is_online(m)).cloned().collect();
         Ok((members, online))
     }
 
@@ -285,6 +290,9 @@ impl Reactor {
             });
             if new {
                 self.presence(room, user, "online");
+                if let Some(c) = &self.shared.cluster {
+                    c.member(room, user, true);
+                }
             }
             if let (true, Some(idx)) = (http, idx) {
                 let body = serde_json::json!({ "room": room, "seq": seq }).to_string();
@@ -346,100 +354,48 @@ impl Reactor {
             skip: None,
         });
         self.presence(&room, &user, "offline");
+        if let Some(c) = &self.shared.cluster {
+            c.member(&room, &user, false);
+        }
     }
 
-    /// Allocates the next seq of a room, stores the message and hands the
-    /// frame to every reactor with subscribers, all under the room's lock, so
-    /// that every reactor sees the room's messages in seq order. The caller
-    /// answers after the flush. Returns `(seq, ts)`.
-    pub(crate) fn publish(
-        &mut self,
-        user: &Arc<str>,
-        room: &str,
-        text: &str,
-    ) -> Result<(u64, u64), Refusal> {
-        let ts = proto::now_ms();
-        let storage = &self.shared.storage;
-        let mailboxes = &self.shared.mailboxes;
-        let seq = self.shared.dir.with_room(
-            room,
-            || storage.last_seq(room),
-            |e| -> Result<u64, Refusal> {
-                let seq = e.seq + 1;
-                storage.append(room, seq, ts, user, text)?;
-                e.seq = seq;
-                let frame = Out::Message { room, seq, ts, from: user, text };
-                let wire = Arc::new(Wire::encode(&frame, e.json != 0, e.msgpack != 0));
-                for r in bits(e.reactors) {
-                    mailboxes[r].send(Cmd::Room {
-                        room: e.name.clone(),
-                        seq,
-                        wire: wire.clone(),
-                        skip_user: None,
-                    });
-                }
-                Ok(seq)
-            },
-        )??;
-        self.metrics.messages += 1;
-        Ok((seq, ts))
-    }
-
-    /// Like [`publish`](Self::publish) for a DM room: on the first message
-    /// (`known` false) both users become members, and delivery goes to both
-    /// users' connections (subscribing them) rather than to the room's
-    /// subscribers.
-    pub(crate) fn publish_dm(
+    /// Accepts a message for `room` from `user`: allocates its seq, stores
+    /// it and hands it to every subscriber, all under the room's lock (or,
+    /// in a cluster, through the bridge, which allocates the seq in Redis);
+    /// `reply` is answered once it is durable. `known`: both members of a
+    /// DM room are already members (no membership to write).
+    pub(crate) fn accept_message(
         &mut self,
         user: &Arc<str>,
         room: &str,
         text: &str,
         known: bool,
-    ) -> Result<(u64, u64), Refusal> {
-        let Some((a, b)) = proto::dm_users(room) else {
-            return Err(Refusal::new(Code::InvalidRoom, "invalid room name"));
-        };
+        reply: ReplyTo,
+    ) -> Result<(), Refusal> {
         let ts = proto::now_ms();
+        self.metrics.messages += 1;
+        if let Some(cluster) = &self.shared.cluster {
+            return cluster.send(room, user, text, ts, known, reply);
+        }
         let shared = &self.shared;
         let seq = shared.dir.with_room(
             room,
             || shared.storage.last_seq(room),
             |e| -> Result<u64, Refusal> {
-                if !known {
+                if let (false, Some((a, b))) = (known, proto::dm_users(room)) {
                     shared.storage.add_member(room, a)?;
                     shared.storage.add_member(room, b)?;
                 }
                 let seq = e.seq + 1;
                 shared.storage.append(room, seq, ts, user, text)?;
                 e.seq = seq;
-                let frame = Out::Message { room, seq, ts, from: user, text };
-                let wire = Arc::new(Wire::encode(&frame, true, true));
-                for u in [a, b] {
-                    for r in bits(shared.dir.user_reactors(u)) {
-                        shared.mailboxes[r].send(Cmd::User {
-                            user: Arc::from(u),
-                            action: UserAction::Subscribe { room: e.name.clone(), floor: seq - 1 },
-                            wire: Some((wire.clone(), seq, e.name.clone())),
-                            skip: None,
-                        });
-                    }
-                }
+                shared.deliver_message(e, seq, ts, user, text);
                 Ok(seq)
             },
         )??;
-        self.metrics.messages += 1;
-        Ok((seq, ts))
-    }
-
-    fn ack_after_flush(&mut self, idx: u32, room: &str, seq: u64, ts: u64, id: Option<&Value>) {
-        let Some(enc) = self.session_enc(idx) else { return };
-        let conn = self.conn_ref(idx);
-        let (json, mp) = (enc == Encoding::Json, enc == Encoding::MsgPack);
-        let ack = Cmd::Reply {
-            conn,
-            wire: Arc::new(Wire::encode(&Out::Ack { id, room, seq, ts }, json, mp)),
-        };
-        let fail = Cmd::Reply { conn, wire: Arc::new(unavailable_wire(id, json, mp)) };
-        self.shared.committer.after_flush(Pending::new(self.id, Some(ack), Some(fail)));
+        let pending =
+            Pending::new(reply.reactor(), Some(reply.ok(room, seq, ts)), Some(reply.fail()));
+        self.shared.committer.after_flush(pending);
+        Ok(())
     }
 }

@@ -281,10 +281,7 @@ pub fn resolve(flags: ServeFlags) -> Result<Config, BadSetting> {
     let listen = parse_listen(listen.as_deref().unwrap_or("127.0.0.1:8080"))?;
     let redis = flags.redis.or_else(|| env("CHINWAG_REDIS_URL")).or(file.redis);
     if let Some(url) = &redis {
-        return Err(bad(
-            "redis",
-            format!("`{url}`: cluster mode is not in this build yet; run without `redis` for a single node"),
-        ));
+        redis::Client::open(url.as_str()).map_err(|e| bad("redis", format!("`{url}`: {e}")))?;
     }
     let tls = match (flags.tls_cert.or(file.tls_cert), flags.tls_key.or(file.tls_key)) {
         (Some(cert), Some(key)) => Some(load_tls(&cert, &key)?),

@@ -153,15 +153,21 @@ fn bearer_token(v: &str) -> Option<&str> {
 
 fn health(shared: &Shared) -> Outcome {
     let storage_ok = shared.storage.is_healthy();
+    let redis = match &shared.cluster {
+        None => "off",
+        Some(c) if c.is_up() => "ok",
+        Some(_) => "down",
+    };
+    let ok = storage_ok && redis != "down";
     let body = serde_json::json!({
-        "status": if storage_ok { "ok" } else { "degraded" },
+        "status": if ok { "ok" } else { "degraded" },
         "node": shared.cfg.node_id,
-        "redis": "off",
+        "redis": redis,
         "storage": if storage_ok { "ok" } else { "down" },
         "connections": shared.connections.load(Ordering::Relaxed),
         "uptime_s": shared.started.elapsed().as_secs(),
     });
-    let status = if storage_ok { 200 } else { 503 };
+    let status = if ok { 200 } else { 503 };
     Outcome::Respond(response(status, "application/json", body.to_string().as_bytes()))
 }
 

@@ -15,19 +15,23 @@
 //! * `proto`   — client frames in, server frames out (JSON / MessagePack,
 //!   framed once and shared), naming and text rules.
 //! * `rooms`   — the shared directory: room → reactors, user → reactors.
+//! * `deliver` — fan-out from any thread: to a room, to a user, a message.
 //! * `fanout`  — `Mailbox` (channel + `Waker`) and `Cmd`: the only
 //!   cross-thread path into a reactor.
 //! * `storage` — sled (the only module naming it) and the group-commit thread.
 //! * `auth`    — HS256 tokens and revocations.
+//! * `bridge`  — the Redis cluster link (publisher and subscriber threads).
 //! * `control` — the local control socket and `chinwag backup`.
 #![deny(rust_2018_idioms, missing_debug_implementations)]
 
 pub mod api;
 pub mod auth;
+pub mod bridge;
 pub mod chat;
 pub mod config;
 pub mod conn;
 pub mod control;
+pub mod deliver;
 pub mod fanout;
 pub mod http;
 pub mod metrics;

@@ -150,6 +150,7 @@ impl Metrics {
     /// The text exposition.
     pub fn render(&self, shared: &Shared) -> String {
         self.connections.set(shared.connections.load(Ordering::Relaxed) as i64);
+        self.redis_up.set(shared.cluster.as_ref().is_some_and(|c| c.is_up()) as i64);
         let mut out = String::new();
         if encode(&mut out, &self.registry).is_err() {
             out.clear();

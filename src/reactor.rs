@@ -29,7 +29,7 @@ use crate::{
     http::{self, Outcome},
     metrics::{LocalCounts, Metrics},
     proto::{self, Cursor, Encoding, Limits, Out, Wire},
-    rooms::{bits, Directory},
+    rooms::Directory,
     storage::{Committer, Storage, StorageError},
 };
 use bytes::Bytes;
@@ -137,6 +137,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// Per reactor: ms since `started` at its last turn (for the watchdog).
     pub heartbeats: Vec<std::sync::atomic::AtomicU64>,
+    /// The cluster bridge (`redis` set), or `None` for a single node.
+    pub cluster: Option<Arc<crate::bridge::Cluster>>,
     /// Rate-limit buckets of HTTP API callers, by token.
     pub http_buckets: parking_lot::Mutex<HashMap<String, Bucket>>,
 }
@@ -518,8 +520,15 @@ impl Reactor {
         let bytes = proto::encode(&hello, enc);
         self.queue(idx, bytes);
         if first {
-            for room in &rooms {
-                self.presence(room, &user, "online");
+            // Cluster-wide, this is only news if no other node has them.
+            let elsewhere = self.shared.cluster.as_ref().is_some_and(|c| {
+                c.presence(&user, true);
+                c.remote_online(&user)
+            });
+            if !elsewhere {
+                for room in &rooms {
+                    self.presence(room, &user, "online");
+                }
             }
         }
         // Bytes that came with the upgrade request are already buffered.
@@ -528,45 +537,12 @@ impl Reactor {
 
     /// Broadcasts a `presence` frame to a room's members, not to `user`.
     pub(crate) fn presence(&self, room: &str, user: &Arc<str>, state: &'static str) {
-        let frame = Out::Presence { room, user, state };
-        self.broadcast(room, &frame, 0, Some(user.clone()));
-    }
-
-    /// Sends a frame to every reactor with subscribers of `room`, encoded once
-    /// per encoding in use there. `seq` is the message seq (0 for others).
-    pub(crate) fn broadcast(
-        &self,
-        room: &str,
-        frame: &Out<'_>,
-        seq: u64,
-        skip_user: Option<Arc<str>>,
-    ) {
-        let storage = &self.shared.storage;
-        let _ = self.shared.dir.with_room(
-            room,
-            || storage.last_seq(room),
-            |e| {
-                if e.reactors == 0 {
-                    return;
-                }
-                let wire = Arc::new(Wire::encode(frame, e.json != 0, e.msgpack != 0));
-                for r in bits(e.reactors) {
-                    self.shared.mailboxes[r].send(Cmd::Room {
-                        room: e.name.clone(),
-                        seq,
-                        wire: wire.clone(),
-                        skip_user: skip_user.clone(),
-                    });
-                }
-            },
-        );
+        self.shared.presence(room, user, state);
     }
 
     /// Sends a command to every reactor holding a connection of `user`.
     pub(crate) fn to_user(&self, user: &str, make: impl Fn() -> Cmd) {
-        for r in bits(self.shared.dir.user_reactors(user)) {
-            self.shared.mailboxes[r].send(make());
-        }
+        self.shared.to_user(user, make);
     }
 
     fn read_ws(&mut self, idx: u32) {
@@ -695,8 +671,14 @@ impl Reactor {
             e.live == 0
         });
         if last {
-            for room in &session.rooms {
-                self.presence(room, &user, "offline");
+            let elsewhere = self.shared.cluster.as_ref().is_some_and(|c| {
+                c.presence(&user, false);
+                c.remote_online(&user)
+            });
+            if !elsewhere {
+                for room in &session.rooms {
+                    self.presence(room, &user, "offline");
+                }
             }
         }
         if let Some(conn) = self.conns.get_mut(idx as usize) {

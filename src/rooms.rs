@@ -124,6 +124,15 @@ impl Directory {
         self.users.shard(user).lock().get(user).map_or(0, |e| e.reactors)
     }
 
+    /// Every user with a live connection on this node.
+    pub fn online_users(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for shard in &self.users.shards {
+            out.extend(shard.lock().iter().filter(|(_, e)| e.live > 0).map(|(u, _)| u.to_string()));
+        }
+        out
+    }
+
     /// Whether the user has a live connection on this node.
     pub fn is_online(&self, user: &str) -> bool {
         self.users.shard(user).lock().get(user).is_some_and(|e| e.live > 0)

@@ -58,6 +58,8 @@ pub enum StartError {
     Listen(io::Error),
     /// The data directory could not be opened.
     Storage(String),
+    /// The Redis URL is unusable.
+    Redis(String),
     /// Anything else (threads, poll).
     Other(io::Error),
 }
@@ -67,6 +69,7 @@ impl std::fmt::Display for StartError {
         match self {
             StartError::Listen(e) => write!(f, "cannot listen: {e}"),
             StartError::Storage(e) => write!(f, "cannot open storage: {e}"),
+            StartError::Redis(e) => write!(f, "bad redis URL: {e}"),
             StartError::Other(e) => write!(f, "cannot start: {e}"),
         }
     }
@@ -96,6 +99,14 @@ impl Server {
             inboxes.push(inbox);
         }
         let metrics = Arc::new(Metrics::new());
+        let (cluster, cluster_threads) = match &cfg.redis {
+            Some(url) => {
+                let (c, t) =
+                    crate::bridge::Cluster::new(url, &cfg.node_id).map_err(StartError::Redis)?;
+                (Some(c), Some(t))
+            }
+            None => (None, None),
+        };
         let cfg_threads = cfg.threads;
         let (committer, commit) =
             Committer::start(storage.clone(), mailboxes.clone(), metrics.clone());
@@ -117,8 +128,12 @@ impl Server {
             connections: AtomicUsize::new(0),
             metrics,
             http_buckets: Default::default(),
+            cluster,
             heartbeats: (0..cfg_threads).map(|_| AtomicU64::new(0)).collect(),
         });
+        if let (Some(cluster), Some(threads)) = (&shared.cluster, cluster_threads) {
+            threads.start(cluster.clone(), &shared).map_err(StartError::Other)?;
+        }
         let mut reactors = Vec::new();
         for (i, ((poll, inbox), l)) in polls.into_iter().zip(inboxes).zip(listeners).enumerate() {
             let reactor = Reactor::new(i as u16, poll, l, inbox, shared.clone())

@@ -256,6 +256,20 @@ impl Storage {
         Ok(out)
     }
 
+    /// Every room that has (or had) a member, sorted.
+    pub fn rooms(&self) -> Result<Vec<String>> {
+        let mut out: Vec<String> = Vec::new();
+        for kv in self.members.iter() {
+            let (k, _) = self.check(kv)?;
+            let end = k.iter().position(|&b| b == 0).unwrap_or(k.len());
+            let room = String::from_utf8_lossy(&k[..end]).into_owned();
+            if out.last() != Some(&room) {
+                out.push(room);
+            }
+        }
+        Ok(out)
+    }
+
     /// All rooms `user` is a member of, sorted.
     pub fn rooms_of(&self, user: &str) -> Result<Vec<String>> {
         let p = prefix(user);
