@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 use std::{
     collections::{HashMap, HashSet},
     sync::{
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         Arc, OnceLock, Weak,
     },
     thread,
@@ -134,6 +134,9 @@ pub struct Cluster {
     node: String,
     client: redis::Client,
     up: AtomicBool,
+    /// Bumped on every (re)connect of the subscriber: the publisher's
+    /// connection from an older epoch may be dead without knowing it.
+    epoch: AtomicU64,
     tx: Sender<Outbound>,
     /// Online users of other nodes, with when each node was last heard from.
     remote: Mutex<HashMap<String, (Instant, HashSet<String>)>>,
@@ -149,6 +152,7 @@ impl Cluster {
             node: node.to_string(),
             client,
             up: AtomicBool::new(false),
+            epoch: AtomicU64::new(0),
             tx,
             remote: Mutex::new(HashMap::new()),
             shared: OnceLock::new(),
@@ -323,6 +327,7 @@ fn connect(client: &redis::Client) -> redis::RedisResult<Connection> {
 fn publisher(cluster: Arc<Cluster>, rx: Receiver<Outbound>) {
     let mut sha = String::new();
     let mut con: Option<Connection> = None;
+    let mut con_epoch = 0;
     let mut attempt = 0;
     let mut last_snapshot = Instant::now() - SNAPSHOT_EVERY;
     loop {
@@ -348,6 +353,10 @@ fn publisher(cluster: Arc<Cluster>, rx: Receiver<Outbound>) {
         if batch.is_empty() {
             continue;
         }
+        let epoch = cluster.epoch.load(Ordering::SeqCst);
+        if con_epoch != epoch {
+            con = None;
+        }
         if con.is_none() {
             // Loaded on every connect: a restarted Redis has forgotten it.
             let loaded = connect(&cluster.client).and_then(|mut c| {
@@ -357,6 +366,7 @@ fn publisher(cluster: Arc<Cluster>, rx: Receiver<Outbound>) {
             match loaded {
                 Ok((c, s)) => {
                     con = Some(c);
+                    con_epoch = epoch;
                     sha = s;
                     attempt = 0;
                 }
@@ -474,6 +484,7 @@ fn subscribe_once(cluster: &Arc<Cluster>, shared: &Arc<Shared>) -> redis::RedisR
     pubsub.subscribe(CHANNEL)?;
     pubsub.set_read_timeout(Some(Duration::from_secs(1)))?;
     resync(shared, &mut con)?;
+    cluster.epoch.fetch_add(1, Ordering::SeqCst);
     cluster.set_up(true, "");
     loop {
         let msg = match pubsub.get_message() {

@@ -1,0 +1,307 @@
+//! The cluster (PROTOCOL.md section 6): three real nodes linked by a real
+//! `redis-server` on a free port. Delivery across nodes exactly once and in
+//! order, concurrent senders on different nodes gap-free, presence, notify
+//! and revoke across nodes, a node killed with `kill -9` and restarted with
+//! identical history, and Redis stopped (sends `unavailable`, 503) and
+//! restarted empty (sends work, nothing lost or duplicated).
+
+use crate::support::{self, ty, Auth, Client, Enc, Opts, Server};
+use serde_json::{json, Value};
+use std::{
+    collections::BTreeMap,
+    net::TcpListener,
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+/// A `redis-server` child on a free loopback port, without persistence.
+struct Redis {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl Redis {
+    fn start() -> Redis {
+        let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap();
+        let mut r = Redis { port, child: None };
+        r.spawn();
+        r
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (tests/run.sh installs it)");
+        self.child = Some(child);
+        wait_for(Duration::from_secs(10), "redis to accept connections", || {
+            std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+        });
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Polls `cond` until it holds; panics after `limit` (a bound, not a timing assertion).
+fn wait_for(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < limit, "gave up waiting for {what}");
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn node(redis: &Redis, id: &str) -> Server {
+    let mut o = Opts::new(&["--open", "--rate", "100000", "--burst", "100000", "--node-id", id]);
+    o.args.push("--redis".into());
+    o.args.push(redis.url());
+    let s = Server::start_with(o);
+    wait_for(Duration::from_secs(10), "the node's redis link", || s.health().1["redis"] == "ok");
+    s
+}
+
+/// `POST path` with a bearer token and a JSON body: (status, body).
+fn post(server: &Server, path: &str, token: &str, body: &str) -> (u16, String) {
+    let auth = format!("Bearer {token}");
+    let r = support::http_request(server.addr, "POST", path, &[("Authorization", &auth), ("Content-Type", "application/json")], body);
+    (r.status, r.body)
+}
+
+fn three(redis: &Redis) -> Vec<Server> {
+    vec![node(redis, "n1"), node(redis, "n2"), node(redis, "n3")]
+}
+
+/// Every message of a room on a node, ascending, via `history` pages.
+fn history(server: &Server, room: &str) -> Vec<(u64, String)> {
+    let mut c = server.client("auditor");
+    c.join(room);
+    let mut out = Vec::new();
+    let mut after = 0;
+    loop {
+        let r = c.call(json!({"type": "history", "room": room, "after": after, "limit": 100}));
+        assert_eq!(ty(&r), "history", "{r}");
+        for m in r["messages"].as_array().unwrap() {
+            out.push((m["seq"].as_u64().unwrap(), m["text"].as_str().unwrap().to_string()));
+        }
+        if !r["more"].as_bool().unwrap() {
+            return out;
+        }
+        after = out.last().unwrap().0;
+    }
+}
+
+/// Reads `n` messages of `room` and asserts their seqs run `from..from+n` in order.
+fn expect_messages(c: &mut Client, room: &str, from: u64, n: u64) -> Vec<String> {
+    let mut texts = Vec::new();
+    for want in from..from + n {
+        let m = c.recv_where(|v| ty(v) == "message" && v["room"] == room);
+        assert_eq!(m["seq"].as_u64(), Some(want), "out of order or gap at {}: {m}", c.user());
+        texts.push(m["text"].as_str().unwrap().to_string());
+    }
+    texts
+}
+
+#[test]
+fn messages_cross_nodes_once_and_in_order() {
+    let redis = Redis::start();
+    let nodes = three(&redis);
+    let mut clients: Vec<Client> = nodes.iter().enumerate().map(|(i, s)| s.client(&format!("u{i}"))).collect();
+    for c in &mut clients {
+        c.join("hall");
+    }
+    for round in 0..10 {
+        for (i, c) in clients.iter_mut().enumerate() {
+            c.send_msg("hall", &format!("r{round}-u{i}"));
+        }
+    }
+    for c in &mut clients {
+        let texts = expect_messages(c, "hall", 1, 30);
+        for round in 0..10 {
+            for i in 0..3 {
+                assert_eq!(texts.iter().filter(|t| **t == format!("r{round}-u{i}")).count(), 1);
+            }
+        }
+        // Exactly once: nothing more arrives before a barrier.
+        let extra: Vec<Value> = c.ping_barrier().into_iter().filter(|v| ty(v) == "message").collect();
+        assert!(extra.is_empty(), "duplicates: {extra:?}");
+    }
+    let reference = history(&nodes[0], "hall");
+    assert_eq!(reference.len(), 30);
+    for n in &nodes[1..] {
+        assert_eq!(history(n, "hall"), reference, "every node answers the same history");
+    }
+}
+
+#[test]
+fn concurrent_senders_on_different_nodes_are_gap_free() {
+    let redis = Redis::start();
+    let nodes = three(&redis);
+    let mut watcher = nodes[0].client("watcher");
+    watcher.join("race");
+    let handles: Vec<_> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let mut c = s.client(&format!("s{i}"));
+            c.join("race");
+            thread::spawn(move || {
+                for k in 0..100 {
+                    c.send_json(json!({"type": "send", "room": "race", "text": format!("s{i}-{k}"), "id": k}));
+                }
+                let mut seqs = Vec::new();
+                while seqs.len() < 100 {
+                    let a = c.recv_type("ack");
+                    seqs.push(a["seq"].as_u64().unwrap());
+                }
+                seqs
+            })
+        })
+        .collect();
+    let mut all: Vec<u64> = handles.into_iter().flat_map(|h| h.join().unwrap()).collect();
+    all.sort_unstable();
+    assert_eq!(all, (1..=300).collect::<Vec<u64>>(), "acked seqs are exactly 1..=300");
+    expect_messages(&mut watcher, "race", 1, 300);
+    for n in &nodes {
+        assert_eq!(history(n, "race").iter().map(|m| m.0).collect::<Vec<_>>(), (1..=300).collect::<Vec<_>>());
+    }
+}
+
+#[test]
+fn presence_notify_and_revoke_cross_nodes() {
+    let redis = Redis::start();
+    let nodes = three(&redis);
+    let mut alice = nodes[0].client("alice");
+    alice.join("p");
+    let mut bob = nodes[1].client("bob");
+    bob.join("p");
+    let p = alice.recv_where(|v| ty(v) == "presence" && v["user"] == "bob");
+    assert_eq!(p["state"], "online");
+    let list = alice.call(json!({"type": "presence", "room": "p"}));
+    let mut online: Vec<&str> = list["online"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    online.sort();
+    assert_eq!(online, vec!["alice", "bob"], "{list}");
+    // Typing crosses nodes too.
+    bob.send_json(json!({"type": "typing", "room": "p", "active": true}));
+    let t = alice.recv_type("typing");
+    assert_eq!((t["user"].as_str(), t["active"].as_bool()), (Some("bob"), Some(true)));
+    drop(bob);
+    let p = alice.recv_where(|v| ty(v) == "presence" && v["user"] == "bob");
+    assert_eq!(p["state"], "offline");
+
+    // notify: an admin call on node 3 reaches alice on node 1.
+    let admin = support::sign(&json!({"sub": "ops", "exp": support::now_s() + 600, "admin": true}), support::SECRET);
+    let (status, body) = post(
+        &nodes[2],
+        "/api/notify",
+        &admin,
+        &json!({"user": "alice", "kind": "deploy", "text": "v2 is out", "data": {"v": 2}}).to_string(),
+    );
+    assert_eq!(status, 202, "{body}");
+    let n = alice.recv_type("notification");
+    assert_eq!((n["kind"].as_str(), n["text"].as_str(), n["data"]["v"].as_u64()), (Some("deploy"), Some("v2 is out"), Some(2)));
+
+    // revoke on node 3: carol's token is closed with 4001 on node 2 and refused on node 1.
+    let carol = support::sign(&json!({"sub": "carol", "exp": support::now_s() + 600, "jti": "carol-1"}), support::SECRET);
+    let mut c = Client::connect(nodes[1].addr, Auth::Bearer(&carol), Enc::Json);
+    let (status, body) = post(&nodes[2], "/api/revoke", &admin, &json!({"jti": "carol-1"}).to_string());
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(c.expect_close(), 4001);
+    wait_for(Duration::from_secs(5), "the revocation on node 1", || {
+        Client::try_connect(nodes[0].addr, Auth::Bearer(&carol), &[]).is_err()
+    });
+}
+
+#[test]
+fn killed_node_catches_up_with_identical_history() {
+    let redis = Redis::start();
+    let mut nodes = three(&redis);
+    let mut a = nodes[0].client("a");
+    a.join("k");
+    let mut c3 = nodes[2].client("c");
+    c3.join("k");
+    for i in 0..20 {
+        a.send_msg("k", &format!("before-{i}"));
+    }
+    drop(c3);
+    nodes[2].kill9();
+    let mut b = nodes[1].client("b");
+    b.join("k");
+    for i in 0..30 {
+        if i % 2 == 0 {
+            a.send_msg("k", &format!("during-{i}"));
+        } else {
+            b.send_msg("k", &format!("during-{i}"));
+        }
+    }
+    nodes[2].restart();
+    wait_for(Duration::from_secs(10), "the restarted node's redis link", || nodes[2].health().1["redis"] == "ok");
+    let mut c3 = nodes[2].client("c");
+    a.send_msg("k", "after");
+    // The restarted node delivers the next message live after what it repaired.
+    let m = c3.recv_where(|v| ty(v) == "message" && v["text"] == "after");
+    assert_eq!(m["seq"].as_u64(), Some(51));
+    let reference = history(&nodes[0], "k");
+    assert_eq!(reference.iter().map(|m| m.0).collect::<Vec<_>>(), (1..=51).collect::<Vec<_>>());
+    assert_eq!(history(&nodes[2], "k"), reference, "the restarted node's history is identical");
+    assert_eq!(history(&nodes[1], "k"), reference);
+}
+
+#[test]
+fn redis_outage_refuses_sends_then_recovers_without_loss() {
+    let mut redis = Redis::start();
+    let nodes = vec![node(&redis, "n1"), node(&redis, "n2")];
+    let mut a = nodes[0].client("a");
+    a.join("o");
+    let mut b = nodes[1].client("b");
+    b.join("o");
+    for i in 0..5 {
+        a.send_msg("o", &format!("m{i}"));
+    }
+    redis.stop();
+    for n in &nodes {
+        wait_for(Duration::from_secs(10), "health to report redis down", || n.health().0 == 503);
+        let (_, h) = n.health();
+        assert_eq!((h["redis"].as_str(), h["status"].as_str()), (Some("down"), Some("degraded")), "{h}");
+    }
+    // Live connections stay open; sends are refused, nothing half-accepted.
+    a.call_err(json!({"type": "send", "room": "o", "text": "lost?"}), "unavailable");
+    b.call_err(json!({"type": "dm", "to": "a", "text": "lost?"}), "unavailable");
+    redis.spawn(); // Comes back empty: no persistence.
+    for n in &nodes {
+        wait_for(Duration::from_secs(15), "health to recover", || n.health().0 == 200);
+    }
+    let ack = a.send_msg("o", "after");
+    assert_eq!(ack["seq"].as_u64(), Some(6), "seq continues from the nodes' own data");
+    let ack = b.send_msg("o", "after-b");
+    assert_eq!(ack["seq"].as_u64(), Some(7));
+    let mut seen: BTreeMap<u64, String> = BTreeMap::new();
+    while seen.len() < 7 {
+        let m = b.recv_type("message");
+        let prev = seen.insert(m["seq"].as_u64().unwrap(), m["text"].as_str().unwrap().into());
+        assert!(prev.is_none(), "delivered twice: {m}");
+    }
+    assert_eq!(seen.keys().copied().collect::<Vec<_>>(), (1..=7).collect::<Vec<_>>());
+    assert!(seen.values().all(|t| t != "lost?"));
+    for n in &nodes {
+        let h = history(n, "o");
+        assert_eq!(h.iter().map(|m| m.0).collect::<Vec<_>>(), (1..=7).collect::<Vec<_>>());
+    }
+}
