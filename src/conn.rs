@@ -51,11 +51,18 @@ impl OutQueue {
         self.bytes == 0
     }
 
-    /// Drops everything queued (the connection is being closed).
+    /// Drops every queued frame except the rest of one already partly
+    /// written (cutting that would corrupt the stream before a close frame).
     pub fn clear(&mut self) {
+        let keep = if self.head_off > 0 { self.frames.pop_front() } else { None };
         self.frames.clear();
-        self.head_off = 0;
         self.bytes = 0;
+        if let Some(front) = keep {
+            self.bytes = front.len() - self.head_off;
+            self.frames.push_back(front);
+        } else {
+            self.head_off = 0;
+        }
     }
 
     /// Writes as much as the socket takes, many frames per `writev`.
@@ -446,6 +453,20 @@ mod tests {
         assert!(q.write_to(&mut w).unwrap());
         assert_eq!(w.got, b"hello world!");
         assert!(q.is_empty());
+    }
+
+    #[test]
+    fn clearing_keeps_a_partly_written_frame() {
+        let mut q = OutQueue::default();
+        q.push(Bytes::from_static(b"abcdef"));
+        q.push(Bytes::from_static(b"ghi"));
+        let mut w = Stepper { got: vec![], cap: 2, calls: 0, block_after: 1 };
+        assert!(!q.write_to(&mut w).unwrap());
+        q.clear();
+        assert_eq!(q.len(), 4);
+        w.block_after = usize::MAX;
+        assert!(q.write_to(&mut w).unwrap());
+        assert_eq!(w.got, b"abcdef");
     }
 
     #[test]
