@@ -857,7 +857,7 @@ impl Reactor {
                 continue;
             }
             let Some(bytes) = wire.get(session.enc) else { continue };
-            self.metrics.deliveries += 1;
+            self.metrics.deliveries += u64::from(seq != 0);
             queue_frame(
                 &mut self.conns,
                 &mut self.dirty,

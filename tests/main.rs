@@ -10,7 +10,9 @@
 
 mod support;
 
+mod api;
 mod cli;
+mod cluster;
 mod errors;
 mod limits;
 mod load;

@@ -1,0 +1,311 @@
+//! The HTTP side of PROTOCOL.md section 5 and the self-hoster's kit: every
+//! `/api/` route and status code, `/metrics` parsed as Prometheus text, the
+//! embedded web client, a `wss://` round trip with a generated certificate,
+//! `chinwag backup` while the server runs, and `systemd-analyze verify` on
+//! the unit.
+
+use crate::support::{self, http_get, http_request, run_bounded, ty, Auth, Client, Enc, Server};
+use serde_json::{json, Value};
+use std::{
+    collections::HashMap,
+    io::{Read, Write},
+    net::TcpStream,
+    process::Command,
+    sync::Arc,
+    time::Duration,
+};
+
+fn bearer(user: &str, admin: bool, jti: &str) -> String {
+    support::sign(&json!({"sub": user, "exp": support::now_s() + 600, "admin": admin, "jti": jti}), support::SECRET)
+}
+
+fn call(s: &Server, method: &str, path: &str, token: Option<&str>, body: &str) -> (u16, Value) {
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let mut headers = vec![("Content-Type", "application/json")];
+    if let Some(a) = &auth {
+        headers.push(("Authorization", a.as_str()));
+    }
+    let r = http_request(s.addr, method, path, &headers, body);
+    let v = serde_json::from_str(&r.body).unwrap_or_else(|e| panic!("{method} {path}: body not JSON ({e}): {:?}", r.body));
+    (r.status, v)
+}
+
+#[test]
+fn api_routes_answer_with_the_documented_status_codes() {
+    let s = Server::start(&[]);
+    let bot = bearer("bot", false, "bot-1");
+    let admin = bearer("root", true, "root-1");
+
+    // Auth first: no token, a bad token.
+    assert_eq!(call(&s, "GET", "/api/rooms/ops/messages", None, "").0, 401);
+    let (st, v) = call(&s, "GET", "/api/rooms/ops/messages", Some("nope"), "");
+    assert_eq!((st, v["error"].as_str()), (401, Some("unauthorized")));
+    // Unknown path and wrong method.
+    assert_eq!(call(&s, "GET", "/api/nothing", Some(&bot), "").0, 404);
+    assert_eq!(call(&s, "GET", "/nothing", None, "").0, 404);
+    assert_eq!(call(&s, "GET", "/api/rooms/ops/join", Some(&bot), "").0, 405);
+    // Membership is needed to read and post.
+    let (st, v) = call(&s, "GET", "/api/rooms/ops/messages", Some(&bot), "");
+    assert_eq!((st, v["error"].as_str()), (403, Some("not_member")));
+    let (st, v) = call(&s, "POST", "/api/rooms/ops/messages", Some(&bot), r#"{"text":"hi"}"#);
+    assert_eq!((st, v["error"].as_str()), (403, Some("not_member")));
+    let (st, v) = call(&s, "POST", "/api/rooms/Bad!/join", Some(&bot), "");
+    assert_eq!((st, v["error"].as_str()), (400, Some("invalid_room")));
+    let (st, v) = call(&s, "POST", "/api/rooms/ops/join", Some(&bot), "");
+    assert_eq!((st, v["room"].as_str(), v["seq"].as_u64()), (200, Some("ops"), Some(0)), "{v}");
+
+    // A WebSocket member sees bot posts live.
+    let mut human = s.client_token("human");
+    human.join("ops");
+    let (st, v) = call(&s, "POST", "/api/rooms/ops/messages", Some(&bot), r#"{"text":"deploy started"}"#);
+    assert_eq!((st, v["seq"].as_u64()), (201, Some(1)), "{v}");
+    assert!(v["ts"].as_u64().is_some());
+    let m = human.recv_type("message");
+    assert_eq!((m["from"].as_str(), m["text"].as_str()), (Some("bot"), Some("deploy started")));
+    // Bad bodies.
+    for (body, code) in [
+        (r#"{"text":"   "}"#, "bad_request"),
+        (r#"{"txt":"x"}"#, "bad_request"),
+        ("not json", "bad_request"),
+        (&*format!(r#"{{"text":"{}"}}"#, "y".repeat(4001)), "too_long"),
+    ] {
+        let (st, v) = call(&s, "POST", "/api/rooms/ops/messages", Some(&bot), body);
+        assert_eq!((st, v["error"].as_str()), (400, Some(code)), "{body:.40}");
+    }
+    // Over 64 KiB: 413 on the head alone.
+    let big = format!(r#"{{"text":"{}"}}"#, "z".repeat(70 * 1024));
+    let (st, v) = call(&s, "POST", "/api/rooms/ops/messages", Some(&bot), &big);
+    assert_eq!((st, v["error"].as_str()), (413, Some("too_large")));
+    // History with cursors.
+    for i in 2..=5 {
+        call(&s, "POST", "/api/rooms/ops/messages", Some(&bot), &json!({"text": format!("m{i}")}).to_string());
+    }
+    let (st, v) = call(&s, "GET", "/api/rooms/ops/messages?before=5&limit=2", Some(&bot), "");
+    let seqs: Vec<u64> = v["messages"].as_array().unwrap().iter().map(|m| m["seq"].as_u64().unwrap()).collect();
+    assert_eq!((st, seqs, v["more"].as_bool()), (200, vec![3, 4], Some(true)));
+    let (_, v) = call(&s, "GET", "/api/rooms/ops/messages?after=3", Some(&bot), "");
+    assert_eq!(v["messages"].as_array().unwrap().len(), 2);
+    assert_eq!(call(&s, "GET", "/api/rooms/ops/messages?limit=0", Some(&bot), "").0, 400);
+    assert_eq!(call(&s, "GET", "/api/rooms/ops/messages?after=x", Some(&bot), "").0, 400);
+
+    // notify: admin only, delivered to every live connection of the user.
+    let body = json!({"user": "human", "kind": "deploy", "text": "done", "data": {"ok": true}}).to_string();
+    let (st, v) = call(&s, "POST", "/api/notify", Some(&bot), &body);
+    assert_eq!((st, v["error"].as_str()), (403, Some("forbidden")));
+    assert_eq!(call(&s, "POST", "/api/notify", Some(&admin), &body).0, 202);
+    let n = human.recv_type("notification");
+    assert_eq!((n["kind"].as_str(), n["text"].as_str(), n["data"]["ok"].as_bool()), (Some("deploy"), Some("done"), Some(true)));
+    assert!(n["ts"].as_u64().is_some());
+
+    // revoke: the bot's token is refused from now on, and a live socket with it is closed 4001.
+    let mut bot_ws = Client::connect(s.addr, Auth::Bearer(&bot), Enc::Json);
+    assert_eq!(call(&s, "POST", "/api/revoke", Some(&bot), r#"{"jti":"bot-1"}"#).0, 403);
+    assert_eq!(call(&s, "POST", "/api/revoke", Some(&admin), r#"{"jti":"bot-1"}"#).0, 200);
+    assert_eq!(call(&s, "GET", "/api/rooms/ops/messages", Some(&bot), "").0, 401);
+    assert_eq!(bot_ws.expect_close(), 4001);
+}
+
+#[test]
+fn api_calls_share_the_rate_limit_and_answer_429() {
+    let s = Server::start(&["--rate", "1", "--burst", "3"]);
+    let bot = bearer("bot", false, "b");
+    let statuses: Vec<u16> = (0..6).map(|_| call(&s, "POST", "/api/rooms/r/join", Some(&bot), "").0).collect();
+    assert_eq!(&statuses[..3], &[200, 200, 200]);
+    assert!(statuses[3..].contains(&429), "{statuses:?}");
+    let r = http_request(s.addr, "POST", "/api/rooms/r/join", &[("Authorization", &format!("Bearer {bot}"))], "");
+    let v: Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!((r.status, v["error"].as_str()), (429, Some("rate_limited")));
+    assert!(v["retry_after_ms"].as_u64().is_some());
+}
+
+/// Parses the text exposition: `name{labels} value` lines into name → values.
+fn parse_prometheus(text: &str) -> HashMap<String, Vec<f64>> {
+    let mut out: HashMap<String, Vec<f64>> = HashMap::new();
+    for line in text.lines() {
+        if line.is_empty() || line.starts_with('#') {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let kind = rest.split_whitespace().nth(1).unwrap_or("");
+                assert!(["counter", "gauge", "histogram", "summary", "unknown"].contains(&kind), "{line}");
+            }
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("no value: {line}"));
+        let name = series.split('{').next().unwrap();
+        assert!(name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'), "bad name: {line}");
+        if let Some(labels) = series.strip_prefix(name) {
+            assert!(labels.is_empty() || (labels.starts_with('{') && labels.ends_with('}')), "bad labels: {line}");
+        }
+        let v: f64 = value.parse().unwrap_or_else(|_| panic!("bad value: {line}"));
+        out.entry(name.to_string()).or_default().push(v);
+    }
+    out
+}
+
+#[test]
+fn metrics_are_prometheus_text_and_count_what_happens() {
+    let s = Server::open(&[]);
+    let r = http_request(s.addr, "GET", "/metrics", &[], "");
+    assert_eq!(r.status, 200);
+    assert!(r.header("content-type").is_some_and(|c| c.starts_with("text/plain")), "{:?}", r.headers);
+    let before = parse_prometheus(&r.body);
+    for name in [
+        "chinwag_connections",
+        "chinwag_frames_in_total",
+        "chinwag_frames_out_total",
+        "chinwag_messages_total",
+        "chinwag_deliveries_total",
+        "chinwag_slow_consumer_closes_total",
+        "chinwag_rate_limited_total",
+        "chinwag_storage_flush_seconds_count",
+        "chinwag_storage_flush_batch_count",
+        "chinwag_ack_latency_seconds_bucket",
+        "chinwag_redis_up",
+    ] {
+        assert!(before.contains_key(name), "missing {name} in:\n{}", r.body);
+    }
+    let mut a = s.client("a");
+    let mut b = s.client("b");
+    a.join("m");
+    b.join("m");
+    for i in 0..5 {
+        a.send_msg("m", &format!("x{i}"));
+    }
+    for _ in 0..5 {
+        b.recv_type("message");
+    }
+    // Counters are folded in once a second at the latest.
+    let mut after = HashMap::new();
+    for _ in 0..50 {
+        after = parse_prometheus(&http_get(s.addr, "/metrics", &[]).1);
+        if after["chinwag_deliveries_total"][0] >= 10.0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(after["chinwag_messages_total"][0], 5.0);
+    assert_eq!(after["chinwag_deliveries_total"][0], 10.0, "5 messages to 2 members");
+    assert_eq!(after["chinwag_connections"][0], 2.0);
+    assert!(after["chinwag_storage_flush_seconds_count"][0] >= 1.0);
+    assert!(after["chinwag_loop_connections"].iter().sum::<f64>() >= 2.0);
+}
+
+#[test]
+fn web_client_is_served_at_root() {
+    let s = Server::start(&[]);
+    let r = http_request(s.addr, "GET", "/", &[], "");
+    assert_eq!(r.status, 200);
+    assert!(r.header("content-type").is_some_and(|c| c.starts_with("text/html")));
+    assert!(r.body.contains("<html") && r.body.contains("chinwag.v1.json"), "the page speaks the protocol");
+}
+
+/// A rustls client stream that trusts exactly `cert`.
+fn tls_stream(addr: std::net::SocketAddr, cert_der: Vec<u8>) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(rustls::pki_types::CertificateDer::from(cert_der)).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let conn = rustls::ClientConnection::new(Arc::new(cfg), name).unwrap();
+    let tcp = TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(support::READ_TIMEOUT)).unwrap();
+    rustls::StreamOwned::new(conn, tcp)
+}
+
+#[test]
+fn https_and_wss_on_the_same_port() {
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.key_pair.serialize_pem()).unwrap();
+    let s = Server::open(&["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()]);
+    let der = ck.cert.der().to_vec();
+
+    // https: /health over TLS.
+    let mut t = tls_stream(s.addr, der.clone());
+    t.write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
+    let mut resp = String::new();
+    let _ = t.read_to_string(&mut resp);
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert!(resp.contains("\"storage\":\"ok\""), "{resp}");
+
+    // wss: hello, join, send, ack and the message back.
+    let url = format!("wss://localhost:{}/ws?user=tls", s.addr.port());
+    let (mut ws, _) = tungstenite::client(url.as_str(), tls_stream(s.addr, der)).expect("wss handshake");
+    let mut next = |ws: &mut tungstenite::WebSocket<_>| loop {
+        if let tungstenite::Message::Text(t) = ws.read().expect("wss read") {
+            return serde_json::from_str::<Value>(&t).unwrap();
+        }
+    };
+    assert_eq!(ty(&next(&mut ws)), "hello");
+    ws.send(tungstenite::Message::text(r#"{"type":"join","room":"sec"}"#)).unwrap();
+    assert_eq!(ty(&next(&mut ws)), "joined");
+    let text = "over tls ".repeat(400); // 3600 characters: several TLS reads, under max_text
+    ws.send(tungstenite::Message::text(json!({"type":"send","room":"sec","text":text}).to_string())).unwrap();
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        got.push(next(&mut ws));
+    }
+    let m = got.iter().find(|v| ty(v) == "message").expect("message back");
+    assert_eq!(m["text"].as_str(), Some(text.as_str()));
+    assert!(got.iter().any(|v| ty(v) == "ack" && v["seq"] == 1));
+    // Plain HTTP on the TLS port gets no HTTP answer.
+    let r = std::panic::catch_unwind(|| http_get(s.addr, "/health", &[]));
+    assert!(r.is_err() || r.unwrap().0 != 200);
+}
+
+#[test]
+fn backup_while_running_restores_every_message() {
+    let s = Server::open(&["--rate", "1000", "--burst", "1000"]);
+    let mut a = s.client("a");
+    a.join("b");
+    for i in 0..40 {
+        a.send_msg("b", &format!("m{i}"));
+    }
+    let dest = tempfile::tempdir().unwrap();
+    let copy = dest.path().join("copy");
+    let mut cmd = support::command();
+    cmd.args(["backup", copy.to_str().unwrap(), "--data-dir", s.dir.to_str().unwrap()]);
+    let out = run_bounded(cmd, Duration::from_secs(30));
+    assert_eq!(out.code(), 0, "{out:?}");
+    // The original keeps serving; a node started on the copy has everything.
+    a.send_msg("b", "after backup");
+    let mut o = support::Opts::new(&["--open"]);
+    o.dir = Some(copy.clone());
+    let restored = Server::start_with(o);
+    let mut c = restored.client("a");
+    let r = c.call(json!({"type": "history", "room": "b", "limit": 100}));
+    let texts: Vec<&str> = r["messages"].as_array().unwrap().iter().map(|m| m["text"].as_str().unwrap()).collect();
+    assert_eq!(texts, (0..40).map(|i| format!("m{i}")).collect::<Vec<_>>());
+    // A second backup into the same place is refused rather than merged.
+    let mut cmd = support::command();
+    cmd.args(["backup", copy.to_str().unwrap(), "--data-dir", s.dir.to_str().unwrap()]);
+    assert_ne!(run_bounded(cmd, Duration::from_secs(30)).code(), 0);
+}
+
+#[test]
+fn systemd_unit_verifies() {
+    let unit = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/chinwag.service")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // verify checks that ExecStart exists: point it at the binary under test.
+    let unit = unit.replace("/usr/local/bin/chinwag", support::bin().to_str().unwrap());
+    let path = dir.path().join("chinwag.service");
+    std::fs::write(&path, unit).unwrap();
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .expect("systemd-analyze must be installed (tests/run.sh installs systemd)");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let relevant: Vec<&str> = stderr.lines().filter(|l| l.contains("chinwag.service")).collect();
+    assert!(out.status.success() && relevant.is_empty(), "systemd-analyze verify: {stderr}");
+    let sec = Command::new("systemd-analyze").args(["security", "--offline=yes"]).arg(&path).output().unwrap();
+    let report = String::from_utf8_lossy(&sec.stdout);
+    let overall = report.lines().find(|l| l.contains("Overall exposure")).unwrap_or("(no exposure line)");
+    println!("systemd-analyze security: {overall}");
+    assert!(overall.contains("Overall exposure"), "{report}");
+}
