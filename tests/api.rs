@@ -16,7 +16,10 @@ use std::{
 };
 
 fn bearer(user: &str, admin: bool, jti: &str) -> String {
-    support::sign(&json!({"sub": user, "exp": support::now_s() + 600, "admin": admin, "jti": jti}), support::SECRET)
+    support::sign(
+        &json!({"sub": user, "exp": support::now_s() + 600, "admin": admin, "jti": jti}),
+        support::SECRET,
+    )
 }
 
 fn call(s: &Server, method: &str, path: &str, token: Option<&str>, body: &str) -> (u16, Value) {
@@ -26,7 +29,8 @@ fn call(s: &Server, method: &str, path: &str, token: Option<&str>, body: &str) -
         headers.push(("Authorization", a.as_str()));
     }
     let r = http_request(s.addr, method, path, &headers, body);
-    let v = serde_json::from_str(&r.body).unwrap_or_else(|e| panic!("{method} {path}: body not JSON ({e}): {:?}", r.body));
+    let v = serde_json::from_str(&r.body)
+        .unwrap_or_else(|e| panic!("{method} {path}: body not JSON ({e}): {:?}", r.body));
     (r.status, v)
 }
 
@@ -57,7 +61,8 @@ fn api_routes_answer_with_the_documented_status_codes() {
     // A WebSocket member sees bot posts live.
     let mut human = s.client_token("human");
     human.join("ops");
-    let (st, v) = call(&s, "POST", "/api/rooms/ops/messages", Some(&bot), r#"{"text":"deploy started"}"#);
+    let (st, v) =
+        call(&s, "POST", "/api/rooms/ops/messages", Some(&bot), r#"{"text":"deploy started"}"#);
     assert_eq!((st, v["seq"].as_u64()), (201, Some(1)), "{v}");
     assert!(v["ts"].as_u64().is_some());
     let m = human.recv_type("message");
@@ -78,10 +83,17 @@ fn api_routes_answer_with_the_documented_status_codes() {
     assert_eq!((st, v["error"].as_str()), (413, Some("too_large")));
     // History with cursors.
     for i in 2..=5 {
-        call(&s, "POST", "/api/rooms/ops/messages", Some(&bot), &json!({"text": format!("m{i}")}).to_string());
+        call(
+            &s,
+            "POST",
+            "/api/rooms/ops/messages",
+            Some(&bot),
+            &json!({"text": format!("m{i}")}).to_string(),
+        );
     }
     let (st, v) = call(&s, "GET", "/api/rooms/ops/messages?before=5&limit=2", Some(&bot), "");
-    let seqs: Vec<u64> = v["messages"].as_array().unwrap().iter().map(|m| m["seq"].as_u64().unwrap()).collect();
+    let seqs: Vec<u64> =
+        v["messages"].as_array().unwrap().iter().map(|m| m["seq"].as_u64().unwrap()).collect();
     assert_eq!((st, seqs, v["more"].as_bool()), (200, vec![3, 4], Some(true)));
     let (_, v) = call(&s, "GET", "/api/rooms/ops/messages?after=3", Some(&bot), "");
     assert_eq!(v["messages"].as_array().unwrap().len(), 2);
@@ -89,12 +101,16 @@ fn api_routes_answer_with_the_documented_status_codes() {
     assert_eq!(call(&s, "GET", "/api/rooms/ops/messages?after=x", Some(&bot), "").0, 400);
 
     // notify: admin only, delivered to every live connection of the user.
-    let body = json!({"user": "human", "kind": "deploy", "text": "done", "data": {"ok": true}}).to_string();
+    let body = json!({"user": "human", "kind": "deploy", "text": "done", "data": {"ok": true}})
+        .to_string();
     let (st, v) = call(&s, "POST", "/api/notify", Some(&bot), &body);
     assert_eq!((st, v["error"].as_str()), (403, Some("forbidden")));
     assert_eq!(call(&s, "POST", "/api/notify", Some(&admin), &body).0, 202);
     let n = human.recv_type("notification");
-    assert_eq!((n["kind"].as_str(), n["text"].as_str(), n["data"]["ok"].as_bool()), (Some("deploy"), Some("done"), Some(true)));
+    assert_eq!(
+        (n["kind"].as_str(), n["text"].as_str(), n["data"]["ok"].as_bool()),
+        (Some("deploy"), Some("done"), Some(true))
+    );
     assert!(n["ts"].as_u64().is_some());
 
     // revoke: the bot's token is refused from now on, and a live socket with it is closed 4001.
@@ -109,10 +125,17 @@ fn api_routes_answer_with_the_documented_status_codes() {
 fn api_calls_share_the_rate_limit_and_answer_429() {
     let s = Server::start(&["--rate", "1", "--burst", "3"]);
     let bot = bearer("bot", false, "b");
-    let statuses: Vec<u16> = (0..6).map(|_| call(&s, "POST", "/api/rooms/r/join", Some(&bot), "").0).collect();
+    let statuses: Vec<u16> =
+        (0..6).map(|_| call(&s, "POST", "/api/rooms/r/join", Some(&bot), "").0).collect();
     assert_eq!(&statuses[..3], &[200, 200, 200]);
     assert!(statuses[3..].contains(&429), "{statuses:?}");
-    let r = http_request(s.addr, "POST", "/api/rooms/r/join", &[("Authorization", &format!("Bearer {bot}"))], "");
+    let r = http_request(
+        s.addr,
+        "POST",
+        "/api/rooms/r/join",
+        &[("Authorization", &format!("Bearer {bot}"))],
+        "",
+    );
     let v: Value = serde_json::from_str(&r.body).unwrap();
     assert_eq!((r.status, v["error"].as_str()), (429, Some("rate_limited")));
     assert!(v["retry_after_ms"].as_u64().is_some());
@@ -125,15 +148,24 @@ fn parse_prometheus(text: &str) -> HashMap<String, Vec<f64>> {
         if line.is_empty() || line.starts_with('#') {
             if let Some(rest) = line.strip_prefix("# TYPE ") {
                 let kind = rest.split_whitespace().nth(1).unwrap_or("");
-                assert!(["counter", "gauge", "histogram", "summary", "unknown"].contains(&kind), "{line}");
+                assert!(
+                    ["counter", "gauge", "histogram", "summary", "unknown"].contains(&kind),
+                    "{line}"
+                );
             }
             continue;
         }
         let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("no value: {line}"));
         let name = series.split('{').next().unwrap();
-        assert!(name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'), "bad name: {line}");
+        assert!(
+            name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+            "bad name: {line}"
+        );
         if let Some(labels) = series.strip_prefix(name) {
-            assert!(labels.is_empty() || (labels.starts_with('{') && labels.ends_with('}')), "bad labels: {line}");
+            assert!(
+                labels.is_empty() || (labels.starts_with('{') && labels.ends_with('}')),
+                "bad labels: {line}"
+            );
         }
         let v: f64 = value.parse().unwrap_or_else(|_| panic!("bad value: {line}"));
         out.entry(name.to_string()).or_default().push(v);
@@ -146,7 +178,11 @@ fn metrics_are_prometheus_text_and_count_what_happens() {
     let s = Server::open(&[]);
     let r = http_request(s.addr, "GET", "/metrics", &[], "");
     assert_eq!(r.status, 200);
-    assert!(r.header("content-type").is_some_and(|c| c.starts_with("text/plain")), "{:?}", r.headers);
+    assert!(
+        r.header("content-type").is_some_and(|c| c.starts_with("text/plain")),
+        "{:?}",
+        r.headers
+    );
     let before = parse_prometheus(&r.body);
     for name in [
         "chinwag_connections",
@@ -195,11 +231,17 @@ fn web_client_is_served_at_root() {
     let r = http_request(s.addr, "GET", "/", &[], "");
     assert_eq!(r.status, 200);
     assert!(r.header("content-type").is_some_and(|c| c.starts_with("text/html")));
-    assert!(r.body.contains("<html") && r.body.contains("chinwag.v1.json"), "the page speaks the protocol");
+    assert!(
+        r.body.contains("<html") && r.body.contains("chinwag.v1.json"),
+        "the page speaks the protocol"
+    );
 }
 
 /// A rustls client stream that trusts exactly `cert`.
-fn tls_stream(addr: std::net::SocketAddr, cert_der: Vec<u8>) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+fn tls_stream(
+    addr: std::net::SocketAddr,
+    cert_der: Vec<u8>,
+) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(rustls::pki_types::CertificateDer::from(cert_der)).unwrap();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -222,7 +264,8 @@ fn https_and_wss_on_the_same_port() {
     let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
     std::fs::write(&cert, ck.cert.pem()).unwrap();
     std::fs::write(&key, ck.key_pair.serialize_pem()).unwrap();
-    let s = Server::open(&["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()]);
+    let s =
+        Server::open(&["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()]);
     let der = ck.cert.der().to_vec();
 
     // https: /health over TLS.
@@ -235,8 +278,9 @@ fn https_and_wss_on_the_same_port() {
 
     // wss: hello, join, send, ack and the message back.
     let url = format!("wss://localhost:{}/ws?user=tls", s.addr.port());
-    let (mut ws, _) = tungstenite::client(url.as_str(), tls_stream(s.addr, der)).expect("wss handshake");
-    let mut next = |ws: &mut tungstenite::WebSocket<_>| loop {
+    let (mut ws, _) =
+        tungstenite::client(url.as_str(), tls_stream(s.addr, der)).expect("wss handshake");
+    let next = |ws: &mut tungstenite::WebSocket<_>| loop {
         if let tungstenite::Message::Text(t) = ws.read().expect("wss read") {
             return serde_json::from_str::<Value>(&t).unwrap();
         }
@@ -245,7 +289,10 @@ fn https_and_wss_on_the_same_port() {
     ws.send(tungstenite::Message::text(r#"{"type":"join","room":"sec"}"#)).unwrap();
     assert_eq!(ty(&next(&mut ws)), "joined");
     let text = "over tls ".repeat(400); // 3600 characters: several TLS reads, under max_text
-    ws.send(tungstenite::Message::text(json!({"type":"send","room":"sec","text":text}).to_string())).unwrap();
+    ws.send(tungstenite::Message::text(
+        json!({"type":"send","room":"sec","text":text}).to_string(),
+    ))
+    .unwrap();
     let mut got = Vec::new();
     while got.len() < 2 {
         got.push(next(&mut ws));
@@ -279,7 +326,8 @@ fn backup_while_running_restores_every_message() {
     let restored = Server::start_with(o);
     let mut c = restored.client("a");
     let r = c.call(json!({"type": "history", "room": "b", "limit": 100}));
-    let texts: Vec<&str> = r["messages"].as_array().unwrap().iter().map(|m| m["text"].as_str().unwrap()).collect();
+    let texts: Vec<&str> =
+        r["messages"].as_array().unwrap().iter().map(|m| m["text"].as_str().unwrap()).collect();
     assert_eq!(texts, (0..40).map(|i| format!("m{i}")).collect::<Vec<_>>());
     // A second backup into the same place is refused rather than merged.
     let mut cmd = support::command();
@@ -289,7 +337,9 @@ fn backup_while_running_restores_every_message() {
 
 #[test]
 fn systemd_unit_verifies() {
-    let unit = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/chinwag.service")).unwrap();
+    let unit =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/chinwag.service"))
+            .unwrap();
     let dir = tempfile::tempdir().unwrap();
     // verify checks that ExecStart exists: point it at the binary under test.
     let unit = unit.replace("/usr/local/bin/chinwag", support::bin().to_str().unwrap());
@@ -303,9 +353,14 @@ fn systemd_unit_verifies() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     let relevant: Vec<&str> = stderr.lines().filter(|l| l.contains("chinwag.service")).collect();
     assert!(out.status.success() && relevant.is_empty(), "systemd-analyze verify: {stderr}");
-    let sec = Command::new("systemd-analyze").args(["security", "--offline=yes"]).arg(&path).output().unwrap();
+    let sec = Command::new("systemd-analyze")
+        .args(["security", "--offline=yes"])
+        .arg(&path)
+        .output()
+        .unwrap();
     let report = String::from_utf8_lossy(&sec.stdout);
-    let overall = report.lines().find(|l| l.contains("Overall exposure")).unwrap_or("(no exposure line)");
+    let overall =
+        report.lines().find(|l| l.contains("Overall exposure")).unwrap_or("(no exposure line)");
     println!("systemd-analyze security: {overall}");
     assert!(overall.contains("Overall exposure"), "{report}");
 }

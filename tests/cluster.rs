@@ -23,7 +23,10 @@ struct Redis {
 
 impl Redis {
     fn start() -> Redis {
-        let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap();
         let mut r = Redis { port, child: None };
         r.spawn();
         r
@@ -31,7 +34,16 @@ impl Redis {
 
     fn spawn(&mut self) {
         let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -81,7 +93,13 @@ fn node(redis: &Redis, id: &str) -> Server {
 /// `POST path` with a bearer token and a JSON body: (status, body).
 fn post(server: &Server, path: &str, token: &str, body: &str) -> (u16, String) {
     let auth = format!("Bearer {token}");
-    let r = support::http_request(server.addr, "POST", path, &[("Authorization", &auth), ("Content-Type", "application/json")], body);
+    let r = support::http_request(
+        server.addr,
+        "POST",
+        path,
+        &[("Authorization", &auth), ("Content-Type", "application/json")],
+        body,
+    );
     (r.status, r.body)
 }
 
@@ -123,7 +141,8 @@ fn expect_messages(c: &mut Client, room: &str, from: u64, n: u64) -> Vec<String>
 fn messages_cross_nodes_once_and_in_order() {
     let redis = Redis::start();
     let nodes = three(&redis);
-    let mut clients: Vec<Client> = nodes.iter().enumerate().map(|(i, s)| s.client(&format!("u{i}"))).collect();
+    let mut clients: Vec<Client> =
+        nodes.iter().enumerate().map(|(i, s)| s.client(&format!("u{i}"))).collect();
     for c in &mut clients {
         c.join("hall");
     }
@@ -140,7 +159,8 @@ fn messages_cross_nodes_once_and_in_order() {
             }
         }
         // Exactly once: nothing more arrives before a barrier.
-        let extra: Vec<Value> = c.ping_barrier().into_iter().filter(|v| ty(v) == "message").collect();
+        let extra: Vec<Value> =
+            c.ping_barrier().into_iter().filter(|v| ty(v) == "message").collect();
         assert!(extra.is_empty(), "duplicates: {extra:?}");
     }
     let reference = history(&nodes[0], "hall");
@@ -180,7 +200,10 @@ fn concurrent_senders_on_different_nodes_are_gap_free() {
     assert_eq!(all, (1..=300).collect::<Vec<u64>>(), "acked seqs are exactly 1..=300");
     expect_messages(&mut watcher, "race", 1, 300);
     for n in &nodes {
-        assert_eq!(history(n, "race").iter().map(|m| m.0).collect::<Vec<_>>(), (1..=300).collect::<Vec<_>>());
+        assert_eq!(
+            history(n, "race").iter().map(|m| m.0).collect::<Vec<_>>(),
+            (1..=300).collect::<Vec<_>>()
+        );
     }
 }
 
@@ -195,7 +218,8 @@ fn presence_notify_and_revoke_cross_nodes() {
     let p = alice.recv_where(|v| ty(v) == "presence" && v["user"] == "bob");
     assert_eq!(p["state"], "online");
     let list = alice.call(json!({"type": "presence", "room": "p"}));
-    let mut online: Vec<&str> = list["online"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    let mut online: Vec<&str> =
+        list["online"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
     online.sort();
     assert_eq!(online, vec!["alice", "bob"], "{list}");
     // Typing crosses nodes too.
@@ -207,21 +231,32 @@ fn presence_notify_and_revoke_cross_nodes() {
     assert_eq!(p["state"], "offline");
 
     // notify: an admin call on node 3 reaches alice on node 1.
-    let admin = support::sign(&json!({"sub": "ops", "exp": support::now_s() + 600, "admin": true}), support::SECRET);
+    let admin = support::sign(
+        &json!({"sub": "ops", "exp": support::now_s() + 600, "admin": true}),
+        support::SECRET,
+    );
     let (status, body) = post(
         &nodes[2],
         "/api/notify",
         &admin,
-        &json!({"user": "alice", "kind": "deploy", "text": "v2 is out", "data": {"v": 2}}).to_string(),
+        &json!({"user": "alice", "kind": "deploy", "text": "v2 is out", "data": {"v": 2}})
+            .to_string(),
     );
     assert_eq!(status, 202, "{body}");
     let n = alice.recv_type("notification");
-    assert_eq!((n["kind"].as_str(), n["text"].as_str(), n["data"]["v"].as_u64()), (Some("deploy"), Some("v2 is out"), Some(2)));
+    assert_eq!(
+        (n["kind"].as_str(), n["text"].as_str(), n["data"]["v"].as_u64()),
+        (Some("deploy"), Some("v2 is out"), Some(2))
+    );
 
     // revoke on node 3: carol's token is closed with 4001 on node 2 and refused on node 1.
-    let carol = support::sign(&json!({"sub": "carol", "exp": support::now_s() + 600, "jti": "carol-1"}), support::SECRET);
+    let carol = support::sign(
+        &json!({"sub": "carol", "exp": support::now_s() + 600, "jti": "carol-1"}),
+        support::SECRET,
+    );
     let mut c = Client::connect(nodes[1].addr, Auth::Bearer(&carol), Enc::Json);
-    let (status, body) = post(&nodes[2], "/api/revoke", &admin, &json!({"jti": "carol-1"}).to_string());
+    let (status, body) =
+        post(&nodes[2], "/api/revoke", &admin, &json!({"jti": "carol-1"}).to_string());
     assert_eq!(status, 200, "{body}");
     assert_eq!(c.expect_close(), 4001);
     wait_for(Duration::from_secs(5), "the revocation on node 1", || {
@@ -252,7 +287,9 @@ fn killed_node_catches_up_with_identical_history() {
         }
     }
     nodes[2].restart();
-    wait_for(Duration::from_secs(10), "the restarted node's redis link", || nodes[2].health().1["redis"] == "ok");
+    wait_for(Duration::from_secs(10), "the restarted node's redis link", || {
+        nodes[2].health().1["redis"] == "ok"
+    });
     let mut c3 = nodes[2].client("c");
     a.send_msg("k", "after");
     // The restarted node delivers the next message live after what it repaired.
@@ -279,7 +316,11 @@ fn redis_outage_refuses_sends_then_recovers_without_loss() {
     for n in &nodes {
         wait_for(Duration::from_secs(10), "health to report redis down", || n.health().0 == 503);
         let (_, h) = n.health();
-        assert_eq!((h["redis"].as_str(), h["status"].as_str()), (Some("down"), Some("degraded")), "{h}");
+        assert_eq!(
+            (h["redis"].as_str(), h["status"].as_str()),
+            (Some("down"), Some("degraded")),
+            "{h}"
+        );
     }
     // Live connections stay open; sends are refused, nothing half-accepted.
     a.call_err(json!({"type": "send", "room": "o", "text": "lost?"}), "unavailable");

@@ -1,0 +1,86 @@
+//! Encode and decode costs of the wire protocol: every server frame type
+//! encoded (JSON and MessagePack, framed, ready to write) and client frames
+//! decoded and validated.
+
+use chinwag::proto::{decode, encode, Encoding, Limits, Msg, Out, RoomState};
+use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use serde_json::json;
+
+fn server_frames(c: &mut Criterion) {
+    let limits = Limits { max_text: 4000, max_frame: 65536, rate: 20, burst: 40 };
+    let id = json!("c1");
+    let history: Vec<Msg> = (1..=50)
+        .map(|s| Msg {
+            room: "general".into(),
+            seq: s,
+            ts: 1_732_250_000_000 + s,
+            from: "alice".into(),
+            text: "x".repeat(100),
+        })
+        .collect();
+    let text = "x".repeat(100);
+    let frames: Vec<(&str, Out<'_>)> = vec![
+        (
+            "message",
+            Out::Message {
+                room: "general",
+                seq: 121,
+                ts: 1_732_250_000_123,
+                from: "alice",
+                text: &text,
+            },
+        ),
+        ("ack", Out::Ack { id: Some(&id), room: "general", seq: 121, ts: 1_732_250_000_123 }),
+        ("presence", Out::Presence { room: "general", user: "bob", state: "online" }),
+        ("typing", Out::Typing { room: "general", user: "bob", active: true }),
+        ("read", Out::Read { room: "general", seq: 120 }),
+        ("pong", Out::Pong { id: Some(&id), ts: 1_732_250_000_123 }),
+        (
+            "hello",
+            Out::Hello {
+                user: "alice",
+                node: "n1",
+                server_time: 1_732_250_000_000,
+                rooms: vec![RoomState { room: "general".into(), seq: 120, read: 117 }],
+                limits: &limits,
+            },
+        ),
+        (
+            "history50",
+            Out::History { id: Some(&id), room: "general", messages: history.clone(), more: true },
+        ),
+    ];
+    let mut g = c.benchmark_group("encode");
+    for (name, frame) in &frames {
+        for enc in [Encoding::Json, Encoding::MsgPack] {
+            g.bench_function(format!("{name}/{enc:?}"), |b| {
+                b.iter(|| encode(black_box(frame), enc))
+            });
+        }
+    }
+    g.finish();
+}
+
+fn client_frames(c: &mut Criterion) {
+    let frames = [
+        ("send", json!({"type": "send", "room": "general", "text": "x".repeat(100), "id": 7})),
+        ("join", json!({"type": "join", "room": "general", "since": 120})),
+        ("typing", json!({"type": "typing", "room": "general", "active": true})),
+        ("history", json!({"type": "history", "room": "general", "before": 100, "limit": 50})),
+    ];
+    let mut g = c.benchmark_group("decode");
+    for (name, v) in &frames {
+        let as_json = serde_json::to_vec(v).unwrap();
+        let as_mp = rmp_serde::to_vec_named(v).unwrap();
+        g.bench_function(format!("{name}/Json"), |b| {
+            b.iter(|| decode(black_box(&as_json), Encoding::Json, 4000))
+        });
+        g.bench_function(format!("{name}/MsgPack"), |b| {
+            b.iter(|| decode(black_box(&as_mp), Encoding::MsgPack, 4000))
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, server_frames, client_frames);
+criterion_main!(benches);

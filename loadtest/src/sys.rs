@@ -1,0 +1,79 @@
+//! What the harness reads from (and asks of) the operating system.
+//!
+//! Owns: the server's CPU time and RSS from /proc, the harness's own CPU time
+//! from getrusage, and raising the open-files limit. Linux only.
+
+use std::fs;
+
+/// CPU seconds (user + system) that process `pid` has used so far.
+pub fn proc_cpu_s(pid: u32) -> Result<f64, String> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map_err(|e| format!("cannot read /proc/{pid}/stat: {e}"))?;
+    // The command name is in parentheses and may contain spaces: split after
+    // the last ')'. Then field 3 (state) is index 0, utime (14) index 11.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).ok_or("malformed /proc stat")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| -> Result<u64, String> {
+        fields.get(i).and_then(|f| f.parse().ok()).ok_or_else(|| "malformed /proc stat".into())
+    };
+    let total = ticks(11)? + ticks(12)?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    Ok(total as f64 / if hz > 0 { hz as f64 } else { 100.0 })
+}
+
+/// Resident set size of process `pid`, in KiB (VmRSS).
+pub fn proc_rss_kib(pid: u32) -> Result<u64, String> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))
+        .map_err(|e| format!("cannot read /proc/{pid}/status: {e}"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| format!("no VmRSS in /proc/{pid}/status"))
+}
+
+/// CPU seconds (user + system) this process has used so far, all threads.
+pub fn self_cpu_s() -> f64 {
+    // SAFETY: getrusage only writes into the struct we hand it.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
+        return 0.0;
+    }
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// Raises the soft open-files limit to the hard one; returns the new soft
+/// limit. Each client is one socket, so the default 1024 caps a run early.
+pub fn raise_nofile() -> Result<u64, String> {
+    // SAFETY: get/setrlimit only read and write the struct we hand them.
+    let mut lim: libc::rlimit = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(format!("getrlimit: {}", std::io::Error::last_os_error()));
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+            return Err(format!("setrlimit: {}", std::io::Error::last_os_error()));
+        }
+        lim.rlim_cur = lim.rlim_max;
+    }
+    Ok(lim.rlim_cur)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_own_process() {
+        let pid = std::process::id();
+        assert!(proc_cpu_s(pid).unwrap() >= 0.0);
+        assert!(proc_rss_kib(pid).unwrap() > 0);
+        assert!(self_cpu_s() >= 0.0);
+        assert!(raise_nofile().unwrap() >= 1);
+        assert!(proc_cpu_s(u32::MAX).is_err());
+    }
+}

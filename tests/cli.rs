@@ -1,0 +1,244 @@
+//! The operator surface (sections 1 and 5): bad settings refused with exit status 2 and one
+//! stderr line naming the setting; precedence flag > env > config file > default;
+//! `chinwag token` (one-line HS256 JWT, `--admin`, `--ttl`, `--link`, the data-dir secret when
+//! `CHINWAG_SECRET` is unset); and the fields of `GET /health`.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+
+/// Runs `chinwag serve ARGS` that must be refused: exit 2, one stderr line naming `setting`
+/// (any of `|`-separated alternatives).
+fn refused(args: &[&str], env: &[(&str, &str)], setting: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = command();
+    cmd.arg("serve");
+    if !args.contains(&"--data-dir") {
+        cmd.arg("--data-dir").arg(dir.path());
+    }
+    cmd.args(args).env("CHINWAG_SECRET", SECRET);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let f = run_bounded(cmd, Duration::from_secs(15));
+    assert!(f.status.is_some(), "{args:?} {env:?}: still running after 15 s instead of refusing");
+    assert_eq!(f.code(), 2, "{args:?} {env:?}: exit status; stderr: {}", f.stderr);
+    let lines: Vec<&str> = f.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{args:?} {env:?}: exactly one stderr line, got {lines:#?}");
+    assert!(
+        setting.split('|').any(|name| lines[0].contains(name)),
+        "{args:?} {env:?}: the line must name `{setting}`: {lines:?}"
+    );
+}
+
+#[test]
+fn bad_settings_exit_2_with_one_line_naming_the_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad_toml = dir.path().join("bad.toml");
+    fs::write(&bad_toml, "listen = [unterminated\n").unwrap();
+    let bad_threads = dir.path().join("threads.toml");
+    fs::write(&bad_threads, "threads = 0\n").unwrap();
+    let bad_type = dir.path().join("type.toml");
+    fs::write(&bad_type, "max_frame = \"big\"\n").unwrap();
+    let cfg = |p: &Path| p.to_str().unwrap().to_string();
+    refused(&["--threads", "0"], &[], "threads");
+    refused(&["--listen", "nonsense"], &[], "listen");
+    refused(&["--config", "/nonexistent/chinwag.toml"], &[], "config");
+    refused(&["--config", &cfg(&bad_toml)], &[], "config");
+    refused(&["--config", &cfg(&bad_threads)], &[], "threads");
+    // A value of the wrong type: naming the key or the file are both fine.
+    refused(&["--config", &cfg(&bad_type)], &[], "max_frame|config");
+    refused(&["--max-frame", "lots"], &[], "max");
+    refused(&[], &[("CHINWAG_LISTEN", "nonsense")], "listen");
+}
+
+#[test]
+fn config_precedence_is_flag_then_env_then_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (file_dir, env_dir, flag_dir) =
+        (tmp.path().join("file"), tmp.path().join("env"), tmp.path().join("flag"));
+    for d in [&file_dir, &env_dir, &flag_dir] {
+        fs::create_dir(d).unwrap();
+    }
+    let cfg = tmp.path().join("chinwag.toml");
+    fs::write(
+        &cfg,
+        format!(
+            "listen = \"127.0.0.1:1\"\ndata_dir = {:?}\nmax_text = 111\nrate = 7\nburst = 9\nopen = true\n",
+            file_dir.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let cfg = cfg.to_str().unwrap();
+    let empty = |d: &Path| fs::read_dir(d).unwrap().next().is_none();
+
+    // flag > env > file for data_dir and max_text; env > file for listen; file > default.
+    let mut o = Opts::new(&["--config", cfg, "--data-dir", flag_dir.to_str().unwrap()]);
+    o.args.extend(["--max-text".into(), "222".into()]);
+    o.listen_flag = false;
+    o.data_dir_flag = false;
+    o.env = vec![
+        ("CHINWAG_LISTEN".into(), "127.0.0.1:0".into()),
+        ("CHINWAG_DATA_DIR".into(), env_dir.to_str().unwrap().into()),
+    ];
+    let s = Server::start_with(o);
+    assert_ne!(s.addr.port(), 1, "CHINWAG_LISTEN must override the file");
+    let mut c = s.client("alice"); // `open = true` from the file
+    let l = &c.hello["limits"];
+    assert_eq!(l["max_text"], 222, "flag beats file: {l}");
+    assert_eq!(l["rate"], 7, "file beats default: {l}");
+    assert_eq!(l["burst"], 9, "file beats default: {l}");
+    c.join("p");
+    c.send_msg("p", "stored somewhere");
+    drop(c);
+    drop(s);
+    assert!(!empty(&flag_dir), "--data-dir must win");
+    assert!(empty(&env_dir) && empty(&file_dir), "only the flag's data dir is used");
+
+    // env > file for data_dir; flag > env for listen.
+    let mut o = Opts::new(&["--config", cfg, "--listen", "127.0.0.1:0"]);
+    o.listen_flag = false;
+    o.data_dir_flag = false;
+    o.env = vec![
+        ("CHINWAG_LISTEN".into(), "127.0.0.1:1".into()),
+        ("CHINWAG_DATA_DIR".into(), env_dir.to_str().unwrap().into()),
+    ];
+    let s = Server::start_with(o);
+    assert_ne!(s.addr.port(), 1, "--listen must override CHINWAG_LISTEN");
+    let mut c = s.client("bob");
+    assert_eq!(c.hello["limits"]["max_text"], 111, "file beats default");
+    c.join("p");
+    c.send_msg("p", "x");
+    drop(c);
+    drop(s);
+    assert!(!empty(&env_dir), "CHINWAG_DATA_DIR must beat the file");
+    assert!(empty(&file_dir), "the file's data dir is not used");
+}
+
+fn token_cmd(args: &[&str], secret: Option<&str>) -> Finished {
+    let mut cmd = command();
+    cmd.arg("token").args(args);
+    if let Some(s) = secret {
+        cmd.env("CHINWAG_SECRET", s);
+    }
+    run_bounded(cmd, Duration::from_secs(15))
+}
+
+fn one_line(f: &Finished) -> String {
+    assert_eq!(f.code(), 0, "token command failed: {}", f.stderr);
+    let lines: Vec<&str> = f.stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "stdout must be exactly one line: {:?}", f.stdout);
+    lines[0].trim().to_string()
+}
+
+#[test]
+fn token_command_prints_a_one_line_jwt_the_server_accepts() {
+    let s = Server::start(&[]);
+    let dir = s.dir.to_str().unwrap().to_string();
+    let before = now_s();
+    let t = one_line(&token_cmd(&["alice", "--data-dir", &dir], Some(SECRET)));
+    let after = now_s();
+    assert_eq!(t.split('.').count(), 3, "a JWT: {t}");
+    let claims = verify(&t, SECRET);
+    assert_eq!(claims["sub"], "alice");
+    let exp = claims["exp"].as_u64().expect("exp");
+    let d30 = 30 * 86_400;
+    assert!(exp >= before + d30 - 5 && exp <= after + d30 + 5, "default ttl 30d: exp {exp}");
+    assert!(claims.get("admin").is_none() || claims["admin"] == false, "{claims}");
+    let c = Client::connect(s.addr, Auth::Bearer(&t), Enc::Json);
+    assert_eq!(c.hello["user"], "alice");
+    let c = Client::connect(s.addr, Auth::Query(&t), Enc::MsgPack);
+    assert_eq!(c.hello["user"], "alice");
+
+    for (ttl, secs) in [("90s", 90), ("15m", 900), ("12h", 43_200), ("30d", d30)] {
+        let before = now_s();
+        let t = one_line(&token_cmd(
+            &["bob", "--admin", "--ttl", ttl, "--data-dir", &dir],
+            Some(SECRET),
+        ));
+        let after = now_s();
+        let claims = verify(&t, SECRET);
+        assert_eq!(claims["sub"], "bob");
+        assert_eq!(claims["admin"], true, "--admin: {claims}");
+        let exp = claims["exp"].as_u64().unwrap();
+        assert!(exp >= before + secs - 5 && exp <= after + secs + 5, "--ttl {ttl}: exp {exp}");
+        let c = Client::connect(s.addr, Auth::Bearer(&t), Enc::Json);
+        assert_eq!(c.hello["user"], "bob");
+    }
+    let link = one_line(&token_cmd(&["carol", "--link", "--data-dir", &dir], Some(SECRET)));
+    assert!(link.starts_with("http://"), "--link prints a URL: {link}");
+    let (_, tok) = link.split_once("/#token=").unwrap_or_else(|| panic!("no /#token= in {link}"));
+    assert_eq!(verify(tok, SECRET)["sub"], "carol");
+    let bad = token_cmd(&["dave", "--ttl", "soon", "--data-dir", &dir], Some(SECRET));
+    assert_ne!(bad.code(), 0, "--ttl soon must be refused");
+    assert!(bad.stdout.trim().is_empty(), "no token for a bad ttl: {:?}", bad.stdout);
+}
+
+#[test]
+fn without_chinwag_secret_the_data_dir_secret_is_used() {
+    let mut o = Opts::new(&[]);
+    o.secret = false;
+    let mut s = Server::start_with(o);
+    let secret = s.dir.join("secret");
+    let meta = fs::metadata(&secret).expect("DATA_DIR/secret is created on first start");
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600, "secret file mode");
+    let dir = s.dir.to_str().unwrap().to_string();
+    let t = one_line(&token_cmd(&["alice", "--data-dir", &dir], None));
+    let c = Client::connect(s.addr, Auth::Bearer(&t), Enc::Json);
+    assert_eq!(c.hello["user"], "alice");
+    drop(c);
+    // A token signed with some other secret is refused.
+    match Client::try_connect(s.addr, Auth::Bearer(&token("alice")), &[]) {
+        Err(ConnectError::Http(401, _)) => {}
+        other => panic!("token with a foreign secret: {other:?}"),
+    }
+    // The secret is kept across restarts.
+    let before = fs::read(&secret).unwrap();
+    s.restart();
+    assert_eq!(fs::read(&secret).unwrap(), before, "secret must not change on restart");
+    let c = Client::connect(s.addr, Auth::Bearer(&t), Enc::Json);
+    assert_eq!(c.hello["user"], "alice");
+}
+
+/// Polls `/health` until `connections` equals `n` (bounded).
+fn wait_connections(s: &Server, n: u64) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, h) = s.health();
+        assert_eq!(status, 200, "{h}");
+        if h["connections"] == n || Instant::now() > deadline {
+            return h;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn health_reports_status_node_storage_connections_uptime() {
+    let s = Server::open(&[]);
+    let (status, body) = http_get(s.addr, "/health", &[]);
+    assert_eq!(status, 200, "{body}");
+    let h: serde_json::Value = serde_json::from_str(&body).expect("health is JSON");
+    assert_eq!(h["status"], "ok", "{h}");
+    assert_eq!(h["redis"], "off", "single node: {h}");
+    assert_eq!(h["storage"], "ok", "{h}");
+    assert!(h["node"].as_str().is_some_and(|n| !n.is_empty()), "{h}");
+    assert!(h["uptime_s"].is_u64(), "uptime_s is an integer: {h}");
+    assert_eq!(h["connections"], 0, "{h}");
+    let a = s.client("alice");
+    let b = Client::connect(s.addr, Auth::Open("bob"), Enc::MsgPack);
+    let h = wait_connections(&s, 2);
+    assert_eq!(h["connections"], 2, "two live WebSockets: {h}");
+    assert_eq!(h["node"], a.hello["node"]);
+    a.close();
+    let h = wait_connections(&s, 1);
+    assert_eq!(h["connections"], 1, "{h}");
+    drop(b);
+    let h = wait_connections(&s, 0);
+    assert_eq!(h["connections"], 0, "a dropped socket is no longer counted: {h}");
+    assert_eq!(h["status"], "ok");
+}

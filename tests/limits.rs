@@ -1,0 +1,305 @@
+//! Per-connection limits and the close codes they lead to (section 4): the token-bucket rate
+//! limit (`rate_limited` with `retry_after_ms`, then 1008 for abuse), 1007 for invalid UTF-8 in
+//! a text frame, 1009 for a frame over `max_frame`, and 1013 for a slow consumer while the other
+//! members of the room keep receiving everything. The server must stay healthy after each.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::support::*;
+
+#[test]
+fn frames_over_the_rate_get_rate_limited_with_retry_after() {
+    let s = Server::open(&["--rate", "1", "--burst", "5"]);
+    let mut c = s.client("alice");
+    assert_eq!(c.hello["limits"]["rate"], 1);
+    assert_eq!(c.hello["limits"]["burst"], 5);
+    for i in 0..8 {
+        c.send_json(json!({"type": "ping", "id": i}));
+    }
+    let replies: Vec<Value> = (0..8).map(|_| c.recv()).collect();
+    let mut pongs = 0;
+    let mut max_retry = 0;
+    for (i, r) in replies.iter().enumerate() {
+        assert_eq!(r["id"], i, "replies in order, ids echoed: {replies:?}");
+        match ty(r) {
+            "pong" => pongs += 1,
+            "error" => {
+                assert_eq!(r["code"], "rate_limited", "{r}");
+                let ms = r["retry_after_ms"].as_u64().expect("retry_after_ms integer");
+                assert!(ms > 0 && ms <= 10_000, "retry_after_ms {ms} for rate 1/s");
+                max_retry = max_retry.max(ms);
+            }
+            _ => panic!("unexpected reply {r}"),
+        }
+    }
+    // The bucket starts full at `burst`; at most one token can refill meanwhile.
+    assert!(replies[..5].iter().all(|r| ty(r) == "pong"), "first 5 served: {replies:?}");
+    assert!((5..=6).contains(&pongs), "{pongs} of 8 frames accepted with burst 5: {replies:?}");
+    // Fewer than `burst` refusals: the connection stays open and recovers after the wait.
+    thread::sleep(Duration::from_millis(max_retry + 200));
+    let p = c.call(json!({"type": "ping", "id": "later"}));
+    assert_eq!(ty(&p), "pong", "{p}");
+    // Refused frames are not acted on: a refused send is not stored. (A new connection has its
+    // own full bucket; 8 sends after a join see at most 4 refusals, fewer than `burst`.)
+    let mut c2 = s.client("alice");
+    c2.join("r");
+    for i in 0..8 {
+        c2.send_json(json!({"type": "send", "room": "r", "text": format!("t{i}"), "id": i}));
+    }
+    let (mut acked, mut limited, mut wait) = (0, 0, 0);
+    while acked + limited < 8 {
+        let v = c2.recv();
+        match ty(&v) {
+            "ack" => acked += 1,
+            "error" => {
+                assert_eq!(v["code"], "rate_limited", "{v}");
+                wait = wait.max(v["retry_after_ms"].as_u64().unwrap_or(1000));
+                limited += 1
+            }
+            _ => {}
+        }
+    }
+    assert!(limited >= 2, "8 sends after a join with burst 5: {limited} refused");
+    thread::sleep(Duration::from_millis(wait + 200));
+    let h = c2.call(json!({"type": "history", "room": "r", "limit": 100}));
+    let stored = h["messages"].as_array().unwrap_or_else(|| panic!("history: {h}")).len();
+    assert_eq!(stored, acked, "only acked sends are stored: {h}");
+}
+
+#[test]
+fn websocket_pings_do_not_count_against_the_rate() {
+    let s = Server::open(&["--rate", "1", "--burst", "3"]);
+    let mut c = s.client("alice");
+    for i in 0..30u8 {
+        c.ws.send(tungstenite::Message::Ping(vec![i].into())).expect("ws ping");
+    }
+    for i in 0..3 {
+        let p = c.call(json!({"type": "ping", "id": i}));
+        assert_eq!(ty(&p), "pong", "WebSocket pings must not use up the bucket: {p}");
+    }
+}
+
+#[test]
+fn expired_token_closes_a_live_connection_with_4001() {
+    let s = Server::start(&[]);
+    let exp = now_s() + 3;
+    let t = sign(&json!({"sub": "alice", "exp": exp}), SECRET);
+    let mut c = Client::connect(s.addr, Auth::Bearer(&t), Enc::Json);
+    // The token expires 3 s from now; the close is due within 5 s after that.
+    c.ws.get_mut().set_read_timeout(Some(Duration::from_secs(25))).unwrap();
+    let (_, end) = c.read_until_close();
+    assert_eq!(end, End::Close(4001));
+    // Well past `exp` (not at the boundary second), the upgrade is refused.
+    while now_s() <= exp + 1 {
+        thread::sleep(Duration::from_millis(100));
+    }
+    match Client::try_connect(s.addr, Auth::Bearer(&t), &[]) {
+        Err(ConnectError::Http(401, _)) => {}
+        other => panic!("an expired token must be refused: {other:?}"),
+    }
+}
+
+#[test]
+fn a_connection_that_never_upgrades_is_dropped() {
+    let s = Server::open(&[]);
+    let mut idle = tcp(s.addr);
+    idle.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut half = tcp(s.addr);
+    half.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    half.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\n").unwrap();
+    for (what, sock) in [("silent", &mut idle), ("half a request", &mut half)] {
+        let mut buf = [0u8; 1024];
+        let r = loop {
+            match sock.read(&mut buf) {
+                Ok(0) => break Ok(()),
+                Ok(_) => {} // an error response is fine too
+                Err(e) => break Err(e),
+            }
+        };
+        assert!(
+            r.is_ok() || r.as_ref().is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+            "{what}: the server must drop the connection (10 s deadline), got {r:?}"
+        );
+    }
+    s.assert_healthy(true);
+}
+
+#[test]
+fn rate_limit_abuse_closes_with_1008() {
+    let s = Server::open(&["--rate", "1", "--burst", "3"]);
+    let mut c = s.client("alice");
+    for i in 0..10 {
+        // The server may close before it has read everything; later writes may fail.
+        if c.try_send_json(&json!({"type": "ping", "id": i})).is_err() {
+            break;
+        }
+    }
+    let (frames, code) = c.read_until_close();
+    let pongs = frames.iter().filter(|v| ty(v) == "pong").count();
+    let limited: Vec<&Value> =
+        frames.iter().filter(|v| ty(v) == "error" && v["code"] == "rate_limited").collect();
+    assert_eq!(code, End::Close(1008), "abuse must close with 1008; frames: {frames:?}");
+    assert!(pongs >= 3, "the first `burst` frames are served: {frames:?}");
+    assert!((1..=3).contains(&limited.len()), "rate_limited before the close: {frames:?}");
+    s.assert_healthy(true);
+    // Other connections of the same user are not affected.
+    let mut d = s.client("alice");
+    assert_eq!(ty(&d.call(json!({"type": "ping"}))), "pong");
+}
+
+#[test]
+fn invalid_utf8_in_a_text_frame_closes_with_1007() {
+    let s = Server::open(&[]);
+    let mut bystander = s.client("bob");
+    bystander.join("r");
+    let mut c = s.client("alice");
+    c.join("r");
+    c.send_raw_text_bytes(b"{\"type\":\"send\",\"room\":\"r\",\"text\":\"\xff\xfe\"}".to_vec());
+    assert_eq!(c.expect_close(), 1007);
+    let mut c = s.client("alice");
+    c.send_raw_text_bytes(vec![0xc3, 0x28]);
+    assert_eq!(c.expect_close(), 1007);
+    // Nothing was stored or relayed, and the server is fine.
+    let h = bystander.call(json!({"type": "history", "room": "r"}));
+    assert_eq!(h["messages"], json!([]), "{h}");
+    s.assert_healthy(true);
+}
+
+#[test]
+fn frames_over_max_frame_close_with_1009() {
+    let s = Server::open(&["--max-frame", "4096"]);
+    let mut c = s.client("alice");
+    assert_eq!(c.hello["limits"]["max_frame"], 4096);
+    c.join("r");
+    // Under the limit: fine.
+    let ack = c.send_msg("r", &"a".repeat(3000));
+    assert_eq!(ack["seq"], 1);
+    let big = json!({"type": "send", "room": "r", "text": "b".repeat(5000)}).to_string();
+    c.send_text(&big);
+    assert_eq!(c.expect_close(), 1009);
+    let mut m = Client::connect(s.addr, Auth::Open("mp"), Enc::MsgPack);
+    m.send_binary(vec![0xc0; 5000]);
+    assert_eq!(m.expect_close(), 1009);
+    let mut bob = s.client("bob");
+    bob.join("r");
+    let h = bob.call(json!({"type": "history", "room": "r"}));
+    assert_eq!(h["messages"].as_array().map(Vec::len), Some(1), "oversized frame not stored: {h}");
+    s.assert_healthy(true);
+}
+
+#[test]
+fn slow_consumer_is_closed_with_1013_and_others_keep_up() {
+    const N: u64 = 400;
+    const LEN: usize = 40_000;
+    let s = Server::open(&[
+        "--max-output",
+        "262144",
+        "--max-text",
+        "50000",
+        "--rate",
+        "100000",
+        "--burst",
+        "100000",
+    ]);
+    // A consumer with a tiny receive buffer that does not read until the end. It speaks raw
+    // WebSocket so that the test sees exactly the bytes the server sent.
+    let sock = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    sock.connect(&s.addr.into()).unwrap();
+    let mut slow: TcpStream = sock.into();
+    slow.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
+    slow.set_write_timeout(Some(READ_TIMEOUT)).unwrap();
+    raw_upgrade(&mut slow, s.addr, "/ws?user=slow");
+    raw_send_text(&mut slow, r#"{"type":"join","room":"big","id":"j"}"#);
+    // The server must have processed the join before anything is sent to the room.
+    let mut probe = s.client("probe");
+    let j = probe.join("big");
+    assert!(sorted_strs(&j["members"]).contains(&"slow".to_string()), "{j}");
+    drop(probe);
+    let mut sender = s.client("sender");
+    sender.join("big");
+    let mut watcher = Client::connect(s.addr, Auth::Open("watcher"), Enc::MsgPack);
+    watcher.join("big");
+
+    let watch = thread::spawn(move || {
+        let mut next = 1u64;
+        while next <= N {
+            let v = watcher.recv();
+            if ty(&v) != "message" {
+                continue;
+            }
+            assert_eq!(v["seq"], next, "watcher must see every message in order");
+            assert_eq!(v["text"].as_str().map(str::len), Some(LEN));
+            next += 1;
+        }
+        next - 1
+    });
+    // The slow client starts reading once the server no longer counts it as a live connection
+    // (or once everything is sent), so that a close frame sent on a best-effort basis can be
+    // read before the server gives up on the socket.
+    let done = Arc::new(AtomicBool::new(false));
+    let (addr, done2) = (s.addr, done.clone());
+    let slow_reader = thread::spawn(move || {
+        loop {
+            let (_, body) = http_get(addr, "/health", &[]);
+            let h: Value = serde_json::from_str(&body).expect("health JSON");
+            if h["connections"].as_u64().is_some_and(|n| n < 3) || done2.load(Ordering::SeqCst) {
+                break;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        let mut bytes = Vec::new();
+        let r = slow.read_to_end(&mut bytes);
+        (bytes, r.map(|_| ()).map_err(|e| e.to_string()))
+    });
+    for i in 0..N {
+        let mut text = format!("{i:06}");
+        text.push_str(&"x".repeat(LEN - text.len()));
+        let ack = sender.call(json!({"type": "send", "room": "big", "text": text}));
+        assert_eq!(ack["type"], "ack", "{ack}");
+        assert_eq!(ack["seq"], i + 1);
+        sender.clear_stash();
+    }
+    done.store(true, Ordering::SeqCst);
+    assert_eq!(watch.join().expect("watcher thread"), N);
+
+    let (bytes, read) = slow_reader.join().expect("slow reader thread");
+    let raw = parse_frames(&bytes);
+    let texts: Vec<Value> = raw
+        .frames
+        .iter()
+        .filter(|(op, _)| *op == 1)
+        .map(|(_, p)| serde_json::from_slice(p).expect("text frame is JSON"))
+        .collect();
+    let got: Vec<u64> =
+        texts.iter().filter(|v| ty(v) == "message").map(|v| v["seq"].as_u64().unwrap()).collect();
+    assert!((got.len() as u64) < N, "the slow consumer cannot have received everything");
+    assert_eq!(got, (1..=got.len() as u64).collect::<Vec<_>>(), "what it got is in order");
+    let tail = |b: &[u8]| b[b.len().saturating_sub(16)..].to_vec();
+    assert!(
+        raw.truncated.is_none(),
+        "the stream ended inside a frame after {} messages: header {:02x?}, {} of {} payload \
+         bytes present, last bytes {:02x?} (read: {read:?})",
+        got.len(),
+        raw.truncated.as_ref().unwrap().0,
+        raw.truncated.as_ref().unwrap().1,
+        raw.truncated.as_ref().unwrap().2,
+        tail(&bytes),
+    );
+    let last = raw.frames.last().expect("some frames");
+    assert_eq!(last.0, 8, "the last frame must be a close frame (read: {read:?})");
+    let code = u16::from_be_bytes([last.1[0], last.1[1]]);
+    assert_eq!(code, 1013, "slow consumer close code (after {} messages)", got.len());
+    // The sender, whose output kept draining, is still connected.
+    let p = sender.call(json!({"type": "ping"}));
+    assert_eq!(ty(&p), "pong");
+    s.assert_healthy(true);
+}

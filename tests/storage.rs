@@ -1,0 +1,284 @@
+//! Storage guarantees (sections 3 and 4): `history` cursors, limits and `more`; `join` with
+//! `since` (exactly the missed messages, capped at 1000); persistent membership and read
+//! markers across restarts (hello lists the rooms, DM rooms included, and the new connection
+//! receives without re-joining); acked messages surviving `kill -9` with the same seq; and
+//! graceful shutdown on SIGTERM (close 1001, exit 0, data kept).
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::support::*;
+
+const FAST: &[&str] = &["--rate", "100000", "--burst", "100000"];
+
+/// Sends `n` messages to `room` without waiting, then collects their acks (in send order).
+fn fill(c: &mut Client, room: &str, n: u64, tag: &str) -> Vec<Value> {
+    for i in 0..n {
+        c.send_json(json!({"type": "send", "room": room, "text": format!("{tag}{i}"), "id": format!("{tag}{i}")}));
+    }
+    let mut acks = Vec::new();
+    for i in 0..n {
+        let id = json!(format!("{tag}{i}"));
+        let a = c.recv_where(|v| v["id"] == id);
+        assert_eq!(ty(&a), "ack", "{a}");
+        acks.push(a);
+    }
+    c.clear_stash();
+    acks
+}
+
+/// `history` reply checked for shape; returns (seqs, more).
+fn hist(c: &mut Client, q: Value) -> (Vec<u64>, bool) {
+    let mut f = q.clone();
+    f["type"] = json!("history");
+    let h = c.call(f);
+    assert_eq!(ty(&h), "history", "{q}: {h}");
+    let msgs = h["messages"].as_array().unwrap_or_else(|| panic!("messages: {h}"));
+    for m in msgs {
+        assert!(m.get("type").is_none(), "history messages carry no type: {m}");
+        assert!(m["ts"].is_u64() && m["from"].is_string() && m["text"].is_string(), "{m}");
+    }
+    let seqs: Vec<u64> = msgs.iter().map(|m| m["seq"].as_u64().unwrap()).collect();
+    (seqs, h["more"].as_bool().unwrap_or_else(|| panic!("more: {h}")))
+}
+
+fn range(a: u64, b: u64) -> Vec<u64> {
+    (a..=b).collect()
+}
+
+#[test]
+fn history_cursors_limits_and_more() {
+    let s = Server::open(FAST);
+    let mut c = s.client("alice");
+    c.join("h");
+    let acks = fill(&mut c, "h", 130, "m");
+    let got: Vec<u64> = acks.iter().map(|a| a["seq"].as_u64().unwrap()).collect();
+    assert_eq!(got, range(1, 130), "seq starts at 1 and is gap-free");
+    let r = "h";
+    assert_eq!(hist(&mut c, json!({"room": r})), (range(81, 130), true), "default limit 50");
+    assert_eq!(hist(&mut c, json!({"room": r, "limit": 10})), (range(121, 130), true));
+    assert_eq!(hist(&mut c, json!({"room": r, "limit": 1})), (vec![130], true));
+    assert_eq!(hist(&mut c, json!({"room": r, "limit": 130})), (range(31, 130), true), "cap 100");
+    assert_eq!(
+        hist(&mut c, json!({"room": r, "before": 121, "limit": 10})),
+        (range(111, 120), true)
+    );
+    assert_eq!(hist(&mut c, json!({"room": r, "before": 11, "limit": 10})), (range(1, 10), false));
+    assert_eq!(hist(&mut c, json!({"room": r, "before": 5, "limit": 10})), (range(1, 4), false));
+    assert_eq!(hist(&mut c, json!({"room": r, "before": 1})), (vec![], false));
+    assert_eq!(
+        hist(&mut c, json!({"room": r, "before": 1000, "limit": 3})),
+        (range(128, 130), true)
+    );
+    assert_eq!(hist(&mut c, json!({"room": r, "after": 0, "limit": 10})), (range(1, 10), true));
+    assert_eq!(
+        hist(&mut c, json!({"room": r, "after": 125, "limit": 10})),
+        (range(126, 130), false)
+    );
+    assert_eq!(
+        hist(&mut c, json!({"room": r, "after": 120, "limit": 10})),
+        (range(121, 130), false)
+    );
+    assert_eq!(hist(&mut c, json!({"room": r, "after": 130})), (vec![], false));
+    assert_eq!(hist(&mut c, json!({"room": r, "after": 0, "limit": 101})), (range(1, 100), true));
+    assert_eq!(hist(&mut c, json!({"room": r, "after": 30})), (range(31, 80), true));
+    // The texts match the acks.
+    let h = c.call(json!({"type": "history", "room": r, "after": 60, "limit": 3}));
+    let texts: Vec<&str> =
+        h["messages"].as_array().unwrap().iter().map(|m| m["text"].as_str().unwrap()).collect();
+    assert_eq!(texts, ["m60", "m61", "m62"]);
+    assert_eq!(h["messages"][0]["ts"], acks[60]["ts"]);
+    assert_eq!(h["messages"][0]["from"], "alice");
+    assert_eq!(h["messages"][0]["room"], "h");
+
+    // joined: the last 50, and with `since` exactly what came after.
+    let j = c.join(r);
+    assert_eq!((j["seq"].as_u64(), j["more"].as_bool()), (Some(130), Some(true)));
+    assert_eq!(seqs_of(&j["history"]), range(81, 130));
+    let j = c.call(json!({"type": "join", "room": r, "since": 120}));
+    assert_eq!(seqs_of(&j["history"]), range(121, 130), "{j}");
+    assert_eq!(j["more"], false);
+    let j = c.call(json!({"type": "join", "room": r, "since": 130}));
+    assert_eq!((seqs_of(&j["history"]), j["more"].as_bool()), (vec![], Some(false)));
+    let j = c.call(json!({"type": "join", "room": r, "since": 0}));
+    assert_eq!(seqs_of(&j["history"]), range(1, 130), "since 0 means everything (≤ 1000)");
+}
+
+fn seqs_of(h: &Value) -> Vec<u64> {
+    h.as_array()
+        .unwrap_or_else(|| panic!("history array: {h}"))
+        .iter()
+        .map(|m| m["seq"].as_u64().unwrap())
+        .collect()
+}
+
+#[test]
+fn join_since_returns_exactly_the_missed_messages() {
+    let s = Server::open(FAST);
+    let mut alice = s.client("alice");
+    let mut bob = s.client("bob");
+    alice.join("r");
+    bob.join("r");
+    fill(&mut alice, "r", 10, "before");
+    let seen = bob.collect_until(|v| ty(v) == "message" && v["seq"] == 10);
+    assert_eq!(seqs(&seen), range(1, 10));
+    bob.close();
+    // bob is away: 37 messages from two senders.
+    let mut carol = s.client("carol");
+    carol.join("r");
+    fill(&mut alice, "r", 20, "a");
+    fill(&mut carol, "r", 17, "c");
+    let mut bob = s.client("bob");
+    assert_eq!(hello_room(&bob.hello, "r").map(|r| r["seq"].clone()), Some(json!(47)));
+    let j = bob.call(json!({"type": "join", "room": "r", "since": 10}));
+    assert_eq!(seqs_of(&j["history"]), range(11, 47), "{j}");
+    assert_eq!(j["more"], false);
+    let texts: Vec<&str> =
+        j["history"].as_array().unwrap().iter().map(|m| m["text"].as_str().unwrap()).collect();
+    let expect: Vec<String> =
+        (0..20).map(|i| format!("a{i}")).chain((0..17).map(|i| format!("c{i}"))).collect();
+    assert_eq!(texts, expect);
+    // history `after` says the same.
+    let h = bob.call(json!({"type": "history", "room": "r", "after": 10, "limit": 100}));
+    assert_eq!(seqs_of(&h["messages"]), range(11, 47));
+    // And live delivery continues at 48 without a gap.
+    carol.send_msg("r", "live");
+    let m = bob.recv_type("message");
+    assert_eq!(m["seq"], 48);
+}
+
+#[test]
+fn join_since_is_capped_at_1000_and_continues_with_history_after() {
+    let s = Server::open(FAST);
+    let mut c = s.client("alice");
+    c.join("many");
+    fill(&mut c, "many", 1100, "n");
+    let j = c.call(json!({"type": "join", "room": "many", "since": 50}));
+    assert_eq!(seqs_of(&j["history"]), range(51, 1050));
+    assert_eq!(j["more"], true, "more messages after the first 1000");
+    let h = c.call(json!({"type": "history", "room": "many", "after": 1050, "limit": 100}));
+    assert_eq!(seqs_of(&h["messages"]), range(1051, 1100));
+    assert_eq!(h["more"], false);
+}
+
+#[test]
+fn membership_and_read_markers_survive_restart() {
+    let mut s = Server::open(&[]);
+    let mut alice = s.client("alice");
+    let mut bob = s.client("bob");
+    alice.join("general");
+    alice.join("side");
+    bob.join("general");
+    for i in 0..3 {
+        bob.send_msg("general", &format!("g{i}"));
+    }
+    alice.call(json!({"type": "dm", "to": "bob", "text": "psst"}));
+    alice.send_json(json!({"type": "read", "room": "general", "seq": 2}));
+    alice.ping_barrier();
+    let node = alice.hello["node"].clone();
+    drop(alice);
+    drop(bob);
+
+    s.restart();
+    let mut alice = s.client("alice");
+    assert_eq!(alice.hello["node"], node, "the node id is kept in the data dir");
+    let mut rooms: Vec<Value> = alice.hello["rooms"].as_array().expect("rooms").clone();
+    rooms.sort_by_key(|r| r["room"].as_str().unwrap_or_default().to_string());
+    assert_eq!(
+        Value::Array(rooms),
+        json!([
+            {"room": "dm:alice:bob", "seq": 1, "read": 0},
+            {"room": "general", "seq": 3, "read": 2},
+            {"room": "side", "seq": 0, "read": 0},
+        ])
+    );
+    // Subscribed without re-joining, DM room included.
+    let mut bob = s.client("bob");
+    assert!(hello_room(&bob.hello, "dm:alice:bob").is_some(), "{}", bob.hello);
+    bob.send_msg("general", "after restart");
+    let m = alice.recv_type("message");
+    assert_eq!((m["room"].as_str(), m["seq"].as_u64()), (Some("general"), Some(4)));
+    bob.call(json!({"type": "dm", "to": "alice", "text": "back"}));
+    let m = alice.recv_where(|v| ty(v) == "message" && v["room"] == "dm:alice:bob");
+    assert_eq!((m["seq"].as_u64(), m["text"].as_str()), (Some(2), Some("back")));
+    let ack = alice.send_msg("side", "first in side");
+    assert_eq!(ack["seq"], 1);
+    let j = bob.join("general");
+    assert_eq!(sorted_strs(&j["members"]), ["alice", "bob"]);
+}
+
+#[test]
+fn acked_messages_survive_kill_9_with_the_same_seq() {
+    let mut s = Server::open(FAST);
+    let mut alice = s.client("alice");
+    alice.join("durable");
+    let acks = fill(&mut alice, "durable", 300, "k");
+    let mut dm_acks = Vec::new();
+    for i in 0..5 {
+        let a = alice.call(json!({"type": "dm", "to": "bob", "text": format!("dm{i}")}));
+        assert_eq!(ty(&a), "ack", "{a}");
+        dm_acks.push(a);
+    }
+    // Membership is durable once `joined` is sent.
+    alice.join("joined-last");
+    s.kill9();
+    drop(alice);
+
+    s.restart();
+    let mut alice = s.client("alice");
+    let h = &alice.hello;
+    assert_eq!(hello_room(h, "durable").map(|r| r["seq"].clone()), Some(json!(300)), "{h}");
+    assert_eq!(hello_room(h, "dm:alice:bob").map(|r| r["seq"].clone()), Some(json!(5)), "{h}");
+    assert!(hello_room(h, "joined-last").is_some(), "membership lost by kill -9: {h}");
+    let mut stored = Vec::new();
+    for after in [0, 100, 200] {
+        let r =
+            alice.call(json!({"type": "history", "room": "durable", "after": after, "limit": 100}));
+        stored.extend(r["messages"].as_array().expect("messages").iter().cloned());
+    }
+    assert_eq!(stored.len(), 300);
+    for (i, (m, a)) in stored.iter().zip(&acks).enumerate() {
+        assert_eq!(m["seq"], a["seq"], "message {i}");
+        assert_eq!(m["text"], format!("k{i}"), "message {i}");
+        assert_eq!(m["ts"], a["ts"], "message {i}");
+    }
+    let r = alice.call(json!({"type": "history", "room": "dm:alice:bob"}));
+    let texts: Vec<&str> =
+        r["messages"].as_array().unwrap().iter().map(|m| m["text"].as_str().unwrap()).collect();
+    assert_eq!(texts, ["dm0", "dm1", "dm2", "dm3", "dm4"]);
+    // The counter continues: no seq is reused.
+    let ack = alice.send_msg("durable", "after crash");
+    assert_eq!(ack["seq"], 301);
+}
+
+#[test]
+fn sigterm_closes_clients_with_1001_exits_0_and_keeps_data() {
+    let mut s = Server::open(FAST);
+    let mut a = s.client("alice");
+    let mut b = Client::connect(s.addr, Auth::Open("bob"), Enc::MsgPack);
+    a.join("r");
+    b.join("r");
+    let acks = fill(&mut a, "r", 50, "t");
+    b.collect_until(|v| ty(v) == "message" && v["seq"] == 50);
+    s.sigterm_nowait();
+    assert_eq!(a.expect_close(), 1001, "JSON client close code on shutdown");
+    assert_eq!(b.expect_close(), 1001, "msgpack client close code on shutdown");
+    let st = s.wait_exit(Duration::from_secs(15));
+    assert_eq!(st.code(), Some(0), "exit status after SIGTERM: {st:?}");
+
+    s.restart();
+    let mut a = s.client("alice");
+    let h = a.call(json!({"type": "history", "room": "r", "limit": 100}));
+    let got = seqs_of(&h["messages"]);
+    assert_eq!(got, acks.iter().map(|x| x["seq"].as_u64().unwrap()).collect::<Vec<_>>());
+    // SIGINT is handled the same way.
+    s.signal(libc::SIGINT);
+    assert_eq!(a.expect_close(), 1001, "close code on SIGINT");
+    let st = s.wait_exit(Duration::from_secs(15));
+    assert_eq!(st.code(), Some(0), "exit status after SIGINT: {st:?}");
+    // An idle server also shuts down cleanly.
+    s.restart();
+    let st = s.sigterm();
+    assert_eq!(st.code(), Some(0), "{st:?}");
+}
