@@ -156,6 +156,26 @@ impl Transport {
     }
 }
 
+/// `sendmsg(2)` straight to the socket: unlike `writev(2)` it skips the VFS
+/// layer (file position lock, iterator setup), which shows in profiles when
+/// every delivery is one small send. `MSG_NOSIGNAL`: a peer that went away
+/// is an `EPIPE` error, not a signal.
+fn send_vectored(s: &TcpStream, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: an all-zero msghdr is valid; the iovec array is `bufs`, which
+    // `IoSlice` guarantees is ABI-compatible with `struct iovec`, alive for
+    // the call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = bufs.as_ptr() as *mut libc::iovec;
+    msg.msg_iovlen = bufs.len() as _;
+    let n = unsafe { libc::sendmsg(s.as_raw_fd(), &msg, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
 /// Writes pending TLS records until done or the socket is full.
 fn flush_tls(s: &mut TcpStream, tls: &mut rustls::ServerConnection) -> io::Result<()> {
     while tls.wants_write() {
@@ -200,7 +220,7 @@ impl Write for Transport {
 
     fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
         let (s, tls) = match self {
-            Transport::Plain(s) => return s.write_vectored(bufs),
+            Transport::Plain(s) => return send_vectored(s, bufs),
             Transport::Tls(s, tls) => (s, tls),
         };
         flush_tls(s, tls)?;

@@ -60,8 +60,9 @@ const CLOSE_LINGER: Duration = Duration::from_secs(2);
 /// Time between timer sweeps.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// tungstenite's read buffer, allocated eagerly for every connection: small
-/// keeps idle connections cheap; big frames grow it on demand.
-const READ_BUFFER: usize = 4 << 10;
+/// keeps idle connections cheap (client frames are small and rate-limited);
+/// a big frame grows it on demand.
+const READ_BUFFER: usize = 512;
 /// A subscription catching up from storage fetches at most this many messages.
 const CATCH_UP_MAX: usize = 1000;
 
