@@ -62,7 +62,7 @@ const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// tungstenite's read buffer, allocated eagerly for every connection: small
 /// keeps idle connections cheap (client frames are small and rate-limited);
 /// a big frame grows it on demand.
-const READ_BUFFER: usize = 512;
+const READ_BUFFER: usize = 256;
 /// A subscription catching up from storage fetches at most this many messages.
 const CATCH_UP_MAX: usize = 1000;
 
@@ -197,6 +197,8 @@ pub struct Reactor {
     ws_config: WebSocketConfig,
     /// Counts folded into the shared metrics once per turn.
     pub(crate) metrics: LocalCounts,
+    /// Where HTTP requests are parsed (reused across connections).
+    http_scratch: Vec<u8>,
 }
 
 fn token(idx: usize, gen: u32) -> Token {
@@ -239,6 +241,7 @@ impl Reactor {
             shutdown: None,
             ws_config,
             metrics: LocalCounts::default(),
+            http_scratch: Vec::with_capacity(8 << 10),
         })
     }
 
@@ -410,31 +413,44 @@ impl Reactor {
     }
 
     fn read_http(&mut self, idx: u32) {
+        // Requests usually arrive whole in one read: parse them from the
+        // reactor's scratch buffer and keep a per-connection copy only of a
+        // partial one (no heap churn per accepted connection).
+        let mut scratch = std::mem::take(&mut self.http_scratch);
+        scratch.clear();
         let Some(conn) = self.conns.get_mut(idx as usize) else { return };
         let Phase::Http { buf } = &mut conn.phase else { return };
+        scratch.append(buf);
         let mut chunk = [0u8; 4096];
         loop {
             match conn.sock.read(&mut chunk) {
                 Ok(0) => {
                     self.reap.push(idx);
+                    self.http_scratch = scratch;
                     return;
                 }
                 Ok(n) => {
-                    buf.extend_from_slice(&chunk[..n]);
-                    if buf.len() > http::MAX_HEAD {
-                        break;
+                    scratch.extend_from_slice(&chunk[..n]);
+                    if scratch.len() > http::MAX_HEAD + http::MAX_BODY {
+                        break; // handle() refuses it; the rest is never read.
                     }
                 }
                 Err(e) if would_block(&e) => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => {
                     self.reap.push(idx);
+                    self.http_scratch = scratch;
                     return;
                 }
             }
         }
         conn.seen = self.now;
-        match http::handle(buf, &self.shared) {
+        let outcome = http::handle(&scratch, &self.shared);
+        if let Outcome::Partial = outcome {
+            *buf = scratch.clone();
+        }
+        self.http_scratch = scratch;
+        match outcome {
             Outcome::Partial => {}
             Outcome::Respond(bytes) => self.respond_and_close(idx, bytes),
             Outcome::Api(call) => self.api_call(idx, call),

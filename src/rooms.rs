@@ -104,17 +104,18 @@ impl Directory {
 
     /// Runs `f` on the user's entry (created empty if absent) under its shard
     /// lock; the entry is dropped again once it has no live connection.
-    pub fn with_user<R>(&self, user: &str, f: impl FnOnce(&mut UserEntry) -> R) -> R {
+    pub fn with_user<R>(&self, user: &Arc<str>, f: impl FnOnce(&mut UserEntry) -> R) -> R {
         let mut shard = self.users.shard(user).lock();
-        let r = match shard.get_mut(user) {
+        let r = match shard.get_mut(&**user) {
             Some(entry) => f(entry),
             None => {
-                let entry = shard.entry(Arc::from(user)).or_default();
+                // The caller's name is shared, not copied.
+                let entry = shard.entry(user.clone()).or_default();
                 f(entry)
             }
         };
-        if shard.get(user).is_some_and(|e| e.live == 0 && e.reactors == 0) {
-            shard.remove(user);
+        if shard.get(&**user).is_some_and(|e| e.live == 0 && e.reactors == 0) {
+            shard.remove(&**user);
         }
         r
     }
@@ -182,13 +183,14 @@ mod tests {
     #[test]
     fn user_entries_vanish_when_offline() {
         let d = Directory::new();
-        d.with_user("u", |e| {
+        let u: Arc<str> = Arc::from("u");
+        d.with_user(&u, |e| {
             e.live += 1;
             e.reactors |= 2;
         });
         assert!(d.is_online("u"));
         assert_eq!(d.user_reactors("u"), 2);
-        d.with_user("u", |e| {
+        d.with_user(&u, |e| {
             e.live -= 1;
             e.reactors = 0;
         });
