@@ -340,6 +340,11 @@ impl Storage {
     }
 }
 
+/// How long the commit thread gathers writes before one flush...
+const COMMIT_WINDOW: std::time::Duration = std::time::Duration::from_millis(10);
+/// ...unless this many are already waiting.
+const COMMIT_ENOUGH: usize = 16;
+
 /// A request to the commit thread: after the next flush, send `cmd` to
 /// reactor `reactor` (or, if the flush failed, `on_fail` instead, if any).
 #[derive(Debug)]
@@ -398,7 +403,19 @@ fn commit_loop(
 ) {
     let mut batch = Vec::new();
     while let Ok(first) = rx.recv() {
+        // Group commit: let writes that arrive within the window share this
+        // flush. A flush costs far more CPU than a write (sled seals its
+        // buffer and syncs through its IO threads), so at chat rates, where
+        // writes come one by one, this is what makes flushes shared.
+        // Under load a batch fills at once and waits for nothing.
+        let deadline = first.at + COMMIT_WINDOW;
         batch.push(first);
+        while batch.len() < COMMIT_ENOUGH {
+            match rx.recv_deadline(deadline) {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
         batch.extend(rx.try_iter());
         let t = Instant::now();
         let ok = storage.flush().is_ok();
