@@ -346,3 +346,30 @@ fn redis_outage_refuses_sends_then_recovers_without_loss() {
         assert_eq!(h.iter().map(|m| m.0).collect::<Vec<_>>(), (1..=7).collect::<Vec<_>>());
     }
 }
+
+#[test]
+fn a_dead_node_stops_counting_its_users_online() {
+    let redis = Redis::start();
+    let mut nodes = vec![node(&redis, "n1"), node(&redis, "n2")];
+    let mut alice = nodes[0].client("alice");
+    alice.join("d");
+    let mut bob = nodes[1].client("bob");
+    bob.join("d");
+    let p = alice.recv_where(|v| ty(v) == "presence" && v["user"] == "bob");
+    assert_eq!(p["state"], "online");
+    // No goodbye: the process is gone, its connections with it.
+    nodes[1].kill9();
+    drop(bob);
+    // PROTOCOL.md: within 30 s (the node TTL is 20 s); give up with margin.
+    let start = Instant::now();
+    loop {
+        assert!(start.elapsed() < Duration::from_secs(35), "bob still online after 35 s");
+        let list = alice.call(json!({"type": "presence", "room": "d"}));
+        if !list["online"].as_array().unwrap().iter().any(|u| u == "bob") {
+            break;
+        }
+        thread::sleep(Duration::from_millis(500));
+    }
+    let p = alice.recv_where(|v| ty(v) == "presence" && v["user"] == "bob");
+    assert_eq!(p["state"], "offline", "the room is told too");
+}
