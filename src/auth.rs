@@ -68,6 +68,11 @@ impl Keys {
     pub fn verify(&self, token: &str) -> Result<Claims, String> {
         let data =
             decode::<Claims>(token, &self.dec, &self.validation).map_err(|e| e.to_string())?;
+        // jsonwebtoken accepts `exp == now`; the reactors close a connection
+        // at `exp <= now`, so refuse the same second here too.
+        if data.claims.exp <= crate::proto::now_ms() / 1000 {
+            return Err("token expired".into());
+        }
         if !crate::proto::valid_user(&data.claims.sub) {
             return Err("`sub` is not a valid user id".into());
         }
