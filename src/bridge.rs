@@ -416,8 +416,7 @@ fn publisher(cluster: Arc<Cluster>, rx: Receiver<Outbound>) {
                         // The room's directory entry must exist first: one
                         // created after this append would take this seq as
                         // already delivered.
-                        let _ =
-                            shared.dir.with_room(&room, || shared.storage.last_seq(&room), |_| ());
+                        let _ = shared.with_room(&room, |_| ());
                         let stored = (!dm_new || store_dm_members(&shared, &room).is_ok())
                             && shared.storage.append(&room, seq, ts, &from, &text).is_ok();
                         let ok = stored.then(|| reply.ok(&room, seq, ts));
@@ -563,10 +562,7 @@ fn ingest_message(shared: &Shared, payload: &[u8], con: &mut Connection) -> redi
         return Ok(());
     };
     let Ok(body) = rmp_serde::from_slice::<Body>(&payload[space + 1..]) else { return Ok(()) };
-    let known = shared
-        .dir
-        .with_room(&body.room, || shared.storage.last_seq(&body.room), |e| e.seq)
-        .unwrap_or(0);
+    let known = shared.with_room(&body.room, |e| e.seq).unwrap_or(0);
     if seq > known + 1 {
         repair(shared, &body.room, known, seq - 1, con)?;
     }
@@ -577,23 +573,19 @@ fn ingest_message(shared: &Shared, payload: &[u8], con: &mut Connection) -> redi
 /// Stores and delivers one message if it is new here, under its room's lock.
 fn apply_message(shared: &Shared, seq: u64, body: &Body) {
     let room = &body.room;
-    let _ = shared.dir.with_room(
-        room,
-        || shared.storage.last_seq(room),
-        |e| {
-            if seq <= e.seq {
-                return;
-            }
-            if body.dm_new && store_dm_members(shared, room).is_err() {
-                return;
-            }
-            if shared.storage.append(room, seq, body.ts, &body.from, &body.text).is_err() {
-                return;
-            }
-            e.seq = seq;
-            shared.deliver_message(e, seq, body.ts, &body.from, &body.text);
-        },
-    );
+    let _ = shared.with_room(room, |e| {
+        if seq <= e.seq {
+            return;
+        }
+        if body.dm_new && store_dm_members(shared, room).is_err() {
+            return;
+        }
+        if shared.storage.append(room, seq, body.ts, &body.from, &body.text).is_err() {
+            return;
+        }
+        e.seq = seq;
+        shared.deliver_message(e, seq, body.ts, &body.from, &body.text);
+    });
 }
 
 fn apply_event(cluster: &Cluster, shared: &Shared, e: Event) {

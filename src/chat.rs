@@ -378,21 +378,17 @@ impl Reactor {
             return cluster.send(room, user, text, ts, known, reply);
         }
         let shared = &self.shared;
-        let seq = shared.dir.with_room(
-            room,
-            || shared.storage.last_seq(room),
-            |e| -> Result<u64, Refusal> {
-                if let (false, Some((a, b))) = (known, proto::dm_users(room)) {
-                    shared.storage.add_member(room, a)?;
-                    shared.storage.add_member(room, b)?;
-                }
-                let seq = e.seq + 1;
-                shared.storage.append(room, seq, ts, user, text)?;
-                e.seq = seq;
-                shared.deliver_message(e, seq, ts, user, text);
-                Ok(seq)
-            },
-        )??;
+        let seq = shared.with_room(room, |e| -> Result<u64, Refusal> {
+            if let (false, Some((a, b))) = (known, proto::dm_users(room)) {
+                shared.storage.add_member(room, a)?;
+                shared.storage.add_member(room, b)?;
+            }
+            let seq = e.seq + 1;
+            shared.storage.append(room, seq, ts, user, text)?;
+            e.seq = seq;
+            shared.deliver_message(e, seq, ts, user, text);
+            Ok(seq)
+        })??;
         let pending =
             Pending::new(reply.reactor(), Some(reply.ok(room, seq, ts)), Some(reply.fail()));
         self.shared.committer.after_flush(pending);

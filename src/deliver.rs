@@ -10,7 +10,7 @@ use crate::{
     proto::{self, Encoding, Out, Wire},
     reactor::Shared,
     rooms::{bits, RoomEntry},
-    storage::unavailable_wire,
+    storage::{unavailable_wire, StorageError},
 };
 use serde_json::Value;
 use std::sync::Arc;
@@ -74,28 +74,33 @@ impl ReplyTo {
 }
 
 impl Shared {
+    /// Runs `f` on `room`'s directory entry under its lock; a room seen for
+    /// the first time gets its seq from storage.
+    pub fn with_room<R>(
+        &self,
+        room: &str,
+        f: impl FnOnce(&mut RoomEntry) -> R,
+    ) -> Result<R, StorageError> {
+        self.dir.with_room(room, || self.storage.last_seq(room), f)
+    }
+
     /// Sends a frame to every reactor with subscribers of `room`, encoded
     /// once per encoding in use there. `seq` is the message seq (0 for others).
     pub fn broadcast(&self, room: &str, frame: &Out<'_>, seq: u64, skip_user: Option<Arc<str>>) {
-        let storage = &self.storage;
-        let _ = self.dir.with_room(
-            room,
-            || storage.last_seq(room),
-            |e| {
-                if e.reactors == 0 {
-                    return;
-                }
-                let wire = Arc::new(Wire::encode(frame, e.json != 0, e.msgpack != 0));
-                for r in bits(e.reactors) {
-                    self.mailboxes[r].send(Cmd::Room {
-                        room: e.name.clone(),
-                        seq,
-                        wire: wire.clone(),
-                        skip_user: skip_user.clone(),
-                    });
-                }
-            },
-        );
+        let _ = self.with_room(room, |e| {
+            if e.reactors == 0 {
+                return;
+            }
+            let wire = Arc::new(Wire::encode(frame, e.json != 0, e.msgpack != 0));
+            for r in bits(e.reactors) {
+                self.mailboxes[r].send(Cmd::Room {
+                    room: e.name.clone(),
+                    seq,
+                    wire: wire.clone(),
+                    skip_user: skip_user.clone(),
+                });
+            }
+        });
     }
 
     /// Broadcasts a `presence` frame to a room's members, not to `user`.

@@ -729,19 +729,14 @@ impl Reactor {
             return Ok((name.unwrap_or_else(|| Arc::from(room)), seq));
         }
         let bit = self.bit();
-        let storage = &self.shared.storage;
-        let (name, seq) = self.shared.dir.with_room(
-            room,
-            || storage.last_seq(room),
-            |e| {
-                e.reactors |= bit;
-                match enc {
-                    Encoding::Json => e.json |= bit,
-                    Encoding::MsgPack => e.msgpack |= bit,
-                }
-                (e.name.clone(), e.seq)
-            },
-        )?;
+        let (name, seq) = self.shared.with_room(room, |e| {
+            e.reactors |= bit;
+            match enc {
+                Encoding::Json => e.json |= bit,
+                Encoding::MsgPack => e.msgpack |= bit,
+            }
+            (e.name.clone(), e.seq)
+        })?;
         let local = self.rooms.entry(name.clone()).or_default();
         local.subs.push(Sub { idx, gen, floor: seq });
         match enc {
@@ -789,22 +784,17 @@ impl Reactor {
         }
         if json_gone || mp_gone {
             let bit = self.bit();
-            let storage = &self.shared.storage;
-            let _ = self.shared.dir.with_room(
-                room,
-                || storage.last_seq(room),
-                |e| {
-                    if json_gone {
-                        e.json &= !bit;
-                    }
-                    if mp_gone {
-                        e.msgpack &= !bit;
-                    }
-                    if empty {
-                        e.reactors &= !bit;
-                    }
-                },
-            );
+            let _ = self.shared.with_room(room, |e| {
+                if json_gone {
+                    e.json &= !bit;
+                }
+                if mp_gone {
+                    e.msgpack &= !bit;
+                }
+                if empty {
+                    e.reactors &= !bit;
+                }
+            });
         }
     }
 
@@ -852,16 +842,11 @@ impl Reactor {
         let Some(local) = self.rooms.get(room) else {
             // A stale bit: we have nobody here any more. Clear it lazily.
             let bit = self.bit();
-            let storage = &self.shared.storage;
-            let _ = self.shared.dir.with_room(
-                room,
-                || storage.last_seq(room),
-                |e| {
-                    e.reactors &= !bit;
-                    e.json &= !bit;
-                    e.msgpack &= !bit;
-                },
-            );
+            let _ = self.shared.with_room(room, |e| {
+                e.reactors &= !bit;
+                e.json &= !bit;
+                e.msgpack &= !bit;
+            });
             return;
         };
         for sub in &local.subs {
