@@ -350,7 +350,7 @@ fn redis_outage_refuses_sends_then_recovers_without_loss() {
 #[test]
 fn a_dead_node_stops_counting_its_users_online() {
     let redis = Redis::start();
-    let mut nodes = vec![node(&redis, "n1"), node(&redis, "n2")];
+    let mut nodes = [node(&redis, "n1"), node(&redis, "n2")];
     let mut alice = nodes[0].client("alice");
     alice.join("d");
     let mut bob = nodes[1].client("bob");
