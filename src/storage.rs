@@ -156,7 +156,7 @@ impl Storage {
     /// The latest seq of a room (0 if it has no message).
     pub fn last_seq(&self, room: &str) -> Result<u64> {
         let r = self.messages.scan_prefix(prefix(room)).next_back().transpose();
-        Ok(self.check(r)?.and_then(|(k, _)| be_u64(&k[k.len() - 8..])).unwrap_or(0))
+        Ok(self.check(r)?.and_then(|(k, _)| be_u64(&k[k.len().saturating_sub(8)..])).unwrap_or(0))
     }
 
     /// Stores one message (not yet durable: see [`Committer`]).

@@ -1,6 +1,6 @@
 //! What a run measured, and how it is printed.
 //!
-//! Owns: the per-thread counters and histograms (merged once at the end, so
+//! Owns: the per-thread counters and histograms (merged once per step, so
 //! the hot path never shares a cache line), and the report: one ordered list
 //! of named values printed as a table for people or one JSON line for scripts.
 
@@ -9,25 +9,27 @@ use std::collections::BTreeMap;
 use hdrhistogram::Histogram;
 use serde_json::{Map, Value};
 
-/// Counters and histograms of one event-loop thread. Counts named "window"
-/// in the docs only cover messages whose send stamp falls in the measured
-/// window (after warm-up, before the end of `--duration`).
+use crate::track::SeqSet;
+
+/// Counters and histograms of one event-loop thread over one step. Counts
+/// named "window" in the docs only cover messages whose send stamp falls in
+/// the step's measured window (after warm-up, before the end of the step).
 pub struct Stats {
-    /// `send` frames written in the window.
+    /// `send` (or `dm`) frames written in the window.
     pub sent: u64,
     /// `ack`s for window messages.
     pub acked: u64,
     /// `error` replies to window sends (nothing to deliver for those).
     pub refused: u64,
-    /// Sum over window sends of the room's member count.
+    /// Sum over window sends of the number of connections that should get it.
     pub expected: u64,
     /// Part of `expected` that belongs to refused sends.
     pub refused_expected: u64,
     /// First deliveries of window messages.
     pub delivered: u64,
-    /// Deliveries of a seq the connection already had (whole run).
+    /// Deliveries of a seq the connection already had (whole step).
     pub duplicated: u64,
-    /// Deliveries below the connection's highest seq, not seen before (whole run).
+    /// Deliveries below the connection's highest seq, not seen before (whole step).
     pub out_of_order: u64,
     /// Messages for a room the connection did not join.
     pub foreign: u64,
@@ -35,11 +37,11 @@ pub struct Stats {
     pub unstamped: u64,
     /// Frames the harness could not parse after setup.
     pub malformed: u64,
-    /// Connections lost after setup.
+    /// Connections lost after setup, not by the harness's own choice.
     pub disconnects: u64,
-    /// `error` frames by code (whole run).
+    /// `error` frames by code (whole step).
     pub errors: BTreeMap<String, u64>,
-    /// Send to delivery, µs (window messages).
+    /// Send to delivery, µs (window messages, live deliveries).
     pub latency: Histogram<u64>,
     /// Send to ack, µs (window messages).
     pub ack_latency: Histogram<u64>,
@@ -49,6 +51,37 @@ pub struct Stats {
     pub join: Histogram<u64>,
     /// How late each send left against its evenly paced slot, µs.
     pub send_lag: Histogram<u64>,
+    /// Live deliveries per target (node) index, for cluster runs.
+    pub by_target: Vec<u64>,
+    /// Highest acked seq per room index (what every member must end with).
+    pub room_last: Vec<u64>,
+    /// Upgrades completed after a client's first (storm reconnects).
+    pub reconnects: u64,
+    /// Sessions the harness dropped on purpose (storm churn).
+    pub closes: u64,
+    /// Reconnect attempts that failed before the upgrade (retried).
+    pub connect_errors: u64,
+    /// Seqs received again in a later session or both live and from
+    /// history, dropped by the seq dedupe (storm; not an error).
+    pub deduped: u64,
+    /// Seqs a reconnecting client first got from `joined`/`history`.
+    pub recovered: u64,
+    /// `history` pages fetched to catch up after a reconnect.
+    pub pages: u64,
+    /// `history` requests written in the window (history scenario).
+    pub hist_sent: u64,
+    /// Their answers.
+    pub hist_ok: u64,
+    /// Messages in those answers.
+    pub hist_msgs: u64,
+    /// Answers that broke the paging rules (order, gaps, cursor, limit).
+    pub hist_bad: u64,
+    /// `history` request to its answer, µs.
+    pub hist_latency: Histogram<u64>,
+    /// CPU seconds of the busiest event-loop thread over the window.
+    pub busiest_thread_cpu_s: f64,
+    /// Each storm client's room index and complete record of seqs seen.
+    pub seqsets: Vec<(usize, SeqSet)>,
 }
 
 /// A histogram of microseconds from 1 µs to one hour, 3 significant digits.
@@ -77,25 +110,72 @@ impl Default for Stats {
             connect: histogram(),
             join: histogram(),
             send_lag: histogram(),
+            by_target: Vec::new(),
+            room_last: Vec::new(),
+            reconnects: 0,
+            closes: 0,
+            connect_errors: 0,
+            deduped: 0,
+            recovered: 0,
+            pages: 0,
+            hist_sent: 0,
+            hist_ok: 0,
+            hist_msgs: 0,
+            hist_bad: 0,
+            hist_latency: histogram(),
+            busiest_thread_cpu_s: 0.0,
+            seqsets: Vec::new(),
         }
     }
 }
 
+/// Adds `b` into `a` element-wise, growing `a` as needed (or takes the max).
+fn merge_vec(a: &mut Vec<u64>, b: &[u64], max: bool) {
+    if a.len() < b.len() {
+        a.resize(b.len(), 0);
+    }
+    for (x, &y) in a.iter_mut().zip(b) {
+        *x = if max { (*x).max(y) } else { *x + y };
+    }
+}
+
+/// `v[i] += n` (or max), growing `v` as needed.
+pub fn bump(v: &mut Vec<u64>, i: usize, n: u64, max: bool) {
+    if v.len() <= i {
+        v.resize(i + 1, 0);
+    }
+    v[i] = if max { v[i].max(n) } else { v[i] + n };
+}
+
 impl Stats {
     /// Adds another thread's numbers into these.
-    pub fn merge(&mut self, o: &Stats) -> Result<(), String> {
-        self.sent += o.sent;
-        self.acked += o.acked;
-        self.refused += o.refused;
-        self.expected += o.expected;
-        self.refused_expected += o.refused_expected;
-        self.delivered += o.delivered;
-        self.duplicated += o.duplicated;
-        self.out_of_order += o.out_of_order;
-        self.foreign += o.foreign;
-        self.unstamped += o.unstamped;
-        self.malformed += o.malformed;
-        self.disconnects += o.disconnects;
+    pub fn merge(&mut self, o: Stats) -> Result<(), String> {
+        for (mine, theirs) in [
+            (&mut self.sent, o.sent),
+            (&mut self.acked, o.acked),
+            (&mut self.refused, o.refused),
+            (&mut self.expected, o.expected),
+            (&mut self.refused_expected, o.refused_expected),
+            (&mut self.delivered, o.delivered),
+            (&mut self.duplicated, o.duplicated),
+            (&mut self.out_of_order, o.out_of_order),
+            (&mut self.foreign, o.foreign),
+            (&mut self.unstamped, o.unstamped),
+            (&mut self.malformed, o.malformed),
+            (&mut self.disconnects, o.disconnects),
+            (&mut self.reconnects, o.reconnects),
+            (&mut self.closes, o.closes),
+            (&mut self.connect_errors, o.connect_errors),
+            (&mut self.deduped, o.deduped),
+            (&mut self.recovered, o.recovered),
+            (&mut self.pages, o.pages),
+            (&mut self.hist_sent, o.hist_sent),
+            (&mut self.hist_ok, o.hist_ok),
+            (&mut self.hist_msgs, o.hist_msgs),
+            (&mut self.hist_bad, o.hist_bad),
+        ] {
+            *mine += theirs;
+        }
         for (code, n) in &o.errors {
             *self.errors.entry(code.clone()).or_default() += n;
         }
@@ -105,9 +185,14 @@ impl Stats {
             (&mut self.connect, &o.connect),
             (&mut self.join, &o.join),
             (&mut self.send_lag, &o.send_lag),
+            (&mut self.hist_latency, &o.hist_latency),
         ] {
             mine.add(theirs).map_err(|e| format!("merging histograms: {e:?}"))?;
         }
+        merge_vec(&mut self.by_target, &o.by_target, false);
+        merge_vec(&mut self.room_last, &o.room_last, true);
+        self.busiest_thread_cpu_s = self.busiest_thread_cpu_s.max(o.busiest_thread_cpu_s);
+        self.seqsets.extend(o.seqsets);
         Ok(())
     }
 }
@@ -185,7 +270,13 @@ mod tests {
         b.errors.insert("rate_limited".into(), 4);
         a.latency.saturating_record(100);
         b.latency.saturating_record(300);
-        a.merge(&b).unwrap();
+        bump(&mut a.room_last, 1, 7, true);
+        bump(&mut b.room_last, 2, 9, true);
+        bump(&mut b.room_last, 1, 3, true);
+        b.busiest_thread_cpu_s = 0.5;
+        a.merge(b).unwrap();
+        assert_eq!(a.room_last, [0, 7, 9]);
+        assert_eq!(a.busiest_thread_cpu_s, 0.5);
         assert_eq!(a.sent, 5);
         assert_eq!(a.errors["rate_limited"], 4);
         assert_eq!(a.latency.len(), 2);

@@ -1,12 +1,33 @@
 //! The chinwag frames the harness writes and reads (PROTOCOL.md sections 2-4).
 //!
-//! Owns: encoding `join`, `leave` and `send` in JSON or MessagePack straight
-//! into a reusable buffer, the timestamped message text, and the hot-path
-//! reader that pulls only `type`, `room`, `seq` and the send timestamp out of
-//! a `message` frame without allocating. Rare frames (hello, joined, ack,
-//! error) are decoded fully into a `serde_json::Value` by [`decode`].
+//! Owns: the choice of dialect ([`Proto`]), encoding `join`, `leave`,
+//! `send`, `dm` and `history` in JSON or MessagePack straight into a reusable
+//! buffer, the timestamped message text, and the hot-path reader that pulls
+//! only `type`, `room`, `seq` and the send timestamp out of a `message` frame
+//! (and `id`, `seq` out of an `ack`) without allocating. Rare frames (hello,
+//! joined, history, error) are decoded fully into a `serde_json::Value` by
+//! [`decode`].
 
 use serde_json::Value;
+
+/// The dialect the harness speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Proto {
+    /// chinwag's own protocol, in one of its encodings.
+    Chinwag(Encoding),
+    /// Socket.IO v4 over WebSocket (see `sio`).
+    SocketIo,
+}
+
+impl Proto {
+    /// Name for reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Proto::Chinwag(e) => e.name(),
+            Proto::SocketIo => "socketio",
+        }
+    }
+}
 
 /// The encoding the harness asks for at the upgrade.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -43,62 +64,148 @@ impl Encoding {
     }
 }
 
-/// Appends `{"type":"join","room":ROOM}`.
-pub fn join(enc: Encoding, room: &str, out: &mut Vec<u8>) {
-    room_frame(enc, "join", room, out)
+/// Where a `history` request starts (PROTOCOL.md section 3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cursor {
+    /// The latest messages.
+    Latest,
+    /// The messages just below this seq.
+    Before(u64),
+    /// The messages just above this seq.
+    After(u64),
+}
+
+/// Appends `{"type":"join","room":ROOM}`, with `"since":N` if given.
+pub fn join(enc: Encoding, room: &str, since: Option<u64>, out: &mut Vec<u8>) {
+    let mut f = Fields::start(enc, out, 2 + usize::from(since.is_some()));
+    f.str("type", "join");
+    f.str("room", room);
+    if let Some(n) = since {
+        f.uint("since", n);
+    }
+    f.end();
 }
 
 /// Appends `{"type":"leave","room":ROOM}`.
 pub fn leave(enc: Encoding, room: &str, out: &mut Vec<u8>) {
-    room_frame(enc, "leave", room, out)
+    let mut f = Fields::start(enc, out, 2);
+    f.str("type", "leave");
+    f.str("room", room);
+    f.end();
 }
 
-fn room_frame(enc: Encoding, kind: &str, room: &str, out: &mut Vec<u8>) {
-    match enc {
-        Encoding::Json => {
-            // Room names are validated [a-z0-9_.-] (ours) or came from the
-            // server's own JSON, so they need no escaping; serde_json makes
-            // sure anyway for names we did not choose.
-            out.extend_from_slice(b"{\"type\":\"");
-            out.extend_from_slice(kind.as_bytes());
-            out.extend_from_slice(b"\",\"room\":");
-            out.extend_from_slice(Value::from(room).to_string().as_bytes());
-            out.push(b'}');
+/// Appends `{"type":"send","id":ID,"room":ROOM,"text":TEXT}`.
+pub fn send(enc: Encoding, id: u64, room: &str, text: &[u8], out: &mut Vec<u8>) {
+    id_text_frame(enc, "send", id, ("room", room), text, out)
+}
+
+/// Appends `{"type":"dm","id":ID,"to":USER,"text":TEXT}`.
+pub fn dm(enc: Encoding, id: u64, to: &str, text: &[u8], out: &mut Vec<u8>) {
+    id_text_frame(enc, "dm", id, ("to", to), text, out)
+}
+
+/// `text` must be plain ASCII without quotes or backslashes (see [`text`]):
+/// it is copied verbatim, never escaped, on the hot path.
+fn id_text_frame(
+    enc: Encoding,
+    kind: &str,
+    id: u64,
+    (key, value): (&str, &str),
+    text: &[u8],
+    out: &mut Vec<u8>,
+) {
+    let mut f = Fields::start(enc, out, 4);
+    f.str("type", kind);
+    f.uint("id", id);
+    f.str(key, value);
+    f.raw_str("text", text);
+    f.end();
+}
+
+/// Appends `{"type":"history","id":ID,"room":ROOM,["before"|"after":N,]"limit":L}`.
+pub fn history(enc: Encoding, id: u64, room: &str, cursor: Cursor, limit: u64, out: &mut Vec<u8>) {
+    let mut f = Fields::start(enc, out, 4 + usize::from(cursor != Cursor::Latest));
+    f.str("type", "history");
+    f.uint("id", id);
+    f.str("room", room);
+    match cursor {
+        Cursor::Latest => {}
+        Cursor::Before(n) => f.uint("before", n),
+        Cursor::After(n) => f.uint("after", n),
+    }
+    f.uint("limit", limit);
+    f.end();
+}
+
+/// Writes one flat object field by field, in either encoding, with no
+/// intermediate value.
+struct Fields<'a> {
+    enc: Encoding,
+    out: &'a mut Vec<u8>,
+    first: bool,
+}
+
+impl<'a> Fields<'a> {
+    /// MessagePack needs the number of entries up front.
+    fn start(enc: Encoding, out: &'a mut Vec<u8>, entries: usize) -> Fields<'a> {
+        match enc {
+            Encoding::Json => out.push(b'{'),
+            Encoding::Msgpack => out.push(0x80 | entries as u8),
         }
-        Encoding::Msgpack => {
-            out.push(0x82);
-            mp_str(out, b"type");
-            mp_str(out, kind.as_bytes());
-            mp_str(out, b"room");
-            mp_str(out, room.as_bytes());
+        Fields { enc, out, first: true }
+    }
+
+    fn key(&mut self, key: &str) {
+        match self.enc {
+            Encoding::Json => {
+                if !self.first {
+                    self.out.push(b',');
+                }
+                self.out.push(b'"');
+                self.out.extend_from_slice(key.as_bytes());
+                self.out.extend_from_slice(b"\":");
+            }
+            Encoding::Msgpack => mp_str(self.out, key.as_bytes()),
+        }
+        self.first = false;
+    }
+
+    /// A string we did not necessarily choose: escaped as JSON requires.
+    fn str(&mut self, key: &str, value: &str) {
+        self.key(key);
+        match self.enc {
+            Encoding::Json => self.out.extend_from_slice(Value::from(value).to_string().as_bytes()),
+            Encoding::Msgpack => mp_str(self.out, value.as_bytes()),
         }
     }
-}
 
-/// Appends `{"type":"send","id":ID,"room":ROOM,"text":TEXT}`. `text` must be
-/// plain ASCII without quotes or backslashes (see [`text`]).
-pub fn send(enc: Encoding, id: u64, room: &str, text: &[u8], out: &mut Vec<u8>) {
-    match enc {
-        Encoding::Json => {
-            out.extend_from_slice(b"{\"type\":\"send\",\"id\":");
-            push_u64(out, id);
-            out.extend_from_slice(b",\"room\":\"");
-            out.extend_from_slice(room.as_bytes());
-            out.extend_from_slice(b"\",\"text\":\"");
-            out.extend_from_slice(text);
-            out.extend_from_slice(b"\"}");
+    /// A string known to need no escaping.
+    fn raw_str(&mut self, key: &str, value: &[u8]) {
+        self.key(key);
+        match self.enc {
+            Encoding::Json => {
+                self.out.push(b'"');
+                self.out.extend_from_slice(value);
+                self.out.push(b'"');
+            }
+            Encoding::Msgpack => mp_str(self.out, value),
         }
-        Encoding::Msgpack => {
-            out.push(0x84);
-            mp_str(out, b"type");
-            mp_str(out, b"send");
-            mp_str(out, b"id");
-            out.push(0xcf);
-            out.extend_from_slice(&id.to_be_bytes());
-            mp_str(out, b"room");
-            mp_str(out, room.as_bytes());
-            mp_str(out, b"text");
-            mp_str(out, text);
+    }
+
+    fn uint(&mut self, key: &str, n: u64) {
+        self.key(key);
+        match self.enc {
+            Encoding::Json => push_u64(self.out, n),
+            Encoding::Msgpack => {
+                self.out.push(0xcf);
+                self.out.extend_from_slice(&n.to_be_bytes());
+            }
+        }
+    }
+
+    fn end(self) {
+        if self.enc == Encoding::Json {
+            self.out.push(b'}');
         }
     }
 }
@@ -115,7 +222,8 @@ pub fn text(t: u64, size: usize, out: &mut Vec<u8>) {
     }
 }
 
-fn push_u64(out: &mut Vec<u8>, mut n: u64) {
+/// Appends `n` in decimal.
+pub(crate) fn push_u64(out: &mut Vec<u8>, mut n: u64) {
     let mut digits = [0u8; 20];
     let mut i = digits.len();
     loop {
@@ -151,6 +259,9 @@ pub enum Frame<'a> {
     /// A chat `message`: its room, seq and the send stamp of our text
     /// (`None` when the text is not one of ours).
     Message { room: &'a [u8], seq: u64, stamp: Option<u64> },
+    /// An `ack`: the id we gave the send (`None` if not a number) and the
+    /// seq the message got.
+    Ack { id: Option<u64>, seq: u64 },
     /// Any other frame, by its `type`; decode it with [`decode`] if needed.
     Other(&'a [u8]),
 }
@@ -172,19 +283,42 @@ fn peek_json(p: &[u8]) -> Result<Frame<'_>, String> {
         return Err("JSON frame does not start with its type".into());
     };
     let end = rest.iter().position(|&b| b == b'"').ok_or("unterminated type")?;
-    let kind = &rest[..end];
-    if kind != b"message" {
-        return Ok(Frame::Other(kind));
+    match &rest[..end] {
+        b"message" => {
+            let body = &rest[end..];
+            let (room, seq, stamp) = message_fields(body).ok_or("message without room or seq")?;
+            Ok(Frame::Message { room, seq, stamp })
+        }
+        b"ack" => {
+            let id = json_after(p, b"\"id\":").and_then(|s| digits(s).map(|(n, _)| n));
+            let seq = json_after(p, b"\"seq\":").and_then(|s| digits(s).map(|(n, _)| n));
+            Ok(Frame::Ack { id, seq: seq.ok_or("ack without a numeric seq")? })
+        }
+        kind => Ok(Frame::Other(kind)),
     }
-    let room = json_after(p, b"\"room\":\"").ok_or("message without room")?;
-    let room = &room[..room.iter().position(|&b| b == b'"').ok_or("unterminated room")?];
-    let seq = json_after(p, b"\"seq\":").and_then(|s| digits(s).map(|(n, _)| n));
-    let seq = seq.ok_or("message without a numeric seq")?;
-    let stamp = json_after(p, b"\"text\":\"t=").and_then(stamp_digits);
-    Ok(Frame::Message { room, seq, stamp })
 }
 
-fn json_after<'a>(hay: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
+/// Room, seq and send stamp of a JSON message object. The fast path reads
+/// them in the order both chinwag (serde: room, seq, ts, from, text) and the
+/// Socket.IO peer (JSON.stringify: insertion order) write them, without
+/// searching; any other layout falls back to a search per key.
+pub(crate) fn message_fields(p: &[u8]) -> Option<(&[u8], u64, Option<u64>)> {
+    let at_room = json_after(p, b"\"room\":\"")?;
+    let room_len = at_room.iter().position(|&b| b == b'"')?;
+    let after_room = &at_room[room_len..];
+    let (seq, rest) = match after_room.strip_prefix(b"\",\"seq\":") {
+        Some(r) => {
+            let (n, len) = digits(r)?;
+            (n, &r[len..])
+        }
+        None => (json_after(p, b"\"seq\":").and_then(digits)?.0, p),
+    };
+    let stamp = json_after(rest, b"\"text\":\"t=").and_then(stamp_digits);
+    Some((&at_room[..room_len], seq, stamp))
+}
+
+/// What follows the first `key` in `hay`.
+pub(crate) fn json_after<'a>(hay: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
     crate::ws::find(hay, key).map(|at| &hay[at + key.len()..])
 }
 
@@ -207,7 +341,7 @@ fn stamp_digits(s: &[u8]) -> Option<u64> {
 fn peek_msgpack(p: &[u8]) -> Result<Frame<'_>, String> {
     let mut r = MpReader { buf: p, pos: 0 };
     let entries = r.map_len()?;
-    let (mut kind, mut room, mut seq, mut stamp) = (None, None, None, None);
+    let (mut kind, mut room, mut seq, mut stamp, mut id) = (None, None, None, None, None);
     for _ in 0..entries {
         let key = r.str()?;
         match key {
@@ -215,18 +349,20 @@ fn peek_msgpack(p: &[u8]) -> Result<Frame<'_>, String> {
             b"room" => room = Some(r.str()?),
             b"seq" => seq = Some(r.uint()?),
             b"text" => stamp = r.str()?.strip_prefix(b"t=").and_then(stamp_digits),
+            // Ours are numbers; anything else is someone else's id.
+            b"id" => id = r.uint().ok(),
             _ => r.skip(0)?,
         }
         // The type comes first; stop early for frames the hot path ignores.
         if let Some(k) = kind {
-            if k != b"message" {
+            if k != b"message" && k != b"ack" {
                 return Ok(Frame::Other(k));
             }
         }
     }
     match (kind, room, seq) {
         (Some(b"message"), Some(room), Some(seq)) => Ok(Frame::Message { room, seq, stamp }),
-        (Some(k), _, _) if k != b"message" => Ok(Frame::Other(k)),
+        (Some(b"ack"), _, Some(seq)) => Ok(Frame::Ack { id, seq }),
         _ => Err("MessagePack frame without type, room or seq".into()),
     }
 }
@@ -352,8 +488,15 @@ mod tests {
             peek(Encoding::Json, p),
             Ok(Frame::Message { room: b"r3", seq: 1, stamp: None })
         );
+        // Another field order still parses (the slow path).
+        let p = br#"{"type":"message","seq":9,"text":"t=5;","room":"r3"}"#;
+        assert_eq!(peek(Encoding::Json, p), Ok(Frame::Message { room: b"r3", seq: 9, stamp: Some(5) }));
         let p = br#"{"type":"presence","room":"r3","user":"u1","state":"online"}"#;
         assert_eq!(peek(Encoding::Json, p), Ok(Frame::Other(b"presence")));
+        let p = br#"{"type":"ack","id":77,"room":"r3","seq":12,"ts":1}"#;
+        assert_eq!(peek(Encoding::Json, p), Ok(Frame::Ack { id: Some(77), seq: 12 }));
+        let p = br#"{"type":"ack","id":"x","room":"r3","seq":12,"ts":1}"#;
+        assert_eq!(peek(Encoding::Json, p), Ok(Frame::Ack { id: None, seq: 12 }));
         assert!(peek(Encoding::Json, b"[1]").is_err());
     }
 
@@ -370,6 +513,9 @@ mod tests {
             "online":[],"history":[{"room":"r3","seq":1,"ts":2,"from":"a","text":"x"}],"more":false});
         let p = rmp_serde::to_vec_named(&v).unwrap();
         assert_eq!(peek(Encoding::Msgpack, &p), Ok(Frame::Other(b"joined")));
+        let v = serde_json::json!({"type":"ack","id":1u64 << 40,"room":"r3","seq":3,"ts":1});
+        let a = rmp_serde::to_vec_named(&v).unwrap();
+        assert_eq!(peek(Encoding::Msgpack, &a), Ok(Frame::Ack { id: Some(1 << 40), seq: 3 }));
         assert_eq!(decode(Encoding::Msgpack, &p).unwrap()["seq"], 5);
         assert!(peek(Encoding::Msgpack, &p[..3]).is_err());
     }
@@ -392,8 +538,29 @@ mod tests {
             assert_eq!(v["room"], "r7");
             assert_eq!(v["text"].as_str().unwrap().len(), 300);
             out.clear();
-            join(enc, "r7", &mut out);
+            join(enc, "r7", None, &mut out);
             assert_eq!(decode(enc, &out).unwrap(), serde_json::json!({"type":"join","room":"r7"}));
+            out.clear();
+            join(enc, "r7", Some(9), &mut out);
+            let want = serde_json::json!({"type":"join","room":"r7","since":9});
+            assert_eq!(decode(enc, &out).unwrap(), want);
+            out.clear();
+            dm(enc, 5, "u1", b"t=1;", &mut out);
+            let want = serde_json::json!({"type":"dm","id":5,"to":"u1","text":"t=1;"});
+            assert_eq!(decode(enc, &out).unwrap(), want);
+            for (cursor, extra) in [
+                (Cursor::Latest, None),
+                (Cursor::Before(10), Some(("before", 10))),
+                (Cursor::After(3), Some(("after", 3))),
+            ] {
+                out.clear();
+                history(enc, 6, "r7", cursor, 50, &mut out);
+                let mut want = serde_json::json!({"type":"history","id":6,"room":"r7","limit":50});
+                if let Some((k, n)) = extra {
+                    want[k] = n.into();
+                }
+                assert_eq!(decode(enc, &out).unwrap(), want);
+            }
             out.clear();
             leave(enc, "a\"b", &mut out);
             assert_eq!(decode(enc, &out).unwrap()["room"], "a\"b");

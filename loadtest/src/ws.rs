@@ -60,12 +60,13 @@ fn base64(bytes: &[u8]) -> String {
     out
 }
 
-/// The upgrade request for `path` (path and query) on `host`.
-pub fn request(host: &str, path: &str, key: &str, protocol: &str) -> Vec<u8> {
+/// The upgrade request for `path` (path and query) on `host`, offering
+/// `protocol` if given.
+pub fn request(host: &str, path: &str, key: &str, protocol: Option<&str>) -> Vec<u8> {
+    let offer = protocol.map(|p| format!("Sec-WebSocket-Protocol: {p}\r\n")).unwrap_or_default();
     format!(
         "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\
-         Sec-WebSocket-Protocol: {protocol}\r\n\r\n"
+         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{offer}\r\n"
     )
     .into_bytes()
 }
@@ -73,7 +74,11 @@ pub fn request(host: &str, path: &str, key: &str, protocol: &str) -> Vec<u8> {
 /// Checks the server's answer to the upgrade. `Ok(None)`: incomplete, read
 /// more; `Ok(Some(n))`: a valid 101 whose head is the first `n` bytes (the
 /// rest are already frames); `Err`: refused or malformed, with the reason.
-pub fn check_response(buf: &[u8], key: &str, protocol: &str) -> Result<Option<usize>, String> {
+pub fn check_response(
+    buf: &[u8],
+    key: &str,
+    protocol: Option<&str>,
+) -> Result<Option<usize>, String> {
     let Some(end) = find(buf, b"\r\n\r\n") else {
         if buf.len() > MAX_RESPONSE_HEAD {
             return Err("HTTP answer head over 16 KiB".into());
@@ -102,8 +107,8 @@ pub fn check_response(buf: &[u8], key: &str, protocol: &str) -> Result<Option<us
     if accept != Some(expected.as_str()) {
         return Err(format!("bad Sec-WebSocket-Accept {accept:?}"));
     }
-    if proto != Some(protocol) {
-        return Err(format!("server chose subprotocol {proto:?}, asked for {protocol}"));
+    if proto != protocol {
+        return Err(format!("server chose subprotocol {proto:?}, asked for {protocol:?}"));
     }
     Ok(Some(end + 4))
 }
@@ -244,11 +249,15 @@ mod tests {
         let ok = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
             Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\
             Sec-WebSocket-Protocol: chinwag.v1.json\r\n\r\n\x81\x00";
-        assert_eq!(check_response(ok, key, "chinwag.v1.json"), Ok(Some(ok.len() - 2)));
-        assert!(check_response(ok, key, "chinwag.v1.msgpack").is_err());
-        assert_eq!(check_response(&ok[..20], key, "chinwag.v1.json"), Ok(None));
+        let json = Some("chinwag.v1.json");
+        assert_eq!(check_response(ok, key, json), Ok(Some(ok.len() - 2)));
+        assert!(check_response(ok, key, Some("chinwag.v1.msgpack")).is_err());
+        assert!(check_response(ok, key, None).is_err());
+        assert_eq!(check_response(&ok[..20], key, json), Ok(None));
         let no = b"HTTP/1.1 401 Unauthorized\r\n\r\n{\"error\":\"unauthorized\"}";
-        assert!(check_response(no, key, "chinwag.v1.json").unwrap_err().contains("401"));
+        assert!(check_response(no, key, json).unwrap_err().contains("401"));
+        let req = String::from_utf8(request("h", "/ws", key, None)).unwrap();
+        assert!(!req.contains("Protocol") && req.ends_with("13\r\n\r\n"));
     }
 
     #[test]
