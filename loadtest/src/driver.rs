@@ -1,15 +1,20 @@
 //! The client event loops: one mio `Poll` per thread driving its share of the
-//! WebSocket clients through connect, upgrade, hello, join, then publishing
-//! and receiving until the run's end.
+//! clients through connect, upgrade, hello, join, then sending, reading
+//! history, churning and receiving, step after step, until the run's end.
 //!
-//! Owns: the per-connection state machine, the open-loop publishing schedule,
-//! reading in batches (one shared scratch buffer per thread, so a connection
-//! keeps memory only for a partial frame), and the per-message bookkeeping
-//! (latency, duplicates, out-of-order). Threads share nothing on the hot path
-//! but a few relaxed counters for the progress line, flushed once per loop.
+//! Owns: the per-connection state machine (chinwag and Socket.IO dialects),
+//! the open-loop schedules (sends, history requests), storm's drop and
+//! reconnect timers and its catch-up after a reconnect, reading in batches
+//! (one shared scratch buffer per thread, so a connection keeps memory only
+//! for a partial frame), and the per-message bookkeeping (latency,
+//! duplicates, order, seqs seen). Threads share nothing on the hot path but a
+//! few relaxed counters for the progress line, flushed once per loop; each
+//! step's numbers go to the main thread once, when the step ends.
 
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
 use std::io::{self, Read, Write};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -18,46 +23,182 @@ use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use serde_json::Value;
 
-use crate::stats::Stats;
-use crate::wire::{self, Encoding, Frame};
-use crate::ws;
+use crate::stats::{bump, Stats};
+use crate::track::{Seen, SeqSet, Window};
+use crate::wire::{self, Cursor, Frame, Proto};
+use crate::{net, sio, sys, ws};
 
 /// Largest server frame accepted (the server's own default `max_frame` is
-/// 64 KiB for client frames; a `joined` with 50 big messages can be larger).
+/// 64 KiB for client frames; a `joined` with 1000 big messages is larger).
 const MAX_FRAME: usize = 16 << 20;
 /// A connection whose unsent output passes this is not being read by the
 /// server; it is dropped rather than buffered without end.
 const MAX_OUTPUT: usize = 64 << 20;
-/// Per-thread read buffer: one `read` takes up to this much.
+/// Per-thread read buffer: one `read` takes up to this much, so a busy
+/// connection's backlog is parsed in a few large batches.
 const SCRATCH: usize = 256 << 10;
-/// Longest sleep of a loop, so it notices the start signal and aborts soon.
+/// Longest sleep of a loop, so it notices a new step and aborts soon.
 const TICK: Duration = Duration::from_millis(10);
 /// How many lost connections are described on stderr (the rest are counted).
 const LOG_LOSSES: u64 = 5;
+/// Catch-up pages after a reconnect ask for the most the server gives.
+const CATCH_UP_PAGE: u64 = 100;
+/// Id of catch-up `history` requests (readers' ids are stamps, never 0).
+const CATCH_UP_ID: u64 = 0;
+/// Wait before retrying a storm reconnect that failed.
+const RETRY: Duration = Duration::from_millis(20);
 
-/// What to run; the same for every thread.
+/// What to run; the same for every thread and every step.
 pub struct Plan {
-    /// Servers; client i connects to `targets[i % len]`.
+    /// Servers; client i connects to `targets[target_of(i)]`.
     pub targets: Vec<SocketAddr>,
+    /// Source addresses; client i binds `sources[i % len]` (empty: any).
+    pub sources: Vec<IpAddr>,
     /// Number of clients.
     pub conns: usize,
-    /// Number of rooms; client i joins `r<i % rooms>`.
+    /// Number of rooms; client i joins `r<i % rooms>` (ignored for `dm`).
     pub rooms: usize,
-    /// Clients 0..publishers send.
-    pub publishers: usize,
-    /// Aggregate messages per second over all publishers.
-    pub rate: f64,
-    /// Message text size in bytes.
-    pub size: usize,
-    /// Encoding asked for.
-    pub enc: Encoding,
+    /// Dialect and encoding.
+    pub proto: Proto,
     /// Number of event-loop threads.
     pub threads: usize,
     /// User ids are `<prefix><i>`.
     pub user_prefix: String,
     /// Upgrades in progress at once, over all threads.
     pub connect_concurrency: usize,
-    /// Publishing before the measured window.
+    /// Clients 0..publishers send (all of them for `dm`).
+    pub publishers: usize,
+    /// Clients publishers..publishers+readers send `history` requests.
+    pub readers: usize,
+    /// `limit` of those requests.
+    pub page: u64,
+    /// Message text size in bytes.
+    pub size: usize,
+    /// Pairs (2k, 2k+1) exchange `dm`s instead of joining rooms.
+    pub dm: bool,
+    /// Storm: members drop and resume; every client records every seq.
+    pub churn: Option<Churn>,
+    /// The highest frame rate one connection will send (checked against
+    /// the server's advertised limit).
+    pub conn_rate: f64,
+}
+
+/// How storm clients come and go.
+#[derive(Clone, Copy, Debug)]
+pub struct Churn {
+    /// Shortest session before the client drops it.
+    pub session_min: Duration,
+    /// Longest session.
+    pub session_max: Duration,
+    /// Longest wait before reconnecting.
+    pub offline_max: Duration,
+}
+
+/// What a client does besides receiving.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Sends `send` (or `dm`) on the send schedule; never churns.
+    Publisher,
+    /// Sends `history` requests on the read schedule.
+    Reader,
+    /// Only receives (and, in a storm, churns).
+    Member,
+}
+
+impl Plan {
+    /// Number of rooms, DM rooms included.
+    pub fn room_count(&self) -> usize {
+        if self.dm {
+            self.conns / 2
+        } else {
+            self.rooms
+        }
+    }
+
+    /// Clients in `room`.
+    pub fn members(&self, room: usize) -> u64 {
+        if self.dm {
+            return 2;
+        }
+        (self.conns / self.rooms + usize::from(room < self.conns % self.rooms)) as u64
+    }
+
+    /// Room index of client `i`.
+    pub fn room_of(&self, i: usize) -> usize {
+        if self.dm {
+            i / 2
+        } else {
+            i % self.rooms
+        }
+    }
+
+    /// Node of client `i`: round-robin within each room (not `i % nodes`,
+    /// which with an even number of rooms would put whole rooms on one node
+    /// and never cross the cluster).
+    pub fn target_of(&self, i: usize) -> usize {
+        let rank = if self.dm { i % 2 } else { i / self.rooms };
+        (self.room_of(i) + rank) % self.targets.len()
+    }
+
+    /// How many connections should receive a message sent by client `i`.
+    pub fn audience(&self, i: usize) -> u64 {
+        self.members(self.room_of(i))
+    }
+
+    /// What client `i` does.
+    pub fn role(&self, i: usize) -> Role {
+        if i < self.publishers {
+            Role::Publisher
+        } else if i < self.publishers + self.readers {
+            Role::Reader
+        } else {
+            Role::Member
+        }
+    }
+
+    /// User id of client `i`.
+    pub fn user(&self, i: usize) -> String {
+        format!("{}{i}", self.user_prefix)
+    }
+
+    /// Room name of client `i`: `r<k>`, or the pair's `dm:<a>:<b>` (a < b by bytes).
+    pub fn room_name(&self, i: usize) -> String {
+        if !self.dm {
+            return format!("r{}", self.room_of(i));
+        }
+        let (a, b) = (self.user(i), self.user(i ^ 1));
+        if a < b {
+            format!("dm:{a}:{b}")
+        } else {
+            format!("dm:{b}:{a}")
+        }
+    }
+
+    /// Clients per node.
+    pub fn conns_by_target(&self) -> Vec<u64> {
+        let mut v = vec![0; self.targets.len()];
+        for i in 0..self.conns {
+            v[self.target_of(i)] += 1;
+        }
+        v
+    }
+
+    /// Connections one send reaches, on average over the publishers (what a
+    /// sweep step offers is rate × this per second).
+    pub fn deliveries_per_message(&self) -> f64 {
+        let total: u64 = (0..self.publishers).map(|i| self.audience(i)).sum();
+        total as f64 / self.publishers.max(1) as f64
+    }
+}
+
+/// One step of a run: its rates and phases.
+#[derive(Clone, Copy, Debug)]
+pub struct StepSpec {
+    /// Aggregate sends per second over all publishers.
+    pub rate: f64,
+    /// Aggregate `history` requests per second over all readers.
+    pub read_rate: f64,
+    /// Sending before the measured window.
     pub warmup: Duration,
     /// The measured window.
     pub duration: Duration,
@@ -65,36 +206,45 @@ pub struct Plan {
     pub drain: Duration,
 }
 
-impl Plan {
-    /// Clients in `room`.
-    pub fn members(&self, room: usize) -> u64 {
-        (self.conns / self.rooms + usize::from(room < self.conns % self.rooms)) as u64
-    }
-}
-
-/// The run's instants, in nanoseconds since [`Shared::epoch`].
+/// A step's instants, in nanoseconds since [`Shared::epoch`], and rates.
 #[derive(Clone, Copy, Debug)]
 pub struct Timeline {
-    /// Publishing starts.
+    /// Sends per second.
+    pub rate: f64,
+    /// History requests per second.
+    pub read_rate: f64,
+    /// Sending starts.
     pub start: u64,
     /// Warm-up over: the measured window opens.
     pub warm_end: u64,
-    /// The window closes and publishing stops.
+    /// The window closes and sending stops.
     pub end: u64,
-    /// Receiving stops.
+    /// Receiving for this step stops and its numbers are handed over.
     pub drain_end: u64,
 }
 
 impl Timeline {
-    /// The timeline of `plan` starting at `start`.
-    pub fn new(plan: &Plan, start: u64) -> Timeline {
-        let warm_end = start + plan.warmup.as_nanos() as u64;
-        let end = warm_end + plan.duration.as_nanos() as u64;
-        Timeline { start, warm_end, end, drain_end: end + plan.drain.as_nanos() as u64 }
+    /// The timeline of a step of `spec` starting at `start`.
+    pub fn new(spec: &StepSpec, start: u64) -> Timeline {
+        let warm_end = start + spec.warmup.as_nanos() as u64;
+        let end = warm_end + spec.duration.as_nanos() as u64;
+        let drain_end = end + spec.drain.as_nanos() as u64;
+        Timeline { rate: spec.rate, read_rate: spec.read_rate, start, warm_end, end, drain_end }
     }
 
     fn in_window(&self, t: u64) -> bool {
         (self.warm_end..self.end).contains(&t)
+    }
+
+    /// When slot `k` of a schedule at `rate` is due: slots are evenly spaced
+    /// at 1/rate and dealt round-robin to the senders, so the aggregate is
+    /// open-loop (a slow server does not slow the offered load).
+    fn due(&self, rate: f64, k: u64) -> u64 {
+        if rate > 0.0 {
+            self.start + (k as f64 * 1e9 / rate) as u64
+        } else {
+            u64::MAX
+        }
     }
 }
 
@@ -102,23 +252,28 @@ impl Timeline {
 pub struct Shared {
     /// Time zero of every stamp.
     pub epoch: Instant,
-    /// When publishing starts (ns since epoch); `u64::MAX` until every client
-    /// has joined and the main thread says go.
-    pub start_ns: AtomicU64,
-    /// Clients that have joined their room.
+    /// The current step, once every client has joined.
+    pub step: Mutex<Option<Timeline>>,
+    /// Bumped after `step` changes; the loops poll this, not the lock.
+    pub step_gen: AtomicU64,
+    /// Each thread's numbers for the current step, pushed at its drain end.
+    pub finished: Mutex<Vec<Stats>>,
+    /// No more steps: close and return.
+    pub done: AtomicBool,
+    /// Clients that have joined their room (counted once each).
     pub ready: AtomicU64,
     /// Stop now (setup failure or timeout).
     pub abort: AtomicBool,
     /// Why the run was aborted.
     pub fatal: Mutex<Option<String>>,
-    /// Live totals for the progress line (whole run, not just the window).
+    /// Live totals for the progress line (whole run).
     pub live: Live,
 }
 
 /// Live totals for the progress line.
 #[derive(Default)]
 pub struct Live {
-    /// `send` frames written.
+    /// Sends written.
     pub sent: AtomicU64,
     /// `ack`s read.
     pub acked: AtomicU64,
@@ -128,6 +283,10 @@ pub struct Live {
     pub errors: AtomicU64,
     /// Connections lost after setup.
     pub disconnects: AtomicU64,
+    /// Storm reconnects completed.
+    pub reconnects: AtomicU64,
+    /// `history` answers read.
+    pub history: AtomicU64,
 }
 
 impl Shared {
@@ -135,7 +294,10 @@ impl Shared {
     pub fn new() -> Shared {
         Shared {
             epoch: Instant::now(),
-            start_ns: AtomicU64::new(u64::MAX),
+            step: Mutex::new(None),
+            step_gen: AtomicU64::new(0),
+            finished: Mutex::new(Vec::new()),
+            done: AtomicBool::new(false),
             ready: AtomicU64::new(0),
             abort: AtomicBool::new(false),
             fatal: Mutex::new(None),
@@ -159,27 +321,66 @@ impl Shared {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
-    /// Not opened yet.
+    /// Not connected (before the first open, or between storm sessions).
     Idle,
     /// TCP connect in progress.
     Connecting,
     /// Upgrade request written, waiting for the 101.
     Upgrading,
-    /// Waiting for `hello`.
+    /// Waiting for `hello` (chinwag) or the Engine.IO open packet.
     Hello,
-    /// `join` written, waiting for `joined`.
+    /// Socket.IO: namespace connect written, waiting for `40`.
+    SioConnect,
+    /// `join` written, waiting for `joined` (or the join ack).
     Joining,
-    /// Joined: publishing and receiving.
+    /// Joined: sending and receiving.
     Ready,
-    /// Gone.
+    /// Gone for good.
     Closed,
+}
+
+/// A reader's two walks through its room's history: back from the newest
+/// (`before`), and forward from the oldest (`after`); requests alternate.
+#[derive(Clone, Copy, Debug, Default)]
+struct Paging {
+    /// Next `before` cursor; `None`: start at the newest.
+    back: Option<u64>,
+    /// Next `after` cursor; 0: start at the oldest.
+    fwd: u64,
+    /// Which walk the last request belonged to.
+    flip: bool,
+}
+
+impl Paging {
+    /// The next request's cursor and walk (0: back, 1: forward).
+    fn next(&mut self) -> (Cursor, u64) {
+        self.flip = !self.flip;
+        if self.flip {
+            (self.back.map_or(Cursor::Latest, Cursor::Before), 0)
+        } else {
+            (Cursor::After(self.fwd), 1)
+        }
+    }
+
+    /// Moves walk `dir` on past an answer; a walk at its end starts over.
+    fn answer(&mut self, dir: u64, first: Option<u64>, last: Option<u64>, more: bool) {
+        if dir == 0 {
+            self.back = if more { first } else { None };
+        } else {
+            self.fwd = if more { last.unwrap_or(0) } else { 0 };
+        }
+    }
 }
 
 struct Client {
     /// Global client number (user id suffix).
     index: usize,
+    role: Role,
     room: usize,
+    target: usize,
     room_name: String,
+    /// The other user of a `dm` pair (empty otherwise).
+    peer: String,
     state: State,
     stream: Option<TcpStream>,
     key: String,
@@ -192,11 +393,33 @@ struct Client {
     frag: Vec<u8>,
     opened_ns: u64,
     hello_ns: u64,
-    /// Highest seq received in our room.
-    last_seq: u64,
-    /// Bit i set: seq `last_seq - i` was received.
-    seen: u128,
+    /// Bumped at each open, so a timer for an older session is ignored.
+    session: u32,
+    /// Joined at least once (a later loss is a disconnect, not a setup failure).
+    ever_ready: bool,
+    /// The window has been started at the subscription's seq.
+    subscribed: bool,
+    /// This session's deliveries.
+    window: Window,
+    /// Storm: every seq seen over all sessions.
+    seqs: Option<Box<SeqSet>>,
+    /// Storm: catch-up pages are being fetched.
+    paging: bool,
+    /// Reader: where its history walks are.
+    hist: Paging,
 }
+
+/// What a timer does when it fires.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum TimerKind {
+    /// Storm: drop the session.
+    Drop,
+    /// Storm: connect again.
+    Reopen,
+}
+
+/// (due ns, slot, session, kind), ordered by due time.
+type Timer = (u64, usize, u32, TimerKind);
 
 /// One event-loop thread's clients and numbers.
 struct Worker<'a> {
@@ -206,13 +429,23 @@ struct Worker<'a> {
     clients: Vec<Client>,
     /// (client slot, next schedule slot k) of the publishers this thread owns.
     publishers: Vec<(usize, u64)>,
-    next_open: usize,
+    /// The same for readers.
+    readers: Vec<(usize, u64)>,
+    /// Slots waiting to be opened (at most `concurrency` upgrades at once).
+    to_open: VecDeque<usize>,
+    timers: BinaryHeap<Reverse<Timer>>,
     in_flight: usize,
     concurrency: usize,
     timeline: Option<Timeline>,
+    /// `shared.step_gen` that `timeline` came from.
+    gen: u64,
+    /// This step's numbers are handed over.
+    reported: bool,
+    /// This thread's CPU seconds at the window's start and end.
+    cpu: (Option<f64>, Option<f64>),
     stats: Stats,
     /// Live deltas not yet added to `shared.live`.
-    delta: [u64; 5],
+    delta: [u64; 7],
     seed: u64,
     text: Vec<u8>,
     payload: Vec<u8>,
@@ -224,23 +457,25 @@ const D_ACKED: usize = 1;
 const D_DELIVERED: usize = 2;
 const D_ERRORS: usize = 3;
 const D_DISCONNECTS: usize = 4;
+const D_RECONNECTS: usize = 5;
+const D_HISTORY: usize = 6;
 
-/// Runs thread `tid` of `plan` to the end of the run (or an abort) and
-/// returns its numbers.
-pub fn run(tid: usize, plan: &Plan, shared: &Shared) -> Stats {
+/// Runs thread `tid` of `plan` until the main thread says done (or an
+/// abort); each step's numbers go to `shared.finished`.
+pub fn run(tid: usize, plan: &Plan, shared: &Shared) {
     let poll = match Poll::new() {
         Ok(p) => p,
-        Err(e) => {
-            shared.fail(format!("cannot create a poll: {e}"));
-            return Stats::default();
-        }
+        Err(e) => return shared.fail(format!("cannot create a poll: {e}")),
     };
     let clients: Vec<Client> = (tid..plan.conns)
         .step_by(plan.threads)
         .map(|index| Client {
             index,
-            room: index % plan.rooms,
-            room_name: format!("r{}", index % plan.rooms),
+            role: plan.role(index),
+            room: plan.room_of(index),
+            target: plan.target_of(index),
+            room_name: plan.room_name(index),
+            peer: if plan.dm { plan.user(index ^ 1) } else { String::new() },
             state: State::Idle,
             stream: None,
             key: String::new(),
@@ -249,28 +484,38 @@ pub fn run(tid: usize, plan: &Plan, shared: &Shared) -> Stats {
             frag: Vec::new(),
             opened_ns: 0,
             hello_ns: 0,
-            last_seq: 0,
-            seen: 0,
+            session: 0,
+            ever_ready: false,
+            subscribed: false,
+            window: Window::default(),
+            seqs: None,
+            paging: false,
+            hist: Paging::default(),
         })
         .collect();
-    let publishers = clients
-        .iter()
-        .enumerate()
-        .filter(|(_, c)| c.index < plan.publishers)
-        .map(|(slot, c)| (slot, c.index as u64))
-        .collect();
+    let schedule = |role: Role, first: usize| -> Vec<(usize, u64)> {
+        let mine = clients.iter().enumerate().filter(|(_, c)| c.role == role);
+        mine.map(|(slot, c)| (slot, (c.index - first) as u64)).collect()
+    };
+    let publishers = schedule(Role::Publisher, 0);
+    let readers = schedule(Role::Reader, plan.publishers);
     let mut w = Worker {
         plan,
         shared,
         poll,
+        to_open: (0..clients.len()).collect(),
         clients,
         publishers,
-        next_open: 0,
+        readers,
+        timers: BinaryHeap::new(),
         in_flight: 0,
         concurrency: (plan.connect_concurrency / plan.threads).max(1),
         timeline: None,
+        gen: 0,
+        reported: false,
+        cpu: (None, None),
         stats: Stats::default(),
-        delta: [0; 5],
+        delta: [0; 7],
         seed: 0x9e37_79b9_7f4a_7c15 ^ (tid as u64 + 1).wrapping_mul(0x2545_f491_4f6c_dd1d),
         text: Vec::with_capacity(plan.size + 32),
         payload: Vec::with_capacity(plan.size + 128),
@@ -279,7 +524,28 @@ pub fn run(tid: usize, plan: &Plan, shared: &Shared) -> Stats {
     w.event_loop();
     w.close_all();
     w.flush_live();
-    w.stats
+}
+
+/// Takes the next due slot of one sender, if any: (its client slot, due ns).
+fn take_due(
+    sender: &mut (usize, u64),
+    stride: usize,
+    rate: f64,
+    tl: &Timeline,
+    now: u64,
+) -> Option<(usize, u64)> {
+    let due = tl.due(rate, sender.1);
+    if due > now || due >= tl.end {
+        return None;
+    }
+    sender.1 += stride as u64;
+    Some((sender.0, due))
+}
+
+/// Appends one masked client frame of `payload` to `out`.
+fn frame_into(seed: &mut u64, out: &mut Vec<u8>, opcode: u8, payload: &[u8]) {
+    let m = ws::xorshift(seed).to_le_bytes();
+    ws::write_frame(out, opcode, payload, [m[0], m[1], m[2], m[3]]);
 }
 
 impl Worker<'_> {
@@ -290,19 +556,22 @@ impl Worker<'_> {
             if self.shared.abort.load(Relaxed) {
                 return;
             }
+            self.follow_step();
+            if self.shared.done.load(Relaxed) {
+                return;
+            }
             let now = self.shared.now_ns();
-            if self.timeline.is_none() {
-                let start = self.shared.start_ns.load(Relaxed);
-                if start != u64::MAX {
-                    self.timeline = Some(Timeline::new(self.plan, start));
-                }
-            }
             if let Some(tl) = self.timeline {
+                self.mark_cpu(now, tl);
                 if now >= tl.drain_end {
-                    return;
+                    if !self.reported {
+                        self.finish_step();
+                    }
+                } else {
+                    self.publish(now, tl);
                 }
-                self.publish(now, tl);
             }
+            self.fire_timers(now);
             self.open_more(now);
             self.flush_live();
             let timeout = self.next_wake(self.shared.now_ns());
@@ -330,15 +599,69 @@ impl Worker<'_> {
         }
     }
 
-    /// How long the loop may sleep: until the next due send, a phase change,
-    /// or a tick. mio rounds up to whole milliseconds, so sends leave up to
-    /// about 1 ms after their slot; `send_lag` reports it.
+    /// Picks up a new step from the main thread: fresh numbers, schedules
+    /// restarted at slot 0.
+    fn follow_step(&mut self) {
+        let gen = self.shared.step_gen.load(Relaxed);
+        if gen == self.gen {
+            return;
+        }
+        let Ok(step) = self.shared.step.lock().map(|s| *s) else { return };
+        self.gen = gen;
+        self.timeline = step;
+        self.reported = false;
+        self.cpu = (None, None);
+        // Publishers are clients 0..publishers: slot k of the schedule
+        // goes to publisher k % publishers.
+        for p in self.publishers.iter_mut() {
+            p.1 = self.clients[p.0].index as u64;
+        }
+        for r in self.readers.iter_mut() {
+            r.1 = (self.clients[r.0].index - self.plan.publishers) as u64;
+        }
+    }
+
+    fn mark_cpu(&mut self, now: u64, tl: Timeline) {
+        if self.cpu.0.is_none() && now >= tl.warm_end {
+            self.cpu.0 = Some(sys::thread_cpu_s());
+        }
+        if self.cpu.1.is_none() && now >= tl.end {
+            self.cpu.1 = Some(sys::thread_cpu_s());
+        }
+    }
+
+    /// Hands this step's numbers to the main thread.
+    fn finish_step(&mut self) {
+        let mut stats = std::mem::take(&mut self.stats);
+        if let (Some(a), Some(b)) = self.cpu {
+            stats.busiest_thread_cpu_s = b - a;
+        }
+        if self.plan.churn.is_some() {
+            for c in &self.clients {
+                if let Some(set) = &c.seqs {
+                    stats.seqsets.push((c.index, c.room, (**set).clone()));
+                }
+            }
+        }
+        if let Ok(mut f) = self.shared.finished.lock() {
+            f.push(stats);
+        }
+        self.reported = true;
+    }
+
+    /// How long the loop may sleep: until the next due send, timer, phase
+    /// change, or a tick. mio rounds up to whole milliseconds, so sends
+    /// leave up to about 1 ms after their slot; `send_lag` reports it.
     fn next_wake(&self, now: u64) -> Duration {
         let mut until = now + TICK.as_nanos() as u64;
-        if let Some(tl) = self.timeline {
+        if let Some(Reverse((due, ..))) = self.timers.peek() {
+            until = until.min(*due);
+        }
+        if let Some(tl) = self.timeline.filter(|_| !self.reported) {
             until = until.min(tl.drain_end);
-            for &(_, k) in &self.publishers {
-                let due = self.due(tl, k);
+            let sends = self.publishers.iter().map(|p| tl.due(tl.rate, p.1));
+            let reads = self.readers.iter().map(|r| tl.due(tl.read_rate, r.1));
+            for due in sends.chain(reads) {
                 if due < tl.end {
                     until = until.min(due);
                 }
@@ -347,57 +670,115 @@ impl Worker<'_> {
         Duration::from_nanos(until.saturating_sub(now))
     }
 
-    /// When schedule slot `k` is due: slots are evenly spaced at 1/rate and
-    /// dealt round-robin to the publishers, so the aggregate is open-loop.
-    fn due(&self, tl: Timeline, k: u64) -> u64 {
-        tl.start + (k as f64 * 1e9 / self.plan.rate) as u64
-    }
-
+    /// Writes every send and history request that is due.
     fn publish(&mut self, now: u64, tl: Timeline) {
+        let plan = self.plan;
         for p in 0..self.publishers.len() {
-            loop {
-                let (slot, k) = self.publishers[p];
-                let due = self.due(tl, k);
-                if due > now || due >= tl.end {
-                    break;
-                }
-                self.publishers[p].1 = k + self.plan.publishers as u64;
+            while let Some((slot, due)) =
+                take_due(&mut self.publishers[p], plan.publishers, tl.rate, &tl, now)
+            {
                 if self.clients[slot].state == State::Ready {
                     self.send(slot, due, tl);
                 }
             }
         }
+        for r in 0..self.readers.len() {
+            while let Some((slot, _)) =
+                take_due(&mut self.readers[r], plan.readers, tl.read_rate, &tl, now)
+            {
+                if self.clients[slot].state == State::Ready {
+                    self.request_history(slot, tl);
+                }
+            }
+        }
     }
 
-    /// Writes one `send` whose text and id carry the send instant.
+    /// Writes one `send` (or `dm`) whose text and id carry the send instant.
     fn send(&mut self, slot: usize, due: u64, tl: Timeline) {
         let t = self.shared.now_ns();
         self.stats.send_lag.saturating_record(t.saturating_sub(due) / 1000);
-        let room = self.clients[slot].room;
         wire::text(t, self.plan.size, &mut self.text);
         self.payload.clear();
-        wire::send(self.plan.enc, t, &self.clients[slot].room_name, &self.text, &mut self.payload);
-        let mask = ws::xorshift(&mut self.seed).to_le_bytes();
-        let c = &mut self.clients[slot];
-        ws::write_frame(
-            &mut c.out,
-            self.plan.enc.opcode(),
-            &self.payload,
-            [mask[0], mask[1], mask[2], mask[3]],
-        );
+        let c = &self.clients[slot];
+        match self.plan.proto {
+            Proto::Chinwag(enc) if self.plan.dm => {
+                wire::dm(enc, t, &c.peer, &self.text, &mut self.payload)
+            }
+            Proto::Chinwag(enc) => wire::send(enc, t, &c.room_name, &self.text, &mut self.payload),
+            Proto::SocketIo => sio::send(t, &c.room_name, &self.text, &mut self.payload),
+        }
+        self.queue_payload(slot);
         self.delta[D_SENT] += 1;
         if tl.in_window(t) {
             self.stats.sent += 1;
-            self.stats.expected += self.plan.members(room);
+            self.stats.expected += self.plan.audience(self.clients[slot].index);
         }
         self.flush(slot);
     }
 
+    /// Writes a reader's next `history` request; its id is the send instant
+    /// (shifted) and which walk it belongs to (low bit).
+    fn request_history(&mut self, slot: usize, tl: Timeline) {
+        let Proto::Chinwag(enc) = self.plan.proto else { return };
+        let t = self.shared.now_ns();
+        let c = &mut self.clients[slot];
+        let (cursor, dir) = c.hist.next();
+        self.payload.clear();
+        wire::history(enc, t << 1 | dir, &c.room_name, cursor, self.plan.page, &mut self.payload);
+        self.queue_payload(slot);
+        if tl.in_window(t) {
+            self.stats.hist_sent += 1;
+        }
+        self.flush(slot);
+    }
+
+    /// Frames `self.payload` as a data frame of the dialect into the client's output.
+    fn queue_payload(&mut self, slot: usize) {
+        let opcode = match self.plan.proto {
+            Proto::Chinwag(enc) => enc.opcode(),
+            Proto::SocketIo => ws::OP_TEXT,
+        };
+        frame_into(&mut self.seed, &mut self.clients[slot].out, opcode, &self.payload);
+    }
+
+    /// A uniform random duration in `lo..=hi`, in ns.
+    fn random_ns(&mut self, lo: Duration, hi: Duration) -> u64 {
+        let (lo, hi) = (lo.as_nanos() as u64, hi.as_nanos() as u64);
+        lo + ws::xorshift(&mut self.seed) % (hi.saturating_sub(lo) + 1)
+    }
+
+    fn fire_timers(&mut self, now: u64) {
+        while let Some(&Reverse((due, slot, session, kind))) = self.timers.peek() {
+            if due > now {
+                return;
+            }
+            self.timers.pop();
+            let (state, current) = (self.clients[slot].state, self.clients[slot].session);
+            if current != session {
+                continue;
+            }
+            match kind {
+                TimerKind::Drop if state == State::Ready => match self.timeline {
+                    // Churn only while sending; the drain lets everyone catch up.
+                    Some(tl) if now >= tl.end => {}
+                    Some(tl) if now >= tl.start => self.drop_session(slot, now),
+                    _ => self.arm_drop(slot, now),
+                },
+                TimerKind::Reopen if state == State::Idle => self.to_open.push_back(slot),
+                _ => {}
+            }
+        }
+    }
+
+    fn arm_drop(&mut self, slot: usize, now: u64) {
+        let Some(churn) = self.plan.churn else { return };
+        let due = now + self.random_ns(churn.session_min, churn.session_max);
+        self.timers.push(Reverse((due, slot, self.clients[slot].session, TimerKind::Drop)));
+    }
+
     fn open_more(&mut self, now: u64) {
-        while self.in_flight < self.concurrency && self.next_open < self.clients.len() {
-            let slot = self.next_open;
-            self.next_open += 1;
-            self.in_flight += 1;
+        while self.in_flight < self.concurrency {
+            let Some(slot) = self.to_open.pop_front() else { return };
             self.open(slot, now);
             if self.shared.abort.load(Relaxed) {
                 return;
@@ -408,10 +789,25 @@ impl Worker<'_> {
     fn open(&mut self, slot: usize, now: u64) {
         let plan = self.plan;
         let c = &mut self.clients[slot];
-        let addr = plan.targets[c.index % plan.targets.len()];
-        let mut stream = match TcpStream::connect(addr) {
+        let addr = plan.targets[c.target];
+        let source = (!plan.sources.is_empty()).then(|| plan.sources[c.index % plan.sources.len()]);
+        let mut stream = match net::connect(addr, source) {
             Ok(s) => s,
-            Err(e) => return self.shared.fail(format!("connect to {addr}: {e}")),
+            Err(e) if c.ever_ready => {
+                // A storm reconnect: ports or backlog may be short for a
+                // moment; try again rather than end the run.
+                self.stats.connect_errors += 1;
+                let due = now + RETRY.as_nanos() as u64;
+                self.timers.push(Reverse((due, slot, c.session, TimerKind::Reopen)));
+                if self.stats.connect_errors <= LOG_LOSSES {
+                    eprintln!("chinwag-load: reconnect to {addr} failed: {e}");
+                }
+                return;
+            }
+            Err(e) => {
+                let from = source.map(|s| format!(" from {s}")).unwrap_or_default();
+                return self.shared.fail(format!("connect to {addr}{from}: {e}"));
+            }
         };
         if let Err(e) = self.poll.registry().register(
             &mut stream,
@@ -421,11 +817,19 @@ impl Worker<'_> {
             return self.shared.fail(format!("register a socket: {e}"));
         }
         c.key = ws::key(&mut self.seed);
-        let path = format!("/ws?user={}{}", plan.user_prefix, c.index);
-        c.out = ws::request(&addr.to_string(), &path, &c.key, plan.enc.subprotocol());
+        let user = plan.user(c.index);
+        let (path, protocol) = match plan.proto {
+            Proto::Chinwag(enc) => (format!("/ws?user={user}"), Some(enc.subprotocol())),
+            Proto::SocketIo => (sio::path(&user), None),
+        };
+        c.out = ws::request(&addr.to_string(), &path, &c.key, protocol);
         c.stream = Some(stream);
         c.state = State::Connecting;
         c.opened_ns = now;
+        c.session = c.session.wrapping_add(1);
+        c.subscribed = false;
+        c.paging = false;
+        self.in_flight += 1;
     }
 
     /// A connecting socket became writable (or failed): see which.
@@ -512,14 +916,21 @@ impl Worker<'_> {
         let c = &mut self.clients[slot];
         if c.inbuf.is_empty() && c.state != State::Upgrading {
             let used = self.frames(slot, data, now)?;
-            self.clients[slot].inbuf.extend_from_slice(&data[used..]);
+            // The client may have been dropped by one of those frames.
+            if self.clients[slot].stream.is_some() {
+                self.clients[slot].inbuf.extend_from_slice(&data[used..]);
+            }
             return Ok(());
         }
         let mut buf = std::mem::take(&mut c.inbuf);
         buf.extend_from_slice(data);
         let mut used = 0;
         if c.state == State::Upgrading {
-            match ws::check_response(&buf, &c.key, self.plan.enc.subprotocol())? {
+            let protocol = match self.plan.proto {
+                Proto::Chinwag(enc) => Some(enc.subprotocol()),
+                Proto::SocketIo => None,
+            };
+            match ws::check_response(&buf, &c.key, protocol)? {
                 None => {
                     c.inbuf = buf;
                     return Ok(());
@@ -535,7 +946,9 @@ impl Worker<'_> {
         if buf.is_empty() && buf.capacity() > SCRATCH {
             buf = Vec::new(); // A big frame passed; do not keep its room.
         }
-        self.clients[slot].inbuf = buf;
+        if self.clients[slot].stream.is_some() {
+            self.clients[slot].inbuf = buf;
+        }
         Ok(())
     }
 
@@ -543,6 +956,10 @@ impl Worker<'_> {
     fn frames(&mut self, slot: usize, data: &[u8], now: u64) -> Result<usize, String> {
         let mut pos = 0;
         while let Some(h) = ws::parse(&data[pos..], MAX_FRAME)? {
+            // A handler may have lost the connection (a failed write).
+            if self.clients[slot].stream.is_none() {
+                break;
+            }
             let payload = &data[pos + h.header_len..pos + h.total()];
             pos += h.total();
             self.frame(slot, h, payload, now)?;
@@ -559,14 +976,7 @@ impl Worker<'_> {
     ) -> Result<(), String> {
         match h.opcode {
             ws::OP_PING => {
-                let mask = ws::xorshift(&mut self.seed).to_le_bytes();
-                let c = &mut self.clients[slot];
-                ws::write_frame(
-                    &mut c.out,
-                    ws::OP_PONG,
-                    payload,
-                    [mask[0], mask[1], mask[2], mask[3]],
-                );
+                frame_into(&mut self.seed, &mut self.clients[slot].out, ws::OP_PONG, payload);
                 self.flush(slot);
                 Ok(())
             }
@@ -600,33 +1010,41 @@ impl Worker<'_> {
 
     /// One complete data message.
     fn data(&mut self, slot: usize, payload: &[u8], now: u64) -> Result<(), String> {
-        let enc = self.plan.enc;
-        match self.clients[slot].state {
-            State::Ready => match wire::peek(enc, payload) {
-                Ok(Frame::Message { room, seq, stamp }) => {
-                    self.message(slot, room, seq, stamp, now)
-                }
-                Ok(Frame::Other(b"ack")) => match wire::decode(enc, payload) {
-                    Ok(v) => self.ack(&v, now),
-                    Err(_) => self.stats.malformed += 1,
-                },
-                Ok(Frame::Other(b"error")) => match wire::decode(enc, payload) {
-                    Ok(v) => self.error(slot, &v),
-                    Err(_) => self.stats.malformed += 1,
-                },
-                // presence, typing, left, read, notification: not measured.
-                Ok(Frame::Other(_)) => {}
+        let enc = match self.plan.proto {
+            Proto::SocketIo => return self.sio_data(slot, payload, now),
+            Proto::Chinwag(enc) => enc,
+        };
+        let state = self.clients[slot].state;
+        if state == State::Hello {
+            return self.hello(slot, payload, now);
+        }
+        if !matches!(state, State::Joining | State::Ready) {
+            return Ok(());
+        }
+        match wire::peek(enc, payload) {
+            Ok(Frame::Message { room, seq, stamp }) => self.message(slot, room, seq, stamp, now),
+            Ok(Frame::Ack { id, seq }) => self.ack(slot, id, Some(seq), now),
+            Ok(Frame::Other(b"joined")) if state == State::Joining => {
+                self.joined(slot, &wire::decode(enc, payload)?, now)?
+            }
+            Ok(Frame::Other(b"error")) if state == State::Joining => {
+                return Err(format!("join refused: {}", wire::decode(enc, payload)?));
+            }
+            Ok(Frame::Other(kind @ (b"history" | b"error"))) => match wire::decode(enc, payload) {
+                Ok(v) if kind == b"history" => self.history_answer(slot, &v, now),
+                Ok(v) => self.error(slot, &v),
                 Err(_) => self.stats.malformed += 1,
             },
-            State::Hello => self.hello(slot, payload, now)?,
-            State::Joining => self.joining(slot, payload, now)?,
-            _ => {}
+            // presence, typing, left, read, notification: not measured.
+            Ok(Frame::Other(_)) => {}
+            Err(_) => self.stats.malformed += 1,
         }
         Ok(())
     }
 
     fn hello(&mut self, slot: usize, payload: &[u8], now: u64) -> Result<(), String> {
-        let v = wire::decode(self.plan.enc, payload)?;
+        let Proto::Chinwag(enc) = self.plan.proto else { return Ok(()) };
+        let v = wire::decode(enc, payload)?;
         if v["type"] != "hello" {
             return Err(format!("expected hello, got {v}"));
         }
@@ -634,33 +1052,57 @@ impl Worker<'_> {
             self.limits_checked = true;
             self.check_limits(&v["limits"])?;
         }
-        let enc = self.plan.enc;
+        self.greeted(slot, now);
+        let c = &mut self.clients[slot];
+        let mut frames = Vec::new();
+        // Membership is persistent: the connection is already subscribed to
+        // every room of the user, so its own room's seq here is where its
+        // live deliveries start. A data dir reused from an earlier run with
+        // other --rooms has this user in other rooms too: leave them, so the
+        // connection receives only its own room.
+        for room in v["rooms"].as_array().into_iter().flatten() {
+            let Some(name) = room["room"].as_str() else { continue };
+            if name == c.room_name {
+                c.window = Window::starting_at(room["seq"].as_u64().unwrap_or(0));
+                c.subscribed = true;
+            } else if !name.starts_with("dm:") {
+                let mut leave = Vec::new();
+                wire::leave(enc, name, &mut leave);
+                frames.push(leave);
+            }
+        }
+        if self.plan.dm {
+            // DM rooms need no join: both users' connections get every `dm`.
+            if !c.subscribed {
+                c.window = Window::starting_at(0);
+                c.subscribed = true;
+            }
+        } else {
+            let mut join = Vec::new();
+            wire::join(enc, &c.room_name, c.seqs.as_ref().map(|s| s.contiguous()), &mut join);
+            frames.push(join);
+        }
+        for f in &frames {
+            frame_into(&mut self.seed, &mut c.out, enc.opcode(), f);
+        }
+        if self.plan.dm {
+            self.ready(slot, now);
+        } else {
+            c.state = State::Joining;
+        }
+        self.flush(slot);
+        Ok(())
+    }
+
+    /// The server greeted the connection (chinwag `hello`, Socket.IO `40`).
+    fn greeted(&mut self, slot: usize, now: u64) {
         let c = &mut self.clients[slot];
         self.stats.connect.saturating_record(now.saturating_sub(c.opened_ns) / 1000);
         c.hello_ns = now;
-        let mut frames = Vec::new();
-        // Membership is persistent: a data dir reused from an earlier run with
-        // other --rooms has this user in other rooms too. Leave them, so the
-        // connection receives only its own room.
-        for room in v["rooms"].as_array().into_iter().flatten() {
-            if let Some(name) = room["room"].as_str() {
-                if name != c.room_name && !name.starts_with("dm:") {
-                    let mut leave = Vec::new();
-                    wire::leave(enc, name, &mut leave);
-                    frames.push(leave);
-                }
-            }
+        if c.ever_ready {
+            self.stats.reconnects += 1;
+            self.delta[D_RECONNECTS] += 1;
         }
-        let mut join = Vec::new();
-        wire::join(enc, &c.room_name, &mut join);
-        frames.push(join);
-        for f in &frames {
-            let mask = ws::xorshift(&mut self.seed).to_le_bytes();
-            ws::write_frame(&mut c.out, enc.opcode(), f, [mask[0], mask[1], mask[2], mask[3]]);
-        }
-        c.state = State::Joining;
-        self.flush(slot);
-        Ok(())
     }
 
     /// Refuses a run the server would rate-limit or reject: its numbers
@@ -675,47 +1117,162 @@ impl Worker<'_> {
                 ));
             }
         }
-        if plan.publishers == 0 {
-            return Ok(());
-        }
-        let per_conn = plan.rate / plan.publishers as f64;
         if let Some(rate) = limits["rate"].as_f64() {
-            if rate < per_conn * 1.1 {
+            if plan.conn_rate > 0.0 && rate < plan.conn_rate * 1.1 {
                 return Err(format!(
-                    "the server allows {rate} frames/s per connection but each publisher sends \
-                     {per_conn:.1}/s: start it with a higher --rate and --burst"
+                    "the server allows {rate} frames/s per connection but one connection sends \
+                     up to {:.1}/s: start it with a higher --rate and --burst",
+                    plan.conn_rate
                 ));
             }
         }
         Ok(())
     }
 
-    fn joining(&mut self, slot: usize, payload: &[u8], now: u64) -> Result<(), String> {
-        match wire::peek(self.plan.enc, payload)? {
-            Frame::Other(b"joined") => {
-                let v = wire::decode(self.plan.enc, payload)?;
-                let c = &mut self.clients[slot];
-                if v["room"] != c.room_name.as_str() {
-                    return Ok(()); // Not ours (cannot happen: we join one room).
+    fn joined(&mut self, slot: usize, v: &Value, now: u64) -> Result<(), String> {
+        let c = &mut self.clients[slot];
+        if v["room"] != c.room_name.as_str() {
+            return Ok(()); // Not ours (cannot happen: we join one room).
+        }
+        let seq = v["seq"].as_u64().ok_or("joined without a seq")?;
+        if !c.subscribed {
+            c.window = Window::starting_at(seq);
+            c.subscribed = true;
+        }
+        if self.plan.churn.is_some() {
+            if c.seqs.is_none() {
+                // The first session starts here; `history` is older messages.
+                c.seqs = Some(Box::new(SeqSet::new(seq)));
+            } else {
+                let last = self.absorb(slot, &v["history"]);
+                if v["more"] == true {
+                    self.catch_up(slot, last);
                 }
-                c.last_seq = v["seq"].as_u64().ok_or("joined without a seq")?;
-                c.seen = 1;
-                c.state = State::Ready;
-                self.stats.join.saturating_record(now.saturating_sub(c.hello_ns) / 1000);
-                self.in_flight -= 1;
-                self.shared.ready.fetch_add(1, Relaxed);
-                Ok(())
-            }
-            Frame::Other(b"error") => {
-                Err(format!("join refused: {}", String::from_utf8_lossy(payload)))
-            }
-            // presence from other joiners, `left` for stale rooms.
-            Frame::Other(_) => Ok(()),
-            Frame::Message { .. } => {
-                self.stats.foreign += 1;
-                Ok(())
             }
         }
+        self.stats.join.saturating_record(now.saturating_sub(self.clients[slot].hello_ns) / 1000);
+        self.ready(slot, now);
+        Ok(())
+    }
+
+    /// The client has joined: count it, and start its churn.
+    fn ready(&mut self, slot: usize, now: u64) {
+        let c = &mut self.clients[slot];
+        c.state = State::Ready;
+        self.in_flight -= 1;
+        if !c.ever_ready {
+            c.ever_ready = true;
+            self.shared.ready.fetch_add(1, Relaxed);
+        }
+        if c.role == Role::Member {
+            self.arm_drop(slot, now);
+        }
+    }
+
+    /// Storm: records the seqs of a `joined.history` or `history.messages`
+    /// array; returns the last one.
+    fn absorb(&mut self, slot: usize, messages: &Value) -> Option<u64> {
+        let set = self.clients[slot].seqs.as_mut()?;
+        let mut last = None;
+        for seq in messages.as_array().into_iter().flatten().filter_map(|m| m["seq"].as_u64()) {
+            if set.insert(seq) {
+                self.stats.recovered += 1;
+            } else {
+                self.stats.deduped += 1;
+            }
+            last = Some(seq);
+        }
+        last
+    }
+
+    /// Storm: asks for the next page of missed messages after `last`.
+    fn catch_up(&mut self, slot: usize, last: Option<u64>) {
+        let Proto::Chinwag(enc) = self.plan.proto else { return };
+        let c = &mut self.clients[slot];
+        let after = last.or(c.seqs.as_ref().map(|s| s.contiguous())).unwrap_or(0);
+        let mut f = Vec::new();
+        wire::history(enc, CATCH_UP_ID, &c.room_name, Cursor::After(after), CATCH_UP_PAGE, &mut f);
+        frame_into(&mut self.seed, &mut c.out, enc.opcode(), &f);
+        c.paging = true;
+        self.stats.pages += 1;
+        self.flush(slot);
+    }
+
+    fn history_answer(&mut self, slot: usize, v: &Value, now: u64) {
+        self.delta[D_HISTORY] += 1;
+        if self.clients[slot].paging && v["id"] == CATCH_UP_ID {
+            let last = self.absorb(slot, &v["messages"]);
+            if v["more"] == true {
+                self.catch_up(slot, last);
+            } else {
+                self.clients[slot].paging = false;
+            }
+            return;
+        }
+        let Some(id) = v["id"].as_u64() else { return };
+        let (t, dir) = (id >> 1, id & 1);
+        let seqs: Vec<u64> = v["messages"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|m| m["seq"].as_u64())
+            .collect();
+        let more = v["more"] == true;
+        // Seqs are gap-free per room, so a page is consecutive; a page that
+        // says there is more is full; a backward walk ends at seq 1.
+        let consecutive = seqs.windows(2).all(|w| w[1] == w[0] + 1);
+        let full = !more || seqs.len() as u64 == self.plan.page;
+        let starts = dir == 1 || more || seqs.first().is_none_or(|&s| s == 1);
+        if !(consecutive && full && starts && seqs.len() as u64 <= self.plan.page) {
+            self.stats.hist_bad += 1;
+        }
+        self.clients[slot].hist.answer(dir, seqs.first().copied(), seqs.last().copied(), more);
+        if self.timeline.is_some_and(|tl| tl.in_window(t)) {
+            self.stats.hist_ok += 1;
+            self.stats.hist_msgs += seqs.len() as u64;
+            self.stats.hist_latency.saturating_record(now.saturating_sub(t) / 1000);
+        }
+    }
+
+    /// One Socket.IO packet.
+    fn sio_data(&mut self, slot: usize, payload: &[u8], now: u64) -> Result<(), String> {
+        let state = self.clients[slot].state;
+        let mut reply = Vec::new();
+        match sio::peek(payload) {
+            Ok(sio::Packet::Open) if state == State::Hello => {
+                sio::connect(&mut reply);
+                self.clients[slot].state = State::SioConnect;
+            }
+            Ok(sio::Packet::Connected) if state == State::SioConnect => {
+                self.greeted(slot, now);
+                sio::join(&self.clients[slot].room_name, &mut reply);
+                self.clients[slot].state = State::Joining;
+            }
+            Ok(sio::Packet::Refused(why)) => {
+                return Err(format!("Socket.IO refused: {}", String::from_utf8_lossy(why)))
+            }
+            Ok(sio::Packet::Closed) => return Err("Socket.IO session closed by the server".into()),
+            Ok(sio::Packet::Ping) => sio::pong(&mut reply),
+            Ok(sio::Packet::Message { room, seq, stamp }) => {
+                self.message(slot, room, seq, stamp, now)
+            }
+            Ok(sio::Packet::Ack { id: sio::JOIN_ID, body }) if state == State::Joining => {
+                let c = &mut self.clients[slot];
+                c.window = Window::starting_at(sio::ack_seq(body).unwrap_or(0));
+                c.subscribed = true;
+                self.stats.join.saturating_record(now.saturating_sub(c.hello_ns) / 1000);
+                self.ready(slot, now);
+            }
+            Ok(sio::Packet::Ack { id, body }) => self.ack(slot, Some(id), sio::ack_seq(body), now),
+            Ok(_) => {}
+            Err(_) if state == State::Ready => self.stats.malformed += 1,
+            Err(e) => return Err(e),
+        }
+        if !reply.is_empty() {
+            frame_into(&mut self.seed, &mut self.clients[slot].out, ws::OP_TEXT, &reply);
+            self.flush(slot);
+        }
+        Ok(())
     }
 
     fn message(&mut self, slot: usize, room: &[u8], seq: u64, stamp: Option<u64>, now: u64) {
@@ -724,22 +1281,20 @@ impl Worker<'_> {
             self.stats.foreign += 1;
             return;
         }
-        // A sliding window of the last 128 seqs tells a duplicate from a
-        // late first delivery; older than that counts as out of order.
-        if seq > c.last_seq {
-            let shift = seq - c.last_seq;
-            c.seen = if shift >= 128 { 0 } else { c.seen << shift } | 1;
-            c.last_seq = seq;
-        } else {
-            let back = c.last_seq - seq;
-            if back < 128 && c.seen & (1u128 << back) != 0 {
+        match c.window.see(seq) {
+            Seen::New => {}
+            Seen::Late => self.stats.out_of_order += 1,
+            Seen::Duplicate => {
                 self.stats.duplicated += 1;
                 return;
             }
-            if back < 128 {
-                c.seen |= 1u128 << back;
+        }
+        // Storm: a seq already had from history or an earlier session.
+        if let Some(set) = c.seqs.as_mut() {
+            if !set.insert(seq) {
+                self.stats.deduped += 1;
+                return;
             }
-            self.stats.out_of_order += 1;
         }
         self.delta[D_DELIVERED] += 1;
         let Some(t) = stamp else {
@@ -748,13 +1303,17 @@ impl Worker<'_> {
         };
         if self.timeline.is_some_and(|tl| tl.in_window(t)) {
             self.stats.delivered += 1;
+            bump(&mut self.stats.by_target, c.target, 1, false);
             self.stats.latency.saturating_record(now.saturating_sub(t) / 1000);
         }
     }
 
-    fn ack(&mut self, v: &Value, now: u64) {
+    fn ack(&mut self, slot: usize, id: Option<u64>, seq: Option<u64>, now: u64) {
         self.delta[D_ACKED] += 1;
-        if let (Some(t), Some(tl)) = (v["id"].as_u64(), self.timeline) {
+        if let Some(seq) = seq {
+            bump(&mut self.stats.room_last, self.clients[slot].room, seq, true);
+        }
+        if let (Some(t), Some(tl)) = (id, self.timeline) {
             if tl.in_window(t) {
                 self.stats.acked += 1;
                 self.stats.ack_latency.saturating_record(now.saturating_sub(t) / 1000);
@@ -769,33 +1328,71 @@ impl Worker<'_> {
         if let (Some(t), Some(tl)) = (v["id"].as_u64(), self.timeline) {
             if tl.in_window(t) {
                 self.stats.refused += 1;
-                self.stats.refused_expected += self.plan.members(self.clients[slot].room);
+                self.stats.refused_expected += self.plan.audience(self.clients[slot].index);
             }
         }
     }
 
-    /// The connection is gone: a disconnect after setup, a failure before.
-    fn lose(&mut self, slot: usize, why: String) {
+    /// Deregisters and drops the socket and the connection's buffers.
+    fn shut(&mut self, slot: usize) {
         let c = &mut self.clients[slot];
-        let was = c.state;
-        if was == State::Closed {
-            return;
-        }
-        c.state = State::Closed;
         if let Some(mut s) = c.stream.take() {
             let _ = self.poll.registry().deregister(&mut s);
         }
         c.out = Vec::new();
         c.inbuf = Vec::new();
-        let user = format!("{}{}", self.plan.user_prefix, c.index);
-        if was == State::Ready {
-            self.stats.disconnects += 1;
-            self.delta[D_DISCONNECTS] += 1;
-            if self.stats.disconnects <= LOG_LOSSES {
-                eprintln!("chinwag-load: {user} lost: {why}");
-            }
+        c.frag = Vec::new();
+    }
+
+    /// Storm: the client leaves on its own, half the time with a close
+    /// frame, half the time by vanishing (RST), and comes back soon.
+    fn drop_session(&mut self, slot: usize, now: u64) {
+        let clean = ws::xorshift(&mut self.seed) & 1 == 0;
+        if clean {
+            let c = &mut self.clients[slot];
+            frame_into(&mut self.seed, &mut c.out, ws::OP_CLOSE, &1000u16.to_be_bytes());
+            self.flush(slot);
+        }
+        if let Some(s) = self.clients[slot].stream.as_ref() {
+            net::set_abortive(s);
+        }
+        self.shut(slot);
+        self.stats.closes += 1;
+        self.clients[slot].state = State::Idle;
+        let offline = self.plan.churn.map_or(Duration::ZERO, |c| c.offline_max);
+        let due = now + self.random_ns(Duration::ZERO, offline);
+        let session = self.clients[slot].session;
+        self.timers.push(Reverse((due, slot, session, TimerKind::Reopen)));
+    }
+
+    /// The connection is gone: a disconnect after setup (a storm client
+    /// comes back), a failure before.
+    fn lose(&mut self, slot: usize, why: String) {
+        let was = self.clients[slot].state;
+        if matches!(was, State::Closed | State::Idle) {
+            return;
+        }
+        self.shut(slot);
+        if was != State::Ready {
+            self.in_flight -= 1;
+        }
+        let c = &mut self.clients[slot];
+        let user = self.plan.user(c.index);
+        if !c.ever_ready {
+            c.state = State::Closed;
+            return self.shared.fail(format!("{user}: {why}"));
+        }
+        self.stats.disconnects += 1;
+        self.delta[D_DISCONNECTS] += 1;
+        if self.stats.disconnects <= LOG_LOSSES {
+            eprintln!("chinwag-load: {user} lost: {why}");
+        }
+        if self.plan.churn.is_some() {
+            c.state = State::Idle;
+            let due = self.shared.now_ns() + RETRY.as_nanos() as u64;
+            self.timers.push(Reverse((due, slot, c.session, TimerKind::Reopen)));
         } else {
-            self.shared.fail(format!("{user}: {why}"));
+            c.state = State::Closed;
         }
     }
 
@@ -803,14 +1400,8 @@ impl Worker<'_> {
     fn close_all(&mut self) {
         for slot in 0..self.clients.len() {
             if self.clients[slot].state == State::Ready {
-                let mask = ws::xorshift(&mut self.seed).to_le_bytes();
                 let c = &mut self.clients[slot];
-                ws::write_frame(
-                    &mut c.out,
-                    ws::OP_CLOSE,
-                    &1000u16.to_be_bytes(),
-                    [mask[0], mask[1], mask[2], mask[3]],
-                );
+                frame_into(&mut self.seed, &mut c.out, ws::OP_CLOSE, &1000u16.to_be_bytes());
                 self.flush(slot);
             }
             self.clients[slot].stream = None;
@@ -819,12 +1410,116 @@ impl Worker<'_> {
 
     fn flush_live(&mut self) {
         let live = &self.shared.live;
-        let targets = [&live.sent, &live.acked, &live.delivered, &live.errors, &live.disconnects];
+        let targets = [
+            &live.sent,
+            &live.acked,
+            &live.delivered,
+            &live.errors,
+            &live.disconnects,
+            &live.reconnects,
+            &live.history,
+        ];
         for (d, target) in self.delta.iter_mut().zip(targets) {
             if *d != 0 {
                 target.fetch_add(*d, Relaxed);
                 *d = 0;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::Encoding;
+
+    fn plan(conns: usize, rooms: usize, targets: usize, dm: bool) -> Plan {
+        Plan {
+            targets: (0..targets)
+                .map(|i| SocketAddr::from(([127, 0, 0, 1], 1000 + i as u16)))
+                .collect(),
+            sources: Vec::new(),
+            conns,
+            rooms,
+            proto: Proto::Chinwag(Encoding::Json),
+            threads: 1,
+            user_prefix: "u".into(),
+            connect_concurrency: 1,
+            publishers: 2,
+            readers: 1,
+            page: 50,
+            size: 10,
+            dm,
+            churn: None,
+            conn_rate: 0.0,
+        }
+    }
+
+    #[test]
+    fn members_add_up_and_rooms_cross_nodes() {
+        let p = plan(1003, 10, 2, false);
+        assert_eq!((0..10).map(|r| p.members(r)).sum::<u64>(), 1003);
+        assert_eq!(p.members(2), 101);
+        assert_eq!(p.members(3), 100);
+        // Every room has members on both nodes.
+        for room in 0..10 {
+            let nodes: Vec<usize> = (room..1003).step_by(10).map(|i| p.target_of(i)).collect();
+            assert!(nodes.contains(&0) && nodes.contains(&1), "room {room}");
+        }
+        assert_eq!(p.conns_by_target().iter().sum::<u64>(), 1003);
+        assert_eq!(
+            (p.role(1), p.role(2), p.role(3)),
+            (Role::Publisher, Role::Reader, Role::Member)
+        );
+        assert_eq!(plan(4, 1, 2, false).conns_by_target(), [2, 2]);
+    }
+
+    #[test]
+    fn dm_pairs() {
+        let p = plan(12, 1, 2, true);
+        assert_eq!(p.room_name(10), "dm:u10:u11");
+        assert_eq!(p.room_name(3), "dm:u2:u3");
+        assert_eq!(p.room_name(11), p.room_name(10));
+        assert_eq!(p.audience(7), 2);
+        assert_eq!(p.room_count(), 6);
+        assert_ne!(p.target_of(4), p.target_of(5));
+        // Byte order, not numeric: "u10" < "u9".
+        let mut p = p;
+        p.user_prefix = String::new();
+        p.conns = 20;
+        assert_eq!(p.room_name(9), "dm:8:9");
+    }
+
+    #[test]
+    fn paging_walks_both_ways() {
+        let mut p = Paging::default();
+        assert_eq!(p.next(), (Cursor::Latest, 0));
+        p.answer(0, Some(51), Some(100), true);
+        assert_eq!(p.next(), (Cursor::After(0), 1));
+        p.answer(1, Some(1), Some(50), true);
+        assert_eq!(p.next(), (Cursor::Before(51), 0));
+        p.answer(0, Some(1), Some(50), false);
+        assert_eq!(p.next(), (Cursor::After(50), 1));
+        p.answer(1, Some(51), Some(100), false);
+        assert_eq!(p.next(), (Cursor::Latest, 0));
+        assert_eq!(p.next(), (Cursor::After(0), 1));
+    }
+
+    #[test]
+    fn schedule_is_open_loop() {
+        let spec = StepSpec {
+            rate: 1000.0,
+            read_rate: 0.0,
+            warmup: Duration::ZERO,
+            duration: Duration::from_secs(1),
+            drain: Duration::ZERO,
+        };
+        let tl = Timeline::new(&spec, 1_000);
+        let mut sender = (7, 1);
+        // Slot 1 is due at 1 ms; two senders share the schedule.
+        assert_eq!(take_due(&mut sender, 2, tl.rate, &tl, 1_000), None);
+        assert_eq!(take_due(&mut sender, 2, tl.rate, &tl, 1_001_000), Some((7, 1_001_000)));
+        assert_eq!(sender.1, 3);
+        assert_eq!(tl.due(0.0, 5), u64::MAX);
     }
 }

@@ -51,7 +51,7 @@ pub struct Stats {
     pub join: Histogram<u64>,
     /// How late each send left against its evenly paced slot, µs.
     pub send_lag: Histogram<u64>,
-    /// Live deliveries per target (node) index, for cluster runs.
+    /// Window deliveries per target (node) index, for cluster runs.
     pub by_target: Vec<u64>,
     /// Highest acked seq per room index (what every member must end with).
     pub room_last: Vec<u64>,
@@ -80,8 +80,8 @@ pub struct Stats {
     pub hist_latency: Histogram<u64>,
     /// CPU seconds of the busiest event-loop thread over the window.
     pub busiest_thread_cpu_s: f64,
-    /// Each storm client's room index and complete record of seqs seen.
-    pub seqsets: Vec<(usize, SeqSet)>,
+    /// Each storm client's index, room index and complete record of seqs seen.
+    pub seqsets: Vec<(usize, usize, SeqSet)>,
 }
 
 /// A histogram of microseconds from 1 µs to one hour, 3 significant digits.

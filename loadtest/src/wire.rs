@@ -20,11 +20,19 @@ pub enum Proto {
 }
 
 impl Proto {
-    /// Name for reports.
+    /// Name for reports (`encoding`): json, msgpack or socketio.
     pub fn name(self) -> &'static str {
         match self {
             Proto::Chinwag(e) => e.name(),
             Proto::SocketIo => "socketio",
+        }
+    }
+
+    /// Name for people (plot titles).
+    pub fn label(self) -> String {
+        match self {
+            Proto::Chinwag(e) => format!("chinwag ({})", e.name()),
+            Proto::SocketIo => "Socket.IO".into(),
         }
     }
 }
@@ -490,7 +498,10 @@ mod tests {
         );
         // Another field order still parses (the slow path).
         let p = br#"{"type":"message","seq":9,"text":"t=5;","room":"r3"}"#;
-        assert_eq!(peek(Encoding::Json, p), Ok(Frame::Message { room: b"r3", seq: 9, stamp: Some(5) }));
+        assert_eq!(
+            peek(Encoding::Json, p),
+            Ok(Frame::Message { room: b"r3", seq: 9, stamp: Some(5) })
+        );
         let p = br#"{"type":"presence","room":"r3","user":"u1","state":"online"}"#;
         assert_eq!(peek(Encoding::Json, p), Ok(Frame::Other(b"presence")));
         let p = br#"{"type":"ack","id":77,"room":"r3","seq":12,"ts":1}"#;

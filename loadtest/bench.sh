@@ -1,0 +1,150 @@
+#!/usr/bin/env bash
+# bench.sh: chinwag next to a Socket.IO server, in one bounded command.
+#
+# Builds the release binaries, installs the Socket.IO peer (npm ci in
+# loadtest/peers/socketio when node_modules is missing), then for chinwag
+# and for the peer, each server on core 0 (chinwag --threads 1; node is one
+# thread) and the harness on core 1, each scenario against a fresh server:
+#
+#   fanout  1000 conns / 10 rooms / 10 publishers / 200 msg/s, 3 runs
+#           (median server CPU us per delivery, p50, p99)
+#   sweep   the same shape from 200 msg/s, doubling, with an SVG plot
+#   idle    10,000 connections / 100 rooms (setup rate, server memory)
+#
+# JSON lines, logs and SVGs go to target/bench-results/ (BENCH_OUT), and a
+# summary table to stdout and summary.txt. About 5 minutes after the build.
+# RUNS=N changes the number of fanout runs; NO_BUILD=1 skips the build.
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+trap cw_cleanup EXIT
+
+OUT=${BENCH_OUT:-$CW_ROOT/target/bench-results}
+RUNS=${RUNS:-3}
+mkdir -p "$OUT"
+rm -f "$OUT"/*.jsonl "$OUT"/*.log "$OUT"/*.svg "$OUT"/summary.txt
+if (($(nproc) < 2)); then
+    cw_log "warning: one core only: server and harness share it, numbers will mix"
+fi
+
+if [[ ${NO_BUILD:-0} != 1 ]]; then
+    cw_log "building release binaries"
+    (cd "$CW_ROOT" && cargo build --release -q -p chinwag -p chinwag-load)
+fi
+
+PEER="$CW_ROOT/loadtest/peers/socketio"
+SIO=0
+if command -v node >/dev/null && command -v npm >/dev/null; then
+    if [[ ! -d $PEER/node_modules ]]; then
+        cw_log "installing the Socket.IO peer"
+        (cd "$PEER" && { npm ci --no-audit --no-fund --loglevel=error || npm install --no-audit --no-fund --loglevel=error; }) >&2
+    fi
+    SIO=1
+else
+    cw_log "node/npm missing: the Socket.IO column stays empty"
+fi
+
+LOAD="$(cw_pin 1) $CW_LOAD"
+SHAPE=(--conns 1000 --rooms 10 --publishers 10)
+
+# start_server SIDE NAME: a fresh server of SIDE (chinwag|socketio) as NAME.
+start_server() {
+    if [[ $1 == chinwag ]]; then cw_start_chinwag "$2" 0; else cw_start_socketio "$2" 0; fi
+}
+
+# load SIDE NAME SCENARIO [flags...]: chinwag-load against server NAME,
+# JSON lines appended to OUT/SCENARIO-SIDE.jsonl, progress to its .log.
+load() {
+    local side=$1 name=$2 scenario=$3
+    shift 3
+    local addr="${name}_ADDR" pid="${name}_PID"
+    $LOAD "$scenario" --proto "$side" --target "${!addr}" --server-pid "${!pid}" --json "$@" \
+        >>"$OUT/$scenario-$side.jsonl" 2>>"$OUT/$scenario-$side.log" ||
+        cw_log "$side $scenario failed: see $OUT/$scenario-$side.log"
+}
+
+SIDES=(chinwag)
+((SIO)) && SIDES+=(socketio)
+for side in "${SIDES[@]}"; do
+    cw_log "$side: fanout x$RUNS"
+    start_server "$side" SRV
+    for ((i = 1; i <= RUNS; i++)); do
+        load "$side" SRV fanout "${SHAPE[@]}" --rate 200 --warmup 2s --duration 10s --drain 2s
+    done
+    cw_stop "$SRV_PID"
+
+    cw_log "$side: sweep"
+    start_server "$side" SRV
+    load "$side" SRV sweep "${SHAPE[@]}" --start-rate 200 --max-steps 8 --warmup 1s \
+        --step-duration 3s --drain 1s --p99-limit 50ms --plot "$OUT/sweep-$side.svg"
+    cw_stop "$SRV_PID"
+
+    cw_log "$side: idle 10000"
+    start_server "$side" SRV
+    load "$side" SRV idle --conns 10000 --rooms 100 --hold 3s --setup-timeout 120s
+    cw_stop "$SRV_PID"
+done
+
+# --- summary (plain awk over the JSON lines: no jq or python needed) ---
+
+# field FILE NAME [SCENARIO]: the values of NAME, one a line (lines of
+# SCENARIO only, if given).
+field() {
+    [[ -f $1 ]] || return 0
+    { grep -h "\"scenario\":\"${3:-}" "$1" || true; } | { grep -o "\"$2\":[^,}]*" || true; } |
+        cut -d: -f2- | tr -d '"'
+}
+median() {
+    sort -g | awk '{a[NR] = $1} END {
+        if (NR == 0) print "-"; else if (NR % 2) print a[(NR + 1) / 2];
+        else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'
+}
+sum() { awk '{s += $1} END {print NR ? s : "-"}'; }
+ms() { awk '{print ($1 == "-" || $1 == "") ? "-" : sprintf("%.2f", $1 / 1000)}'; }
+cell() { local v; v=$(cat); echo "${v:--}"; }
+
+row() {
+    local label=$1 c s=-
+    c=$($2 chinwag | cell)
+    if ((SIO)); then s=$($2 socketio | cell); fi
+    printf '  %-34s %22s %22s\n' "$label" "$c" "$s"
+}
+f_cpu() { field "$OUT/fanout-$1.jsonl" server_cpu_us_per_delivery | median; }
+f_p50() { field "$OUT/fanout-$1.jsonl" lat_p50_us | median | ms; }
+f_p99() { field "$OUT/fanout-$1.jsonl" lat_p99_us | median | ms; }
+f_lost() { field "$OUT/fanout-$1.jsonl" lost | sum; }
+f_dup() { field "$OUT/fanout-$1.jsonl" duplicated | sum; }
+f_runs() { field "$OUT/fanout-$1.jsonl" lost | wc -l; }
+s_rate() { field "$OUT/sweep-$1.jsonl" last_good_rate sweep_result; }
+s_dps() { field "$OUT/sweep-$1.jsonl" last_good_deliveries_per_s sweep_result; }
+s_p99() { field "$OUT/sweep-$1.jsonl" last_good_p99_us sweep_result | ms; }
+s_scpu() { field "$OUT/sweep-$1.jsonl" last_good_server_cpu_pct sweep_result; }
+s_hcpu() { field "$OUT/sweep-$1.jsonl" last_good_harness_cpu_pct sweep_result; }
+s_stop() { { grep -ho '"stopped_by":"[^"]*"' "$OUT/sweep-$1.jsonl" 2>/dev/null || true; } | cut -d'"' -f4; }
+i_setup() { field "$OUT/idle-$1.jsonl" setup_s; }
+i_cps() { field "$OUT/idle-$1.jsonl" connects_per_s; }
+i_mem() { field "$OUT/idle-$1.jsonl" server_rss_per_conn_bytes; }
+i_disc() { field "$OUT/idle-$1.jsonl" disconnects; }
+
+{
+    printf '%-36s %22s %22s\n' "" chinwag socket.io
+    echo "fanout 1000 conns/10 rooms/10 pubs/200 msg/s, median of runs"
+    row "runs" f_runs
+    row "server CPU us per delivery" f_cpu
+    row "p50 latency ms" f_p50
+    row "p99 latency ms" f_p99
+    row "lost (all runs)" f_lost
+    row "duplicated (all runs)" f_dup
+    echo "sweep from 200 msg/s, doubling, p99 limit 50 ms: last good step"
+    row "rate msg/s" s_rate
+    row "deliveries/s" s_dps
+    row "p99 ms" s_p99
+    row "server CPU %" s_scpu
+    row "harness CPU %" s_hcpu
+    row "stopped by (next step)" s_stop
+    echo "idle 10000 conns/100 rooms"
+    row "setup s" i_setup
+    row "connects/s" i_cps
+    row "server RSS per connection, bytes" i_mem
+    row "disconnects" i_disc
+    echo "results: $OUT"
+} | tee "$OUT/summary.txt"

@@ -1,0 +1,143 @@
+# lib.sh: shell helpers shared by loadtest/bench.sh and loadtest/cluster.sh.
+#
+# Owns: finding the workspace and its binaries, free loopback ports, CPU
+# pinning, starting chinwag nodes, redis-server and the Socket.IO peer on
+# 127.0.0.1 and waiting until they listen, and stopping every process they
+# started (and removing their temp dirs) on exit. Source it; it sets no
+# shell options of its own.
+
+CW_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+CW_TARGET=${CARGO_TARGET_DIR:-$CW_ROOT/target}
+CW_SERVER=${CHINWAG_BIN:-$CW_TARGET/release/chinwag}
+CW_LOAD=${CHINWAG_LOAD_BIN:-$CW_TARGET/release/chinwag-load}
+CW_TMP=$(mktemp -d "${TMPDIR:-/tmp}/chinwag-load.XXXXXX")
+CW_PIDS=()
+
+cw_log() { printf '%s\n' "$*" >&2; }
+
+# Stops what we started, newest first, then removes the temp dir.
+cw_cleanup() {
+    local i
+    for ((i = ${#CW_PIDS[@]} - 1; i >= 0; i--)); do
+        kill "${CW_PIDS[i]}" 2>/dev/null || true
+    done
+    for ((i = ${#CW_PIDS[@]} - 1; i >= 0; i--)); do
+        wait "${CW_PIDS[i]}" 2>/dev/null || true
+    done
+    CW_PIDS=()
+    rm -rf "$CW_TMP"
+}
+
+# Stops one process we started (and forgets it, so its pid, once reused by
+# the system, is never signalled again).
+cw_stop() {
+    local keep=() p
+    kill "$1" 2>/dev/null || true
+    wait "$1" 2>/dev/null || true
+    for p in "${CW_PIDS[@]}"; do
+        [[ $p == "$1" ]] || keep+=("$p")
+    done
+    CW_PIDS=("${keep[@]}")
+}
+
+# `taskset -c N` where pinning makes sense (taskset present, N exists).
+cw_pin() {
+    if command -v taskset >/dev/null && (($1 < $(nproc))); then
+        echo "taskset -c $1"
+    fi
+}
+
+# A TCP port nobody listens on at 127.0.0.1 right now.
+cw_free_port() {
+    local p
+    for _ in $(seq 200); do
+        p=$((20000 + RANDOM % 30000))
+        if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+            echo "$p"
+            return 0
+        fi
+    done
+    cw_log "no free port found"
+    return 1
+}
+
+# Waits (10 s at most) for `listening on http://ADDR` in log $1; prints ADDR.
+cw_wait_listening() {
+    local addr
+    for _ in $(seq 100); do
+        addr=$(grep -o 'listening on http://[0-9.:]*' "$1" 2>/dev/null | head -1 | sed 's#.*http://##')
+        if [[ -n $addr ]]; then
+            echo "$addr"
+            return 0
+        fi
+        sleep 0.1
+    done
+    cw_log "no 'listening on' line in $1:"
+    tail -5 "$1" >&2
+    return 1
+}
+
+# cw_start_chinwag NAME CORE [chinwag serve flags...]: a node on a free port
+# with a fresh data dir, pinned to CORE; sets NAME_PID and NAME_ADDR.
+cw_start_chinwag() {
+    local name=$1 core=$2
+    shift 2
+    # A new directory per start: a reused log would still hold the address
+    # of the server started before under the same name.
+    local dir
+    dir=$(mktemp -d "$CW_TMP/$name.XXXX")
+    RUST_LOG=${RUST_LOG:-info} $(cw_pin "$core") "$CW_SERVER" serve --listen 127.0.0.1:0 \
+        --data-dir "$dir/data" --open --rate 1000000 --burst 1000000 --threads 1 "$@" \
+        2>"$dir/log" &
+    local pid=$!
+    CW_PIDS+=("$pid")
+    printf -v "${name}_PID" '%s' "$pid"
+    printf -v "${name}_ADDR" '%s' "$(cw_wait_listening "$dir/log")"
+}
+
+# cw_start_socketio NAME CORE [env assignments...]: the Socket.IO peer on a
+# free port, pinned to CORE; sets NAME_PID and NAME_ADDR.
+cw_start_socketio() {
+    local name=$1 core=$2
+    shift 2
+    local dir
+    dir=$(mktemp -d "$CW_TMP/$name.XXXX")
+    env PORT=0 "$@" $(cw_pin "$core") node "$CW_ROOT/loadtest/peers/socketio/server.js" \
+        2>"$dir/log" &
+    local pid=$!
+    CW_PIDS+=("$pid")
+    printf -v "${name}_PID" '%s' "$pid"
+    printf -v "${name}_ADDR" '%s' "$(cw_wait_listening "$dir/log")"
+}
+
+# Installs redis-server if it is missing (Debian/Ubuntu, as root).
+cw_need_redis() {
+    command -v redis-server >/dev/null && return 0
+    if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
+        cw_log "installing redis-server"
+        apt-get install -y redis-server >/dev/null || { apt-get update >/dev/null && apt-get install -y redis-server >/dev/null; }
+    fi
+    command -v redis-server >/dev/null || { cw_log "redis-server is missing"; return 1; }
+}
+
+# A throwaway redis-server (no persistence) on a free port; sets REDIS_PID
+# and REDIS_URL.
+cw_start_redis() {
+    cw_need_redis || return 1
+    local port
+    port=$(cw_free_port) || return 1
+    redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no \
+        --dir "$CW_TMP" --daemonize no >"$CW_TMP/redis.log" 2>&1 &
+    REDIS_PID=$!
+    CW_PIDS+=("$REDIS_PID")
+    REDIS_URL="redis://127.0.0.1:$port"
+    for _ in $(seq 50); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    cw_log "redis-server did not start:"
+    tail -5 "$CW_TMP/redis.log" >&2
+    return 1
+}
