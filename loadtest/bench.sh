@@ -84,6 +84,39 @@ for side in "${SIDES[@]}"; do
     cw_stop "$SRV_PID"
 done
 
+# The same shape on a cluster: two chinwag nodes and their Redis, all on
+# core 0 (so CPU per delivery counts the cluster's whole cost), clients of
+# every room spread over both nodes; 200 msg/s and 2000 msg/s.
+if cw_need_redis; then
+    cw_log "chinwag cluster: 2 nodes + redis"
+    cw_start_redis
+    cw_start_chinwag N1 0 --redis "$REDIS_URL"
+    cw_start_chinwag N2 0 --redis "$REDIS_URL"
+    for rate in 200 2000; do
+        for ((i = 1; i <= RUNS; i++)); do
+            $LOAD cluster --target "$N1_ADDR,$N2_ADDR" --server-pid "$N1_PID,$N2_PID,$REDIS_PID" --json \
+                "${SHAPE[@]}" --rate "$rate" --warmup 2s --duration 10s --drain 2s \
+                >>"$OUT/cluster-$rate.jsonl" 2>>"$OUT/cluster-$rate.log" ||
+                cw_log "cluster at $rate failed: see $OUT/cluster-$rate.log"
+        done
+        # The single node at the same rate, in the same run, for the side-by-side.
+        if ((rate != 200)); then
+            start_server chinwag SRV
+            for ((i = 1; i <= RUNS; i++)); do
+                load chinwag SRV fanout "${SHAPE[@]}" --rate "$rate" --warmup 2s --duration 10s --drain 2s
+            done
+            cw_stop "$SRV_PID"
+            mv "$OUT/fanout-chinwag.jsonl" "$OUT/fanout-chinwag.tmp"
+            grep -h '"rate":200[,.]' "$OUT/fanout-chinwag.tmp" >"$OUT/fanout-chinwag.jsonl" || true
+            grep -hv '"rate":200[,.]' "$OUT/fanout-chinwag.tmp" >"$OUT/single-$rate.jsonl" || true
+            rm -f "$OUT/fanout-chinwag.tmp"
+        fi
+    done
+    cw_stop "$N1_PID"
+    cw_stop "$N2_PID"
+    cw_stop "$REDIS_PID"
+fi
+
 # --- summary (plain awk over the JSON lines: no jq or python needed) ---
 
 # field FILE NAME [SCENARIO]: the values of NAME, one a line (lines of
@@ -120,6 +153,17 @@ s_p99() { field "$OUT/sweep-$1.jsonl" last_good_p99_us sweep_result | ms; }
 s_scpu() { field "$OUT/sweep-$1.jsonl" last_good_server_cpu_pct sweep_result; }
 s_hcpu() { field "$OUT/sweep-$1.jsonl" last_good_harness_cpu_pct sweep_result; }
 s_stop() { { grep -ho '"stopped_by":"[^"]*"' "$OUT/sweep-$1.jsonl" 2>/dev/null || true; } | cut -d'"' -f4; }
+c_med() { field "$OUT/$1.jsonl" "$2" | median; }
+cluster_rows() {
+    local rate=$1 single=$2
+    printf '  %-34s %22s %22s\n' "deliveries/s" "$(c_med "$single" deliveries_per_s | cell)" "$(c_med "cluster-$rate" deliveries_per_s | cell)"
+    printf '  %-34s %22s %22s\n' "server CPU us per delivery" "$(c_med "$single" server_cpu_us_per_delivery | cell)" "$(c_med "cluster-$rate" server_cpu_us_per_delivery | cell)"
+    printf '  %-34s %22s %22s\n' "p50 latency ms" "$(c_med "$single" lat_p50_us | ms | cell)" "$(c_med "cluster-$rate" lat_p50_us | ms | cell)"
+    printf '  %-34s %22s %22s\n' "p99 latency ms" "$(c_med "$single" lat_p99_us | ms | cell)" "$(c_med "cluster-$rate" lat_p99_us | ms | cell)"
+    printf '  %-34s %22s %22s\n' "lost / duplicated (all runs)" \
+        "$(field "$OUT/$single.jsonl" lost | sum)/$(field "$OUT/$single.jsonl" duplicated | sum)" \
+        "$(field "$OUT/cluster-$rate.jsonl" lost | sum)/$(field "$OUT/cluster-$rate.jsonl" duplicated | sum)"
+}
 i_setup() { field "$OUT/idle-$1.jsonl" setup_s; }
 i_cps() { field "$OUT/idle-$1.jsonl" connects_per_s; }
 i_mem() { field "$OUT/idle-$1.jsonl" server_rss_per_conn_bytes; }
@@ -146,5 +190,12 @@ i_disc() { field "$OUT/idle-$1.jsonl" disconnects; }
     row "connects/s" i_cps
     row "server RSS per connection, bytes" i_mem
     row "disconnects" i_disc
+    if [[ -f $OUT/cluster-200.jsonl ]]; then
+        printf '%-36s %22s %22s\n' "" "single node" "2 nodes + redis"
+        echo "same shape at 200 msg/s (median of runs; cluster CPU = both nodes + redis)"
+        cluster_rows 200 fanout-chinwag
+        echo "same shape at 2000 msg/s"
+        cluster_rows 2000 single-2000
+    fi
     echo "results: $OUT"
 } | tee "$OUT/summary.txt"

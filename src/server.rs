@@ -189,8 +189,7 @@ impl Server {
         }
         if let Some(shared) = self.shared.take() {
             let _ = shared.storage.flush();
-            // Dropping the last `Committer` ends the commit thread.
-            drop(shared);
+            shared.committer.stop();
         }
         self.mailboxes.clear();
         if let Some(c) = self.commit.take() {

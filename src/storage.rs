@@ -369,7 +369,8 @@ impl Pending {
 /// The sending side of the group-commit thread.
 #[derive(Clone, Debug)]
 pub struct Committer {
-    tx: Sender<Pending>,
+    /// `None` asks the thread to stop (after answering what it holds).
+    tx: Sender<Option<Pending>>,
 }
 
 impl Committer {
@@ -388,21 +389,29 @@ impl Committer {
         (Committer { tx }, handle)
     }
 
+    /// Stops the thread after a last flush; its handle's `join` returns then.
+    /// Needed because other threads (the cluster bridge) may keep clones.
+    pub fn stop(&self) {
+        let _ = self.tx.send(None);
+    }
+
     /// Queues a command to be delivered once everything written so far is durable.
     pub fn after_flush(&self, p: Pending) {
         // The thread only goes away at shutdown, after the reactors.
-        let _ = self.tx.send(p);
+        let _ = self.tx.send(Some(p));
     }
 }
 
 fn commit_loop(
     storage: Storage,
     mailboxes: Vec<Mailbox>,
-    rx: Receiver<Pending>,
+    rx: Receiver<Option<Pending>>,
     metrics: Arc<Metrics>,
 ) {
     let mut batch = Vec::new();
-    while let Ok(first) = rx.recv() {
+    let mut stop = false;
+    while !stop {
+        let Ok(Some(first)) = rx.recv() else { break };
         // Group commit: let writes that arrive within the window share this
         // flush. A flush costs far more CPU than a write (sled seals its
         // buffer and syncs through its IO threads), so at chat rates, where
@@ -410,13 +419,19 @@ fn commit_loop(
         // Under load a batch fills at once and waits for nothing.
         let deadline = first.at + COMMIT_WINDOW;
         batch.push(first);
-        while batch.len() < COMMIT_ENOUGH {
+        while batch.len() < COMMIT_ENOUGH && !stop {
             match rx.recv_deadline(deadline) {
-                Ok(p) => batch.push(p),
+                Ok(Some(p)) => batch.push(p),
+                Ok(None) => stop = true,
                 Err(_) => break,
             }
         }
-        batch.extend(rx.try_iter());
+        for p in rx.try_iter() {
+            match p {
+                Some(p) => batch.push(p),
+                None => stop = true,
+            }
+        }
         let t = Instant::now();
         let ok = storage.flush().is_ok();
         metrics.flush_seconds.observe(t.elapsed().as_secs_f64());
