@@ -168,6 +168,10 @@ fn messages_cross_nodes_once_and_in_order() {
     for n in &nodes[1..] {
         assert_eq!(history(n, "hall"), reference, "every node answers the same history");
     }
+    // A cluster node stops on SIGTERM like a single one (its bridge threads do not hold it).
+    let mut nodes = nodes;
+    let status = nodes[0].sigterm();
+    assert_eq!(status.code(), Some(0), "{status:?}");
 }
 
 #[test]
