@@ -1,8 +1,8 @@
 //! Encode and decode costs of the wire protocol: every server frame type
-//! encoded (JSON and MessagePack, framed, ready to write) and client frames
-//! decoded and validated.
+//! encoded (JSON and MessagePack, framed, ready to write) and every client
+//! frame type decoded and validated.
 
-use chinwag::proto::{decode, encode, Encoding, Limits, Msg, Out, RoomState};
+use chinwag::proto::{decode, encode, Code, Encoding, Limits, Msg, Out, RoomState};
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use serde_json::json;
 
@@ -19,6 +19,8 @@ fn server_frames(c: &mut Criterion) {
         })
         .collect();
     let text = "x".repeat(100);
+    let members: Vec<String> = (0..20).map(|i| format!("user{i}")).collect();
+    let data = json!({"version": 2, "by": "ci"});
     let frames: Vec<(&str, Out<'_>)> = vec![
         (
             "message",
@@ -49,6 +51,41 @@ fn server_frames(c: &mut Criterion) {
             "history50",
             Out::History { id: Some(&id), room: "general", messages: history.clone(), more: true },
         ),
+        (
+            "joined",
+            Out::Joined {
+                id: Some(&id),
+                room: "general",
+                seq: 120,
+                members: members.clone(),
+                online: members[..5].to_vec(),
+                history: history.clone(),
+                more: true,
+            },
+        ),
+        ("left", Out::Left { id: Some(&id), room: "general" }),
+        (
+            "presence_list",
+            Out::PresenceList { id: Some(&id), room: "general", online: members.clone() },
+        ),
+        (
+            "notification",
+            Out::Notification {
+                kind: "deploy",
+                text: "v2 is out",
+                data: Some(&data),
+                ts: 1_732_250_000_123,
+            },
+        ),
+        (
+            "error",
+            Out::Error {
+                id: Some(&id),
+                code: Code::RateLimited,
+                message: "rate limit exceeded",
+                retry_after_ms: Some(50),
+            },
+        ),
     ];
     let mut g = c.benchmark_group("encode");
     for (name, frame) in &frames {
@@ -66,6 +103,11 @@ fn client_frames(c: &mut Criterion) {
         ("send", json!({"type": "send", "room": "general", "text": "x".repeat(100), "id": 7})),
         ("join", json!({"type": "join", "room": "general", "since": 120})),
         ("typing", json!({"type": "typing", "room": "general", "active": true})),
+        ("dm", json!({"type": "dm", "to": "bob", "text": "x".repeat(100)})),
+        ("read", json!({"type": "read", "room": "general", "seq": 120})),
+        ("leave", json!({"type": "leave", "room": "general"})),
+        ("presence", json!({"type": "presence", "room": "general"})),
+        ("ping", json!({"type": "ping", "id": 7})),
         ("history", json!({"type": "history", "room": "general", "before": 100, "limit": 50})),
     ];
     let mut g = c.benchmark_group("decode");
