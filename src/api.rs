@@ -109,22 +109,9 @@ fn body_str(m: &serde_json::Map<String, Value>, key: &str) -> Result<String, Byt
     }
 }
 
-/// Routes an `/api/` request: authenticates, rate-limits and parses it.
+/// Routes an `/api/` request: authenticates, rate-limits and parses it, or
+/// gives the complete error response.
 pub fn route(
-    method: &str,
-    path: &str,
-    query: &str,
-    body: &[u8],
-    bearer: Option<&str>,
-    shared: &Shared,
-) -> Outcome {
-    match route_inner(method, path, query, body, bearer, shared) {
-        Ok(call) => Outcome::Api(call),
-        Err(bytes) => Outcome::Respond(bytes),
-    }
-}
-
-fn route_inner(
     method: &str,
     path: &str,
     query: &str,

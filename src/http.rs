@@ -140,7 +140,10 @@ pub fn handle(buf: &[u8], shared: &Shared) -> Outcome {
             }
             let body = &buf[head_len..head_len + body_len];
             let bearer = header(&req, "authorization").and_then(bearer_token);
-            api::route(method, path, query, body, bearer, shared)
+            match api::route(method, path, query, body, bearer, shared) {
+                Ok(call) => Outcome::Api(call),
+                Err(response) => Outcome::Respond(response),
+            }
         }
         _ => Outcome::Respond(error(404, "not_found", "unknown path")),
     }
