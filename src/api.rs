@@ -8,7 +8,7 @@ use crate::{
     conn::{Bucket, Limited, Phase},
     deliver::ReplyTo,
     fanout::{Cmd, UserAction},
-    http::{self, error, response, Outcome},
+    http::{self, error, response},
     proto::{self, Code, Cursor, Out, Refusal, Wire},
     reactor::{Reactor, Shared},
     storage::Pending,
