@@ -190,6 +190,8 @@ impl Server {
         if let Some(shared) = self.shared.take() {
             let _ = shared.storage.flush();
             shared.committer.stop();
+            // A stale socket would only make `chinwag backup` try it first.
+            let _ = std::fs::remove_file(crate::control::socket_path(&shared.cfg.data_dir));
         }
         self.mailboxes.clear();
         if let Some(c) = self.commit.take() {
