@@ -377,3 +377,29 @@ fn a_dead_node_stops_counting_its_users_online() {
     let p = alice.recv_where(|v| ty(v) == "presence" && v["user"] == "bob");
     assert_eq!(p["state"], "offline", "the room is told too");
 }
+
+#[test]
+fn read_markers_sync_across_nodes() {
+    let redis = Redis::start();
+    let nodes = [node(&redis, "n1"), node(&redis, "n2")];
+    let mut here = nodes[0].client("alice");
+    here.join("rm");
+    let mut there = nodes[1].client("alice");
+    // Membership crosses nodes: the other connection is subscribed without a join.
+    here.send_msg("rm", "one");
+    here.send_msg("rm", "two");
+    let m = there.recv_where(|v| ty(v) == "message" && v["text"] == "two");
+    assert_eq!(m["seq"].as_u64(), Some(2));
+    here.send_json(json!({"type": "read", "room": "rm", "seq": 2}));
+    let r = there.recv_type("read");
+    assert_eq!((r["room"].as_str(), r["seq"].as_u64()), (Some("rm"), Some(2)));
+    // And the marker is stored on the other node: a new connection there sees it in hello.
+    let later = nodes[1].client("alice");
+    let room = support::hello_room(&later.hello, "rm").unwrap_or_else(|| panic!("{}", later.hello));
+    assert_eq!(
+        (room["seq"].as_u64(), room["read"].as_u64()),
+        (Some(2), Some(2)),
+        "{}",
+        later.hello
+    );
+}
