@@ -209,7 +209,7 @@ impl Cluster {
         let body = Body { room: room.into(), ts, from: from.into(), text: text.into(), dm_new };
         let body = rmp_serde::to_vec_named(&body)
             .map_err(|e| Refusal::new(Code::Internal, e.to_string()))?;
-        let floor = self.shared().and_then(|s| s.storage.last_seq(room).ok()).unwrap_or(0);
+        let floor = self.shared().and_then(|s| s.with_room(room, |e| e.seq).ok()).unwrap_or(0);
         let out = Outbound::Send {
             room: room.into(),
             body,

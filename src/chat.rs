@@ -156,7 +156,7 @@ impl Reactor {
             }
             Request::Read { room, seq } => {
                 self.member_room(idx, &room)?;
-                let latest = self.shared.storage.last_seq(&room)?;
+                let latest = self.shared.with_room(&room, |e| e.seq)?;
                 let seq = self.shared.storage.set_read(&user, &room, seq.min(latest))?;
                 // Durable with the next group commit; nobody waits for it.
                 self.shared.committer.after_flush(Pending::new(self.id, None, None));

@@ -136,15 +136,21 @@ impl Metrics {
     }
 
     /// Folds a reactor's counts into the shared counters and zeroes them.
-    pub fn absorb(&self, reactor: u16, c: &mut LocalCounts, conns: usize) {
+    /// Called every busy turn: atomics only.
+    pub fn absorb(&self, c: &mut LocalCounts) {
         self.frames_in.inc_by(c.frames_in);
         self.frames_out.inc_by(c.frames_out);
         self.messages.inc_by(c.messages);
         self.deliveries.inc_by(c.deliveries);
         self.slow_closes.inc_by(c.slow_closes);
         self.rate_limited.inc_by(c.rate_limited);
-        self.by_loop.get_or_create(&LoopLabel { r#loop: reactor.to_string() }).set(conns as i64);
         *c = LocalCounts::default();
+    }
+
+    /// Sets a reactor's connection gauge (on open, close and the 1 s sweep:
+    /// it builds a label, so never per message).
+    pub fn loop_connections(&self, reactor: u16, conns: usize) {
+        self.by_loop.get_or_create(&LoopLabel { r#loop: reactor.to_string() }).set(conns as i64);
     }
 
     /// The text exposition.

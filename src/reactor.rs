@@ -303,7 +303,7 @@ impl Reactor {
             self.flush_dirty();
             self.reap_all();
             if self.metrics.frames_out != 0 || self.metrics.frames_in != 0 {
-                self.shared.metrics.absorb(self.id, &mut self.metrics, self.conns.len());
+                self.shared.metrics.absorb(&mut self.metrics);
             }
             if let Some(deadline) = self.shutdown {
                 if self.conns.is_empty() || self.now >= deadline {
@@ -507,6 +507,7 @@ impl Reactor {
             revocation_gen: self.shared.revoked.generation(),
         }));
         self.shared.connections.fetch_add(1, Ordering::Relaxed);
+        self.shared.metrics.loop_connections(self.id, self.conns.len());
         let local = self.users.entry(user.clone()).or_default();
         local.push(idx);
         let first_here = local.len() == 1;
@@ -667,6 +668,7 @@ impl Reactor {
             return;
         };
         self.shared.connections.fetch_sub(1, Ordering::Relaxed);
+        self.shared.metrics.loop_connections(self.id, self.conns.len());
         for room in &session.rooms {
             self.unsubscribe_local(idx, room, session.enc);
         }
@@ -725,7 +727,7 @@ impl Reactor {
         let enc = session.enc;
         if session.has_room(room) {
             let name = session.rooms.iter().find(|r| &***r == room).cloned();
-            let seq = self.shared.storage.last_seq(room)?;
+            let seq = self.shared.with_room(room, |e| e.seq)?;
             return Ok((name.unwrap_or_else(|| Arc::from(room)), seq));
         }
         let bit = self.bit();
@@ -975,7 +977,8 @@ impl Reactor {
                 }
             }
         }
-        self.shared.metrics.absorb(self.id, &mut self.metrics, self.conns.len());
+        self.shared.metrics.absorb(&mut self.metrics);
+        self.shared.metrics.loop_connections(self.id, self.conns.len());
         for idx in ping {
             self.queue(idx, proto::ping_frame());
         }

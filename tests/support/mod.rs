@@ -262,18 +262,8 @@ impl Server {
 
     /// Sends SIGTERM and waits (at most 15 s) for the exit status.
     pub fn sigterm(&mut self) -> ExitStatus {
-        let mut c = self.child.take().expect("server not running");
-        unsafe {
-            libc::kill(c.id() as i32, libc::SIGTERM);
-        }
-        match wait_timeout(&mut c, Duration::from_secs(15)) {
-            Some(st) => st,
-            None => {
-                let _ = c.kill();
-                let _ = c.wait();
-                panic!("server did not exit within 15 s of SIGTERM; logs:\n{}", self.log_text());
-            }
-        }
+        self.signal(libc::SIGTERM);
+        self.wait_exit(Duration::from_secs(15))
     }
 
     /// Sends SIGTERM without waiting.
