@@ -7,9 +7,9 @@ use crate::{
     auth::Claims,
     conn::{Bucket, Limited, Phase},
     deliver::ReplyTo,
-    fanout::{Cmd, UserAction},
+    fanout::Cmd,
     http::{self, error, response},
-    proto::{self, Code, Cursor, Out, Refusal, Wire},
+    proto::{self, Code, Cursor, Out, Refusal},
     reactor::{Reactor, Shared},
     storage::Pending,
 };
@@ -259,22 +259,12 @@ impl Reactor {
                 Ok(None)
             }
             Op::Notify { user: to, kind, text, data } => {
-                let frame = Out::Notification {
-                    kind: &kind,
-                    text: &text,
-                    data: data.as_ref(),
-                    ts: proto::now_ms(),
-                };
-                let wire = Arc::new(Wire::encode(&frame, true, true));
+                let ts = proto::now_ms();
+                let frame = Out::Notification { kind: &kind, text: &text, data: data.as_ref(), ts };
                 let to: Arc<str> = Arc::from(to.as_str());
-                self.to_user(&to, || Cmd::User {
-                    user: to.clone(),
-                    action: UserAction::None,
-                    wire: Some((wire.clone(), 0, to.clone())),
-                    skip: None,
-                });
+                self.shared.frame_to_user(&to, &to, &frame, None);
                 if let Some(c) = &self.shared.cluster {
-                    c.notify(&to, &kind, &text, data.as_ref(), proto::now_ms());
+                    c.notify(&to, &kind, &text, data.as_ref(), ts);
                 }
                 Ok(Some(response(202, "application/json", b"{\"status\":\"accepted\"}")))
             }

@@ -160,15 +160,9 @@ impl Reactor {
                 let seq = self.shared.storage.set_read(&user, &room, seq.min(latest))?;
                 // Durable with the next group commit; nobody waits for it.
                 self.shared.committer.after_flush(Pending::new(self.id, None, None));
-                let wire = Arc::new(Wire::encode(&Out::Read { room: &room, seq }, true, true));
                 let me = self.conn_ref(idx);
-                let room: Arc<str> = Arc::from(room.as_str());
-                self.to_user(&user, || Cmd::User {
-                    user: user.clone(),
-                    action: UserAction::None,
-                    wire: Some((wire.clone(), 0, room.clone())),
-                    skip: Some(me),
-                });
+                let name: Arc<str> = Arc::from(room.as_str());
+                self.shared.frame_to_user(&user, &name, &Out::Read { room: &room, seq }, Some(me));
                 if let Some(c) = &self.shared.cluster {
                     c.read(&room, &user, seq);
                 }
