@@ -2,7 +2,9 @@
 //! encoded (JSON and MessagePack, framed, ready to write) and every client
 //! frame type decoded and validated.
 
-use chinwag::proto::{decode, encode, Code, Encoding, Limits, Msg, Out, RoomState};
+use chinwag::wire::{
+    decode, encode, Code, Encoding, Limits, Msg, Presence, RoomState, ServerFrame,
+};
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use serde_json::json;
 
@@ -21,10 +23,10 @@ fn server_frames(c: &mut Criterion) {
     let text = "x".repeat(100);
     let members: Vec<String> = (0..20).map(|i| format!("user{i}")).collect();
     let data = json!({"version": 2, "by": "ci"});
-    let frames: Vec<(&str, Out<'_>)> = vec![
+    let frames: Vec<(&str, ServerFrame<'_>)> = vec![
         (
             "message",
-            Out::Message {
+            ServerFrame::Message {
                 room: "general",
                 seq: 121,
                 ts: 1_732_250_000_123,
@@ -32,14 +34,20 @@ fn server_frames(c: &mut Criterion) {
                 text: &text,
             },
         ),
-        ("ack", Out::Ack { id: Some(&id), room: "general", seq: 121, ts: 1_732_250_000_123 }),
-        ("presence", Out::Presence { room: "general", user: "bob", state: "online" }),
-        ("typing", Out::Typing { room: "general", user: "bob", active: true }),
-        ("read", Out::Read { room: "general", seq: 120 }),
-        ("pong", Out::Pong { id: Some(&id), ts: 1_732_250_000_123 }),
+        (
+            "ack",
+            ServerFrame::Ack { id: Some(&id), room: "general", seq: 121, ts: 1_732_250_000_123 },
+        ),
+        (
+            "presence",
+            ServerFrame::Presence { room: "general", user: "bob", state: Presence::Online },
+        ),
+        ("typing", ServerFrame::Typing { room: "general", user: "bob", active: true }),
+        ("read", ServerFrame::Read { room: "general", seq: 120 }),
+        ("pong", ServerFrame::Pong { id: Some(&id), ts: 1_732_250_000_123 }),
         (
             "hello",
-            Out::Hello {
+            ServerFrame::Hello {
                 user: "alice",
                 node: "n1",
                 server_time: 1_732_250_000_000,
@@ -49,11 +57,16 @@ fn server_frames(c: &mut Criterion) {
         ),
         (
             "history50",
-            Out::History { id: Some(&id), room: "general", messages: history.clone(), more: true },
+            ServerFrame::History {
+                id: Some(&id),
+                room: "general",
+                messages: history.clone(),
+                more: true,
+            },
         ),
         (
             "joined",
-            Out::Joined {
+            ServerFrame::Joined {
                 id: Some(&id),
                 room: "general",
                 seq: 120,
@@ -63,14 +76,14 @@ fn server_frames(c: &mut Criterion) {
                 more: true,
             },
         ),
-        ("left", Out::Left { id: Some(&id), room: "general" }),
+        ("left", ServerFrame::Left { id: Some(&id), room: "general" }),
         (
             "presence_list",
-            Out::PresenceList { id: Some(&id), room: "general", online: members.clone() },
+            ServerFrame::PresenceList { id: Some(&id), room: "general", online: members.clone() },
         ),
         (
             "notification",
-            Out::Notification {
+            ServerFrame::Notification {
                 kind: "deploy",
                 text: "v2 is out",
                 data: Some(&data),
@@ -79,7 +92,7 @@ fn server_frames(c: &mut Criterion) {
         ),
         (
             "error",
-            Out::Error {
+            ServerFrame::Error {
                 id: Some(&id),
                 code: Code::RateLimited,
                 message: "rate limit exceeded",

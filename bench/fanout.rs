@@ -4,8 +4,8 @@
 
 use bytes::Bytes;
 use chinwag::{
-    conn::OutQueue,
-    proto::{Encoding, Out, Wire},
+    wire::{Encoded, Encoding, ServerFrame},
+    OutQueue,
 };
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use std::io::{self, IoSlice, Write};
@@ -37,14 +37,14 @@ fn fanout(c: &mut Criterion) {
         let mut seq = 0;
         b.iter(|| {
             seq += 1;
-            let frame = Out::Message {
+            let frame = ServerFrame::Message {
                 room: "general",
                 seq,
                 ts: 1_732_250_000_123,
                 from: "alice",
                 text: &text,
             };
-            let wire = Wire::encode(&frame, true, false);
+            let wire = Encoded::encode(&frame, true, false);
             let bytes: &Bytes = wire.get(Encoding::Json).unwrap();
             for q in queues.iter_mut() {
                 q.push(bytes.clone());
@@ -57,7 +57,8 @@ fn fanout(c: &mut Criterion) {
     g.finish();
 
     // Draining: 16 queued frames per member written with writev.
-    let frame = Wire::encode(&Out::Read { room: "general", seq: 1 }, true, false).json.unwrap();
+    let frame =
+        Encoded::encode(&ServerFrame::Read { room: "general", seq: 1 }, true, false).json.unwrap();
     let mut g = c.benchmark_group("outq");
     g.throughput(Throughput::Elements(16));
     g.bench_function("write_16_frames", |b| {

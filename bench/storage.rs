@@ -1,7 +1,7 @@
 //! sled costs: appending messages with one flush per batch (group commit:
 //! how the flush cost spreads over a batch) and reading history pages.
 
-use chinwag::{proto::Cursor, storage::Storage};
+use chinwag::{storage::Storage, wire::Cursor};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
 fn group_commit(c: &mut Criterion) {

@@ -70,10 +70,10 @@ impl Keys {
             decode::<Claims>(token, &self.dec, &self.validation).map_err(|e| e.to_string())?;
         // jsonwebtoken accepts `exp == now`; the reactors close a connection
         // at `exp <= now`, so refuse the same second here too.
-        if data.claims.exp <= crate::proto::now_ms() / 1000 {
+        if data.claims.exp <= crate::wire::now_ms() / 1000 {
             return Err("token expired".into());
         }
-        if !crate::proto::valid_user(&data.claims.sub) {
+        if !crate::wire::valid_user(&data.claims.sub) {
             return Err("`sub` is not a valid user id".into());
         }
         Ok(data.claims)
@@ -137,7 +137,7 @@ mod tests {
     #[test]
     fn sign_verify_roundtrip_and_rejections() {
         let k = Keys::new(b"s3cret");
-        let exp = crate::proto::now_ms() / 1000 + 60;
+        let exp = crate::wire::now_ms() / 1000 + 60;
         let t = k.sign(&claims("alice", exp)).unwrap();
         assert_eq!(k.verify(&t).unwrap(), claims("alice", exp));
         assert!(Keys::new(b"other").verify(&t).is_err());

@@ -317,7 +317,7 @@ pub fn resolve(flags: ServeFlags) -> Result<Config, BadSetting> {
     let data_dir = data_dir(flags.data_dir, file.data_dir);
     prepare_dir(&data_dir)?;
     let node_id = match flags.node_id.or(file.node_id) {
-        Some(id) if crate::proto::valid_user(&id) => id,
+        Some(id) if crate::wire::valid_user(&id) => id,
         Some(id) => {
             return Err(bad("node_id", format!("`{id}` must match [A-Za-z0-9_.-]{{1,64}}")))
         }
@@ -393,7 +393,7 @@ pub fn resolve_token(flags: &TokenFlags) -> Result<(Vec<u8>, String, u64), BadSe
     let file = read_file(flags.config.as_deref())?;
     let ttl = crate::auth::parse_ttl(&flags.ttl)
         .ok_or_else(|| bad("ttl", format!("`{}` is not like 90s, 15m, 12h or 30d", flags.ttl)))?;
-    if !crate::proto::valid_user(&flags.user) {
+    if !crate::wire::valid_user(&flags.user) {
         return Err(bad("user", format!("`{}` must match [A-Za-z0-9_.-]{{1,64}}", flags.user)));
     }
     let listen = env("CHINWAG_LISTEN").or(file.listen).unwrap_or_else(|| "127.0.0.1:8080".into());

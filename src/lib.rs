@@ -2,41 +2,67 @@
 //! core) share nothing but mailboxes, a sharded directory and the database.
 //!
 //! # Layout
-//! * `config`  — flags, environment and TOML → a validated `Config`; the
-//!   secret and node id files.
-//! * `server`  — startup (storage → commit thread → reactors) and teardown.
-//! * `reactor` — one core's loop: listener, connection slab, inbox, timers,
-//!   subscriptions, delivery. The only caller of `Registry`.
-//! * `conn`    — one connection: socket, output queue, phase, rate bucket.
-//! * `chat`    — what each client frame does (join, send, dm, ...).
-//! * `http`    — request heads, routing, the upgrade decision, `/health`, `/`.
-//! * `api`     — the `/api/` routes: parsing, auth, rate limit, execution.
-//! * `metrics` — Prometheus counters and the `/metrics` text.
-//! * `proto`   — client frames in, server frames out (JSON / MessagePack,
-//!   framed once and shared), naming and text rules.
-//! * `rooms`   — the shared directory: room → reactors, user → reactors.
-//! * `deliver` — fan-out from any thread: to a room, to a user, a message.
-//! * `fanout`  — `Mailbox` (channel + `Waker`) and `Cmd`: the only
-//!   cross-thread path into a reactor.
-//! * `storage` — sled (the only module naming it) and the group-commit thread.
-//! * `auth`    — HS256 tokens and revocations.
-//! * `bridge`  — the Redis cluster link (publisher and subscriber threads).
-//! * `control` — the local control socket and `chinwag backup`.
+//! Dependencies point one way, down: a module imports only from its own
+//! layer's lower neighbours or below, never from above.
+//! ```text
+//! L0  wire/      client frames, server frames, names, HTTP responses, encode-once
+//!     rooms      the sharded directory: room → reactors, user → reactors
+//!     config     flags, environment and TOML → a validated Config
+//!     auth       HS256 tokens and revocations
+//!     metrics    Prometheus counters; takes numbers, not the node
+//! L1  conn/      one connection (socket, output queue, phase, rate bucket,
+//!                close codes) and ConnTable, a reactor's slab and outbox
+//!     storage/   sled, and nothing else: messages, members, reads, revocations
+//!     fanout/    Mailbox (channel + Waker), Cmd, ConnId, ReplyTo
+//! L2  durable    the commit thread: the one place that flushes, then releases
+//!     cluster/   Link (the handle reactors call) and Peers (no-op when single)
+//!     control    the control socket and `chinwag backup`
+//! L3  node       Node: what threads share, behind methods; fan-out helpers
+//! L4  local      LocalIndex: a reactor's rooms and users, every in-memory
+//!                membership copy kept in step
+//! L5  chat/      one file per rule (join, leave, send, read, typing,
+//!                presence, history, session), run on a small context
+//!     bridge/    the Redis publisher and subscriber threads
+//! L6  http/      request heads, the upgrade, the API (calls chat's rules)
+//! L7  reactor/   the loop with named phases: accept, read, inbox, timers, reap
+//! L8  server     wiring: startup and teardown
+//! ```
+//!
+//! # Threads
+//! * `chinwag-loop-N` (one per core): owns its connections, its
+//!   `LocalIndex` and its bits in the directory; reads `Node`; sends `Cmd`s
+//!   to other reactors' mailboxes and requests to the commit thread.
+//! * `chinwag-commit`: the only caller of `Storage::flush`; forwards each
+//!   request's `Cmd` to its reactor after the flush that made it durable.
+//! * `chinwag-redis-pub` and `chinwag-redis-sub` (cluster only): talk to
+//!   Redis; write storage, the directory (room seqs) and mailboxes through
+//!   `Node`; never touch a connection.
+//! * `chinwag-control`: answers `chinwag backup` on the control socket;
+//!   reads storage only.
+//! * `chinwag-watchdog` (under a systemd watchdog): reads the reactors'
+//!   heartbeats in `Node`.
+//! * the main thread: waits for SIGTERM/SIGINT, then runs the teardown.
 #![deny(rust_2018_idioms, missing_debug_implementations)]
+#![warn(clippy::undocumented_unsafe_blocks)]
 
-pub mod api;
 pub mod auth;
-pub mod bridge;
-pub mod chat;
+pub(crate) mod bridge;
+pub(crate) mod chat;
+pub(crate) mod cluster;
 pub mod config;
-pub mod conn;
+pub(crate) mod conn;
 pub mod control;
-pub mod deliver;
-pub mod fanout;
-pub mod http;
-pub mod metrics;
-pub mod proto;
-pub mod reactor;
-pub mod rooms;
+pub(crate) mod durable;
+pub(crate) mod fanout;
+pub(crate) mod http;
+pub(crate) mod local;
+pub(crate) mod metrics;
+pub(crate) mod node;
+pub(crate) mod reactor;
+pub(crate) mod rooms;
 pub mod server;
 pub mod storage;
+pub mod wire;
+
+/// The output queue, for the fan-out benchmark.
+pub use conn::OutQueue;

@@ -102,7 +102,7 @@ fn token(flags: config::TokenFlags) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let exp = chinwag::proto::now_ms() / 1000 + ttl;
+    let exp = chinwag::wire::now_ms() / 1000 + ttl;
     let jti = hex::encode(rand::random::<[u8; 8]>());
     let claims =
         Claims { sub: flags.user.clone(), exp, name: None, admin: flags.admin, jti: Some(jti) };

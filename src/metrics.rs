@@ -2,9 +2,9 @@
 //!
 //! The hot path takes no lock and touches no shared cache line per message:
 //! each reactor counts into its own [`LocalCounts`] and folds them into the
-//! shared counters once per turn ([`Metrics::absorb`]).
+//! shared counters once per turn ([`Metrics::absorb`]). Takes numbers, never
+//! the node: whoever renders passes the gauges it reads.
 
-use crate::reactor::Shared;
 use prometheus_client::{
     encoding::{text::encode, EncodeLabelSet},
     metrics::{
@@ -13,7 +13,6 @@ use prometheus_client::{
     },
     registry::Registry,
 };
-use std::sync::atomic::Ordering;
 
 /// The Content-Type of the text exposition format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -55,11 +54,11 @@ pub struct Metrics {
     slow_closes: Counter,
     rate_limited: Counter,
     /// Storage flush latency, seconds.
-    pub flush_seconds: Histogram,
+    flush_seconds: Histogram,
     /// Requests served per flush.
-    pub flush_batch: Histogram,
+    flush_batch: Histogram,
     /// Accept-to-ack latency (queue to the commit thread until durable), seconds.
-    pub ack_seconds: Histogram,
+    ack_seconds: Histogram,
     redis_up: Gauge,
 }
 
@@ -153,10 +152,21 @@ impl Metrics {
         self.by_loop.get_or_create(&LoopLabel { r#loop: reactor.to_string() }).set(conns as i64);
     }
 
-    /// The text exposition.
-    pub fn render(&self, shared: &Shared) -> String {
-        self.connections.set(shared.connections.load(Ordering::Relaxed) as i64);
-        self.redis_up.set(shared.cluster.as_ref().is_some_and(|c| c.is_up()) as i64);
+    /// One flush: how long it took and how many requests it served.
+    pub fn observe_flush(&self, seconds: f64, batch: usize) {
+        self.flush_seconds.observe(seconds);
+        self.flush_batch.observe(batch as f64);
+    }
+
+    /// One durable answer, from accepting the write.
+    pub fn observe_ack(&self, seconds: f64) {
+        self.ack_seconds.observe(seconds);
+    }
+
+    /// The text exposition, with the live connection count and the Redis link state.
+    pub fn render(&self, connections: usize, redis_up: bool) -> String {
+        self.connections.set(connections as i64);
+        self.redis_up.set(redis_up as i64);
         let mut out = String::new();
         if encode(&mut out, &self.registry).is_err() {
             out.clear();

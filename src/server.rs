@@ -1,30 +1,23 @@
-//! Startup and teardown of a node: storage → commit thread → reactors, and
-//! back: reactors drain (1001 to everyone) → commit thread's last flush.
+//! Startup and teardown of a node: storage → commit thread → bridge →
+//! reactors, and back: reactors drain (1001 to everyone) → bridge stops →
+//! commit thread's last flush.
 //!
 //! Holds handles, never a connection.
 
 use crate::{
-    auth::{Keys, Revocations},
+    auth::Revocations,
+    cluster::{Link, Peers},
     config::Config,
+    durable::Committer,
     fanout::{self, Cmd, Mailbox},
     metrics::Metrics,
-    proto::Limits,
-    reactor::{Reactor, Shared, WAKER},
-    rooms::Directory,
-    storage::{Committer, Storage},
+    node::Node,
+    reactor::{Reactor, WAKER},
+    storage::Storage,
 };
 use mio::{net::TcpListener, Poll, Waker};
 use socket2::{Domain, Protocol, Socket, Type};
-use std::{
-    io,
-    net::SocketAddr,
-    sync::{
-        atomic::{AtomicU64, AtomicUsize, Ordering},
-        Arc,
-    },
-    thread,
-    time::Instant,
-};
+use std::{io, net::SocketAddr, sync::Arc, thread};
 
 /// Listen backlog per reactor.
 const BACKLOG: i32 = 4096;
@@ -48,7 +41,7 @@ pub struct Server {
     mailboxes: Vec<Mailbox>,
     reactors: Vec<thread::JoinHandle<()>>,
     commit: Option<thread::JoinHandle<()>>,
-    shared: Option<Arc<Shared>>,
+    node: Option<Arc<Node>>,
 }
 
 /// Why the node could not start.
@@ -99,45 +92,30 @@ impl Server {
             inboxes.push(inbox);
         }
         let metrics = Arc::new(Metrics::new());
-        let (cluster, cluster_threads) = match &cfg.redis {
-            Some(url) => {
-                let (c, t) =
-                    crate::bridge::Cluster::new(url, &cfg.node_id).map_err(StartError::Redis)?;
-                (Some(c), Some(t))
-            }
-            None => (None, None),
+        let link = match &cfg.redis {
+            Some(url) => Some(Link::new(url, &cfg.node_id).map_err(StartError::Redis)?),
+            None => None,
         };
-        let cfg_threads = cfg.threads;
         let (committer, commit) =
-            Committer::start(storage.clone(), mailboxes.clone(), metrics.clone());
-        let shared = Arc::new(Shared {
-            limits: Limits {
-                max_text: cfg.max_text,
-                max_frame: cfg.max_frame,
-                rate: cfg.rate,
-                burst: cfg.burst,
-            },
-            keys: Keys::new(&cfg.secret),
+            Committer::start(storage.clone(), mailboxes.clone(), metrics.clone())
+                .map_err(StartError::Other)?;
+        let peers = Peers::new(link.as_ref().map(|(l, _)| l.clone()));
+        let node = Arc::new(Node::new(
             cfg,
-            dir: Directory::new(),
             storage,
             committer,
-            mailboxes: mailboxes.clone(),
+            mailboxes.clone(),
             revoked,
-            started: Instant::now(),
-            connections: AtomicUsize::new(0),
             metrics,
-            http_buckets: Default::default(),
-            cluster,
-            heartbeats: (0..cfg_threads).map(|_| AtomicU64::new(0)).collect(),
-        });
-        if let (Some(cluster), Some(threads)) = (&shared.cluster, cluster_threads) {
-            threads.start(cluster.clone(), &shared).map_err(StartError::Other)?;
+            peers,
+        ));
+        if let Some((link, rx)) = link {
+            crate::bridge::start(link, rx, node.clone()).map_err(StartError::Other)?;
         }
         let mut reactors = Vec::new();
         for (i, ((poll, inbox), l)) in polls.into_iter().zip(inboxes).zip(listeners).enumerate() {
-            let reactor = Reactor::new(i as u16, poll, l, inbox, shared.clone())
-                .map_err(StartError::Other)?;
+            let reactor =
+                Reactor::new(i as u16, poll, l, inbox, node.clone()).map_err(StartError::Other)?;
             let handle = thread::Builder::new()
                 .name(format!("chinwag-loop-{i}"))
                 .stack_size(8 << 20)
@@ -145,7 +123,7 @@ impl Server {
                 .map_err(StartError::Other)?;
             reactors.push(handle);
         }
-        Ok(Server { addr, mailboxes, reactors, commit: Some(commit), shared: Some(shared) })
+        Ok(Server { addr, mailboxes, reactors, commit: Some(commit), node: Some(node) })
     }
 
     /// Tells systemd the node is ready and, if the unit has a watchdog,
@@ -156,17 +134,12 @@ impl Server {
         if !sd_notify::watchdog_enabled(false, &mut usec) {
             return;
         }
-        let Some(shared) = self.shared.clone() else { return };
+        let Some(node) = self.node.clone() else { return };
         let every = std::time::Duration::from_micros(usec / 2);
         let spawned = thread::Builder::new().name("chinwag-watchdog".into()).spawn(move || loop {
             thread::sleep(every);
-            let now = shared.started.elapsed().as_millis() as u64;
             // A loop turns at least every 250 ms; 10 s of silence is a hang.
-            let alive = shared
-                .heartbeats
-                .iter()
-                .all(|h| now.saturating_sub(h.load(Ordering::Relaxed)) < 10_000);
-            if alive {
+            if node.all_turning(10_000) {
                 let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
             } else {
                 log::error!("an event loop stopped turning; withholding the watchdog ping");
@@ -178,7 +151,8 @@ impl Server {
     }
 
     /// Closes every connection with 1001, waits for the reactors (at most a
-    /// few seconds), then lets the commit thread do its last flush.
+    /// few seconds), stops the bridge, then lets the commit thread do its
+    /// last flush.
     pub fn shutdown(mut self) {
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
         for mb in &self.mailboxes {
@@ -187,11 +161,12 @@ impl Server {
         for r in self.reactors.drain(..) {
             let _ = r.join();
         }
-        if let Some(shared) = self.shared.take() {
-            let _ = shared.storage.flush();
-            shared.committer.stop();
+        if let Some(node) = self.node.take() {
+            node.peers().stop();
+            // Its last flush makes everything written so far durable.
+            node.stop_committer();
             // A stale socket would only make `chinwag backup` try it first.
-            let _ = std::fs::remove_file(crate::control::socket_path(&shared.cfg.data_dir));
+            let _ = std::fs::remove_file(crate::control::socket_path(&node.cfg().data_dir));
         }
         self.mailboxes.clear();
         if let Some(c) = self.commit.take() {

@@ -1,0 +1,172 @@
+//! The publisher thread: pipelines accepted messages and events to Redis,
+//! stores each message under the seq Redis gave it, and has the commit
+//! thread answer the sender after the local flush.
+
+use super::{backoff, connect, store_dm_members, SNAPSHOT_EVERY};
+use crate::{
+    cluster::{log_key, seq_key, Event, Link, Outbound, CHANNEL},
+    durable::AfterFlush,
+    fanout::{Cmd, Reply},
+    node::Node,
+};
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use redis::Connection;
+use std::{
+    thread,
+    time::{Duration, Instant},
+};
+
+/// Entries kept in each room's log stream (approximately).
+const LOG_LEN: usize = 10_000;
+/// Most requests pipelined in one round trip.
+const BATCH: usize = 512;
+
+/// Allocates a room's next seq, logs and publishes the message, atomically.
+/// KEYS[1] seq counter, KEYS[2] log stream; ARGV[1] the message body
+/// (MessagePack without seq), ARGV[2] this node's last seq of the room (a
+/// Redis that came back empty must not reuse seqs), ARGV[3] log length.
+const SEQ_SCRIPT: &str = r#"
+local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
+local floor = tonumber(ARGV[2])
+if cur < floor then cur = floor end
+local seq = cur + 1
+redis.call('SET', KEYS[1], seq)
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], seq .. '-1', 'm', ARGV[1])
+redis.call('PUBLISH', 'chinwag:events', 'M' .. seq .. ' ' .. ARGV[1])
+return seq
+"#;
+
+/// The publisher's Redis connection, remade after a failure or when the
+/// subscriber reconnected (a newer epoch).
+#[derive(Default)]
+struct Publisher {
+    con: Option<Connection>,
+    epoch: u64,
+    sha: String,
+    attempt: u32,
+    last_snapshot: Option<Instant>,
+}
+
+/// Runs until the link stops.
+pub(super) fn run(link: &Link, rx: &Receiver<Outbound>, node: &Node) {
+    let mut p = Publisher::default();
+    while !link.is_stopped() {
+        let first = match rx.recv_timeout(Duration::from_millis(500)) {
+            Ok(o) => Some(o),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
+        let mut batch: Vec<Outbound> = first.into_iter().collect();
+        batch.extend(rx.try_iter().take(BATCH));
+        if p.last_snapshot.is_none_or(|t| t.elapsed() >= SNAPSHOT_EVERY) {
+            p.last_snapshot = Some(Instant::now());
+            let snapshot = Event::Snapshot { node: link.node().into(), users: node.online_users() };
+            batch.extend(Link::event_payload(&snapshot).map(Outbound::Event));
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        if let Err(e) = p.connect(link) {
+            link.set_up(false, &e.to_string());
+            fail_batch(node, batch);
+            thread::sleep(backoff(p.attempt));
+            p.attempt += 1;
+            continue;
+        }
+        p.send(link, node, batch);
+    }
+}
+
+impl Publisher {
+    /// Makes sure there is a connection of the current epoch, with the
+    /// script loaded (on every connect: a restarted Redis has forgotten it).
+    fn connect(&mut self, link: &Link) -> redis::RedisResult<()> {
+        let epoch = link.epoch();
+        if self.epoch != epoch {
+            self.con = None;
+        }
+        if self.con.is_none() {
+            let mut c = connect(link.client())?;
+            self.sha = redis::cmd("SCRIPT").arg("LOAD").arg(SEQ_SCRIPT).query(&mut c)?;
+            self.con = Some(c);
+            self.epoch = epoch;
+            self.attempt = 0;
+        }
+        Ok(())
+    }
+
+    /// One round trip for the batch, then the answers.
+    fn send(&mut self, link: &Link, node: &Node, batch: Vec<Outbound>) {
+        let Some(c) = self.con.as_mut() else { return fail_batch(node, batch) };
+        let mut pipe = redis::pipe();
+        for o in &batch {
+            match o {
+                Outbound::Send { room, body, floor, .. } => {
+                    pipe.cmd("EVALSHA")
+                        .arg(&self.sha)
+                        .arg(2)
+                        .arg(seq_key(room))
+                        .arg(log_key(room))
+                        .arg(body.as_slice())
+                        .arg(*floor)
+                        .arg(LOG_LEN);
+                }
+                Outbound::Event(payload) => {
+                    pipe.cmd("PUBLISH").arg(CHANNEL).arg(payload.as_slice()).ignore();
+                }
+            }
+        }
+        match pipe.query::<Vec<u64>>(c) {
+            Ok(seqs) => store_and_answer(node, batch, seqs),
+            Err(e) => {
+                log::debug!("redis pipeline failed: {e}");
+                link.set_up(false, &e.to_string());
+                self.con = None;
+                fail_batch(node, batch);
+            }
+        }
+    }
+}
+
+/// Stores every message of a sent batch under its seq and queues its
+/// answer for after the local flush.
+fn store_and_answer(node: &Node, batch: Vec<Outbound>, seqs: Vec<u64>) {
+    let mut seqs = seqs.into_iter();
+    for o in batch {
+        let Outbound::Send { room, ts, from, text, dm_new, reply, .. } = o else { continue };
+        let down = reply.down();
+        let Some(seq) = seqs.next() else {
+            let cmd = Cmd::Reply { to: reply.clone(), reply: Reply::Unavailable(down) };
+            node.after_flush(AfterFlush::then(reply.reactor(), cmd, None));
+            continue;
+        };
+        // The subscriber stores it too (same key, same bytes); storing here
+        // lets the ack wait only for our flush. The room's directory entry
+        // must exist first: one created after this append would take this
+        // seq as already delivered.
+        let _ = node.with_room(&room, |_| ());
+        let stored = (!dm_new || store_dm_members(node, &room).is_ok())
+            && node.storage().append(&room, seq, ts, &from, &text).is_ok();
+        if stored {
+            let name = room.as_str().into();
+            node.after_flush(AfterFlush::answer(reply, Reply::Ack { room: name, seq, ts }, down));
+        } else {
+            let cmd = Cmd::Reply { to: reply.clone(), reply: Reply::Unavailable(down) };
+            node.after_flush(AfterFlush::then(reply.reactor(), cmd, None));
+        }
+    }
+}
+
+/// Answers every message of a failed batch `unavailable` (events are lost:
+/// they are best effort, like typing).
+fn fail_batch(node: &Node, batch: Vec<Outbound>) {
+    for o in batch {
+        if let Outbound::Send { reply, .. } = o {
+            let down = reply.down();
+            node.send_to(
+                reply.reactor(),
+                Cmd::Reply { to: reply, reply: Reply::Unavailable(down) },
+            );
+        }
+    }
+}

@@ -1,0 +1,253 @@
+//! The subscriber thread: every event once per node, decoded once, applied
+//! through the same directory and mailboxes as local work; gaps repaired
+//! from the room's log; on every (re)connect, Redis's seq counters
+//! restored from our data and every known room repaired.
+
+use super::{backoff, connect, store_dm_members};
+use crate::{
+    cluster::{log_key, seq_key, Body, Event, Link, CHANNEL},
+    durable::AfterFlush,
+    fanout::{Cmd, UserAction},
+    node::Node,
+    wire::{Encoded, Presence, ServerFrame},
+};
+use redis::{Commands, Connection};
+use std::{collections::HashSet, sync::Arc, thread, time::Duration};
+
+/// Raises a room's seq counter to at least ARGV[1] (restore after an empty Redis).
+const RESTORE_SCRIPT: &str = r#"
+local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
+if cur < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]) end
+return cur
+"#;
+
+/// Runs until the link stops, reconnecting with backoff.
+pub(super) fn run(link: &Link, node: &Node) {
+    let mut attempt = 0;
+    while !link.is_stopped() {
+        if let Err(e) = subscribe_once(link, node) {
+            link.set_up(false, &e.to_string());
+            thread::sleep(backoff(attempt));
+            attempt += 1;
+        }
+    }
+}
+
+/// One connected session: subscribe, resync, then apply events until the
+/// link fails (`Err`) or the node stops (`Ok`).
+fn subscribe_once(link: &Link, node: &Node) -> redis::RedisResult<()> {
+    let mut sub = connect(link.client())?;
+    let mut con = connect(link.client())?;
+    let mut pubsub = sub.as_pubsub();
+    pubsub.subscribe(CHANNEL)?;
+    pubsub.set_read_timeout(Some(Duration::from_secs(1)))?;
+    resync(node, &mut con)?;
+    link.next_epoch();
+    link.set_up(true, "");
+    loop {
+        let msg = match pubsub.get_message() {
+            Ok(m) => m,
+            Err(e) if e.is_timeout() => {
+                if link.is_stopped() {
+                    return Ok(());
+                }
+                expire_nodes(link, node);
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let payload: Vec<u8> = msg.get_payload()?;
+        match payload.first() {
+            Some(b'M') => ingest_message(node, &payload[1..], &mut con)?,
+            Some(b'E') => {
+                if let Ok(e) = rmp_serde::from_slice::<Event>(&payload[1..]) {
+                    apply_event(link, node, e);
+                }
+            }
+            _ => log::debug!("ignoring an unknown cluster payload"),
+        }
+    }
+}
+
+/// Restores Redis's seq counters from our data (a Redis that came back
+/// empty), then fetches every message we missed, room by room.
+fn resync(node: &Node, con: &mut Connection) -> redis::RedisResult<()> {
+    let script = redis::Script::new(RESTORE_SCRIPT);
+    let rooms = node.storage().rooms().unwrap_or_default();
+    for room in rooms {
+        let mine = node.storage().last_seq(&room).unwrap_or(0);
+        let theirs: u64 = script.key(seq_key(&room)).arg(mine).invoke(con)?;
+        if theirs > mine {
+            repair(node, &room, mine, theirs, con)?;
+        }
+    }
+    Ok(())
+}
+
+/// Fetches messages `(after, upto]` of `room` from its log and ingests them.
+fn repair(
+    node: &Node,
+    room: &str,
+    after: u64,
+    upto: u64,
+    con: &mut Connection,
+) -> redis::RedisResult<()> {
+    let reply: redis::streams::StreamRangeReply =
+        con.xrange(log_key(room), format!("{}-1", after + 1), format!("{upto}-1"))?;
+    let mut got = after;
+    for entry in reply.ids {
+        let Some(seq) = entry.id.split('-').next().and_then(|s| s.parse::<u64>().ok()) else {
+            continue;
+        };
+        let Some(redis::Value::BulkString(body)) = entry.map.get("m") else { continue };
+        if let Ok(body) = rmp_serde::from_slice::<Body>(body) {
+            apply_message(node, seq, &body);
+            got = seq;
+        }
+    }
+    if got < upto {
+        log::error!(
+            "room {room}: messages {}..={upto} are gone from the cluster log; history has a hole",
+            got + 1
+        );
+    }
+    Ok(())
+}
+
+fn ingest_message(node: &Node, payload: &[u8], con: &mut Connection) -> redis::RedisResult<()> {
+    let Some(space) = payload.iter().position(|&b| b == b' ') else { return Ok(()) };
+    let Some(seq) = std::str::from_utf8(&payload[..space]).ok().and_then(|s| s.parse::<u64>().ok())
+    else {
+        return Ok(());
+    };
+    let Ok(body) = rmp_serde::from_slice::<Body>(&payload[space + 1..]) else { return Ok(()) };
+    let known = node.with_room(&body.room, |e| e.seq).unwrap_or(0);
+    if seq > known + 1 {
+        repair(node, &body.room, known, seq - 1, con)?;
+    }
+    apply_message(node, seq, &body);
+    Ok(())
+}
+
+/// Stores and delivers one message if it is new here, under its room's lock.
+fn apply_message(node: &Node, seq: u64, body: &Body) {
+    let room = &body.room;
+    let _ = node.with_room(room, |e| {
+        if seq <= e.seq {
+            return;
+        }
+        if body.dm_new && store_dm_members(node, room).is_err() {
+            return;
+        }
+        if node.storage().append(room, seq, body.ts, &body.from, &body.text).is_err() {
+            return;
+        }
+        e.seq = seq;
+        node.deliver_message(e, seq, body.ts, &body.from, &body.text);
+    });
+}
+
+/// Applies another node's event here (our own were applied when made).
+fn apply_event(link: &Link, node: &Node, e: Event) {
+    match e {
+        Event::Snapshot { node: from, users } if from != link.node() => {
+            // A snapshot can overtake nothing (a node publishes in order),
+            // but it can carry a change whose event we applied differently:
+            // announce whatever it flips.
+            let new: HashSet<String> = users.into_iter().collect();
+            let old = link.remote_users(&from);
+            let touched: Vec<String> = old.symmetric_difference(&new).cloned().collect();
+            let before: Vec<bool> = touched.iter().map(|u| node.is_online(u)).collect();
+            link.set_remote(from, new);
+            for (user, was) in touched.iter().zip(before) {
+                let now = node.is_online(user);
+                if was != now {
+                    announce(node, user, now);
+                }
+            }
+        }
+        Event::Presence { node: from, user, online } if from != link.node() => {
+            let was = node.is_online(&user);
+            link.remote_presence(from, &user, online);
+            if was != node.is_online(&user) {
+                announce(node, &user, online);
+            }
+        }
+        Event::Member { node: from, room, user, joined } if from != link.node() => {
+            apply_member(node, &room, &user, joined);
+        }
+        Event::Typing { node: from, room, user, active } if from != link.node() => {
+            let frame = ServerFrame::Typing { room: &room, user: &user, active };
+            node.broadcast(&room, &frame, 0, Some(Arc::from(user.as_str())));
+        }
+        Event::Read { node: from, room, user, seq } if from != link.node() => {
+            let _ = node.storage().set_read(&user, &room, seq);
+            node.after_flush(AfterFlush::nothing());
+            let (user, name): (Arc<str>, Arc<str>) = (Arc::from(user), Arc::from(room.as_str()));
+            node.frame_to_user(&user, &name, &ServerFrame::Read { room: &room, seq }, None);
+        }
+        Event::Notify { node: from, user, kind, text, data, ts } if from != link.node() => {
+            let data: Option<serde_json::Value> = data.and_then(|d| serde_json::from_str(&d).ok());
+            let user: Arc<str> = Arc::from(user.as_str());
+            let frame =
+                ServerFrame::Notification { kind: &kind, text: &text, data: data.as_ref(), ts };
+            node.frame_to_user(&user, &user.clone(), &frame, None);
+        }
+        Event::Revoke { node: from, jti } if from != link.node() => {
+            let _ = node.storage().revoke(&jti, crate::wire::now_ms() / 1000);
+            node.after_flush(AfterFlush::nothing());
+            node.revoked().add(&jti);
+        }
+        _ => {} // Our own events: already applied here.
+    }
+}
+
+/// Another node's member joined or left `room`: store it, then (after the
+/// flush) subscribe or unsubscribe the user's connections here.
+fn apply_member(node: &Node, room: &str, user: &str, joined: bool) {
+    let user: Arc<str> = Arc::from(user);
+    let name: Arc<str> = Arc::from(room);
+    let changed = if joined {
+        node.storage().add_member(room, &user).unwrap_or(false)
+    } else {
+        node.storage().remove_member(room, &user).unwrap_or(false)
+    };
+    let action = if joined {
+        let floor = node.storage().last_seq(room).unwrap_or(0);
+        UserAction::Subscribe { room: name.clone(), floor }
+    } else {
+        UserAction::Unsubscribe { room: name.clone() }
+    };
+    let frame = (!joined).then(|| {
+        let left = Encoded::encode(&ServerFrame::Left { id: None, room }, true, true);
+        (Arc::new(left), 0, name.clone())
+    });
+    // Delivery follows durability: the commands go out after the flush.
+    node.to_user_after_flush(&user, || Cmd::ToUser {
+        user: user.clone(),
+        action: action.clone(),
+        frame: frame.clone(),
+        skip: None,
+    });
+    if changed {
+        node.presence(room, &user, Presence::of(joined));
+    }
+}
+
+/// Presence frames for `user`'s rooms on this node.
+fn announce(node: &Node, user: &str, online: bool) {
+    let user_arc: Arc<str> = Arc::from(user);
+    for room in node.storage().rooms_of(user).unwrap_or_default() {
+        node.presence(&room, &user_arc, Presence::of(online));
+    }
+}
+
+/// Drops nodes not heard from within `NODE_TTL`, announcing their users
+/// offline where nobody else has them online.
+fn expire_nodes(link: &Link, node: &Node) {
+    for user in link.expire() {
+        if !node.is_online(&user) {
+            announce(node, &user, false);
+        }
+    }
+}

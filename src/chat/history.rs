@@ -1,0 +1,22 @@
+//! `history` (and `GET /api/rooms/{room}/messages`): a page of stored
+//! messages, for members only.
+
+use super::{may_use, Ctx};
+use crate::{
+    fanout::ConnId,
+    wire::{Cursor, Msg, Refusal},
+};
+
+/// Up to `limit` messages of `room` from `cursor`, and whether more exist.
+/// `conn`: the WebSocket asking, if any (its session knows its rooms).
+pub(crate) fn query(
+    ctx: &Ctx<'_>,
+    conn: Option<ConnId>,
+    user: &str,
+    room: &str,
+    cursor: Cursor,
+    limit: usize,
+) -> Result<(Vec<Msg>, bool), Refusal> {
+    may_use(ctx, conn, user, room)?;
+    Ok(ctx.node.storage().history(room, cursor, limit)?)
+}

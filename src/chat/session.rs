@@ -1,0 +1,92 @@
+//! A WebSocket session's life: opening it (subscribe to every room of the
+//! user, `hello`, announce the user if this is their first connection
+//! anywhere) and ending it (leave every room, announce them offline if it
+//! was their last).
+
+use super::Ctx;
+use crate::{
+    auth::Claims,
+    conn::{Bucket, Session},
+    fanout::ConnId,
+    wire::{self, http, Encoding, Presence, RoomState, ServerFrame},
+};
+use bytes::Bytes;
+use std::sync::Arc;
+use tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
+
+/// An accepted upgrade request.
+#[derive(Debug)]
+pub(crate) struct Upgrade {
+    /// The 101 response.
+    pub response: Bytes,
+    /// Who it is.
+    pub claims: Claims,
+    /// The encoding chosen.
+    pub enc: Encoding,
+    /// Bytes read past the request head (the first frames).
+    pub leftover: Vec<u8>,
+}
+
+/// Finishes the upgrade of connection `id`.
+pub(crate) fn open(ctx: &mut Ctx<'_>, id: ConnId, up: Upgrade, ws_config: WebSocketConfig) {
+    let node = ctx.node;
+    let rooms = match node.storage().rooms_of(&up.claims.sub) {
+        Ok(r) => r,
+        Err(e) => return ctx.respond(id, http::error(503, "unavailable", &e.to_string())),
+    };
+    let user = ctx.local.user_name(&up.claims.sub);
+    let Some(conn) = ctx.conns.get_mut(id) else { return };
+    let ws = WebSocketContext::from_partially_read(up.leftover, Role::Server, Some(ws_config));
+    conn.open(
+        up.response,
+        Session {
+            ws,
+            user: user.clone(),
+            exp: up.claims.exp,
+            jti: up.claims.jti,
+            enc: up.enc,
+            rooms: Vec::with_capacity(rooms.len()),
+            bucket: Bucket::new(node.cfg().burst, ctx.now),
+            pinged: ctx.now,
+            revocation_gen: node.revoked().generation(),
+        },
+    );
+    node.count_connection(id.reactor, true, ctx.conns.len());
+    let first = ctx.local.add_session(node, &user, id);
+    let mut states = Vec::with_capacity(rooms.len());
+    for room in &rooms {
+        let seq = match ctx.local.subscribe(node, ctx.conns, id, room, None) {
+            Ok((_, seq)) => seq,
+            Err(_) => 0,
+        };
+        let read = node.storage().read_marker(&user, room).unwrap_or(0);
+        states.push(RoomState { room: room.clone(), seq, read });
+    }
+    let hello = ServerFrame::Hello {
+        user: &user,
+        node: &node.cfg().node_id,
+        server_time: wire::now_ms(),
+        rooms: states,
+        limits: node.limits(),
+    };
+    ctx.frame(id, &hello);
+    // Cluster-wide, this is only news if no other node has them.
+    if first && !node.peers().presence(&user, true) {
+        for room in &rooms {
+            node.presence(room, &user, Presence::Online);
+        }
+    }
+}
+
+/// Ends a session taken out of connection `id`.
+pub(crate) fn close(ctx: &mut Ctx<'_>, id: ConnId, mut session: Box<Session>) {
+    let node = ctx.node;
+    node.count_connection(id.reactor, false, ctx.conns.len());
+    let rooms: Vec<Arc<str>> = session.rooms.clone();
+    let last = ctx.local.remove_session(node, &mut session, id);
+    if last && !node.peers().presence(&session.user, false) {
+        for room in &rooms {
+            node.presence(room, &session.user, Presence::Offline);
+        }
+    }
+}

@@ -1,0 +1,72 @@
+//! What nodes say to each other on the `chinwag:events` channel, and the
+//! work a reactor queues for the publisher.
+
+use crate::fanout::ReplyTo;
+use serde::{Deserialize, Serialize};
+
+/// The one pub/sub channel of a cluster.
+pub const CHANNEL: &str = "chinwag:events";
+
+/// The Redis key of a room's seq counter.
+pub fn seq_key(room: &str) -> String {
+    format!("chinwag:seq:{room}")
+}
+
+/// The Redis key of a room's capped log stream.
+pub fn log_key(room: &str) -> String {
+    format!("chinwag:log:{room}")
+}
+
+/// A message as published (its seq travels in front of it).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Body {
+    /// Room name.
+    pub room: String,
+    /// Accept time, ms since the epoch.
+    pub ts: u64,
+    /// Sender.
+    pub from: String,
+    /// The text.
+    pub text: String,
+    /// The two users of a DM room on its first message (membership to write).
+    #[serde(default)]
+    pub dm_new: bool,
+}
+
+/// Everything else nodes tell each other.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Event {
+    /// A user joined or left a room.
+    Member { node: String, room: String, user: String, joined: bool },
+    /// A user's first connection on `node` opened or its last closed.
+    Presence { node: String, user: String, online: bool },
+    /// `node`'s online users, periodically.
+    Snapshot { node: String, users: Vec<String> },
+    /// Someone typing.
+    Typing { node: String, room: String, user: String, active: bool },
+    /// A read marker moved.
+    Read { node: String, room: String, user: String, seq: u64 },
+    /// `POST /api/notify`.
+    Notify { node: String, user: String, kind: String, text: String, data: Option<String>, ts: u64 },
+    /// `POST /api/revoke`.
+    Revoke { node: String, jti: String },
+}
+
+/// Work for the publisher thread.
+#[derive(Debug)]
+pub enum Outbound {
+    /// A message to allocate a seq for: `body` is the published form,
+    /// `floor` this node's last seq of the room.
+    Send {
+        room: String,
+        body: Vec<u8>,
+        floor: u64,
+        ts: u64,
+        from: String,
+        text: String,
+        dm_new: bool,
+        reply: ReplyTo,
+    },
+    /// An event payload (`E` + MessagePack) to publish.
+    Event(Vec<u8>),
+}

@@ -1,0 +1,240 @@
+//! The handle reactors call: it queues messages and events for the Redis
+//! publisher, remembers who is online on other nodes, and says whether the
+//! link is up. It holds no pointer back to the node: the bridge threads
+//! are handed the node when they start.
+
+use super::events::{Body, Event, Outbound};
+use crate::{
+    fanout::ReplyTo,
+    wire::{self, Code, Refusal},
+};
+use crossbeam_channel::{Receiver, Sender};
+use parking_lot::Mutex;
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+/// A node not heard from this long no longer counts as online.
+pub const NODE_TTL: Duration = Duration::from_secs(20);
+
+/// Online users of other nodes, with when each node was last heard from.
+type Remote = HashMap<String, (Instant, HashSet<String>)>;
+
+/// The cluster link shared by the reactors and the bridge threads.
+#[derive(Debug)]
+pub struct Link {
+    node: String,
+    client: redis::Client,
+    up: AtomicBool,
+    /// Bumped on every (re)connect of the subscriber: the publisher's
+    /// connection from an older epoch may be dead without knowing it.
+    epoch: AtomicU64,
+    stopped: AtomicBool,
+    tx: Sender<Outbound>,
+    remote: Mutex<Remote>,
+}
+
+impl Link {
+    /// A link for `url`, and the publisher's end of its queue.
+    pub fn new(url: &str, node: &str) -> Result<(Arc<Link>, Receiver<Outbound>), String> {
+        let client = redis::Client::open(url).map_err(|e| e.to_string())?;
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let link = Arc::new(Link {
+            node: node.to_string(),
+            client,
+            up: AtomicBool::new(false),
+            epoch: AtomicU64::new(0),
+            stopped: AtomicBool::new(false),
+            tx,
+            remote: Mutex::new(HashMap::new()),
+        });
+        Ok((link, rx))
+    }
+
+    /// This node's id.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// The Redis client.
+    pub fn client(&self) -> &redis::Client {
+        &self.client
+    }
+
+    /// Whether the link to Redis is up.
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::SeqCst)
+    }
+
+    /// Records the link's state, logging each change once.
+    pub fn set_up(&self, up: bool, why: &str) {
+        if self.up.swap(up, Ordering::SeqCst) != up {
+            if up {
+                log::info!("redis link up");
+            } else {
+                log::warn!("redis link down: {why}");
+            }
+        }
+    }
+
+    /// The subscriber's connection epoch.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::SeqCst)
+    }
+
+    /// A new subscriber connection: older publisher connections are suspect.
+    pub fn next_epoch(&self) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Asks the bridge threads to stop.
+    pub fn stop(&self) {
+        self.stopped.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether the node is stopping.
+    pub fn is_stopped(&self) -> bool {
+        self.stopped.load(Ordering::SeqCst)
+    }
+
+    /// Whether `user` is online on another live node.
+    pub fn remote_online(&self, user: &str) -> bool {
+        let now = Instant::now();
+        self.remote
+            .lock()
+            .values()
+            .any(|(seen, users)| now.duration_since(*seen) < NODE_TTL && users.contains(user))
+    }
+
+    /// The online users `node` last told us of.
+    pub fn remote_users(&self, node: &str) -> HashSet<String> {
+        self.remote.lock().get(node).map(|(_, u)| u.clone()).unwrap_or_default()
+    }
+
+    /// Replaces `node`'s online users (heard from now).
+    pub fn set_remote(&self, node: String, users: HashSet<String>) {
+        self.remote.lock().insert(node, (Instant::now(), users));
+    }
+
+    /// `node` says `user` came online (or went offline) there.
+    pub fn remote_presence(&self, node: String, user: &str, online: bool) {
+        let mut remote = self.remote.lock();
+        let entry = remote.entry(node).or_insert_with(|| (Instant::now(), HashSet::new()));
+        entry.0 = Instant::now();
+        if online {
+            entry.1.insert(user.to_string());
+        } else {
+            entry.1.remove(user);
+        }
+    }
+
+    /// Forgets nodes not heard from within [`NODE_TTL`]; returns their users.
+    pub fn expire(&self) -> Vec<String> {
+        let mut remote = self.remote.lock();
+        let now = Instant::now();
+        let dead: Vec<String> = remote
+            .iter()
+            .filter(|(_, (seen, _))| now.duration_since(*seen) >= NODE_TTL)
+            .map(|(n, _)| n.clone())
+            .collect();
+        dead.iter().filter_map(|n| remote.remove(n)).flat_map(|(_, users)| users).collect()
+    }
+
+    /// Hands an accepted message to Redis for its seq (`floor`: this node's
+    /// last seq of the room). Refused at once while the link is down:
+    /// nothing is half-accepted.
+    #[allow(clippy::too_many_arguments)]
+    pub fn send(
+        &self,
+        room: &str,
+        from: &str,
+        text: &str,
+        ts: u64,
+        known: bool,
+        floor: impl FnOnce() -> u64,
+        reply: ReplyTo,
+    ) -> Result<(), Refusal> {
+        if !self.is_up() {
+            return Err(Refusal::new(
+                Code::Unavailable,
+                "cluster unavailable: nothing was accepted",
+            ));
+        }
+        let dm_new = !known && wire::dm_users(room).is_some();
+        let body = Body { room: room.into(), ts, from: from.into(), text: text.into(), dm_new };
+        let body = rmp_serde::to_vec_named(&body)
+            .map_err(|e| Refusal::new(Code::Internal, e.to_string()))?;
+        let out = Outbound::Send {
+            room: room.into(),
+            body,
+            floor: floor(),
+            ts,
+            from: from.into(),
+            text: text.into(),
+            dm_new,
+            reply,
+        };
+        self.tx.send(out).map_err(|_| Refusal::new(Code::Unavailable, "cluster link stopped"))
+    }
+
+    /// An event as published: `E` + MessagePack.
+    pub fn event_payload(e: &Event) -> Option<Vec<u8>> {
+        let bytes = rmp_serde::to_vec_named(e).ok()?;
+        let mut payload = b"E".to_vec();
+        payload.extend_from_slice(&bytes);
+        Some(payload)
+    }
+
+    fn publish(&self, e: &Event) {
+        if let Some(payload) = Self::event_payload(e) {
+            let _ = self.tx.send(Outbound::Event(payload));
+        }
+    }
+
+    /// Tells the other nodes: `user` joined (or left) `room`.
+    pub fn member(&self, room: &str, user: &str, joined: bool) {
+        let (node, room, user) = (self.node.clone(), room.into(), user.into());
+        self.publish(&Event::Member { node, room, user, joined });
+    }
+
+    /// Tells the other nodes: `user`'s first connection here opened (or last closed).
+    pub fn presence(&self, user: &str, online: bool) {
+        self.publish(&Event::Presence { node: self.node.clone(), user: user.into(), online });
+    }
+
+    /// Tells the other nodes: `user` is typing in `room`.
+    pub fn typing(&self, room: &str, user: &str, active: bool) {
+        let (node, room, user) = (self.node.clone(), room.into(), user.into());
+        self.publish(&Event::Typing { node, room, user, active });
+    }
+
+    /// Tells the other nodes: `user`'s read marker in `room` is `seq`.
+    pub fn read(&self, room: &str, user: &str, seq: u64) {
+        let (node, room, user) = (self.node.clone(), room.into(), user.into());
+        self.publish(&Event::Read { node, room, user, seq });
+    }
+
+    /// Tells the other nodes: notify `user`.
+    pub fn notify(
+        &self,
+        user: &str,
+        kind: &str,
+        text: &str,
+        data: Option<&serde_json::Value>,
+        ts: u64,
+    ) {
+        let data = data.map(|d| d.to_string());
+        let (node, user, kind, text) = (self.node.clone(), user.into(), kind.into(), text.into());
+        self.publish(&Event::Notify { node, user, kind, text, data, ts });
+    }
+
+    /// Tells the other nodes: refuse token `jti`.
+    pub fn revoke(&self, jti: &str) {
+        self.publish(&Event::Revoke { node: self.node.clone(), jti: jti.into() });
+    }
+}

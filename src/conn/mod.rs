@@ -1,0 +1,372 @@
+//! One client connection: it owns its socket (plain or TLS), its output
+//! queue, its phase (HTTP head → open WebSocket → closing) and its timers,
+//! and does every read and write on it. [`ConnTable`] is a reactor's slab
+//! of them and the outbox that queues frames and finds slow consumers.
+//!
+//! Never sees a lock, a mailbox or another connection's rooms: what to do
+//! with a frame that comes out of here is `chat`'s business.
+
+mod bucket;
+mod close;
+mod outq;
+mod table;
+mod transport;
+
+pub use bucket::{Bucket, Limited};
+pub use close::Close;
+pub use outq::{would_block, OutQueue};
+pub use table::ConnTable;
+pub use transport::Transport;
+
+use crate::{auth::Revocations, wire::Encoding};
+use bytes::Bytes;
+use std::{
+    io::{self, Read, Write},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+use tungstenite::{protocol::WebSocketContext, Message};
+
+/// A connection that has not finished its HTTP request in this time is dropped.
+const HTTP_DEADLINE: Duration = Duration::from_secs(10);
+/// Server ping interval.
+const PING_EVERY: Duration = Duration::from_secs(20);
+/// A connection silent this long is closed.
+const IDLE_LIMIT: Duration = Duration::from_secs(60);
+/// How long a closing connection may take to flush and see the peer's EOF.
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
+
+/// The stream tungstenite sees: reads come from the socket, writes (pongs
+/// and close replies) join our queue so that they never interleave with a
+/// half-written frame of ours.
+#[derive(Debug)]
+struct WsStream<'a> {
+    sock: &'a mut Transport,
+    out: &'a mut OutQueue,
+}
+
+impl Read for WsStream<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.sock.read(buf)
+    }
+}
+
+impl Write for WsStream<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.out.push(Bytes::copy_from_slice(buf));
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// An authenticated WebSocket session.
+pub struct Session {
+    /// tungstenite's protocol state (framing, UTF-8, control frames).
+    pub ws: WebSocketContext,
+    /// The user id.
+    pub user: Arc<str>,
+    /// Token expiry, seconds since the epoch (`u64::MAX`: none).
+    pub exp: u64,
+    /// Token id, for revocation.
+    pub jti: Option<String>,
+    /// The encoding it speaks.
+    pub enc: Encoding,
+    /// Rooms it is subscribed to (the user's memberships). Written only by
+    /// `local::LocalIndex`, which keeps it in step with the reactor's room
+    /// index and the directory.
+    pub rooms: Vec<Arc<str>>,
+    /// Frame rate limit.
+    pub bucket: Bucket,
+    /// When we last sent a ping.
+    pub pinged: Instant,
+    /// Last revocation generation checked.
+    pub revocation_gen: u64,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("user", &self.user)
+            .field("rooms", &self.rooms.len())
+            .finish()
+    }
+}
+
+impl Session {
+    /// Whether the session is subscribed to `room`.
+    pub fn has_room(&self, room: &str) -> bool {
+        self.rooms.iter().any(|r| &**r == room)
+    }
+}
+
+/// Where a connection is in its life.
+#[derive(Debug)]
+enum Phase {
+    /// Reading the HTTP request head; what has arrived so far of a partial one.
+    Http(Vec<u8>),
+    /// An API call waiting for the flush that makes it durable.
+    HttpWait,
+    /// A live WebSocket.
+    Open(Box<Session>),
+    /// Sending what is queued, then closing: give up at `until`; `shut`:
+    /// our side has been shut down for writing.
+    Closing { until: Instant, shut: bool },
+}
+
+/// What one WebSocket read gave.
+#[derive(Debug)]
+pub enum WsRead {
+    /// A data message (text: JSON, binary: MessagePack).
+    Message(Message),
+    /// A control frame tungstenite handled (its reply is queued).
+    Control,
+    /// Nothing more to read now.
+    Blocked,
+    /// The peer sent a close frame; our reply is queued.
+    PeerClosed,
+    /// A protocol fault: close with this code.
+    Fail(Close),
+    /// Reset, EOF without a close frame: drop it quietly.
+    Gone,
+}
+
+/// What the once-a-second sweep found due for a connection.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Due {
+    /// Nothing.
+    Nothing,
+    /// Free it (upgrade deadline passed, or linger over).
+    Reap,
+    /// Close it with this code.
+    Close(Close),
+    /// Send it a ping.
+    Ping,
+}
+
+/// One client connection.
+#[derive(Debug)]
+pub struct Conn {
+    gen: u32,
+    sock: Transport,
+    out: OutQueue,
+    phase: Phase,
+    born: Instant,
+    /// Last frame (or byte, before the upgrade) from the peer.
+    seen: Instant,
+    /// Queued in the table's dirty list this turn.
+    dirty: bool,
+}
+
+impl Conn {
+    fn new(gen: u32, sock: Transport, now: Instant) -> Conn {
+        Conn {
+            gen,
+            sock,
+            out: OutQueue::default(),
+            phase: Phase::Http(Vec::new()),
+            born: now,
+            seen: now,
+            dirty: false,
+        }
+    }
+
+    /// The open session, if any.
+    pub fn session(&self) -> Option<&Session> {
+        match &self.phase {
+            Phase::Open(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The open session, mutably.
+    pub fn session_mut(&mut self) -> Option<&mut Session> {
+        match &mut self.phase {
+            Phase::Open(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// Still reading its HTTP request.
+    pub fn is_http(&self) -> bool {
+        matches!(self.phase, Phase::Http(_))
+    }
+
+    /// An HTTP request not answered yet (read, or parked).
+    pub fn awaits_response(&self) -> bool {
+        matches!(self.phase, Phase::Http(_) | Phase::HttpWait)
+    }
+
+    /// Whether output waits to be written.
+    pub fn has_output(&self) -> bool {
+        !self.out.is_empty()
+    }
+
+    /// Whether TLS records wait for the socket (a handshake writes while reading).
+    pub fn wants_write(&self) -> bool {
+        self.sock.wants_write()
+    }
+
+    /// Reads what has arrived of the HTTP request into `scratch`, after what
+    /// an earlier read kept, until the socket is empty or `limit` is passed.
+    /// False: the peer is gone.
+    pub fn read_request(&mut self, scratch: &mut Vec<u8>, limit: usize, now: Instant) -> bool {
+        let Phase::Http(buf) = &mut self.phase else { return false };
+        scratch.append(buf);
+        let mut chunk = [0u8; 4096];
+        loop {
+            match self.sock.read(&mut chunk) {
+                Ok(0) => return false,
+                Ok(n) => {
+                    scratch.extend_from_slice(&chunk[..n]);
+                    if scratch.len() > limit {
+                        break; // The caller refuses it; the rest is never read.
+                    }
+                }
+                Err(e) if would_block(&e) => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return false,
+            }
+        }
+        self.seen = now;
+        true
+    }
+
+    /// Keeps a partial request for the next read.
+    pub fn keep_partial(&mut self, partial: &[u8]) {
+        if let Phase::Http(buf) = &mut self.phase {
+            buf.extend_from_slice(partial);
+        }
+    }
+
+    /// Parks an API call until its durable answer comes back.
+    pub fn park(&mut self) {
+        self.phase = Phase::HttpWait;
+    }
+
+    /// Queues a complete HTTP response and closes after it.
+    pub fn respond(&mut self, bytes: Bytes, now: Instant) {
+        self.out.push(bytes);
+        self.phase = Phase::Closing { until: now + CLOSE_LINGER, shut: false };
+    }
+
+    /// Queues the 101 response and starts speaking WebSocket.
+    pub fn open(&mut self, response: Bytes, session: Session) {
+        self.out.push(response);
+        self.phase = Phase::Open(Box::new(session));
+    }
+
+    /// Reads one WebSocket message (or what stands in for one).
+    pub fn read_message(&mut self, now: Instant) -> WsRead {
+        use tungstenite::Error as E;
+        let Phase::Open(session) = &mut self.phase else { return WsRead::Gone };
+        loop {
+            let mut io = WsStream { sock: &mut self.sock, out: &mut self.out };
+            return match session.ws.read(&mut io) {
+                Ok(msg) => {
+                    self.seen = now;
+                    match msg {
+                        Message::Text(_) | Message::Binary(_) => WsRead::Message(msg),
+                        Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => WsRead::Control,
+                        Message::Close(_) => {
+                            // tungstenite queues its reply on the next flush.
+                            let _ = session.ws.flush(&mut io);
+                            WsRead::PeerClosed
+                        }
+                    }
+                }
+                Err(E::Io(e)) if would_block(&e) => WsRead::Blocked,
+                Err(E::Io(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(E::Capacity(_)) => WsRead::Fail(Close::TooBig),
+                Err(E::Utf8(_)) => WsRead::Fail(Close::Invalid),
+                Err(E::Protocol(_)) => WsRead::Fail(Close::Protocol),
+                Err(_) => WsRead::Gone,
+            };
+        }
+    }
+
+    /// Reads and drops whatever a closing (or parked) peer still sends.
+    /// True once its EOF (or an error) ends the linger.
+    pub fn discard_input(&mut self) -> bool {
+        let mut scratch = [0u8; 4096];
+        loop {
+            match self.sock.read(&mut scratch) {
+                Ok(0) => return true,
+                Ok(_) => {}
+                Err(e) if would_block(&e) => return false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return true,
+            }
+        }
+    }
+
+    /// Takes the session out of an open connection, which starts closing.
+    pub fn take_session(&mut self, now: Instant) -> Option<Box<Session>> {
+        if !matches!(self.phase, Phase::Open(_)) {
+            return None;
+        }
+        let closing = Phase::Closing { until: now + CLOSE_LINGER, shut: false };
+        match std::mem::replace(&mut self.phase, closing) {
+            Phase::Open(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// Queues a close frame (a slow consumer's queue is dropped first) and
+    /// lingers until it is flushed and the peer's EOF comes. Call after
+    /// [`Conn::take_session`].
+    pub fn begin_close(&mut self, close: Close) {
+        if close == Close::SlowConsumer {
+            self.out.clear();
+        }
+        self.out.push(close.frame());
+    }
+
+    /// Writes what the socket takes. `Err`: the connection is dead.
+    fn flush(&mut self) -> io::Result<()> {
+        let done = self.out.write_to(&mut self.sock).and_then(|done| {
+            // TLS records may still wait behind the plaintext.
+            match self.sock.flush() {
+                Ok(()) => Ok(done),
+                Err(e) if would_block(&e) => Ok(false),
+                Err(e) => Err(e),
+            }
+        })?;
+        if let (true, Phase::Closing { shut, .. }) = (done, &mut self.phase) {
+            if !*shut {
+                *shut = true;
+                self.sock.shutdown_write();
+            }
+        }
+        Ok(()) // Not done: WRITABLE brings it back.
+    }
+
+    /// What the sweep finds due. `now_s`: seconds since the epoch (token expiry).
+    pub fn due(&mut self, now: Instant, now_s: u64, revoked: &Revocations) -> Due {
+        match &mut self.phase {
+            Phase::Http(_) if now.duration_since(self.born) >= HTTP_DEADLINE => Due::Reap,
+            Phase::Http(_) | Phase::HttpWait => Due::Nothing,
+            Phase::Closing { until, .. } if now >= *until => Due::Reap,
+            Phase::Closing { .. } => Due::Nothing,
+            Phase::Open(s) => {
+                let generation = revoked.generation();
+                let gone = s.revocation_gen != generation && {
+                    s.revocation_gen = generation;
+                    s.jti.as_deref().is_some_and(|j| revoked.contains(j))
+                };
+                if gone || s.exp <= now_s {
+                    Due::Close(Close::TokenGone)
+                } else if now.duration_since(self.seen) >= IDLE_LIMIT {
+                    Due::Close(Close::Away)
+                } else if now.duration_since(s.pinged) >= PING_EVERY {
+                    s.pinged = now;
+                    Due::Ping
+                } else {
+                    Due::Nothing
+                }
+            }
+        }
+    }
+}

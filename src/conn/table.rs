@@ -1,0 +1,188 @@
+//! A reactor's connections: a `Slab` with generation-tagged slots (a
+//! [`ConnId`] that outlived its connection matches nothing), and the
+//! outbox: queueing shared frame bytes, the dirty list flushed once per
+//! turn, and the slow-consumer list.
+//!
+//! The only place that turns a `ConnId` into a slab index or a mio `Token`.
+
+use super::{Conn, Session, Transport};
+use crate::{fanout::ConnId, metrics::LocalCounts};
+use bytes::Bytes;
+use mio::{net::TcpStream, Interest, Registry, Token};
+use slab::Slab;
+use std::{io, sync::Arc, time::Instant};
+
+/// One reactor's connections.
+#[derive(Debug)]
+pub struct ConnTable {
+    reactor: u16,
+    slab: Slab<Conn>,
+    next_gen: u32,
+    /// Connections with output to write this turn.
+    dirty: Vec<ConnId>,
+    /// Connections whose output passed `max_output` during a delivery.
+    slow: Vec<ConnId>,
+    max_output: usize,
+    /// Counts folded into the shared metrics once per turn.
+    pub counts: LocalCounts,
+}
+
+impl ConnTable {
+    /// An empty table for reactor `reactor`.
+    pub fn new(reactor: u16, max_output: usize) -> ConnTable {
+        ConnTable {
+            reactor,
+            slab: Slab::new(),
+            next_gen: 0,
+            dirty: Vec::new(),
+            slow: Vec::new(),
+            max_output,
+            counts: LocalCounts::default(),
+        }
+    }
+
+    /// Takes an accepted socket: registers it and gives it a slot.
+    pub fn insert(
+        &mut self,
+        registry: &Registry,
+        mut sock: TcpStream,
+        tls: Option<&Arc<rustls::ServerConfig>>,
+        now: Instant,
+    ) -> io::Result<ConnId> {
+        self.next_gen = self.next_gen.wrapping_add(1);
+        let gen = self.next_gen;
+        let entry = self.slab.vacant_entry();
+        let idx = u32::try_from(entry.key()).map_err(io::Error::other)?;
+        let id = ConnId { reactor: self.reactor, idx, gen };
+        registry.register(&mut sock, token(id), Interest::READABLE | Interest::WRITABLE)?;
+        // On an error the socket is dropped, and with it its registration.
+        let sock = Transport::new(sock, tls)?;
+        entry.insert(Conn::new(gen, sock, now));
+        Ok(id)
+    }
+
+    /// Frees a connection (its socket closes).
+    pub fn remove(&mut self, registry: &Registry, id: ConnId) {
+        if self.get(id).is_some() {
+            if let Some(mut conn) = self.slab.try_remove(id.idx as usize) {
+                let _ = registry.deregister(conn.sock.tcp());
+            }
+        }
+    }
+
+    /// The connection a poll token names, if it is still that one.
+    pub fn by_token(&self, t: Token) -> Option<ConnId> {
+        let id = ConnId {
+            reactor: self.reactor,
+            idx: (t.0 & 0xffff_ffff) as u32,
+            gen: (t.0 >> 32) as u32,
+        };
+        self.get(id).map(|_| id)
+    }
+
+    /// The connection, if `id` still names it on this reactor.
+    pub fn get(&self, id: ConnId) -> Option<&Conn> {
+        self.slab.get(id.idx as usize).filter(|c| c.gen == id.gen && id.reactor == self.reactor)
+    }
+
+    /// The connection, mutably.
+    pub fn get_mut(&mut self, id: ConnId) -> Option<&mut Conn> {
+        let reactor = self.reactor;
+        self.slab.get_mut(id.idx as usize).filter(|c| c.gen == id.gen && id.reactor == reactor)
+    }
+
+    /// Its open session.
+    pub fn session(&self, id: ConnId) -> Option<&Session> {
+        self.get(id).and_then(Conn::session)
+    }
+
+    /// Its open session, mutably.
+    pub fn session_mut(&mut self, id: ConnId) -> Option<&mut Session> {
+        self.get_mut(id).and_then(Conn::session_mut)
+    }
+
+    /// Every connection.
+    pub fn ids(&self) -> Vec<ConnId> {
+        self.slab
+            .iter()
+            .map(|(i, c)| ConnId { reactor: self.reactor, idx: i as u32, gen: c.gen })
+            .collect()
+    }
+
+    /// Connections in all (any phase).
+    pub fn len(&self) -> usize {
+        self.slab.len()
+    }
+
+    /// No connection at all.
+    pub fn is_empty(&self) -> bool {
+        self.slab.is_empty()
+    }
+
+    /// Puts it on this turn's flush list.
+    pub fn mark_dirty(&mut self, id: ConnId) {
+        if let Some(c) = self.get_mut(id) {
+            if !c.dirty {
+                c.dirty = true;
+                self.dirty.push(id);
+            }
+        }
+    }
+
+    /// Queues a complete HTTP response and closes after it.
+    pub fn respond(&mut self, id: ConnId, bytes: Bytes, now: Instant) {
+        if let Some(c) = self.get_mut(id) {
+            c.respond(bytes, now);
+            self.mark_dirty(id);
+        }
+    }
+
+    /// Queues `bytes` for an open connection. False (and the connection is
+    /// flagged for a 1013 close) if its unsent output passed the limit.
+    pub fn queue(&mut self, id: ConnId, bytes: Bytes) -> bool {
+        let max = self.max_output;
+        let Some(conn) = self.get_mut(id) else { return false };
+        if conn.session().is_none() {
+            return false;
+        }
+        conn.out.push(bytes);
+        let dirty = std::mem::replace(&mut conn.dirty, true);
+        let over = conn.out.len() > max && {
+            // Before calling it slow, give the socket a chance: a healthy
+            // reader can take a burst bigger than the limit within one turn.
+            let _ = conn.out.write_to(&mut conn.sock);
+            conn.out.len() > max
+        };
+        self.counts.frames_out += 1;
+        if !dirty {
+            self.dirty.push(id);
+        }
+        if over {
+            self.slow.push(id);
+        }
+        !over
+    }
+
+    /// Takes the connections flagged slow since the last call.
+    pub fn take_slow(&mut self) -> Vec<ConnId> {
+        std::mem::take(&mut self.slow)
+    }
+
+    /// Writes every dirty connection's output; returns those that failed.
+    pub fn flush_dirty(&mut self) -> Vec<ConnId> {
+        let mut dead = Vec::new();
+        for id in std::mem::take(&mut self.dirty) {
+            let Some(conn) = self.get_mut(id) else { continue };
+            conn.dirty = false;
+            if conn.flush().is_err() {
+                dead.push(id);
+            }
+        }
+        dead
+    }
+}
+
+/// The poll token of a connection: generation above, slot below.
+fn token(id: ConnId) -> Token {
+    Token(((id.gen as usize) << 32) | id.idx as usize)
+}

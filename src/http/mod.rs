@@ -1,0 +1,160 @@
+//! HTTP on the shared port: request heads parsed with httparse, routing,
+//! the plain endpoints (`/`, `/health`, `/metrics`), the WebSocket upgrade
+//! decision ([`upgrade`]) and the API ([`api`]), as `bytes in → decision
+//! out` functions.
+//!
+//! Writes nothing to sockets itself: the reactor queues what it returns.
+
+pub(crate) mod api;
+mod upgrade;
+
+use crate::{
+    auth::Claims,
+    chat::session::Upgrade,
+    node::Node,
+    wire::http::{error, response},
+};
+use bytes::Bytes;
+
+/// The embedded web client.
+const INDEX: &str = include_str!("../web/index.html");
+
+/// Largest request head accepted.
+pub const MAX_HEAD: usize = 16 << 10;
+/// Largest request body accepted (413 above).
+pub const MAX_BODY: usize = 64 << 10;
+/// Most headers accepted.
+const MAX_HEADERS: usize = 48;
+
+/// What to do with a connection once its request head is in.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Need more bytes.
+    Partial,
+    /// Answer with these bytes, then close.
+    Respond(Bytes),
+    /// An API call to carry out on the reactor (it answers, maybe later).
+    Api(api::Call),
+    /// Upgrade: write the 101, then speak WebSocket.
+    Upgrade(Upgrade),
+}
+
+pub(crate) fn header<'a>(req: &'a httparse::Request<'_, '_>, name: &str) -> Option<&'a str> {
+    req.headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case(name))
+        .and_then(|h| std::str::from_utf8(h.value).ok())
+        .map(str::trim)
+}
+
+pub(crate) fn has_token(value: Option<&str>, token: &str) -> bool {
+    value.is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+}
+
+pub(crate) fn query_param<'a>(query: &'a str, key: &str) -> Option<&'a str> {
+    query.split('&').filter_map(|kv| kv.split_once('=')).find(|(k, _)| *k == key).map(|(_, v)| v)
+}
+
+/// Parses what has arrived of a request and decides.
+pub fn handle(buf: &[u8], node: &Node) -> Outcome {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let head_len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => {
+            return Outcome::Respond(error(431, "too_large", "request head too large"))
+        }
+        Ok(httparse::Status::Partial) => return Outcome::Partial,
+        Err(httparse::Error::TooManyHeaders) => {
+            return Outcome::Respond(error(431, "too_large", "too many headers"))
+        }
+        Err(e) => return Outcome::Respond(error(400, "bad_request", &format!("bad request: {e}"))),
+    };
+    let method = req.method.unwrap_or("");
+    let target = req.path.unwrap_or("/");
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let body_len = match header(&req, "content-length").map(str::parse::<usize>) {
+        None => 0,
+        Some(Ok(n)) => n,
+        Some(Err(_)) => return Outcome::Respond(error(400, "bad_request", "bad Content-Length")),
+    };
+    if body_len > MAX_BODY {
+        // Refused on the head alone: the body is never read.
+        return Outcome::Respond(error(413, "too_large", "body over 64 KiB"));
+    }
+    if header(&req, "transfer-encoding").is_some() {
+        return Outcome::Respond(error(
+            400,
+            "bad_request",
+            "send a Content-Length body, not chunked",
+        ));
+    }
+    match path {
+        "/ws" if method == "GET" => upgrade::upgrade(&req, query, &buf[head_len..], node),
+        "/health" if method == "GET" => health(node),
+        "/metrics" if method == "GET" => Outcome::Respond(response(
+            200,
+            crate::metrics::CONTENT_TYPE,
+            node.render_metrics().as_bytes(),
+        )),
+        "/" if method == "GET" => {
+            Outcome::Respond(response(200, "text/html; charset=utf-8", INDEX.as_bytes()))
+        }
+        "/ws" | "/health" | "/metrics" | "/" => {
+            Outcome::Respond(error(405, "method_not_allowed", "use GET"))
+        }
+        _ if path.starts_with("/api/") => {
+            if buf.len() < head_len + body_len {
+                return Outcome::Partial;
+            }
+            let body = &buf[head_len..head_len + body_len];
+            let bearer = header(&req, "authorization").and_then(bearer_token);
+            match api::route(method, path, query, body, bearer, node) {
+                Ok(call) => Outcome::Api(call),
+                Err(response) => Outcome::Respond(response),
+            }
+        }
+        _ => Outcome::Respond(error(404, "not_found", "unknown path")),
+    }
+}
+
+pub(crate) fn bearer_token(v: &str) -> Option<&str> {
+    let (scheme, rest) = v.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+}
+
+fn health(node: &Node) -> Outcome {
+    let storage_ok = node.storage().is_healthy();
+    let redis = node.peers().state();
+    let ok = storage_ok && redis != "down";
+    let body = serde_json::json!({
+        "status": if ok { "ok" } else { "degraded" },
+        "node": node.cfg().node_id,
+        "redis": redis,
+        "storage": if storage_ok { "ok" } else { "down" },
+        "connections": node.connections(),
+        "uptime_s": node.uptime_s(),
+    });
+    let status = if ok { 200 } else { 503 };
+    Outcome::Respond(response(status, "application/json", body.to_string().as_bytes()))
+}
+
+/// Checks a token: signature, expiry, user id, revocation. `Err` is the 401 message.
+pub fn verify(token: &str, node: &Node) -> Result<Claims, String> {
+    let claims = node.keys().verify(token)?;
+    if claims.jti.as_deref().is_some_and(|j| node.revoked().contains(j)) {
+        return Err("token revoked".into());
+    }
+    Ok(claims)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_params() {
+        assert_eq!(query_param("a=1&token=xyz&b", "token"), Some("xyz"));
+        assert_eq!(query_param("", "token"), None);
+    }
+}

@@ -1,0 +1,276 @@
+//! One reactor's in-memory membership: which of its connections are in
+//! each room (with the floor below which a subscriber already has the
+//! room's messages), and which are each user's. The one place that keeps
+//! every in-memory copy in step: this index, each session's room list, and
+//! this reactor's bits in the node's directory (set and cleared only here,
+//! under the room's or user's lock).
+//!
+//! # Invariants
+//! * A connection is in a room's `subs` exactly when the room is in its
+//!   session's `rooms`.
+//! * This reactor's room bit is set while `subs` is non-empty; its JSON and
+//!   MessagePack bits while it has a subscriber of that encoding (a stale
+//!   bit is cleared lazily on the next delivery).
+//! * Message frames carry their seq; a message at or below a subscription's
+//!   floor is not delivered again.
+
+use crate::{
+    conn::{ConnTable, Session},
+    fanout::{ConnId, UserAction},
+    node::Node,
+    storage::StorageError,
+    wire::{self, Cursor, Encoded, Encoding, ServerFrame},
+};
+use std::{collections::HashMap, sync::Arc};
+
+/// A subscription catching up from storage fetches at most this many messages.
+const CATCH_UP_MAX: usize = 1000;
+
+/// One subscriber of a room on this reactor.
+#[derive(Clone, Copy, Debug)]
+struct Sub {
+    id: ConnId,
+    /// Messages with seq at or below this are not delivered (already had).
+    floor: u64,
+}
+
+/// A room's subscribers on this reactor, and how many speak each encoding.
+#[derive(Debug, Default)]
+struct LocalRoom {
+    subs: Vec<Sub>,
+    json: u32,
+    msgpack: u32,
+}
+
+/// One reactor's rooms and users.
+#[derive(Debug)]
+pub struct LocalIndex {
+    reactor: u16,
+    rooms: HashMap<Arc<str>, LocalRoom>,
+    users: HashMap<Arc<str>, Vec<ConnId>>,
+}
+
+impl LocalIndex {
+    /// An empty index for reactor `reactor`.
+    pub fn new(reactor: u16) -> LocalIndex {
+        LocalIndex { reactor, rooms: HashMap::new(), users: HashMap::new() }
+    }
+
+    fn bit(&self) -> u64 {
+        1 << self.reactor
+    }
+
+    /// The shared name of a user with connections here (or a new one).
+    pub fn user_name(&self, user: &str) -> Arc<str> {
+        match self.users.get_key_value(user) {
+            Some((k, _)) => k.clone(),
+            None => Arc::from(user),
+        }
+    }
+
+    /// Counts a new session of `user`; true if it is the user's first on the node.
+    pub fn add_session(&mut self, node: &Node, user: &Arc<str>, id: ConnId) -> bool {
+        let local = self.users.entry(user.clone()).or_default();
+        local.push(id);
+        let first_here = local.len() == 1;
+        let bit = self.bit();
+        node.with_user(user, |e| {
+            e.live += 1;
+            if first_here {
+                e.reactors |= bit;
+            }
+            e.live == 1
+        })
+    }
+
+    /// Takes a closing session out of every room and of its user's list;
+    /// true if it was the user's last on the node.
+    pub fn remove_session(&mut self, node: &Node, session: &mut Session, id: ConnId) -> bool {
+        for room in std::mem::take(&mut session.rooms) {
+            self.drop_sub(node, id, &room, session.enc);
+        }
+        let user = session.user.clone();
+        let mut last_here = false;
+        if let Some(list) = self.users.get_mut(&user) {
+            list.retain(|&c| c != id);
+            if list.is_empty() {
+                self.users.remove(&user);
+                last_here = true;
+            }
+        }
+        let bit = self.bit();
+        node.with_user(&user, |e| {
+            e.live = e.live.saturating_sub(1);
+            if last_here {
+                e.reactors &= !bit;
+            }
+            e.live == 0
+        })
+    }
+
+    /// Subscribes an open connection to `room`, reading the room's seq under
+    /// its lock. With `known`, messages in `(known, seq]` (sent before this
+    /// subscription could see them) are fetched from storage and queued.
+    /// Returns the room's canonical name and seq.
+    pub fn subscribe(
+        &mut self,
+        node: &Node,
+        conns: &mut ConnTable,
+        id: ConnId,
+        room: &str,
+        known: Option<u64>,
+    ) -> Result<(Arc<str>, u64), StorageError> {
+        let Some(session) = conns.session_mut(id) else {
+            return Err(StorageError("gone".into()));
+        };
+        let enc = session.enc;
+        if let Some(name) = session.rooms.iter().find(|r| &***r == room).cloned() {
+            let seq = node.with_room(room, |e| e.seq)?;
+            return Ok((name, seq));
+        }
+        let bit = self.bit();
+        let (name, seq) = node.with_room(room, |e| {
+            e.reactors |= bit;
+            match enc {
+                Encoding::Json => e.json |= bit,
+                Encoding::MsgPack => e.msgpack |= bit,
+            }
+            (e.name.clone(), e.seq)
+        })?;
+        session.rooms.push(name.clone());
+        let local = self.rooms.entry(name.clone()).or_default();
+        local.subs.push(Sub { id, floor: seq });
+        match enc {
+            Encoding::Json => local.json += 1,
+            Encoding::MsgPack => local.msgpack += 1,
+        }
+        if let Some(known) = known.filter(|&k| k < seq) {
+            let (msgs, _) = node.storage().history(room, Cursor::After(known), CATCH_UP_MAX)?;
+            for m in msgs.iter().filter(|m| m.seq <= seq) {
+                let (room, from, text) = (&m.room, &m.from, &m.text);
+                let frame = ServerFrame::Message { room, seq: m.seq, ts: m.ts, from, text };
+                conns.queue(id, wire::encode(&frame, enc));
+            }
+        }
+        Ok((name, seq))
+    }
+
+    /// Unsubscribes an open connection from `room`.
+    pub fn unsubscribe(&mut self, node: &Node, conns: &mut ConnTable, id: ConnId, room: &str) {
+        let Some(session) = conns.session_mut(id) else { return };
+        let before = session.rooms.len();
+        session.rooms.retain(|r| **r != *room);
+        if session.rooms.len() != before {
+            let enc = session.enc;
+            self.drop_sub(node, id, room, enc);
+        }
+    }
+
+    /// Removes `id` from `room`'s subscribers and, when this reactor has no
+    /// subscriber (of an encoding) left, clears its bits in the directory.
+    fn drop_sub(&mut self, node: &Node, id: ConnId, room: &str, enc: Encoding) {
+        let Some(local) = self.rooms.get_mut(room) else { return };
+        let before = local.subs.len();
+        local.subs.retain(|s| s.id != id);
+        if local.subs.len() == before {
+            return;
+        }
+        let count = match enc {
+            Encoding::Json => &mut local.json,
+            Encoding::MsgPack => &mut local.msgpack,
+        };
+        *count = count.saturating_sub(1);
+        let (json_gone, mp_gone, empty) =
+            (local.json == 0, local.msgpack == 0, local.subs.is_empty());
+        if empty {
+            self.rooms.remove(room);
+        }
+        if json_gone || mp_gone {
+            let bit = self.bit();
+            let _ = node.with_room(room, |e| {
+                if json_gone {
+                    e.json &= !bit;
+                }
+                if mp_gone {
+                    e.msgpack &= !bit;
+                }
+                if empty {
+                    e.reactors &= !bit;
+                }
+            });
+        }
+    }
+
+    /// Queues a room frame for its subscribers here (a message only for
+    /// those whose floor is below `seq`; `seq` 0: not a message).
+    pub fn deliver_room(
+        &self,
+        node: &Node,
+        conns: &mut ConnTable,
+        room: &str,
+        seq: u64,
+        frame: &Encoded,
+        skip_user: Option<&str>,
+    ) {
+        let Some(local) = self.rooms.get(room) else {
+            // A stale bit: we have nobody here any more. Clear it lazily.
+            let bit = self.bit();
+            let _ = node.with_room(room, |e| {
+                e.reactors &= !bit;
+                e.json &= !bit;
+                e.msgpack &= !bit;
+            });
+            return;
+        };
+        for sub in &local.subs {
+            if seq != 0 && seq <= sub.floor {
+                continue;
+            }
+            let Some(session) = conns.session(sub.id) else { continue };
+            if skip_user.is_some_and(|u| u == &*session.user) {
+                continue;
+            }
+            let Some(bytes) = frame.get(session.enc) else { continue };
+            conns.counts.deliveries += u64::from(seq != 0);
+            conns.queue(sub.id, bytes.clone());
+        }
+    }
+
+    /// Applies `action` to every local connection of `user` (but `skip`),
+    /// then queues `frame` for them: a message (`seq` > 0) only where the
+    /// subscription's floor is below it.
+    pub fn deliver_user(
+        &mut self,
+        node: &Node,
+        conns: &mut ConnTable,
+        user: &str,
+        action: &UserAction,
+        frame: Option<&(Arc<Encoded>, u64, Arc<str>)>,
+        skip: Option<ConnId>,
+    ) {
+        let Some(list) = self.users.get(user) else { return };
+        for id in list.clone() {
+            if Some(id) == skip {
+                continue;
+            }
+            match action {
+                UserAction::None => {}
+                UserAction::Subscribe { room, floor } => {
+                    let _ = self.subscribe(node, conns, id, room, Some(*floor));
+                }
+                UserAction::Unsubscribe { room } => self.unsubscribe(node, conns, id, room),
+            }
+            let Some((frame, seq, room)) = frame else { continue };
+            if *seq != 0 && self.floor(room, id).is_none_or(|f| *seq <= f) {
+                continue;
+            }
+            let Some(bytes) = conns.session(id).and_then(|s| frame.get(s.enc)) else { continue };
+            conns.counts.deliveries += u64::from(*seq != 0);
+            conns.queue(id, bytes.clone());
+        }
+    }
+
+    fn floor(&self, room: &str, id: ConnId) -> Option<u64> {
+        self.rooms.get(room)?.subs.iter().find(|s| s.id == id).map(|s| s.floor)
+    }
+}
