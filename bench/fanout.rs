@@ -1,6 +1,7 @@
 //! The queueing half of fan-out, without sockets: one message encoded once
 //! and its shared bytes queued on 1,000 members' output queues, then the
-//! queues drained through `writev` into a sink (the write path's batching).
+//! queues drained through `write_vectored` (the server sends with `sendmsg`)
+//! into a sink (the write path's batching).
 
 use bytes::Bytes;
 use chinwag::{
@@ -56,7 +57,7 @@ fn fanout(c: &mut Criterion) {
     });
     g.finish();
 
-    // Draining: 16 queued frames per member written with writev.
+    // Draining: 16 queued frames per member written with one vectored write.
     let frame =
         Encoded::encode(&ServerFrame::Read { room: "general", seq: 1 }, true, false).json.unwrap();
     let mut g = c.benchmark_group("outq");

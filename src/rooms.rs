@@ -5,7 +5,7 @@
 //! Sharded `parking_lot` mutexes keyed by name hash; a lock is held only for
 //! a few field updates (and, for a room's first touch, one storage read).
 //! Holds no connection ids: each reactor keeps its own members
-//! (`reactor::Local`). Only the reactor that owns a bit sets or clears it.
+//! (`local::LocalIndex`), and only it sets or clears its bits.
 
 use parking_lot::Mutex;
 use std::{collections::HashMap, sync::Arc};

@@ -7,6 +7,10 @@
 //! * `storage` — history, `since`, persistence across restart, `kill -9` and SIGTERM.
 //! * `cli`     — command line, config precedence, `chinwag token`, `GET /health`.
 //! * `load`    — ordering under concurrent senders and 500 connections in 20 rooms.
+//! * `api`     — every `/api/` route and status, `/metrics`, the web client,
+//!   `wss://`, `chinwag backup` and the systemd unit.
+//! * `cluster` — three nodes and a real `redis-server`: one chat, presence,
+//!   a node killed and restarted, Redis stopped and restarted.
 
 mod support;
 

@@ -50,38 +50,16 @@ pub(crate) fn finish(
     since: Option<u64>,
     new: bool,
 ) {
-    if let Err(r) = subscribe_and_answer(ctx, to, room, user, since, new) {
-        ctx.refuse(to, &r);
-    }
-}
-
-fn subscribe_and_answer(
-    ctx: &mut Ctx<'_>,
-    to: &ReplyTo,
-    room: &Arc<str>,
-    user: &Arc<str>,
-    since: Option<u64>,
-    new: bool,
-) -> Result<(), Refusal> {
-    let node = ctx.node;
-    let conn = to.conn();
-    let seq = match to {
-        ReplyTo::Ws { id, .. } if ctx.conns.session(conn).is_some() => {
-            let (_, seq) = ctx.local.subscribe(node, ctx.conns, conn, room, None)?;
-            let (history, more) = history_for(node.storage(), room, since, seq)?;
-            let (members, online) = presence::online_members(node, room)?;
-            let id = id.as_ref();
-            let frame = ServerFrame::Joined { id, room, seq, members, online, history, more };
-            ctx.frame(conn, &frame);
-            seq
-        }
-        _ => node.storage().last_seq(room)?,
+    let seq = match subscribe_and_reply(ctx, to, room, since) {
+        Ok(seq) => seq,
+        Err(r) => return ctx.refuse(to, &r),
     };
+    let node = ctx.node;
     node.to_user(user, || Cmd::ToUser {
         user: user.clone(),
         action: UserAction::Subscribe { room: room.clone(), floor: seq },
         frame: None,
-        skip: Some(conn),
+        skip: Some(to.conn()),
     });
     if new {
         node.presence(room, user, Presence::Online);
@@ -90,7 +68,30 @@ fn subscribe_and_answer(
     if let ReplyTo::Http { conn } = to {
         ctx.respond(*conn, http::json(200, &json!({ "room": &**room, "seq": seq })));
     }
-    Ok(())
+}
+
+/// Subscribes a joining WebSocket and sends it `joined`; returns the
+/// room's seq then (for an API call: the latest stored).
+fn subscribe_and_reply(
+    ctx: &mut Ctx<'_>,
+    to: &ReplyTo,
+    room: &Arc<str>,
+    since: Option<u64>,
+) -> Result<u64, Refusal> {
+    let node = ctx.node;
+    let conn = to.conn();
+    match to {
+        ReplyTo::Ws { id, .. } if ctx.conns.session(conn).is_some() => {
+            let (_, seq) = ctx.local.subscribe(node, ctx.conns, conn, room, None)?;
+            let (history, more) = history_for(node.storage(), room, since, seq)?;
+            let (members, online) = presence::online_members(node, room)?;
+            let id = id.as_ref();
+            let frame = ServerFrame::Joined { id, room, seq, members, online, history, more };
+            ctx.frame(conn, &frame);
+            Ok(seq)
+        }
+        _ => Ok(node.storage().last_seq(room)?),
+    }
 }
 
 /// The history in `joined`: everything up to `seq` comes from storage

@@ -114,66 +114,70 @@ pub fn route(
     };
     let claims = super::verify(token, node).map_err(|why| respond(401, "unauthorized", &why))?;
     take_token(token, node)?;
-    let room = || -> Result<String, Bytes> {
-        let room = percent_decode(parts[1])
-            .ok_or_else(|| respond(400, "invalid_room", "invalid room name"))?;
-        if wire::valid_room(&room) || wire::dm_users(&room).is_some() {
-            Ok(room)
-        } else {
-            Err(respond(400, "invalid_room", "invalid room name"))
-        }
-    };
     let op = match (which, method) {
-        ("messages", "GET") => {
-            let room = room()?;
-            let limit = match query_u64(query, "limit")? {
-                None => wire::DEFAULT_HISTORY,
-                Some(0) => return Err(respond(400, "bad_request", "`limit` must be at least 1")),
-                Some(l) => (l as usize).min(wire::MAX_HISTORY),
-            };
-            let cursor = match (query_u64(query, "before")?, query_u64(query, "after")?) {
-                (None, None) => Cursor::Latest,
-                (Some(b), None) => Cursor::Before(b),
-                (None, Some(a)) => Cursor::After(a),
-                _ => return Err(respond(400, "bad_request", "give `before` or `after`, not both")),
-            };
-            Op::History { room, cursor, limit }
-        }
+        ("messages", "GET") => history_op(path_room(&parts)?, query)?,
         ("messages", _) => {
-            let room = room()?;
+            let room = path_room(&parts)?;
             let text = body_str(&body_json(body)?, "text")?;
             wire::check_text(&text, node.cfg().max_text).map_err(|r| refused(&r))?;
             Op::Post { room, text }
         }
         ("join", _) => {
-            let room = room()?;
+            let room = path_room(&parts)?;
             if !wire::valid_room(&room) {
                 return Err(respond(400, "invalid_room", "direct-message rooms cannot be joined"));
             }
             Op::Join { room }
         }
-        (admin_op, _) => {
-            if !claims.admin {
-                return Err(respond(403, "forbidden", "needs an admin token"));
-            }
-            let m = body_json(body)?;
-            if admin_op == "notify" {
-                let user = body_str(&m, "user")?;
-                if !wire::valid_user(&user) {
-                    return Err(respond(400, "bad_request", "`user` is not a valid user id"));
-                }
-                Op::Notify {
-                    user,
-                    kind: body_str(&m, "kind")?,
-                    text: body_str(&m, "text")?,
-                    data: m.get("data").cloned(),
-                }
-            } else {
-                Op::Revoke { jti: body_str(&m, "jti")? }
-            }
-        }
+        _ if !claims.admin => return Err(respond(403, "forbidden", "needs an admin token")),
+        ("notify", _) => notify_op(body)?,
+        _ => Op::Revoke { jti: body_str(&body_json(body)?, "jti")? },
     };
     Ok(Call { claims, op })
+}
+
+/// The room of a `/api/rooms/{room}/...` path (`%3A` may stand for `:`).
+fn path_room(parts: &[&str]) -> Result<String, Bytes> {
+    let room = parts
+        .get(1)
+        .and_then(|p| percent_decode(p))
+        .ok_or_else(|| respond(400, "invalid_room", "invalid room name"))?;
+    if wire::valid_room(&room) || wire::dm_users(&room).is_some() {
+        Ok(room)
+    } else {
+        Err(respond(400, "invalid_room", "invalid room name"))
+    }
+}
+
+/// `GET /api/rooms/{room}/messages?limit=&before=|after=`.
+fn history_op(room: String, query: &str) -> Result<Op, Bytes> {
+    let limit = match query_u64(query, "limit")? {
+        None => wire::DEFAULT_HISTORY,
+        Some(0) => return Err(respond(400, "bad_request", "`limit` must be at least 1")),
+        Some(l) => (l as usize).min(wire::MAX_HISTORY),
+    };
+    let cursor = match (query_u64(query, "before")?, query_u64(query, "after")?) {
+        (None, None) => Cursor::Latest,
+        (Some(b), None) => Cursor::Before(b),
+        (None, Some(a)) => Cursor::After(a),
+        _ => return Err(respond(400, "bad_request", "give `before` or `after`, not both")),
+    };
+    Ok(Op::History { room, cursor, limit })
+}
+
+/// `POST /api/notify` `{user, kind, text, data?}`.
+fn notify_op(body: &[u8]) -> Result<Op, Bytes> {
+    let m = body_json(body)?;
+    let user = body_str(&m, "user")?;
+    if !wire::valid_user(&user) {
+        return Err(respond(400, "bad_request", "`user` is not a valid user id"));
+    }
+    Ok(Op::Notify {
+        user,
+        kind: body_str(&m, "kind")?,
+        text: body_str(&m, "text")?,
+        data: m.get("data").cloned(),
+    })
 }
 
 /// The per-token bucket: the same `rate`/`burst` as a WebSocket connection.
