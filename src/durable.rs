@@ -3,17 +3,24 @@
 //!
 //! Writers insert (fast, in memory) and hand an [`AfterFlush`] to the
 //! [`Committer`]. The thread takes every request queued, calls one flush
-//! (fsync) for the batch, and only then forwards each request's command to
-//! its reactor. So an `ack`, a `joined` or an HTTP 201 never precedes the
-//! flush that made its change durable, and one fsync serves many writes
-//! (group commit).
+//! (fsync) for the batch, and only then releases each request: a message
+//! to its room's subscribers and its `ack` to the sender, a `joined` or an
+//! HTTP 201 to its connection. So nobody sees a change before the flush
+//! that made it durable (delivery follows durability, PROTOCOL.md section
+//! 4), and one fsync serves everything queued meanwhile (group commit: the
+//! batch is what queued up during the previous flush, never a timer).
+//!
+//! A flush that fails releases nothing: senders get `unavailable`, nobody
+//! else sees the events, and a message's seq is given back when no later
+//! one was allocated.
 
 use crate::{
-    fanout::{Cmd, Mailbox, Reply, ReplyTo},
+    alive::Alive,
+    fanout::{Cmd, Fanout, Reply, ReplyTo},
     metrics::Metrics,
     storage::Storage,
 };
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use std::{
     io,
     sync::Arc,
@@ -21,10 +28,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-/// How long the commit thread gathers writes before one flush...
-const COMMIT_WINDOW: Duration = Duration::from_millis(10);
-/// ...unless this many are already waiting.
-const COMMIT_ENOUGH: usize = 16;
+/// Most requests released per flush (a bound on one batch's latency).
+const BATCH_MAX: usize = 4096;
+/// The thread beats at least this often while idle.
+const IDLE_BEAT: Duration = Duration::from_secs(1);
+/// Test-only fault hook: with this variable set to `commit`, the commit
+/// thread panics after its first flush (the release unit never sets it).
+const FAULT_ENV: &str = "CHINWAG_TEST_FAULT";
 
 /// A request to the commit thread: what to release after the next flush.
 #[derive(Debug)]
@@ -42,6 +52,19 @@ enum Then {
     Cmd { reactor: u16, ok: Cmd, fail: Option<Cmd> },
     /// `reply` for `to` once durable, `unavailable` (saying `down`) if not.
     Answer { to: ReplyTo, reply: Reply, down: &'static str },
+    /// A stored message: to its room once durable, with the sender's `ack`
+    /// (`to`, none for a message another node accepted).
+    Message(Box<Message>),
+}
+
+#[derive(Debug)]
+struct Message {
+    room: Arc<str>,
+    seq: u64,
+    ts: u64,
+    from: Arc<str>,
+    text: String,
+    to: Option<ReplyTo>,
 }
 
 impl AfterFlush {
@@ -55,22 +78,24 @@ impl AfterFlush {
         AfterFlush { then: Then::Answer { to, reply, down }, at: Instant::now() }
     }
 
+    /// A message just stored: delivered to its room once durable, and
+    /// acked to `to`. Queue it under the room's lock, right after taking its
+    /// seq, so the room's messages are released in seq order.
+    pub fn message(
+        room: Arc<str>,
+        seq: u64,
+        ts: u64,
+        from: Arc<str>,
+        text: String,
+        to: Option<ReplyTo>,
+    ) -> AfterFlush {
+        let m = Message { room, seq, ts, from, text, to };
+        AfterFlush { then: Then::Message(Box::new(m)), at: Instant::now() }
+    }
+
     /// Nothing to release: just make what was written durable soon.
     pub fn nothing() -> AfterFlush {
         AfterFlush { then: Then::Nothing, at: Instant::now() }
-    }
-
-    /// The command to send after a flush that succeeded (`ok`) or not.
-    fn release(self, ok: bool) -> Option<(u16, Cmd)> {
-        match self.then {
-            Then::Nothing => None,
-            Then::Cmd { reactor, ok: cmd, .. } if ok => Some((reactor, cmd)),
-            Then::Cmd { reactor, fail, .. } => fail.map(|cmd| (reactor, cmd)),
-            Then::Answer { to, reply, down } => {
-                let reply = if ok { reply } else { Reply::Unavailable(down) };
-                Some((to.reactor(), Cmd::Reply { to, reply }))
-            }
-        }
     }
 }
 
@@ -81,18 +106,30 @@ pub struct Committer {
     tx: Sender<Option<AfterFlush>>,
 }
 
+/// What the commit thread works with.
+struct Worker {
+    storage: Storage,
+    fanout: Fanout,
+    metrics: Arc<Metrics>,
+    alive: Arc<Alive>,
+    slot: usize,
+}
+
 impl Committer {
-    /// Starts the commit thread. It stops on [`Committer::stop`], after a
-    /// last flush.
+    /// Starts the commit thread, watched in `alive`'s slot `slot`. It stops
+    /// on [`Committer::stop`]; its handle's `join` says whether its last
+    /// flush succeeded.
     pub fn start(
         storage: Storage,
-        mailboxes: Vec<Mailbox>,
+        fanout: Fanout,
         metrics: Arc<Metrics>,
-    ) -> io::Result<(Committer, thread::JoinHandle<()>)> {
+        alive: Arc<Alive>,
+        slot: usize,
+    ) -> io::Result<(Committer, thread::JoinHandle<bool>)> {
         let (tx, rx) = crossbeam_channel::unbounded();
-        let handle = thread::Builder::new()
-            .name("chinwag-commit".into())
-            .spawn(move || commit_loop(storage, mailboxes, rx, metrics))?;
+        let w = Worker { storage, fanout, metrics, alive, slot };
+        let handle =
+            thread::Builder::new().name("chinwag-commit".into()).spawn(move || w.run(rx))?;
         Ok((Committer { tx }, handle))
     }
 
@@ -109,60 +146,91 @@ impl Committer {
     }
 }
 
-/// Gathers one batch: the first request, then whatever comes within the
-/// window (or until the batch is big enough), then whatever is queued.
-/// Returns false once asked to stop.
-fn gather(
-    rx: &Receiver<Option<AfterFlush>>,
-    first: AfterFlush,
-    batch: &mut Vec<AfterFlush>,
-) -> bool {
-    // Group commit: a flush costs far more CPU than a write (sled seals its
-    // buffer and syncs through its IO threads), so at chat rates, where
-    // writes come one by one, the window is what makes flushes shared.
-    // Under load a batch fills at once and waits for nothing.
-    let deadline = first.at + COMMIT_WINDOW;
-    batch.push(first);
-    let mut running = true;
-    while batch.len() < COMMIT_ENOUGH && running {
-        match rx.recv_deadline(deadline) {
-            Ok(Some(p)) => batch.push(p),
-            Ok(None) => running = false,
-            Err(_) => break,
+impl Worker {
+    /// Flushes and releases until stopped; returns whether the last flush
+    /// succeeded.
+    fn run(self, rx: Receiver<Option<AfterFlush>>) -> bool {
+        let _guard = self.alive.guard(self.slot);
+        let fault = std::env::var(FAULT_ENV).is_ok_and(|v| v == "commit");
+        let mut batch = Vec::new();
+        loop {
+            self.alive.beat(self.slot);
+            let first = match rx.recv_timeout(IDLE_BEAT) {
+                Ok(Some(p)) => p,
+                Ok(None) | Err(RecvTimeoutError::Disconnected) => break,
+                Err(RecvTimeoutError::Timeout) => continue,
+            };
+            batch.push(first);
+            let mut running = true;
+            // What queued up during the last flush shares this one.
+            while batch.len() < BATCH_MAX {
+                match rx.try_recv() {
+                    Ok(Some(p)) => batch.push(p),
+                    Ok(None) => running = false,
+                    Err(_) => break,
+                }
+            }
+            let t = Instant::now();
+            let ok = self.storage.flush().is_ok();
+            let done = Instant::now();
+            self.metrics.observe_flush(done.duration_since(t).as_secs_f64(), batch.len());
+            self.release(&mut batch, ok, done);
+            if fault {
+                panic!("test fault: the commit thread stops");
+            }
+            if !running {
+                break;
+            }
         }
-    }
-    for p in rx.try_iter() {
-        match p {
-            Some(p) => batch.push(p),
-            None => running = false,
+        let ok = self.storage.flush().is_ok();
+        if !ok {
+            log::error!("the last flush failed: writes since the previous one may be lost");
         }
+        ok
     }
-    running
-}
 
-fn commit_loop(
-    storage: Storage,
-    mailboxes: Vec<Mailbox>,
-    rx: Receiver<Option<AfterFlush>>,
-    metrics: Arc<Metrics>,
-) {
-    let mut batch = Vec::new();
-    let mut running = true;
-    while running {
-        let Ok(Some(first)) = rx.recv() else { break };
-        running = gather(&rx, first, &mut batch);
-        let t = Instant::now();
-        let ok = storage.flush().is_ok();
-        let done = Instant::now();
-        metrics.observe_flush(done.duration_since(t).as_secs_f64(), batch.len());
+    /// Releases a flushed batch (`ok`), or answers it `unavailable`.
+    fn release(&self, batch: &mut Vec<AfterFlush>, ok: bool, done: Instant) {
+        if !ok {
+            // Newest first, so each room's seqs can be given back in turn.
+            for p in batch.iter().rev() {
+                if let Then::Message(m) = &p.then {
+                    if m.to.is_some() {
+                        let storage = &self.storage;
+                        let forget = || drop(storage.remove_message(&m.room, m.seq));
+                        self.fanout.withdraw_message(&m.room, m.seq, forget);
+                    }
+                }
+            }
+        }
         for p in batch.drain(..) {
-            metrics.observe_ack(done.saturating_duration_since(p.at).as_secs_f64());
-            if let Some((reactor, cmd)) = p.release(ok) {
-                if let Some(mb) = mailboxes.get(reactor as usize) {
-                    mb.send(cmd);
+            self.metrics.observe_ack(done.saturating_duration_since(p.at).as_secs_f64());
+            match p.then {
+                Then::Nothing => {}
+                Then::Cmd { reactor, ok: cmd, fail } => {
+                    if let Some(cmd) = if ok { Some(cmd) } else { fail } {
+                        self.fanout.send_to(reactor, cmd);
+                    }
+                }
+                Then::Answer { to, reply, down } => {
+                    let reply = if ok { reply } else { Reply::Unavailable(down) };
+                    self.fanout.send_to(to.reactor(), Cmd::Reply { to, reply });
+                }
+                Then::Message(m) => {
+                    let Message { room, seq, ts, from, text, to } = *m;
+                    if ok {
+                        self.fanout.release_message(&room, seq, ts, &from, &text);
+                    }
+                    if let Some(to) = to {
+                        let reply = if ok {
+                            Reply::Ack { room, seq, ts }
+                        } else {
+                            Reply::Unavailable(to.down())
+                        };
+                        self.fanout.send_to(to.reactor(), Cmd::Reply { to, reply });
+                    }
                 }
             }
         }
     }
-    let _ = storage.flush();
 }

@@ -6,6 +6,7 @@
 //! layer's lower neighbours or below, never from above.
 //! ```text
 //! L0  wire/      client frames, server frames, names, HTTP responses, encode-once
+//!     alive      liveness of the watched threads (beats, exit guards)
 //!     rooms      the sharded directory: room → reactors, user → reactors
 //!     config     flags, environment and TOML → a validated Config
 //!     auth       HS256 tokens and revocations
@@ -13,7 +14,8 @@
 //! L1  conn/      one connection (socket, output queue, phase, rate bucket,
 //!                close codes) and ConnTable, a reactor's slab and outbox
 //!     storage/   sled, and nothing else: messages, members, reads, revocations
-//!     fanout/    Mailbox (channel + Waker), Cmd, ConnId, ReplyTo
+//!     fanout/    Mailbox (channel + Waker), Cmd, ConnId, ReplyTo, and Fanout:
+//!                frames to rooms and users through the directory
 //! L2  durable    the commit thread: the one place that flushes, then releases
 //!     cluster/   Link (the handle reactors call) and Peers (no-op when single)
 //!     control    the control socket and `chinwag backup`
@@ -32,19 +34,21 @@
 //! * `chinwag-loop-N` (one per core): owns its connections, its
 //!   `LocalIndex` and its bits in the directory; reads `Node`; sends `Cmd`s
 //!   to other reactors' mailboxes and requests to the commit thread.
-//! * `chinwag-commit`: the only caller of `Storage::flush`; forwards each
-//!   request's `Cmd` to its reactor after the flush that made it durable.
+//! * `chinwag-commit`: the only caller of `Storage::flush`; after each flush
+//!   it releases what waited for it: messages to their rooms (it raises the
+//!   rooms' durable seqs in the directory), acks and answers to reactors.
 //! * `chinwag-redis-pub` and `chinwag-redis-sub` (cluster only): talk to
 //!   Redis; write storage, the directory (room seqs) and mailboxes through
 //!   `Node`; never touch a connection.
 //! * `chinwag-control`: answers `chinwag backup` on the control socket;
 //!   reads storage only.
-//! * `chinwag-watchdog` (under a systemd watchdog): reads the reactors'
-//!   heartbeats in `Node`.
+//! * `chinwag-watchdog` (under a systemd watchdog): pings systemd while
+//!   every watched thread (reactors, commit, bridge) beats in `Alive`.
 //! * the main thread: waits for SIGTERM/SIGINT, then runs the teardown.
 #![deny(rust_2018_idioms, missing_debug_implementations)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
+pub(crate) mod alive;
 pub mod auth;
 pub(crate) mod bridge;
 pub(crate) mod chat;

@@ -125,7 +125,7 @@ impl LocalIndex {
         };
         let enc = session.enc;
         if let Some(name) = session.rooms.iter().find(|r| &***r == room).cloned() {
-            let seq = node.with_room(room, |e| e.seq)?;
+            let seq = node.visible_seq(room)?;
             return Ok((name, seq));
         }
         let bit = self.bit();
@@ -135,7 +135,8 @@ impl LocalIndex {
                 Encoding::Json => e.json |= bit,
                 Encoding::MsgPack => e.msgpack |= bit,
             }
-            (e.name.clone(), e.seq)
+            // What is not durable yet comes live, when it is released.
+            (e.name.clone(), e.durable)
         })?;
         session.rooms.push(name.clone());
         let local = self.rooms.entry(name.clone()).or_default();

@@ -57,7 +57,10 @@ fn serve(flags: ServeFlags) -> ExitCode {
     if let Some(sig) = signals.forever().next() {
         log::info!("signal {sig}: closing connections and flushing storage");
     }
-    server.shutdown();
+    if !server.shutdown() {
+        log::error!("stopped, but the last flush failed");
+        return ExitCode::from(1);
+    }
     log::info!("stopped");
     ExitCode::SUCCESS
 }

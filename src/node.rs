@@ -7,22 +7,23 @@
 //! Holds no connection: those belong to the reactors.
 
 use crate::{
+    alive::Alive,
     auth::{Keys, Revocations},
     cluster::Peers,
     config::Config,
     conn::{Bucket, Limited},
     durable::{AfterFlush, Committer},
-    fanout::{Cmd, ConnId, Mailbox, UserAction},
+    fanout::{Cmd, ConnId, Fanout},
     metrics::Metrics,
-    rooms::{bits, Directory, RoomEntry, UserEntry},
+    rooms::{bits, RoomEntry, UserEntry},
     storage::{Storage, StorageError},
-    wire::{self, Encoded, Limits, Presence, ServerFrame},
+    wire::{Limits, Presence, ServerFrame},
 };
 use parking_lot::Mutex;
 use std::{
     collections::HashMap,
     sync::{
-        atomic::{AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicUsize, Ordering},
         Arc,
     },
     time::Instant,
@@ -31,15 +32,34 @@ use std::{
 /// Token buckets kept for HTTP callers before idle ones are swept.
 const MAX_BUCKETS: usize = 10_000;
 
+/// What a node is made of, built by `server`.
+#[derive(Debug)]
+pub struct Parts {
+    /// Settings.
+    pub cfg: Config,
+    /// The database.
+    pub storage: Storage,
+    /// The commit thread.
+    pub committer: Committer,
+    /// The directory and every reactor's mailbox.
+    pub fanout: Fanout,
+    /// Revoked token ids.
+    pub revoked: Arc<Revocations>,
+    /// Prometheus metrics.
+    pub metrics: Arc<Metrics>,
+    /// The other nodes.
+    pub peers: Peers,
+    /// The watched threads.
+    pub alive: Arc<Alive>,
+}
+
 /// State shared by every thread of the node.
 #[derive(Debug)]
 pub struct Node {
     cfg: Config,
-    dir: Directory,
     storage: Storage,
     committer: Committer,
-    /// Every reactor's inbox, by reactor index.
-    mailboxes: Vec<Mailbox>,
+    fanout: Fanout,
     keys: Keys,
     revoked: Arc<Revocations>,
     limits: Limits,
@@ -47,24 +67,17 @@ pub struct Node {
     /// Live WebSocket connections.
     connections: AtomicUsize,
     metrics: Arc<Metrics>,
-    /// Per reactor: ms since `started` at its last turn (for the watchdog).
-    heartbeats: Vec<AtomicU64>,
+    /// Reactors in slots `0..n`, then the commit and bridge threads.
+    alive: Arc<Alive>,
     peers: Peers,
     /// Rate-limit buckets of HTTP API callers, by token.
     http_buckets: Mutex<HashMap<String, Bucket>>,
 }
 
 impl Node {
-    /// A node over its parts (`mailboxes`: one per reactor).
-    pub fn new(
-        cfg: Config,
-        storage: Storage,
-        committer: Committer,
-        mailboxes: Vec<Mailbox>,
-        revoked: Arc<Revocations>,
-        metrics: Arc<Metrics>,
-        peers: Peers,
-    ) -> Node {
+    /// A node over its parts.
+    pub fn new(p: Parts) -> Node {
+        let cfg = p.cfg;
         let limits = Limits {
             max_text: cfg.max_text,
             max_frame: cfg.max_frame,
@@ -73,18 +86,17 @@ impl Node {
         };
         Node {
             keys: Keys::new(&cfg.secret),
-            heartbeats: mailboxes.iter().map(|_| AtomicU64::new(0)).collect(),
             limits,
             cfg,
-            dir: Directory::new(),
-            storage,
-            committer,
-            mailboxes,
-            revoked,
+            storage: p.storage,
+            committer: p.committer,
+            fanout: p.fanout,
+            revoked: p.revoked,
             started: Instant::now(),
             connections: AtomicUsize::new(0),
-            metrics,
-            peers,
+            metrics: p.metrics,
+            alive: p.alive,
+            peers: p.peers,
             http_buckets: Mutex::default(),
         }
     }
@@ -141,9 +153,7 @@ impl Node {
 
     /// Sends a command to reactor `reactor`.
     pub fn send_to(&self, reactor: u16, cmd: Cmd) {
-        if let Some(mb) = self.mailboxes.get(reactor as usize) {
-            mb.send(cmd);
-        }
+        self.fanout.send_to(reactor, cmd);
     }
 
     /// Live WebSocket connections.
@@ -162,18 +172,21 @@ impl Node {
         self.metrics.loop_connections(reactor, local);
     }
 
-    /// Reactor `reactor` is turning.
-    pub fn beat(&self, reactor: u16, now: Instant) {
-        let ms = now.saturating_duration_since(self.started).as_millis() as u64;
-        if let Some(h) = self.heartbeats.get(reactor as usize) {
-            h.store(ms, Ordering::Relaxed);
-        }
+    /// Reactor `reactor` (the thread in that slot) is turning.
+    pub fn beat(&self, reactor: u16) {
+        self.alive.beat(reactor as usize);
     }
 
-    /// Whether every reactor turned within the last `limit_ms`.
-    pub fn all_turning(&self, limit_ms: u64) -> bool {
-        let now = self.started.elapsed().as_millis() as u64;
-        self.heartbeats.iter().all(|h| now.saturating_sub(h.load(Ordering::Relaxed)) < limit_ms)
+    /// The watched threads.
+    pub fn alive(&self) -> &Arc<Alive> {
+        &self.alive
+    }
+
+    /// Whether writes can become durable: storage answers and the commit
+    /// thread runs.
+    pub fn storage_ok(&self) -> bool {
+        self.storage.is_healthy()
+            && self.alive.slot("commit").is_none_or(|s| !self.alive.is_failed(s))
     }
 
     /// `/metrics`.
@@ -204,69 +217,53 @@ impl Node {
         room: &str,
         f: impl FnOnce(&mut RoomEntry) -> R,
     ) -> Result<R, StorageError> {
-        self.dir.with_room(room, || self.storage.last_seq(room), f)
+        self.fanout.dir().with_room(room, || self.storage.last_seq(room), f)
+    }
+
+    /// The room's latest durable seq: what history and subscriptions show.
+    pub fn visible_seq(&self, room: &str) -> Result<u64, StorageError> {
+        self.with_room(room, |e| e.durable)
     }
 
     /// Runs `f` on `user`'s directory entry under its lock.
     pub fn with_user<R>(&self, user: &Arc<str>, f: impl FnOnce(&mut UserEntry) -> R) -> R {
-        self.dir.with_user(user, f)
+        self.fanout.dir().with_user(user, f)
     }
 
     /// Every user with a live connection on this node.
     pub fn online_users(&self) -> Vec<String> {
-        self.dir.online_users()
+        self.fanout.dir().online_users()
     }
 
     /// Whether `user` has a live connection anywhere (this node, or another
     /// node of the cluster).
     pub fn is_online(&self, user: &str) -> bool {
-        self.dir.is_online(user) || self.peers.online_elsewhere(user)
+        self.fanout.dir().is_online(user) || self.peers.online_elsewhere(user)
     }
 
     // ---- fan-out --------------------------------------------------------------
 
     /// Sends a frame to every reactor with subscribers of `room`, encoded
-    /// once per encoding in use there. `seq` is the message seq (0 for others).
-    pub fn broadcast(
-        &self,
-        room: &str,
-        frame: &ServerFrame<'_>,
-        seq: u64,
-        skip_user: Option<Arc<str>>,
-    ) {
-        let _ = self.with_room(room, |e| {
-            if e.reactors == 0 {
-                return;
-            }
-            let frame = Arc::new(Encoded::encode(frame, e.json != 0, e.msgpack != 0));
-            for r in bits(e.reactors) {
-                self.mailboxes[r].send(Cmd::ToRoom {
-                    room: e.name.clone(),
-                    seq,
-                    frame: frame.clone(),
-                    skip_user: skip_user.clone(),
-                });
-            }
-        });
+    /// once per encoding in use there.
+    pub fn broadcast(&self, room: &str, frame: &ServerFrame<'_>, skip_user: Option<Arc<str>>) {
+        let _ = self.with_room(room, |e| self.fanout.broadcast_in(e, frame, 0, skip_user));
     }
 
     /// Broadcasts a `presence` frame to a room's members, not to `user`.
     pub fn presence(&self, room: &str, user: &Arc<str>, state: Presence) {
         let frame = ServerFrame::Presence { room, user, state };
-        self.broadcast(room, &frame, 0, Some(user.clone()));
+        self.broadcast(room, &frame, Some(user.clone()));
     }
 
     /// Sends a command to every reactor holding a connection of `user`.
     pub fn to_user(&self, user: &str, make: impl Fn() -> Cmd) {
-        for r in bits(self.dir.user_reactors(user)) {
-            self.mailboxes[r].send(make());
-        }
+        self.fanout.to_user(user, make);
     }
 
     /// Like [`Node::to_user`], but the commands go out after the next flush
     /// (delivery follows durability).
     pub fn to_user_after_flush(&self, user: &str, make: impl Fn() -> Cmd) {
-        let reactors = self.dir.user_reactors(user);
+        let reactors = self.fanout.dir().user_reactors(user);
         if reactors == 0 {
             self.committer.after_flush(AfterFlush::nothing());
         }
@@ -283,48 +280,6 @@ impl Node {
         frame: &ServerFrame<'_>,
         skip: Option<ConnId>,
     ) {
-        let frame = Arc::new(Encoded::encode(frame, true, true));
-        self.to_user(user, || Cmd::ToUser {
-            user: user.clone(),
-            action: UserAction::None,
-            frame: Some((frame.clone(), 0, room.clone())),
-            skip,
-        });
-    }
-
-    /// Hands a stored message to this node's subscribers. Call under the
-    /// room's lock (`e`), right after storing it and setting `e.seq`, so
-    /// every reactor sees the room's messages in seq order. DM messages go
-    /// to both users' connections (subscribing them); others to the room's
-    /// reactors.
-    pub fn deliver_message(&self, e: &RoomEntry, seq: u64, ts: u64, from: &str, text: &str) {
-        let room = &*e.name;
-        let frame = ServerFrame::Message { room, seq, ts, from, text };
-        match wire::dm_users(room) {
-            Some((a, b)) => {
-                let frame = Arc::new(Encoded::encode(&frame, true, true));
-                for u in [a, b] {
-                    for r in bits(self.dir.user_reactors(u)) {
-                        self.mailboxes[r].send(Cmd::ToUser {
-                            user: Arc::from(u),
-                            action: UserAction::Subscribe { room: e.name.clone(), floor: seq - 1 },
-                            frame: Some((frame.clone(), seq, e.name.clone())),
-                            skip: None,
-                        });
-                    }
-                }
-            }
-            None => {
-                let frame = Arc::new(Encoded::encode(&frame, e.json != 0, e.msgpack != 0));
-                for r in bits(e.reactors) {
-                    self.mailboxes[r].send(Cmd::ToRoom {
-                        room: e.name.clone(),
-                        seq,
-                        frame: frame.clone(),
-                        skip_user: None,
-                    });
-                }
-            }
-        }
+        self.fanout.frame_to_user(user, room, frame, skip);
     }
 }

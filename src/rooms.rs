@@ -1,5 +1,6 @@
 //! The shared directory: which reactors hold subscribers of a room (and in
-//! which encodings), each room's latest seq, and which reactors hold live
+//! which encodings), each room's latest seq allocated and released, and
+//! which reactors hold live
 //! connections of a user (presence).
 //!
 //! Sharded `parking_lot` mutexes keyed by name hash; a lock is held only for
@@ -18,8 +19,11 @@ const SHARDS: usize = 64;
 pub struct RoomEntry {
     /// The canonical name, shared by every frame and local index of the room.
     pub name: Arc<str>,
-    /// Latest seq allocated (0: empty room).
+    /// Latest seq allocated (0: empty room); the next message takes `seq + 1`.
     pub seq: u64,
+    /// Latest seq released: durable, and handed to subscribers. History,
+    /// `joined` and subscriptions see the room up to here, never beyond.
+    pub durable: u64,
     /// Bit r: reactor r has at least one subscriber.
     pub reactors: u64,
     /// Bit r: reactor r has a JSON subscriber.
@@ -95,6 +99,7 @@ impl Directory {
         let entry = shard.entry(name.clone()).or_insert(RoomEntry {
             name,
             seq,
+            durable: seq,
             reactors: 0,
             json: 0,
             msgpack: 0,

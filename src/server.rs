@@ -5,14 +5,16 @@
 //! Holds handles, never a connection.
 
 use crate::{
+    alive::Alive,
     auth::Revocations,
     cluster::{Link, Peers},
     config::Config,
     durable::Committer,
-    fanout::{self, Cmd, Mailbox},
+    fanout::{self, Cmd, Fanout, Mailbox},
     metrics::Metrics,
-    node::Node,
+    node::{Node, Parts},
     reactor::{Reactor, WAKER},
+    rooms::Directory,
     storage::Storage,
 };
 use mio::{net::TcpListener, Poll, Waker};
@@ -40,7 +42,7 @@ pub struct Server {
     pub addr: SocketAddr,
     mailboxes: Vec<Mailbox>,
     reactors: Vec<thread::JoinHandle<()>>,
-    commit: Option<thread::JoinHandle<()>>,
+    commit: Option<thread::JoinHandle<bool>>,
     node: Option<Arc<Node>>,
 }
 
@@ -96,19 +98,27 @@ impl Server {
             Some(url) => Some(Link::new(url, &cfg.node_id).map_err(StartError::Redis)?),
             None => None,
         };
-        let (committer, commit) =
-            Committer::start(storage.clone(), mailboxes.clone(), metrics.clone())
-                .map_err(StartError::Other)?;
+        // Watched threads: the reactors by index, then the commit thread,
+        // then (cluster only) the bridge's two.
+        let mut names: Vec<String> = (0..cfg.threads).map(|i| format!("loop-{i}")).collect();
+        names.push("commit".into());
+        if link.is_some() {
+            names.extend(["redis-pub".into(), "redis-sub".into()]);
+        }
+        let alive = Alive::new(names);
+        let fanout = Fanout::new(Arc::new(Directory::new()), mailboxes.clone());
+        let commit_slot = cfg.threads;
+        let (committer, commit) = Committer::start(
+            storage.clone(),
+            fanout.clone(),
+            metrics.clone(),
+            alive.clone(),
+            commit_slot,
+        )
+        .map_err(StartError::Other)?;
         let peers = Peers::new(link.as_ref().map(|(l, _)| l.clone()));
-        let node = Arc::new(Node::new(
-            cfg,
-            storage,
-            committer,
-            mailboxes.clone(),
-            revoked,
-            metrics,
-            peers,
-        ));
+        let parts = Parts { cfg, storage, committer, fanout, revoked, metrics, peers, alive };
+        let node = Arc::new(Node::new(parts));
         if let Some((link, rx)) = link {
             crate::bridge::start(link, rx, node.clone()).map_err(StartError::Other)?;
         }
@@ -127,7 +137,7 @@ impl Server {
     }
 
     /// Tells systemd the node is ready and, if the unit has a watchdog,
-    /// pings it for as long as every event loop keeps turning.
+    /// pings it for as long as every watched thread keeps turning.
     pub fn notify_systemd(&self) {
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
         let mut usec = 0;
@@ -138,11 +148,12 @@ impl Server {
         let every = std::time::Duration::from_micros(usec / 2);
         let spawned = thread::Builder::new().name("chinwag-watchdog".into()).spawn(move || loop {
             thread::sleep(every);
-            // A loop turns at least every 250 ms; 10 s of silence is a hang.
-            if node.all_turning(10_000) {
-                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
+            // A loop turns at least every 250 ms, the other threads every
+            // few seconds: 10 s of silence (or an exit) is a fault.
+            if let Some(t) = node.alive().failed() {
+                log::error!("thread {t} stopped turning; withholding the watchdog ping");
             } else {
-                log::error!("an event loop stopped turning; withholding the watchdog ping");
+                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
             }
         });
         if let Err(e) = spawned {
@@ -152,8 +163,8 @@ impl Server {
 
     /// Closes every connection with 1001, waits for the reactors (at most a
     /// few seconds), stops the bridge, then lets the commit thread do its
-    /// last flush.
-    pub fn shutdown(mut self) {
+    /// last flush. False if that flush failed (or the thread had died).
+    pub fn shutdown(mut self) -> bool {
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
         for mb in &self.mailboxes {
             mb.send(Cmd::Shutdown);
@@ -169,8 +180,6 @@ impl Server {
             let _ = std::fs::remove_file(crate::control::socket_path(&node.cfg().data_dir));
         }
         self.mailboxes.clear();
-        if let Some(c) = self.commit.take() {
-            let _ = c.join();
-        }
+        self.commit.take().is_some_and(|c| c.join().unwrap_or(false))
     }
 }

@@ -9,6 +9,8 @@
 //! * `load`    — ordering under concurrent senders and 500 connections in 20 rooms.
 //! * `api`     — every `/api/` route and status, `/metrics`, the web client,
 //!   `wss://`, `chinwag backup` and the systemd unit.
+//! * `integrity` — delivery follows durability: `kill -9` under traffic, a
+//!   dead commit thread.
 //! * `cluster` — three nodes and a real `redis-server`: one chat, presence,
 //!   a node killed and restarted, Redis stopped and restarted.
 
@@ -18,6 +20,7 @@ mod api;
 mod cli;
 mod cluster;
 mod errors;
+mod integrity;
 mod limits;
 mod load;
 mod storage;

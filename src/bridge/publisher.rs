@@ -49,8 +49,11 @@ struct Publisher {
 
 /// Runs until the link stops.
 pub(super) fn run(link: &Link, rx: &Receiver<Outbound>, node: &Node) {
+    let slot = node.alive().slot("redis-pub").unwrap_or(usize::MAX);
+    let _guard = node.alive().guard(slot);
     let mut p = Publisher::default();
     while !link.is_stopped() {
+        node.alive().beat(slot);
         let first = match rx.recv_timeout(Duration::from_millis(500)) {
             Ok(o) => Some(o),
             Err(RecvTimeoutError::Timeout) => None,

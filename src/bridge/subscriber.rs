@@ -23,9 +23,12 @@ return cur
 
 /// Runs until the link stops, reconnecting with backoff.
 pub(super) fn run(link: &Link, node: &Node) {
+    let slot = node.alive().slot("redis-sub").unwrap_or(usize::MAX);
+    let _guard = node.alive().guard(slot);
     let mut attempt = 0;
     while !link.is_stopped() {
-        if let Err(e) = subscribe_once(link, node) {
+        node.alive().beat(slot);
+        if let Err(e) = subscribe_once(link, node, slot) {
             link.set_up(false, &e.to_string());
             thread::sleep(backoff(attempt));
             attempt += 1;
@@ -35,7 +38,7 @@ pub(super) fn run(link: &Link, node: &Node) {
 
 /// One connected session: subscribe, resync, then apply events until the
 /// link fails (`Err`) or the node stops (`Ok`).
-fn subscribe_once(link: &Link, node: &Node) -> redis::RedisResult<()> {
+fn subscribe_once(link: &Link, node: &Node, slot: usize) -> redis::RedisResult<()> {
     let mut sub = connect(link.client())?;
     let mut con = connect(link.client())?;
     let mut pubsub = sub.as_pubsub();
@@ -45,6 +48,7 @@ fn subscribe_once(link: &Link, node: &Node) -> redis::RedisResult<()> {
     link.next_epoch();
     link.set_up(true, "");
     loop {
+        node.alive().beat(slot);
         let msg = match pubsub.get_message() {
             Ok(m) => m,
             Err(e) if e.is_timeout() => {
@@ -129,7 +133,8 @@ fn ingest_message(node: &Node, payload: &[u8], con: &mut Connection) -> redis::R
     Ok(())
 }
 
-/// Stores and delivers one message if it is new here, under its room's lock.
+/// Stores one message if it is new here, under its room's lock, and has
+/// it delivered after the flush.
 fn apply_message(node: &Node, seq: u64, body: &Body) {
     let room = &body.room;
     let _ = node.with_room(room, |e| {
@@ -143,7 +148,9 @@ fn apply_message(node: &Node, seq: u64, body: &Body) {
             return;
         }
         e.seq = seq;
-        node.deliver_message(e, seq, body.ts, &body.from, &body.text);
+        // Delivered here after our own flush, like a local message.
+        let (from, text) = (Arc::from(body.from.as_str()), body.text.clone());
+        node.after_flush(AfterFlush::message(e.name.clone(), seq, body.ts, from, text, None));
     });
 }
 
@@ -178,7 +185,7 @@ fn apply_event(link: &Link, node: &Node, e: Event) {
         }
         Event::Typing { node: from, room, user, active } if from != link.node() => {
             let frame = ServerFrame::Typing { room: &room, user: &user, active };
-            node.broadcast(&room, &frame, 0, Some(Arc::from(user.as_str())));
+            node.broadcast(&room, &frame, Some(Arc::from(user.as_str())));
         }
         Event::Read { node: from, room, user, seq } if from != link.node() => {
             let _ = node.storage().set_read(&user, &room, seq);
@@ -213,7 +220,7 @@ fn apply_member(node: &Node, room: &str, user: &str, joined: bool) {
         node.storage().remove_member(room, &user).unwrap_or(false)
     };
     let action = if joined {
-        let floor = node.storage().last_seq(room).unwrap_or(0);
+        let floor = node.visible_seq(room).unwrap_or(0);
         UserAction::Subscribe { room: name.clone(), floor }
     } else {
         UserAction::Unsubscribe { room: name.clone() }

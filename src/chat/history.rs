@@ -18,5 +18,17 @@ pub(crate) fn query(
     limit: usize,
 ) -> Result<(Vec<Msg>, bool), Refusal> {
     may_use(ctx, conn, user, room)?;
-    Ok(ctx.node.storage().history(room, cursor, limit)?)
+    // Only what is durable (released) shows.
+    let visible = ctx.node.visible_seq(room)?;
+    let cursor = match cursor {
+        Cursor::Latest => Cursor::Before(visible.saturating_add(1)),
+        Cursor::Before(b) => Cursor::Before(b.min(visible.saturating_add(1))),
+        after => after,
+    };
+    let (mut messages, mut more) = ctx.node.storage().history(room, cursor, limit)?;
+    if messages.last().is_some_and(|m| m.seq > visible) {
+        messages.retain(|m| m.seq <= visible);
+        more = false;
+    }
+    Ok((messages, more))
 }

@@ -90,7 +90,7 @@ fn subscribe_and_reply(
             ctx.frame(conn, &frame);
             Ok(seq)
         }
-        _ => Ok(node.storage().last_seq(room)?),
+        _ => Ok(node.visible_seq(room)?),
     }
 }
 

@@ -93,7 +93,7 @@ impl Ctx<'_> {
     pub fn park(&mut self, to: &ReplyTo) {
         if let ReplyTo::Http { conn } = to {
             if let Some(c) = self.conns.get_mut(*conn) {
-                c.park();
+                c.park(self.now);
             }
         }
     }
@@ -147,9 +147,9 @@ fn act(ctx: &mut Ctx<'_>, to: &ReplyTo, user: &Arc<str>, req: Request) -> Result
         Request::Leave { room } => leave::start(ctx, user, &room, to.clone()),
         Request::Send { room, text } => {
             may_use(ctx, Some(conn), user, &room)?;
-            send::accept(ctx, user, &room, &text, true, to.clone())
+            send::accept(ctx, user, &room, text, true, to.clone())
         }
-        Request::Dm { to: peer, text } => send::dm(ctx, user, &peer, &text, to.clone()),
+        Request::Dm { to: peer, text } => send::dm(ctx, user, &peer, text, to.clone()),
         Request::Typing { room, active } => typing::typing(ctx, conn, user, &room, active),
         Request::History { room, cursor, limit } => {
             let (messages, more) = history::query(ctx, Some(conn), user, &room, cursor, limit)?;

@@ -19,7 +19,7 @@ pub(crate) fn read(
 ) -> Result<(), Refusal> {
     may_use(ctx, Some(conn), user, room)?;
     let node = ctx.node;
-    let latest = node.with_room(room, |e| e.seq)?;
+    let latest = node.visible_seq(room)?;
     let seq = node.storage().set_read(user, room, seq.min(latest))?;
     // Durable with the next group commit; nobody waits for it.
     node.after_flush(AfterFlush::nothing());

@@ -1,12 +1,12 @@
 //! `send`, `dm` and `POST /api/rooms/{room}/messages`: a message gets its
 //! seq under its room's lock (or, in a cluster, from Redis through the
-//! bridge), is stored and handed to every subscriber; the sender's answer
-//! (`ack` or 201) waits for the flush that makes it durable.
+//! bridge) and is stored; after the flush that makes it durable, the commit
+//! thread hands it to every subscriber and answers the sender (`ack` or 201).
 
 use super::Ctx;
 use crate::{
     durable::AfterFlush,
-    fanout::{Reply, ReplyTo},
+    fanout::ReplyTo,
     wire::{self, Code, Refusal},
 };
 use std::sync::Arc;
@@ -16,7 +16,7 @@ pub(crate) fn dm(
     ctx: &mut Ctx<'_>,
     user: &Arc<str>,
     peer: &str,
-    text: &str,
+    text: String,
     to: ReplyTo,
 ) -> Result<(), Refusal> {
     if *peer == **user {
@@ -34,7 +34,7 @@ pub(crate) fn accept(
     ctx: &mut Ctx<'_>,
     user: &Arc<str>,
     room: &str,
-    text: &str,
+    text: String,
     known: bool,
     to: ReplyTo,
 ) -> Result<(), Refusal> {
@@ -46,22 +46,22 @@ pub(crate) fn accept(
         // The answer comes back through the bridge; a refusal (link down)
         // is answered by the caller at once, parked or not.
         ctx.park(&to);
-        return link.send(room, user, text, ts, known, floor, to);
+        return link.send(room, user, &text, ts, known, floor, to);
     }
+    ctx.park(&to);
     let storage = node.storage();
-    let (seq, name) = node.with_room(room, |e| -> Result<_, Refusal> {
+    node.with_room(room, |e| -> Result<_, Refusal> {
         if let (false, Some((a, b))) = (known, wire::dm_users(room)) {
             storage.add_member(room, a)?;
             storage.add_member(room, b)?;
         }
         let seq = e.seq + 1;
-        storage.append(room, seq, ts, user, text)?;
+        storage.append(room, seq, ts, user, &text)?;
         e.seq = seq;
-        node.deliver_message(e, seq, ts, user, text);
-        Ok((seq, e.name.clone()))
-    })??;
-    ctx.park(&to);
-    let down = to.down();
-    node.after_flush(AfterFlush::answer(to, Reply::Ack { room: name, seq, ts }, down));
-    Ok(())
+        // Queued under the lock: the commit thread releases the room's
+        // messages (to its members, and the ack) in seq order.
+        let name = e.name.clone();
+        node.after_flush(AfterFlush::message(name, seq, ts, user.clone(), text, Some(to)));
+        Ok(())
+    })?
 }

@@ -17,7 +17,7 @@ pub(crate) fn typing(
 ) -> Result<(), Refusal> {
     may_use(ctx, Some(conn), user, room)?;
     let frame = ServerFrame::Typing { room, user, active };
-    ctx.node.broadcast(room, &frame, 0, Some(user.clone()));
+    ctx.node.broadcast(room, &frame, Some(user.clone()));
     ctx.node.peers().typing(room, user, active);
     Ok(())
 }

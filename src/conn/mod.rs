@@ -33,6 +33,9 @@ const HTTP_DEADLINE: Duration = Duration::from_secs(10);
 const PING_EVERY: Duration = Duration::from_secs(20);
 /// A connection silent this long is closed.
 const IDLE_LIMIT: Duration = Duration::from_secs(60);
+/// An API call waits this long at most for its durable answer (the 1 s
+/// sweep may add a second: still within PROTOCOL.md's 10 s).
+const ANSWER_DEADLINE: Duration = Duration::from_secs(8);
 /// How long a closing connection may take to flush and see the peer's EOF.
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
 
@@ -107,8 +110,8 @@ impl Session {
 enum Phase {
     /// Reading the HTTP request head; what has arrived so far of a partial one.
     Http(Vec<u8>),
-    /// An API call waiting for the flush that makes it durable.
-    HttpWait,
+    /// An API call waiting (since then) for the flush that makes it durable.
+    HttpWait(Instant),
     /// A live WebSocket.
     Open(Box<Session>),
     /// Sending what is queued, then closing: give up at `until`; `shut`:
@@ -144,6 +147,8 @@ pub enum Due {
     Close(Close),
     /// Send it a ping.
     Ping,
+    /// An API call waited too long for its answer: 503 it.
+    GiveUp,
 }
 
 /// One client connection.
@@ -196,7 +201,7 @@ impl Conn {
 
     /// An HTTP request not answered yet (read, or parked).
     pub fn awaits_response(&self) -> bool {
-        matches!(self.phase, Phase::Http(_) | Phase::HttpWait)
+        matches!(self.phase, Phase::Http(_) | Phase::HttpWait(_))
     }
 
     /// Whether output waits to be written.
@@ -242,8 +247,10 @@ impl Conn {
     }
 
     /// Parks an API call until its durable answer comes back.
-    pub fn park(&mut self) {
-        self.phase = Phase::HttpWait;
+    pub fn park(&mut self, now: Instant) {
+        if let Phase::Http(_) = self.phase {
+            self.phase = Phase::HttpWait(now);
+        }
     }
 
     /// Queues a complete HTTP response and closes after it.
@@ -347,7 +354,8 @@ impl Conn {
     pub fn due(&mut self, now: Instant, now_s: u64, revoked: &Revocations) -> Due {
         match &mut self.phase {
             Phase::Http(_) if now.duration_since(self.born) >= HTTP_DEADLINE => Due::Reap,
-            Phase::Http(_) | Phase::HttpWait => Due::Nothing,
+            Phase::HttpWait(since) if now.duration_since(*since) >= ANSWER_DEADLINE => Due::GiveUp,
+            Phase::Http(_) | Phase::HttpWait(_) => Due::Nothing,
             Phase::Closing { until, .. } if now >= *until => Due::Reap,
             Phase::Closing { .. } => Due::Nothing,
             Phase::Open(s) => {

@@ -3,10 +3,13 @@
 //! names every thread uses for a connection ([`ConnId`]) and for whoever
 //! waits for a durable answer ([`ReplyTo`]).
 //!
-//! Owns transport only: who receives what is `node`'s and `local`'s.
+//! [`Fanout`] addresses rooms and users from any thread through the
+//! directory. Who, on a reactor, receives what is `local`'s.
 
 mod cmd;
+mod deliver;
 mod mailbox;
 
 pub use cmd::{Cmd, ConnId, Reply, ReplyTo, UserAction, STORAGE_DOWN};
+pub use deliver::Fanout;
 pub use mailbox::{mailbox, Inbox, Mailbox};

@@ -206,7 +206,7 @@ pub(crate) fn execute(ctx: &mut Ctx<'_>, conn: ConnId, call: Call) {
         }
         Op::Join { room } => chat::join::start(ctx, &user, &room, None, to).map(|()| None),
         Op::Post { room, text } => chat::may_use(ctx, None, &user, &room)
-            .and_then(|()| chat::send::accept(ctx, &user, &room, &text, true, to))
+            .and_then(|()| chat::send::accept(ctx, &user, &room, text, true, to))
             .map(|()| None),
         Op::Notify { user: who, kind, text, data } => {
             let ts = wire::now_ms();

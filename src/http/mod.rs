@@ -124,9 +124,9 @@ pub(crate) fn bearer_token(v: &str) -> Option<&str> {
 }
 
 fn health(node: &Node) -> Outcome {
-    let storage_ok = node.storage().is_healthy();
+    let storage_ok = node.storage_ok();
     let redis = node.peers().state();
-    let ok = storage_ok && redis != "down";
+    let ok = storage_ok && redis != "down" && node.alive().failed().is_none();
     let body = serde_json::json!({
         "status": if ok { "ok" } else { "degraded" },
         "node": node.cfg().node_id,

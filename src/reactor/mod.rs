@@ -111,6 +111,7 @@ impl Reactor {
 
     /// Turns until shut down, then frees every connection.
     pub fn run(mut self) {
+        let _guard = self.node.alive().guard(self.id as usize);
         let mut events = Events::with_capacity(1024);
         while self.turn(&mut events) {}
         self.reap.extend(self.conns.ids());
@@ -155,7 +156,7 @@ impl Reactor {
         }
         self.inbox.awake();
         self.now = Instant::now();
-        self.node.beat(self.id, self.now);
+        self.node.beat(self.id);
         true
     }
 

@@ -2,7 +2,10 @@
 //! idle and token checks, closing lingers, and the metrics gauges.
 
 use super::Reactor;
-use crate::{conn::Due, wire};
+use crate::{
+    conn::Due,
+    wire::{self, http},
+};
 use std::time::Duration;
 
 /// Time between timer sweeps.
@@ -34,6 +37,10 @@ impl Reactor {
                     self.conns.queue(id, wire::ping_frame());
                 }
                 Due::Close(code) => self.close(id, Some(code)),
+                Due::GiveUp => {
+                    let why = "no durable answer in time: the write may not have been accepted";
+                    self.conns.respond(id, http::error(503, "unavailable", why), self.now);
+                }
             }
         }
     }

@@ -21,6 +21,12 @@ impl Storage {
         self.check(r).map(drop)
     }
 
+    /// Drops a stored message that could not be made durable.
+    pub fn remove_message(&self, room: &str, seq: u64) -> Result<()> {
+        let r = self.messages.remove(msg_key(room, seq));
+        self.check(r).map(drop)
+    }
+
     fn decode_msg(room: &str, k: &[u8], v: &[u8]) -> Result<Msg> {
         let seq = be_u64(&k[k.len().saturating_sub(8)..])
             .ok_or_else(|| StorageError("corrupt message key".into()))?;
