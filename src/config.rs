@@ -84,6 +84,10 @@ pub struct ServeFlags {
     /// TLS private key (PEM).
     #[arg(long, value_name = "FILE")]
     pub tls_key: Option<PathBuf>,
+    /// Free bytes on the data directory's file system below which writes
+    /// are refused; 0 turns the guard off [default: 104857600].
+    #[arg(long, value_name = "BYTES")]
+    pub min_free: Option<String>,
 }
 
 /// Flags of `chinwag token`.
@@ -164,6 +168,7 @@ struct FileLayer {
     max_output: Option<i64>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
+    min_free: Option<i64>,
 }
 
 /// The resolved, validated settings of a server.
@@ -195,6 +200,8 @@ pub struct Config {
     pub max_output: usize,
     /// TLS server settings when `tls_cert` and `tls_key` are set.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Free bytes below which writes are refused (0: no guard).
+    pub min_free: u64,
 }
 
 /// Loads the certificate chain and key into a rustls server config.
@@ -314,6 +321,15 @@ pub fn resolve(flags: ServeFlags) -> Result<Config, BadSetting> {
     if max_text > 1 << 20 {
         return Err(bad("max_text", "must be at most 1048576"));
     }
+    let min_free = match (flags.min_free.as_deref(), file.min_free) {
+        (Some(s), _) => s
+            .trim()
+            .parse::<u64>()
+            .map_err(|_| bad("min_free", format!("`{s}` is not a number of bytes")))?,
+        (None, Some(n)) => u64::try_from(n)
+            .map_err(|_| bad("min_free", format!("{n} is not a number of bytes")))?,
+        (None, None) => 100 << 20,
+    };
     let data_dir = data_dir(flags.data_dir, file.data_dir);
     prepare_dir(&data_dir)?;
     let node_id = match flags.node_id.or(file.node_id) {
@@ -340,6 +356,7 @@ pub fn resolve(flags: ServeFlags) -> Result<Config, BadSetting> {
         max_frame: max_frame as usize,
         max_output: max_output as usize,
         tls,
+        min_free,
     })
 }
 

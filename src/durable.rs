@@ -32,6 +32,8 @@ use std::{
 const BATCH_MAX: usize = 4096;
 /// The thread beats at least this often while idle.
 const IDLE_BEAT: Duration = Duration::from_secs(1);
+/// How often the disk's free space is checked, and a failed storage retried.
+const CHECK_EVERY: Duration = Duration::from_secs(1);
 /// Test-only fault hook: with this variable set to `commit`, the commit
 /// thread panics after its first flush (the release unit never sets it).
 const FAULT_ENV: &str = "CHINWAG_TEST_FAULT";
@@ -109,6 +111,8 @@ pub struct Committer {
 /// What the commit thread works with.
 struct Worker {
     storage: Storage,
+    /// Free bytes below which writes are refused (0: no guard).
+    min_free: u64,
     fanout: Fanout,
     metrics: Arc<Metrics>,
     alive: Arc<Alive>,
@@ -121,13 +125,14 @@ impl Committer {
     /// flush succeeded.
     pub fn start(
         storage: Storage,
+        min_free: u64,
         fanout: Fanout,
         metrics: Arc<Metrics>,
         alive: Arc<Alive>,
         slot: usize,
     ) -> io::Result<(Committer, thread::JoinHandle<bool>)> {
         let (tx, rx) = crossbeam_channel::unbounded();
-        let w = Worker { storage, fanout, metrics, alive, slot };
+        let w = Worker { storage, min_free, fanout, metrics, alive, slot };
         let handle =
             thread::Builder::new().name("chinwag-commit".into()).spawn(move || w.run(rx))?;
         Ok((Committer { tx }, handle))
@@ -153,8 +158,14 @@ impl Worker {
         let _guard = self.alive.guard(self.slot);
         let fault = std::env::var(FAULT_ENV).is_ok_and(|v| v == "commit");
         let mut batch = Vec::new();
+        let mut checked = Instant::now();
+        self.storage.check_space(self.min_free);
         loop {
             self.alive.beat(self.slot);
+            if checked.elapsed() >= CHECK_EVERY {
+                checked = Instant::now();
+                self.maintain();
+            }
             let first = match rx.recv_timeout(IDLE_BEAT) {
                 Ok(Some(p)) => p,
                 Ok(None) | Err(RecvTimeoutError::Disconnected) => break,
@@ -187,6 +198,21 @@ impl Worker {
             log::error!("the last flush failed: writes since the previous one may be lost");
         }
         ok
+    }
+
+    /// Once a second: the free-space guard, and healing a failed storage
+    /// (sled stays failed after an I/O error, so it is reopened; whatever
+    /// was allocated but never released is dropped).
+    fn maintain(&self) {
+        self.storage.check_space(self.min_free);
+        if !self.storage.is_failed() || self.storage.flush().is_ok() {
+            return;
+        }
+        let fanout = &self.fanout;
+        let purge = |remove: &dyn Fn(&str, u64, u64)| fanout.forget_unreleased(remove);
+        if self.storage.reopen(purge).is_ok() {
+            let _ = self.storage.flush();
+        }
     }
 
     /// Releases a flushed batch (`ok`), or answers it `unavailable`.

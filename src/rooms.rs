@@ -125,6 +125,13 @@ impl Directory {
         r
     }
 
+    /// Runs `f` on every room's entry, one shard lock at a time.
+    pub fn for_each_room(&self, mut f: impl FnMut(&mut RoomEntry)) {
+        for shard in &self.rooms.shards {
+            shard.lock().values_mut().for_each(&mut f);
+        }
+    }
+
     /// Which reactors hold the user's connections (bit set).
     pub fn user_reactors(&self, user: &str) -> u64 {
         self.users.shard(user).lock().get(user).map_or(0, |e| e.reactors)

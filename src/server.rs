@@ -110,6 +110,7 @@ impl Server {
         let commit_slot = cfg.threads;
         let (committer, commit) = Committer::start(
             storage.clone(),
+            cfg.min_free,
             fanout.clone(),
             metrics.clone(),
             alive.clone(),

@@ -2,8 +2,9 @@
 //! `redis-server` on a free port. Delivery across nodes exactly once and in
 //! order, concurrent senders on different nodes gap-free, presence, notify
 //! and revoke across nodes, a node killed with `kill -9` and restarted with
-//! identical history, and Redis stopped (sends `unavailable`, 503) and
-//! restarted empty (sends work, nothing lost or duplicated).
+//! identical history, Redis stopped (sends `unavailable`, 503) and
+//! restarted empty (sends work, nothing lost or duplicated), and Redis
+//! command errors and killed connections healing within 10 s.
 
 use crate::support::{self, ty, Auth, Client, Enc, Opts, Server};
 use serde_json::{json, Value};
@@ -402,4 +403,61 @@ fn read_markers_sync_across_nodes() {
         "{}",
         later.hello
     );
+}
+
+/// `redis-cli -p PORT ARGS`: its output.
+fn redis_cli(redis: &Redis, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args(["-p", &redis.port.to_string()])
+        .args(args)
+        .output()
+        .expect("redis-cli comes with redis-server");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Sends until acked; a refusal meanwhile must be `unavailable`. Panics if
+/// no ack comes within `limit`.
+fn send_eventually(c: &mut Client, room: &str, text: &str, limit: Duration) -> Value {
+    let start = Instant::now();
+    loop {
+        let r = c.call(json!({"type": "send", "room": room, "text": text}));
+        if ty(&r) == "ack" {
+            return r;
+        }
+        assert_eq!(r["code"], "unavailable", "{r}");
+        assert!(start.elapsed() < limit, "no ack for {text:?} within {limit:?}: {r}");
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn redis_command_errors_and_killed_connections_heal_within_10_s() {
+    let redis = Redis::start();
+    let nodes = vec![node(&redis, "n1"), node(&redis, "n2")];
+    let mut a = nodes[0].client("a");
+    a.join("h");
+    let mut b = nodes[1].client("b");
+    b.join("h");
+    let mut acked = vec![a.send_msg("h", "before")["seq"].as_u64().unwrap()];
+    let faults: [&[&str]; 3] = [
+        &["SCRIPT", "FLUSH"],
+        &["CLIENT", "KILL", "TYPE", "normal"],
+        &["CLIENT", "KILL", "TYPE", "pubsub"],
+    ];
+    for fault in faults {
+        redis_cli(&redis, fault);
+        for (who, c) in [("a", &mut a), ("b", &mut b)] {
+            let text = format!("{who} after {}", fault.join(" "));
+            let ack = send_eventually(c, "h", &text, Duration::from_secs(10));
+            acked.push(ack["seq"].as_u64().unwrap());
+        }
+    }
+    // Every acked message is in both nodes' history, once.
+    acked.sort_unstable();
+    for n in &nodes {
+        let seqs: Vec<u64> = history(n, "h").iter().map(|m| m.0).collect();
+        for seq in &acked {
+            assert_eq!(seqs.iter().filter(|s| *s == seq).count(), 1, "seq {seq} on {seqs:?}");
+        }
+    }
 }

@@ -14,8 +14,8 @@ use tungstenite::Message;
 const FAST: &[&str] = &["--rate", "100000", "--burst", "100000"];
 
 /// Every `message` frame (seq, text) a client reads until its connection
-/// fails (the server was killed).
-fn observe(mut c: Client) -> Vec<(u64, String)> {
+/// fails (the server was killed) or a message with text `last` arrives.
+fn observe_until(mut c: Client, last: Option<&str>) -> Vec<(u64, String)> {
     let _ = c.ws.get_mut().set_read_timeout(Some(Duration::from_secs(10)));
     let mut seen = Vec::new();
     loop {
@@ -27,7 +27,11 @@ fn observe(mut c: Client) -> Vec<(u64, String)> {
         let v: Value = serde_json::from_str(frame.as_str()).expect("json frame");
         if ty(&v) == "message" {
             let text = v["text"].as_str().unwrap_or_default().to_string();
+            let done = last == Some(text.as_str());
             seen.push((v["seq"].as_u64().expect("seq"), text));
+            if done {
+                return seen;
+            }
         }
     }
 }
@@ -63,7 +67,7 @@ fn what_anyone_saw_survives_kill_9_and_no_seq_gets_two_texts() {
             observer.join("soak");
             sender.join("soak");
         }
-        let watcher = thread::spawn(move || observe(observer));
+        let watcher = thread::spawn(move || observe_until(observer, None));
         // Messages keep coming, unacked, until the process dies under them.
         let feeder = thread::spawn(move || {
             for i in 0.. {
@@ -129,4 +133,157 @@ fn a_dead_commit_thread_turns_health_503_and_api_writes_get_a_deadline() {
     );
     assert_eq!(r.status, 503, "{}", r.body);
     assert!(t0.elapsed() < Duration::from_secs(15));
+}
+
+/// A tmpfs of `size` mounted on a fresh directory, unmounted on drop.
+/// `None` (the test skips) when we may not mount.
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    fn mount(size: &str) -> Option<Tmpfs> {
+        // SAFETY: geteuid(2) has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: mounting a tmpfs needs root");
+            return None;
+        }
+        let dir = tempfile::Builder::new().prefix("chinwag-tmpfs-").tempdir().unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            eprintln!("skipped: cannot mount a tmpfs here");
+            return None;
+        }
+        Some(Tmpfs { dir })
+    }
+
+    fn resize(&self, size: &str) {
+        let st = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(self.dir.path())
+            .status()
+            .expect("mount");
+        assert!(st.success(), "remount failed");
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(self.dir.path()).status();
+    }
+}
+
+/// Sends until acked, every refusal meanwhile `unavailable`; panics after `limit`.
+fn send_when_healed(c: &mut Client, room: &str, text: &str, limit: Duration) -> Value {
+    let start = Instant::now();
+    loop {
+        let r = c.call(json!({"type": "send", "room": room, "text": text}));
+        if ty(&r) == "ack" {
+            return r;
+        }
+        assert_eq!(r["code"], "unavailable", "{r}");
+        assert!(start.elapsed() < limit, "writes still refused after {limit:?}");
+        thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Waits (bounded) until `/health` answers `want`.
+fn health_becomes(s: &Server, want: u16, limit: Duration) -> Value {
+    let start = Instant::now();
+    loop {
+        let (status, body) = s.health();
+        if status == want {
+            return body;
+        }
+        assert!(start.elapsed() < limit, "/health still {status} after {limit:?}: {body}");
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn server_on(dir: std::path::PathBuf, min_free: &str) -> Server {
+    let mut o = Opts::new(&["--open", "--min-free", min_free]);
+    o.args.extend(FAST.iter().map(|s| s.to_string()));
+    o.dir = Some(dir);
+    Server::start_with(o)
+}
+
+#[test]
+fn a_full_disk_refuses_writes_delivers_nothing_and_heals_without_restart() {
+    let Some(fs) = Tmpfs::mount("24m") else { return };
+    let s = server_on(fs.dir.path().join("data"), "0");
+    let mut alice = s.client("alice");
+    alice.join("full");
+    let mut bob = s.client("bob");
+    bob.join("full");
+    let watcher = thread::spawn(move || observe_until(bob, Some("healed")));
+    let big = "x".repeat(3900);
+    let mut acked: HashMap<u64, String> = HashMap::new();
+    let mut refused = 0;
+    for i in 0..20_000 {
+        let text = format!("{i} {big}");
+        let r = alice.call(json!({"type": "send", "room": "full", "text": text}));
+        if ty(&r) == "ack" {
+            assert_eq!(refused, 0, "an ack after a refusal while the disk is still full: {r}");
+            acked.insert(r["seq"].as_u64().unwrap(), text);
+            continue;
+        }
+        assert_eq!(r["code"], "unavailable", "{r}");
+        refused += 1;
+        if refused == 5 {
+            break;
+        }
+    }
+    assert_eq!(refused, 5, "the disk never filled");
+    let h = health_becomes(&s, 503, Duration::from_secs(10));
+    assert_eq!(h["storage"], "down", "{h}");
+    // More room: the node takes writes again by itself.
+    fs.resize("256m");
+    let ack = send_when_healed(&mut alice, "full", "healed", Duration::from_secs(15));
+    let top = acked.keys().max().copied().unwrap_or(0);
+    assert_eq!(ack["seq"].as_u64(), Some(top + 1), "seqs continue without a gap: {ack}");
+    health_becomes(&s, 200, Duration::from_secs(10));
+    // What bob got is exactly what was acked: nothing refused reached him.
+    let got = watcher.join().expect("bob");
+    assert_eq!(got.len(), acked.len() + 1, "bob got a refused message, or missed one");
+    for (seq, text) in &got[..acked.len()] {
+        assert_eq!(acked.get(seq), Some(text), "seq {seq}");
+    }
+    let history = full_history(&mut alice, "full");
+    for (seq, text) in &acked {
+        assert_eq!(history.get(seq), Some(text), "acked seq {seq} lost");
+    }
+    assert_eq!(history.len(), acked.len() + 1, "refused messages must not be in history");
+}
+
+#[test]
+fn the_min_free_guard_refuses_writes_and_lifts_when_space_returns() {
+    let Some(fs) = Tmpfs::mount("64m") else { return };
+    let s = server_on(fs.dir.path().join("data"), &(24u64 << 20).to_string());
+    let mut alice = s.client("alice");
+    alice.join("guard");
+    alice.send_msg("guard", "before");
+    let filler = fs.dir.path().join("filler");
+    std::fs::write(&filler, vec![7u8; 48 << 20]).expect("filler");
+    // Noticed within 5 s (bounded here with margin): writes refused.
+    let start = Instant::now();
+    loop {
+        let r = alice.call(json!({"type": "send", "room": "guard", "text": "during"}));
+        if ty(&r) == "error" {
+            assert_eq!(r["code"], "unavailable", "{r}");
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "the guard never tripped");
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(health_becomes(&s, 503, Duration::from_secs(10))["storage"], "down");
+    // Reads keep working.
+    let r = alice.call(json!({"type": "history", "room": "guard"}));
+    assert_eq!(ty(&r), "history", "{r}");
+    std::fs::remove_file(&filler).unwrap();
+    send_when_healed(&mut alice, "guard", "after", Duration::from_secs(15));
+    health_becomes(&s, 200, Duration::from_secs(10));
 }

@@ -10,7 +10,7 @@ use crate::{
     node::Node,
 };
 use crossbeam_channel::{Receiver, RecvTimeoutError};
-use redis::Connection;
+use redis::{Connection, ConnectionLike, Value};
 use std::{
     thread,
     time::{Duration, Instant},
@@ -54,6 +54,16 @@ pub(super) fn run(link: &Link, rx: &Receiver<Outbound>, node: &Node) {
     let mut p = Publisher::default();
     while !link.is_stopped() {
         node.alive().beat(slot);
+        // (Re)connect without waiting for traffic: while the publisher is
+        // down, sends are refused, so none would come to wake it.
+        if let Err(e) = p.connect(link) {
+            link.set_publisher_up(false, &e.to_string());
+            fail_batch(node, rx.try_iter().collect());
+            thread::sleep(backoff(p.attempt));
+            p.attempt += 1;
+            continue;
+        }
+        link.set_publisher_up(true, "");
         let first = match rx.recv_timeout(Duration::from_millis(500)) {
             Ok(o) => Some(o),
             Err(RecvTimeoutError::Timeout) => None,
@@ -69,11 +79,11 @@ pub(super) fn run(link: &Link, rx: &Receiver<Outbound>, node: &Node) {
         if batch.is_empty() {
             continue;
         }
+        // The subscriber may have reconnected meanwhile (a restarted Redis):
+        // a connection of an older epoch is not trusted with the batch.
         if let Err(e) = p.connect(link) {
-            link.set_up(false, &e.to_string());
+            link.set_publisher_up(false, &e.to_string());
             fail_batch(node, batch);
-            thread::sleep(backoff(p.attempt));
-            p.attempt += 1;
             continue;
         }
         p.send(link, node, batch);
@@ -98,7 +108,16 @@ impl Publisher {
         Ok(())
     }
 
-    /// One round trip for the batch, then the answers.
+    /// Drops the connection after a failure; the next turn reconnects.
+    fn fail(&mut self, link: &Link, why: &str) {
+        log::debug!("redis publisher: {why}");
+        self.con = None;
+        link.set_publisher_up(false, why);
+    }
+
+    /// One round trip for the batch, then an answer for each message: its
+    /// own reply says whether it was taken (a command error fails only its
+    /// caller, then the connection is remade: `NOSCRIPT`, OOM, ...).
     fn send(&mut self, link: &Link, node: &Node, batch: Vec<Outbound>) {
         let Some(c) = self.con.as_mut() else { return fail_batch(node, batch) };
         let mut pipe = redis::pipe();
@@ -115,48 +134,61 @@ impl Publisher {
                         .arg(LOG_LEN);
                 }
                 Outbound::Event(payload) => {
-                    pipe.cmd("PUBLISH").arg(CHANNEL).arg(payload.as_slice()).ignore();
+                    pipe.cmd("PUBLISH").arg(CHANNEL).arg(payload.as_slice());
                 }
             }
         }
-        match pipe.query::<Vec<u64>>(c) {
-            Ok(seqs) => store_and_answer(node, batch, seqs),
+        let replies = match c.req_packed_commands(&pipe.get_packed_pipeline(), 0, batch.len()) {
+            Ok(r) => r,
             Err(e) => {
-                log::debug!("redis pipeline failed: {e}");
-                link.set_up(false, &e.to_string());
-                self.con = None;
-                fail_batch(node, batch);
+                // The outcome of each command is unknown; none is answered ok.
+                self.fail(link, &e.to_string());
+                return fail_batch(node, batch);
             }
+        };
+        let mut replies = replies.into_iter();
+        let mut error = None;
+        for o in batch {
+            let reply = replies.next();
+            let seq = match (&o, &reply) {
+                (Outbound::Send { .. }, Some(Value::Int(seq))) if *seq > 0 => *seq as u64,
+                (Outbound::Event(_), Some(Value::ServerError(e))) => {
+                    error = Some(format!("{e:?}")); // Events are best effort.
+                    continue;
+                }
+                (Outbound::Event(_), _) => continue,
+                (Outbound::Send { .. }, other) => {
+                    error = Some(format!("unexpected reply {other:?}"));
+                    fail_batch(node, vec![o]);
+                    continue;
+                }
+            };
+            store_and_answer(node, o, seq);
+        }
+        if let Some(why) = error {
+            self.fail(link, &why);
         }
     }
 }
 
-/// Stores every message of a sent batch under its seq and queues its
-/// answer for after the local flush.
-fn store_and_answer(node: &Node, batch: Vec<Outbound>, seqs: Vec<u64>) {
-    let mut seqs = seqs.into_iter();
-    for o in batch {
-        let Outbound::Send { room, ts, from, text, dm_new, reply, .. } = o else { continue };
-        let down = reply.down();
-        let Some(seq) = seqs.next() else {
-            let cmd = Cmd::Reply { to: reply.clone(), reply: Reply::Unavailable(down) };
-            node.after_flush(AfterFlush::then(reply.reactor(), cmd, None));
-            continue;
-        };
-        // The subscriber stores it too (same key, same bytes); storing here
-        // lets the ack wait only for our flush. The room's directory entry
-        // must exist first: one created after this append would take this
-        // seq as already delivered.
-        let _ = node.with_room(&room, |_| ());
-        let stored = (!dm_new || store_dm_members(node, &room).is_ok())
-            && node.storage().append(&room, seq, ts, &from, &text).is_ok();
-        if stored {
-            let name = room.as_str().into();
-            node.after_flush(AfterFlush::answer(reply, Reply::Ack { room: name, seq, ts }, down));
-        } else {
-            let cmd = Cmd::Reply { to: reply.clone(), reply: Reply::Unavailable(down) };
-            node.after_flush(AfterFlush::then(reply.reactor(), cmd, None));
-        }
+/// Stores a message Redis gave `seq` and queues its answer for after the
+/// local flush.
+fn store_and_answer(node: &Node, o: Outbound, seq: u64) {
+    let Outbound::Send { room, ts, from, text, dm_new, reply, .. } = o else { return };
+    let down = reply.down();
+    // The subscriber stores it too (same key, same bytes); storing here lets
+    // the ack wait only for our flush. The room's directory entry must exist
+    // first: one created after this append would take this seq as already
+    // delivered.
+    let _ = node.with_room(&room, |_| ());
+    let stored = (!dm_new || store_dm_members(node, &room).is_ok())
+        && node.storage().append(&room, seq, ts, &from, &text).is_ok();
+    if stored {
+        let name = room.as_str().into();
+        node.after_flush(AfterFlush::answer(reply, Reply::Ack { room: name, seq, ts }, down));
+    } else {
+        let cmd = Cmd::Reply { to: reply.clone(), reply: Reply::Unavailable(down) };
+        node.after_flush(AfterFlush::then(reply.reactor(), cmd, None));
     }
 }
 

@@ -29,7 +29,7 @@ pub(super) fn run(link: &Link, node: &Node) {
     while !link.is_stopped() {
         node.alive().beat(slot);
         if let Err(e) = subscribe_once(link, node, slot) {
-            link.set_up(false, &e.to_string());
+            link.set_subscriber_up(false, &e.to_string());
             thread::sleep(backoff(attempt));
             attempt += 1;
         }
@@ -46,7 +46,7 @@ fn subscribe_once(link: &Link, node: &Node, slot: usize) -> redis::RedisResult<(
     pubsub.set_read_timeout(Some(Duration::from_secs(1)))?;
     resync(node, &mut con)?;
     link.next_epoch();
-    link.set_up(true, "");
+    link.set_subscriber_up(true, "");
     loop {
         node.alive().beat(slot);
         let msg = match pubsub.get_message() {

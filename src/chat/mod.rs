@@ -20,7 +20,7 @@ pub(crate) mod typing;
 use crate::{
     conn::{Close, Conn, ConnTable, Limited},
     durable::AfterFlush,
-    fanout::{ConnId, Reply, ReplyTo},
+    fanout::{ConnId, Reply, ReplyTo, STORAGE_DOWN},
     local::LocalIndex,
     node::Node,
     storage::StorageError,
@@ -30,7 +30,9 @@ use std::{sync::Arc, time::Instant};
 
 impl From<StorageError> for Refusal {
     fn from(e: StorageError) -> Self {
-        Refusal::new(Code::Unavailable, e.to_string())
+        // Logged where it happened; a person reads the message.
+        log::debug!("refused: {e}");
+        Refusal::new(Code::Unavailable, STORAGE_DOWN)
     }
 }
 

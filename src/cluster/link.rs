@@ -30,6 +30,11 @@ type Remote = HashMap<String, (Instant, HashSet<String>)>;
 pub struct Link {
     node: String,
     client: redis::Client,
+    /// The subscriber's connection is up (and resynced).
+    sub_up: AtomicBool,
+    /// The publisher's connection is up (script loaded).
+    pub_up: AtomicBool,
+    /// Both, as last logged.
     up: AtomicBool,
     /// Bumped on every (re)connect of the subscriber: the publisher's
     /// connection from an older epoch may be dead without knowing it.
@@ -47,6 +52,8 @@ impl Link {
         let link = Arc::new(Link {
             node: node.to_string(),
             client,
+            sub_up: AtomicBool::new(false),
+            pub_up: AtomicBool::new(false),
             up: AtomicBool::new(false),
             epoch: AtomicU64::new(0),
             stopped: AtomicBool::new(false),
@@ -66,13 +73,26 @@ impl Link {
         &self.client
     }
 
-    /// Whether the link to Redis is up.
+    /// Whether the link to Redis is up: both connections answer.
     pub fn is_up(&self) -> bool {
         self.up.load(Ordering::SeqCst)
     }
 
-    /// Records the link's state, logging each change once.
-    pub fn set_up(&self, up: bool, why: &str) {
+    /// Records the subscriber's state.
+    pub fn set_subscriber_up(&self, up: bool, why: &str) {
+        self.sub_up.store(up, Ordering::SeqCst);
+        self.update(why);
+    }
+
+    /// Records the publisher's state.
+    pub fn set_publisher_up(&self, up: bool, why: &str) {
+        self.pub_up.store(up, Ordering::SeqCst);
+        self.update(why);
+    }
+
+    /// Recomputes the link's state, logging each change once.
+    fn update(&self, why: &str) {
+        let up = self.sub_up.load(Ordering::SeqCst) && self.pub_up.load(Ordering::SeqCst);
         if self.up.swap(up, Ordering::SeqCst) != up {
             if up {
                 log::info!("redis link up");

@@ -114,6 +114,18 @@ impl Fanout {
         );
     }
 
+    /// After the database was reopened: every room's allocated but never
+    /// released tail `(durable, seq]` is handed to `forget` (to drop what
+    /// the reopened database may still hold of it) and its seqs given back.
+    pub fn forget_unreleased(&self, mut forget: impl FnMut(&str, u64, u64)) {
+        self.dir.for_each_room(|e| {
+            if e.seq > e.durable {
+                forget(&e.name, e.durable, e.seq);
+                e.seq = e.durable;
+            }
+        });
+    }
+
     fn deliver(&self, e: &RoomEntry, seq: u64, ts: u64, from: &str, text: &str) {
         let room = &*e.name;
         let frame = ServerFrame::Message { room, seq, ts, from, text };

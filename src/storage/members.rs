@@ -9,25 +9,27 @@ use super::{
 impl Storage {
     /// Makes `user` a member of `room`. Returns whether it is new.
     pub fn add_member(&self, room: &str, user: &str) -> Result<bool> {
-        let r = self.members.insert(key2(room, user), &[]);
+        self.writable()?;
+        let r = self.trees()?.members.insert(key2(room, user), &[]);
         let was = self.check(r)?;
-        let r = self.user_rooms.insert(key2(user, room), &[]);
+        let r = self.trees()?.user_rooms.insert(key2(user, room), &[]);
         self.check(r)?;
         Ok(was.is_none())
     }
 
     /// Removes `user` from `room`. Returns whether it was a member.
     pub fn remove_member(&self, room: &str, user: &str) -> Result<bool> {
-        let r = self.members.remove(key2(room, user));
+        self.writable()?;
+        let r = self.trees()?.members.remove(key2(room, user));
         let was = self.check(r)?;
-        let r = self.user_rooms.remove(key2(user, room));
+        let r = self.trees()?.user_rooms.remove(key2(user, room));
         self.check(r)?;
         Ok(was.is_some())
     }
 
     /// Whether `user` is a member of `room`.
     pub fn is_member(&self, room: &str, user: &str) -> Result<bool> {
-        let r = self.members.contains_key(key2(room, user));
+        let r = self.trees()?.members.contains_key(key2(room, user));
         self.check(r)
     }
 
@@ -35,7 +37,7 @@ impl Storage {
     pub fn members(&self, room: &str) -> Result<Vec<String>> {
         let p = prefix(room);
         let mut out = Vec::new();
-        for kv in self.members.scan_prefix(&p) {
+        for kv in self.trees()?.members.scan_prefix(&p) {
             let (k, _) = self.check(kv)?;
             out.push(suffix(&k, p.len())?);
         }
@@ -45,7 +47,7 @@ impl Storage {
     /// Every room that has (or had) a member, sorted.
     pub fn rooms(&self) -> Result<Vec<String>> {
         let mut out: Vec<String> = Vec::new();
-        for kv in self.members.iter() {
+        for kv in self.trees()?.members.iter() {
             let (k, _) = self.check(kv)?;
             let end = k.iter().position(|&b| b == 0).unwrap_or(k.len());
             let room = String::from_utf8_lossy(&k[..end]).into_owned();
@@ -60,7 +62,7 @@ impl Storage {
     pub fn rooms_of(&self, user: &str) -> Result<Vec<String>> {
         let p = prefix(user);
         let mut out = Vec::new();
-        for kv in self.user_rooms.scan_prefix(&p) {
+        for kv in self.trees()?.user_rooms.scan_prefix(&p) {
             let (k, _) = self.check(kv)?;
             out.push(suffix(&k, p.len())?);
         }
@@ -69,7 +71,8 @@ impl Storage {
 
     /// Sets `user`'s read marker in `room` (never moves it backwards).
     pub fn set_read(&self, user: &str, room: &str, seq: u64) -> Result<u64> {
-        let r = self.reads.fetch_and_update(key2(user, room), |old| {
+        self.writable()?;
+        let r = self.trees()?.reads.fetch_and_update(key2(user, room), |old| {
             let old = old.and_then(be_u64).unwrap_or(0);
             Some(old.max(seq).to_be_bytes().to_vec())
         });
@@ -79,20 +82,21 @@ impl Storage {
 
     /// `user`'s read marker in `room` (0 if none).
     pub fn read_marker(&self, user: &str, room: &str) -> Result<u64> {
-        let r = self.reads.get(key2(user, room));
+        let r = self.trees()?.reads.get(key2(user, room));
         Ok(self.check(r)?.and_then(|v| be_u64(&v)).unwrap_or(0))
     }
 
     /// Records a revoked token id and when (durable after the next flush).
     pub fn revoke(&self, jti: &str, now_s: u64) -> Result<()> {
-        let r = self.revoked.insert(jti.as_bytes(), &now_s.to_be_bytes());
+        self.writable()?;
+        let r = self.trees()?.revoked.insert(jti.as_bytes(), &now_s.to_be_bytes());
         self.check(r).map(drop)
     }
 
     /// Every revoked token id.
     pub fn revoked(&self) -> Result<Vec<String>> {
         let mut out = Vec::new();
-        for kv in self.revoked.iter() {
+        for kv in self.trees()?.revoked.iter() {
             let (k, _) = self.check(kv)?;
             out.push(String::from_utf8_lossy(&k).into_owned());
         }

@@ -9,21 +9,22 @@ use crate::wire::{Cursor, Msg};
 impl Storage {
     /// The latest seq of a room (0 if it has no message).
     pub fn last_seq(&self, room: &str) -> Result<u64> {
-        let r = self.messages.scan_prefix(prefix(room)).next_back().transpose();
+        let r = self.trees()?.messages.scan_prefix(prefix(room)).next_back().transpose();
         Ok(self.check(r)?.and_then(|(k, _)| be_u64(&k[k.len().saturating_sub(8)..])).unwrap_or(0))
     }
 
     /// Stores one message (durable after the next flush).
     pub fn append(&self, room: &str, seq: u64, ts: u64, from: &str, text: &str) -> Result<()> {
+        self.writable()?;
         let value =
             rmp_serde::to_vec(&(ts, from, text)).map_err(|e| StorageError(e.to_string()))?;
-        let r = self.messages.insert(msg_key(room, seq), value);
+        let r = self.trees()?.messages.insert(msg_key(room, seq), value);
         self.check(r).map(drop)
     }
 
     /// Drops a stored message that could not be made durable.
     pub fn remove_message(&self, room: &str, seq: u64) -> Result<()> {
-        let r = self.messages.remove(msg_key(room, seq));
+        let r = self.trees()?.messages.remove(msg_key(room, seq));
         self.check(r).map(drop)
     }
 
@@ -46,7 +47,7 @@ impl Storage {
                 let start = msg_key(room, after.saturating_add(1));
                 let end = msg_key(room, u64::MAX);
                 if after < u64::MAX {
-                    for kv in self.messages.range(start..=end) {
+                    for kv in self.trees()?.messages.range(start..=end) {
                         let (k, v) = self.check(kv)?;
                         if out.len() == limit {
                             more = true;
@@ -63,9 +64,9 @@ impl Storage {
                 };
                 let inclusive_end = matches!(cursor, Cursor::Latest);
                 let iter = if inclusive_end {
-                    self.messages.range(lo..=end)
+                    self.trees()?.messages.range(lo..=end)
                 } else {
-                    self.messages.range(lo..end)
+                    self.trees()?.messages.range(lo..end)
                 };
                 for kv in iter.rev() {
                     let (k, v) = self.check(kv)?;

@@ -16,8 +16,9 @@ mod keys;
 mod members;
 mod messages;
 
+use parking_lot::RwLock;
 use std::{
-    path::Path,
+    path::{Path, PathBuf},
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
@@ -48,47 +49,96 @@ impl From<sled::Error> for StorageError {
 
 pub(crate) type Result<T> = std::result::Result<T, StorageError>;
 
-/// Handle to the database; cheap to clone (sled trees are `Arc`s inside).
-#[derive(Clone, Debug)]
-pub struct Storage {
+/// The open database and its trees.
+#[derive(Debug)]
+struct Trees {
     db: sled::Db,
     messages: sled::Tree,
     members: sled::Tree,
     user_rooms: sled::Tree,
     reads: sled::Tree,
     revoked: sled::Tree,
-    /// False after a failed write or flush, until a flush succeeds again.
-    healthy: Arc<AtomicBool>,
 }
-impl Storage {
-    /// Opens (or creates) the database under `dir`.
-    pub fn open(dir: &Path) -> Result<Storage> {
+
+impl Trees {
+    fn open(dir: &Path) -> Result<Trees> {
         let db = sled::Config::new()
             .path(dir.join("db"))
             .cache_capacity(CACHE_BYTES)
-            // We flush explicitly before every ack; sled's timer flush only
-            // adds background fsyncs.
+            // The commit thread flushes; sled's timer flush only adds
+            // background fsyncs.
             .flush_every_ms(None)
             .open()?;
-        Ok(Storage {
+        Ok(Trees {
             messages: db.open_tree("messages")?,
             members: db.open_tree("members")?,
             user_rooms: db.open_tree("user_rooms")?,
             reads: db.open_tree("reads")?,
             revoked: db.open_tree("revoked")?,
             db,
-            healthy: Arc::new(AtomicBool::new(true)),
+        })
+    }
+}
+
+#[derive(Debug)]
+struct Inner {
+    dir: PathBuf,
+    /// `None` while the database is being reopened.
+    trees: RwLock<Option<Arc<Trees>>>,
+    /// False after a failed write or flush, until a flush succeeds again.
+    healthy: AtomicBool,
+    /// The file system has less than `min_free` bytes free: writes refused.
+    low_space: AtomicBool,
+}
+
+/// Handle to the database; cheap to clone. Survives a reopen: after a
+/// fault (a full or failing disk leaves sled failed for good) the commit
+/// thread closes and reopens the database behind it.
+#[derive(Clone, Debug)]
+pub struct Storage {
+    inner: Arc<Inner>,
+}
+
+impl Storage {
+    /// Opens (or creates) the database under `dir`.
+    pub fn open(dir: &Path) -> Result<Storage> {
+        let trees = Trees::open(dir)?;
+        Ok(Storage {
+            inner: Arc::new(Inner {
+                dir: dir.to_path_buf(),
+                trees: RwLock::new(Some(Arc::new(trees))),
+                healthy: AtomicBool::new(true),
+                low_space: AtomicBool::new(false),
+            }),
         })
     }
 
-    /// Whether the last write and flush succeeded.
+    fn trees(&self) -> Result<Arc<Trees>> {
+        self.inner.trees.read().clone().ok_or_else(|| StorageError("reopening".into()))
+    }
+
+    /// Whether writes can be taken: the last write and flush succeeded and
+    /// the disk has room.
     pub fn is_healthy(&self) -> bool {
-        self.healthy.load(Ordering::Relaxed)
+        self.inner.healthy.load(Ordering::Relaxed) && !self.inner.low_space.load(Ordering::Relaxed)
+    }
+
+    /// Whether a write or flush failed since the last good flush.
+    pub fn is_failed(&self) -> bool {
+        !self.inner.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Refuses a write while the disk is below `min_free`.
+    pub(super) fn writable(&self) -> Result<()> {
+        if self.inner.low_space.load(Ordering::Relaxed) {
+            return Err(StorageError("free disk space is below min_free".into()));
+        }
+        Ok(())
     }
 
     pub(super) fn check<T>(&self, r: std::result::Result<T, sled::Error>) -> Result<T> {
         r.map_err(|e| {
-            if self.healthy.swap(false, Ordering::Relaxed) {
+            if self.inner.healthy.swap(false, Ordering::Relaxed) {
                 log::error!("storage fault: {e}");
             }
             StorageError::from(e)
@@ -97,12 +147,58 @@ impl Storage {
 
     /// Makes every write so far durable (fsync). Returns bytes flushed.
     pub fn flush(&self) -> Result<usize> {
-        let r = self.db.flush();
+        let r = self.trees()?.db.flush();
         let n = self.check(r)?;
-        if !self.healthy.swap(true, Ordering::Relaxed) {
+        if !self.inner.healthy.swap(true, Ordering::Relaxed) {
             log::info!("storage recovered");
         }
         Ok(n)
+    }
+
+    /// Checks the free space on the data directory's file system against
+    /// `min_free` (0: no guard); writes are refused while it is below.
+    pub fn check_space(&self, min_free: u64) {
+        let low = min_free > 0 && free_bytes(&self.inner.dir).is_some_and(|f| f < min_free);
+        if self.inner.low_space.swap(low, Ordering::Relaxed) != low {
+            if low {
+                log::error!(
+                    "less than {min_free} bytes free on the data directory: refusing writes"
+                );
+            } else {
+                log::info!("free space back above min_free: accepting writes");
+            }
+        }
+    }
+
+    /// Closes the database and opens it again (sled stays failed after an
+    /// I/O error). Operations meanwhile fail with `unavailable`. Before the
+    /// new one serves, `purge` may drop messages from it: it gets a remover
+    /// of the messages `(after, upto]` of a room.
+    pub fn reopen(&self, purge: impl FnOnce(&dyn Fn(&str, u64, u64))) -> Result<()> {
+        let old = self.inner.trees.write().take();
+        if let Some(old) = old {
+            // Wait (briefly) for operations in flight to drop their handle,
+            // so the old database closes and releases its lock.
+            for _ in 0..1000 {
+                if Arc::strong_count(&old) == 1 {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            drop(old);
+        }
+        let trees = Trees::open(&self.inner.dir).map_err(|e| {
+            log::warn!("cannot reopen the database yet: {e}");
+            e
+        })?;
+        purge(&|room, after, upto| {
+            for seq in after.saturating_add(1)..=upto {
+                let _ = trees.messages.remove(keys::msg_key(room, seq));
+            }
+        });
+        *self.inner.trees.write() = Some(Arc::new(trees));
+        log::info!("storage reopened");
+        Ok(())
     }
 
     /// Copies every tree into a new database under `dest` (which must not
@@ -118,9 +214,10 @@ impl Storage {
             .cache_capacity(CACHE_BYTES)
             .flush_every_ms(None)
             .open()?;
+        let t = self.trees()?;
         let mut n = 0;
-        for name in self.db.tree_names() {
-            let (src, dst) = (self.db.open_tree(&name)?, copy.open_tree(&name)?);
+        for name in t.db.tree_names() {
+            let (src, dst) = (t.db.open_tree(&name)?, copy.open_tree(&name)?);
             for kv in src.iter() {
                 let (k, v) = kv?;
                 dst.insert(k, v)?;
@@ -130,6 +227,18 @@ impl Storage {
         copy.flush()?;
         Ok(n)
     }
+}
+
+/// Bytes available to us on the file system holding `dir`.
+fn free_bytes(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: an all-zero statvfs is a valid value for statvfs(2) to fill.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is a valid NUL-terminated string and `st` a valid
+    // out-pointer, both alive for the call.
+    let r = unsafe { libc::statvfs(path.as_ptr(), &mut st) };
+    (r == 0).then(|| st.f_bavail as u64 * st.f_frsize as u64)
 }
 
 #[cfg(test)]
