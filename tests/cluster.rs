@@ -461,3 +461,23 @@ fn redis_command_errors_and_killed_connections_heal_within_10_s() {
         }
     }
 }
+
+#[test]
+fn a_message_right_after_a_join_on_another_node_reaches_every_connection_50_times() {
+    let redis = Redis::start();
+    let nodes = [node(&redis, "n1"), node(&redis, "n2")];
+    let mut u_here = nodes[0].client("u");
+    let mut u_there = nodes[1].client("u");
+    let mut v = nodes[1].client("v");
+    for i in 0..50 {
+        let room = format!("race{i}");
+        v.join(&room);
+        u_here.join(&room);
+        let text = format!("right after join {i}");
+        v.send_msg(&room, &text);
+        for (which, c) in [("joining", &mut u_here), ("other", &mut u_there)] {
+            let m = c.recv_where(|m| ty(m) == "message" && m["room"] == room.as_str());
+            assert_eq!(m["text"].as_str(), Some(text.as_str()), "{which} connection, round {i}");
+        }
+    }
+}

@@ -180,8 +180,8 @@ fn apply_event(link: &Link, node: &Node, e: Event) {
                 announce(node, &user, online);
             }
         }
-        Event::Member { node: from, room, user, joined } if from != link.node() => {
-            apply_member(node, &room, &user, joined);
+        Event::Member { node: from, room, user, joined, seq } if from != link.node() => {
+            apply_member(node, &room, &user, joined, seq);
         }
         Event::Typing { node: from, room, user, active } if from != link.node() => {
             let frame = ServerFrame::Typing { room: &room, user: &user, active };
@@ -211,7 +211,9 @@ fn apply_event(link: &Link, node: &Node, e: Event) {
 
 /// Another node's member joined or left `room`: store it, then (after the
 /// flush) subscribe or unsubscribe the user's connections here.
-fn apply_member(node: &Node, room: &str, user: &str, joined: bool) {
+/// `joined_at`: the room's seq when the join happened (absent from nodes
+/// of an older version).
+fn apply_member(node: &Node, room: &str, user: &str, joined: bool, joined_at: Option<u64>) {
     let user: Arc<str> = Arc::from(user);
     let name: Arc<str> = Arc::from(room);
     let changed = if joined {
@@ -220,7 +222,10 @@ fn apply_member(node: &Node, room: &str, user: &str, joined: bool) {
         node.storage().remove_member(room, &user).unwrap_or(false)
     };
     let action = if joined {
-        let floor = node.visible_seq(room).unwrap_or(0);
+        // Everything after the seq the join saw on its node: a message sent
+        // meanwhile may have been released here before this event came.
+        let visible = node.visible_seq(room).unwrap_or(0);
+        let floor = joined_at.map_or(visible, |s| s.min(visible));
         UserAction::Subscribe { room: name.clone(), floor }
     } else {
         UserAction::Unsubscribe { room: name.clone() }

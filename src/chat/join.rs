@@ -63,7 +63,7 @@ pub(crate) fn finish(
     });
     if new {
         node.presence(room, user, Presence::Online);
-        node.peers().member(room, user, true);
+        node.peers().member(room, user, Some(seq));
     }
     if let ReplyTo::Http { conn } = to {
         ctx.respond(*conn, http::json(200, &json!({ "room": &**room, "seq": seq })));

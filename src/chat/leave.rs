@@ -41,5 +41,5 @@ pub(crate) fn finish(ctx: &mut Ctx<'_>, to: &ReplyTo, room: &Arc<str>) {
         skip: None,
     });
     ctx.node.presence(room, &user, Presence::Offline);
-    ctx.node.peers().member(room, &user, false);
+    ctx.node.peers().member(room, &user, None);
 }

@@ -36,8 +36,16 @@ pub struct Body {
 /// Everything else nodes tell each other.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Event {
-    /// A user joined or left a room.
-    Member { node: String, room: String, user: String, joined: bool },
+    /// A user joined or left a room; a join carries the room's seq then
+    /// (the user's other connections get everything after it).
+    Member {
+        node: String,
+        room: String,
+        user: String,
+        joined: bool,
+        #[serde(default)]
+        seq: Option<u64>,
+    },
     /// A user's first connection on `node` opened or its last closed.
     Presence { node: String, user: String, online: bool },
     /// `node`'s online users, periodically.

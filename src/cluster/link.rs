@@ -216,10 +216,12 @@ impl Link {
         }
     }
 
-    /// Tells the other nodes: `user` joined (or left) `room`.
-    pub fn member(&self, room: &str, user: &str, joined: bool) {
+    /// Tells the other nodes: `user` joined `room` at seq `Some(seq)`, or
+    /// left it (`None`).
+    pub fn member(&self, room: &str, user: &str, joined: Option<u64>) {
         let (node, room, user) = (self.node.clone(), room.into(), user.into());
-        self.publish(&Event::Member { node, room, user, joined });
+        let (seq, joined) = (joined, joined.is_some());
+        self.publish(&Event::Member { node, room, user, joined, seq });
     }
 
     /// Tells the other nodes: `user`'s first connection here opened (or last closed).

@@ -55,8 +55,8 @@ impl Peers {
         })
     }
 
-    /// `user` joined (or left) `room`.
-    pub fn member(&self, room: &str, user: &str, joined: bool) {
+    /// `user` joined `room` when its seq was `Some(seq)`, or left it (`None`).
+    pub fn member(&self, room: &str, user: &str, joined: Option<u64>) {
         if let Some(l) = &self.0 {
             l.member(room, user, joined);
         }
