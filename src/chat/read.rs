@@ -19,7 +19,9 @@ pub(crate) fn read(
 ) -> Result<(), Refusal> {
     may_use(ctx, Some(conn), user, room)?;
     let node = ctx.node;
-    let latest = node.visible_seq(room)?;
+    // Not past the room's latest stored message (in a cluster the sender's
+    // ack can come before this node has released its own message).
+    let latest = node.visible_seq(room)?.max(node.storage().last_seq(room)?);
     let seq = node.storage().set_read(user, room, seq.min(latest))?;
     // Durable with the next group commit; nobody waits for it.
     node.after_flush(AfterFlush::nothing());
