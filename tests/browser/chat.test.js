@@ -159,7 +159,7 @@ test('web client: chat, typing, presence, DM, XSS, server restart', { timeout: 1
     executablePath: CHROMIUM,
     args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
       '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-  }));
+  }), 60000); // A first launch on a fresh machine reads the whole browser from disk.
   const newPage = async (opts = {}) => {
     const ctx = await browser.newContext({ viewport: { width: 1100, height: 720 }, ...opts });
     const page = await ctx.newPage();
