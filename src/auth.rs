@@ -1,4 +1,5 @@
-//! Tokens: HS256 JWT signing and checking, and the set of revoked token ids.
+//! Tokens: HS256 JWT signing and checking, and what is revoked: token ids,
+//! and users whose tokens issued up to a second are all refused.
 //!
 //! Pure functions plus a [`Revocations`] handle shared by reactors (read on
 //! upgrade and by the revocation sweep). Knows nothing of sockets.
@@ -7,7 +8,7 @@ use jsonwebtoken::{decode, encode, Algorithm, DecodingKey, EncodingKey, Header, 
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc,
@@ -30,6 +31,19 @@ pub struct Claims {
     /// Token id, for revocation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jti: Option<String>,
+    /// Issued at, seconds since the epoch (a token without it counts as
+    /// issued before any revocation of its user).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat: Option<u64>,
+}
+
+/// One revocation.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub enum Revocation {
+    /// The token with this id.
+    Token(String),
+    /// Every token of `user` issued at or before second `before`.
+    User { user: String, before: u64 },
 }
 
 /// Signs and checks tokens with one shared secret.
@@ -80,30 +94,61 @@ impl Keys {
     }
 }
 
-/// Revoked token ids, with a generation counter so reactors notice changes
+#[derive(Debug, Default)]
+struct Revoked {
+    tokens: HashSet<String>,
+    /// User → tokens issued at or before this second are refused.
+    users: HashMap<String, u64>,
+}
+
+/// What is revoked, with a generation counter so reactors notice changes
 /// without locking on every turn.
 #[derive(Debug, Default)]
 pub struct Revocations {
-    set: RwLock<HashSet<String>>,
+    set: RwLock<Revoked>,
     generation: AtomicU64,
 }
 
 impl Revocations {
-    /// A set holding `ids`.
-    pub fn new(ids: impl IntoIterator<Item = String>) -> Arc<Revocations> {
-        Arc::new(Revocations { set: RwLock::new(ids.into_iter().collect()), generation: 0.into() })
+    /// A set holding `all`.
+    pub fn new(all: impl IntoIterator<Item = Revocation>) -> Arc<Revocations> {
+        let r = Revocations::default();
+        for v in all {
+            r.add(&v);
+        }
+        Arc::new(r)
     }
 
-    /// Whether `jti` is revoked.
-    pub fn contains(&self, jti: &str) -> bool {
-        self.set.read().contains(jti)
+    /// Whether a token (`jti`, of `user`, issued at `iat`) is refused.
+    pub fn refuses(&self, jti: Option<&str>, user: &str, iat: Option<u64>) -> bool {
+        let set = self.set.read();
+        jti.is_some_and(|j| set.tokens.contains(j))
+            || set.users.get(user).is_some_and(|&before| iat.unwrap_or(0) <= before)
     }
 
-    /// Adds `jti`; bumps the generation if it is new.
-    pub fn add(&self, jti: &str) {
-        if self.set.write().insert(jti.to_string()) {
+    /// Whether these claims are refused.
+    pub fn refuses_claims(&self, c: &Claims) -> bool {
+        self.refuses(c.jti.as_deref(), &c.sub, c.iat)
+    }
+
+    /// Adds a revocation; bumps the generation if it changes anything.
+    pub fn add(&self, r: &Revocation) -> bool {
+        let mut set = self.set.write();
+        let new = match r {
+            Revocation::Token(jti) => set.tokens.insert(jti.clone()),
+            Revocation::User { user, before } => {
+                if set.users.get(user).is_some_and(|at| at >= before) {
+                    false
+                } else {
+                    set.users.insert(user.clone(), *before);
+                    true
+                }
+            }
+        };
+        if new {
             self.generation.fetch_add(1, Ordering::SeqCst);
         }
+        new
     }
 
     /// Changes whenever the set grows.
@@ -131,7 +176,7 @@ mod tests {
     use super::*;
 
     fn claims(sub: &str, exp: u64) -> Claims {
-        Claims { sub: sub.into(), exp, name: None, admin: false, jti: Some("j1".into()) }
+        Claims { sub: sub.into(), exp, name: None, admin: false, jti: Some("j1".into()), iat: None }
     }
 
     #[test]
@@ -161,11 +206,25 @@ mod tests {
 
     #[test]
     fn revocations_bump_generation_once() {
-        let r = Revocations::new(vec!["a".to_string()]);
-        assert!(r.contains("a"));
+        let r = Revocations::new(vec![Revocation::Token("a".into())]);
+        assert!(r.refuses(Some("a"), "u", None));
         let g = r.generation();
-        r.add("b");
-        r.add("b");
+        assert!(r.add(&Revocation::Token("b".into())));
+        assert!(!r.add(&Revocation::Token("b".into())));
         assert_eq!(r.generation(), g + 1);
+    }
+
+    #[test]
+    fn a_user_revocation_covers_tokens_issued_up_to_its_second() {
+        let r = Revocations::new(vec![]);
+        assert!(r.add(&Revocation::User { user: "u".into(), before: 100 }));
+        assert!(r.refuses(None, "u", Some(100)));
+        assert!(r.refuses(None, "u", None), "a token without iat counts as older");
+        assert!(!r.refuses(None, "u", Some(101)));
+        assert!(!r.refuses(None, "v", Some(1)));
+        assert!(
+            !r.add(&Revocation::User { user: "u".into(), before: 50 }),
+            "older changes nothing"
+        );
     }
 }

@@ -105,10 +105,17 @@ fn token(flags: config::TokenFlags) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let exp = chinwag::wire::now_ms() / 1000 + ttl;
+    let now = chinwag::wire::now_ms() / 1000;
+    let exp = now + ttl;
     let jti = hex::encode(rand::random::<[u8; 8]>());
-    let claims =
-        Claims { sub: flags.user.clone(), exp, name: None, admin: flags.admin, jti: Some(jti) };
+    let claims = Claims {
+        sub: flags.user.clone(),
+        exp,
+        name: None,
+        admin: flags.admin,
+        jti: Some(jti),
+        iat: Some(now),
+    };
     match Keys::new(&secret).sign(&claims) {
         Ok(t) if flags.link => println!("http://{listen}/#token={t}"),
         Ok(t) => println!("{t}"),

@@ -74,7 +74,8 @@ impl Server {
     /// Opens storage, binds the listeners and starts every thread.
     pub fn start(cfg: Config) -> Result<Server, StartError> {
         let storage = Storage::open(&cfg.data_dir).map_err(|e| StartError::Storage(e.0))?;
-        let revoked = Revocations::new(storage.revoked().map_err(|e| StartError::Storage(e.0))?);
+        let revoked =
+            Revocations::new(storage.revocations().map_err(|e| StartError::Storage(e.0))?);
         crate::control::serve(storage.clone(), cfg.data_dir.clone()).map_err(StartError::Other)?;
         let first = listener(cfg.listen).map_err(StartError::Listen)?;
         let addr = first.local_addr().map_err(StartError::Listen)?;

@@ -364,3 +364,27 @@ fn systemd_unit_verifies() {
     println!("systemd-analyze security: {overall}");
     assert!(overall.contains("Overall exposure"), "{report}");
 }
+
+#[test]
+fn revoking_a_user_closes_their_sockets_and_refuses_older_tokens_only() {
+    let s = Server::start(&[]);
+    let admin = bearer("root", true, "r");
+    let old = bearer("dave", false, "dave-old"); // No `iat`: counts as issued before.
+    let mut live = Client::connect(s.addr, Auth::Bearer(&old), Enc::Json);
+    let (st, v) = call(&s, "POST", "/api/revoke", Some(&admin), r#"{"user":"dave"}"#);
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["revoked_user"], "dave");
+    let before = v["before"].as_u64().expect("before");
+    assert_eq!(live.expect_close(), 4001);
+    assert_eq!(call(&s, "GET", "/api/rooms/r/messages", Some(&old), "").0, 401);
+    let issued = |iat: u64| {
+        let claims = json!({"sub": "dave", "exp": support::now_s() + 600, "iat": iat});
+        support::sign(&claims, support::SECRET)
+    };
+    let err = Client::try_connect(s.addr, Auth::Bearer(&issued(before)), &[]).err();
+    assert!(matches!(err, Some(support::ConnectError::Http(401, _))), "{err:?}");
+    // A token issued after the revocation works; other users are untouched.
+    Client::connect(s.addr, Auth::Bearer(&issued(before + 1)), Enc::Json);
+    Client::connect(s.addr, Auth::Bearer(&bearer("erin", false, "e")), Enc::Json);
+    assert_eq!(call(&s, "POST", "/api/revoke", Some(&admin), r#"{"user":"bad user"}"#).0, 400);
+}

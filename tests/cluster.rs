@@ -481,3 +481,30 @@ fn a_message_right_after_a_join_on_another_node_reaches_every_connection_50_time
         }
     }
 }
+
+#[test]
+fn a_node_that_was_away_applies_revocations_before_accepting_tokens() {
+    let redis = Redis::start();
+    let mut nodes = [node(&redis, "n1"), node(&redis, "n2")];
+    let admin = support::sign(
+        &json!({"sub": "root", "exp": support::now_s() + 600, "admin": true}),
+        support::SECRET,
+    );
+    let token = support::sign(
+        &json!({"sub": "frank", "exp": support::now_s() + 600, "jti": "frank-1"}),
+        support::SECRET,
+    );
+    Client::connect(nodes[1].addr, Auth::Bearer(&token), Enc::Json);
+    let _ = nodes[1].sigterm();
+    let (status, body) = post(&nodes[0], "/api/revoke", &admin, r#"{"jti":"frank-1"}"#);
+    assert_eq!(status, 200, "{body}");
+    nodes[1].restart();
+    // Refused by the returning node from its first connection on.
+    let err = Client::try_connect(nodes[1].addr, Auth::Bearer(&token), &[]).err();
+    assert!(matches!(err, Some(support::ConnectError::Http(401, _))), "{err:?}");
+    // A user revocation on one node closes the user's sockets on the other.
+    let mut live = nodes[1].client("grace");
+    let (status, body) = post(&nodes[0], "/api/revoke", &admin, r#"{"user":"grace"}"#);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(live.expect_close(), 4001);
+}

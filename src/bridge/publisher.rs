@@ -4,7 +4,7 @@
 
 use super::{backoff, connect, store_dm_members, SNAPSHOT_EVERY};
 use crate::{
-    cluster::{log_key, seq_key, Event, Link, Outbound, CHANNEL},
+    cluster::{log_key, seq_key, Event, Link, Outbound, CHANNEL, REVOKED_KEY},
     durable::AfterFlush,
     fanout::{Cmd, Reply},
     node::Node,
@@ -34,6 +34,15 @@ redis.call('SET', KEYS[1], seq)
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], seq .. '-1', 'm', ARGV[1])
 redis.call('PUBLISH', 'chinwag:events', 'M' .. seq .. ' ' .. ARGV[1])
 return seq
+"#;
+
+/// Keeps a revocation in the hash (the larger value wins) and publishes it.
+/// KEYS[1] the hash; ARGV[1] field, ARGV[2] value, ARGV[3] the event.
+const REVOKE_SCRIPT: &str = r#"
+local cur = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
+if cur < tonumber(ARGV[2]) then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end
+redis.call('PUBLISH', 'chinwag:events', ARGV[3])
+return 1
 "#;
 
 /// The publisher's Redis connection, remade after a failure or when the
@@ -136,6 +145,15 @@ impl Publisher {
                 Outbound::Event(payload) => {
                     pipe.cmd("PUBLISH").arg(CHANNEL).arg(payload.as_slice());
                 }
+                Outbound::Revoke { field, value, payload } => {
+                    pipe.cmd("EVAL")
+                        .arg(REVOKE_SCRIPT)
+                        .arg(1)
+                        .arg(REVOKED_KEY)
+                        .arg(field)
+                        .arg(*value)
+                        .arg(payload.as_slice());
+                }
             }
         }
         let replies = match c.req_packed_commands(&pipe.get_packed_pipeline(), 0, batch.len()) {
@@ -156,7 +174,12 @@ impl Publisher {
                     error = Some(format!("{e:?}")); // Events are best effort.
                     continue;
                 }
-                (Outbound::Event(_), _) => continue,
+                (Outbound::Revoke { .. }, Some(Value::ServerError(e))) => {
+                    // Kept in our storage: pushed again on the next resync.
+                    error = Some(format!("{e:?}"));
+                    continue;
+                }
+                (Outbound::Event(_) | Outbound::Revoke { .. }, _) => continue,
                 (Outbound::Send { .. }, other) => {
                     error = Some(format!("unexpected reply {other:?}"));
                     fail_batch(node, vec![o]);

@@ -3,13 +3,14 @@
 //! from the room's log; on every (re)connect, Redis's seq counters
 //! restored from our data and every known room repaired.
 
-use super::{backoff, connect, store_dm_members};
+use super::{apply_revocation, backoff, connect, store_dm_members, sync_revocations};
 use crate::{
+    auth::Revocation,
     cluster::{log_key, seq_key, Body, Event, Link, CHANNEL},
     durable::AfterFlush,
     fanout::{Cmd, UserAction},
     node::Node,
-    wire::{Encoded, Presence, ServerFrame},
+    wire::{self, Encoded, Presence, ServerFrame},
 };
 use redis::{Commands, Connection};
 use std::{collections::HashSet, sync::Arc, thread, time::Duration};
@@ -45,6 +46,7 @@ fn subscribe_once(link: &Link, node: &Node, slot: usize) -> redis::RedisResult<(
     pubsub.subscribe(CHANNEL)?;
     pubsub.set_read_timeout(Some(Duration::from_secs(1)))?;
     resync(node, &mut con)?;
+    sync_revocations(node, &mut con)?;
     link.next_epoch();
     link.set_subscriber_up(true, "");
     loop {
@@ -200,10 +202,15 @@ fn apply_event(link: &Link, node: &Node, e: Event) {
                 ServerFrame::Notification { kind: &kind, text: &text, data: data.as_ref(), ts };
             node.frame_to_user(&user, &user.clone(), &frame, None);
         }
-        Event::Revoke { node: from, jti } if from != link.node() => {
-            let _ = node.storage().revoke(&jti, crate::wire::now_ms() / 1000);
-            node.after_flush(AfterFlush::nothing());
-            node.revoked().add(&jti);
+        Event::Revoke { node: from, jti }
+            if from != link.node() && !jti.is_empty() && jti.len() <= 256 =>
+        {
+            apply_revocation(node, &Revocation::Token(jti));
+        }
+        Event::RevokeUser { node: from, user, before }
+            if from != link.node() && wire::valid_user(&user) =>
+        {
+            apply_revocation(node, &Revocation::User { user, before });
         }
         _ => {} // Our own events: already applied here.
     }

@@ -44,11 +44,15 @@ pub(crate) fn open(ctx: &mut Ctx<'_>, id: ConnId, up: Upgrade, ws_config: WebSoc
             user: user.clone(),
             exp: up.claims.exp,
             jti: up.claims.jti,
+            iat: up.claims.iat,
             enc: up.enc,
             rooms: Vec::with_capacity(rooms.len()),
             bucket: Bucket::new(node.cfg().burst, ctx.now),
             pinged: ctx.now,
-            revocation_gen: node.revoked().generation(),
+            // Never the current generation: the first sweep checks the
+            // token again, so a revocation made after the upgrade's check
+            // (on another thread) is not missed.
+            revocation_gen: u64::MAX,
         },
     );
     node.count_connection(id.reactor, true, ctx.conns.len());

@@ -1,11 +1,23 @@
 //! What nodes say to each other on the `chinwag:events` channel, and the
 //! work a reactor queues for the publisher.
 
-use crate::fanout::ReplyTo;
+use crate::{auth::Revocation, fanout::ReplyTo};
 use serde::{Deserialize, Serialize};
 
 /// The one pub/sub channel of a cluster.
 pub const CHANNEL: &str = "chinwag:events";
+
+/// The Redis hash of every revocation: `t:<jti>` → when, `u:<user>` →
+/// tokens issued up to this second.
+pub const REVOKED_KEY: &str = "chinwag:revoked";
+
+/// A revocation's field and value in [`REVOKED_KEY`].
+pub fn revocation_field(r: &Revocation, now_s: u64) -> (String, u64) {
+    match r {
+        Revocation::Token(jti) => (format!("t:{jti}"), now_s),
+        Revocation::User { user, before } => (format!("u:{user}"), *before),
+    }
+}
 
 /// The Redis key of a room's seq counter.
 pub fn seq_key(room: &str) -> String {
@@ -56,8 +68,10 @@ pub enum Event {
     Read { node: String, room: String, user: String, seq: u64 },
     /// `POST /api/notify`.
     Notify { node: String, user: String, kind: String, text: String, data: Option<String>, ts: u64 },
-    /// `POST /api/revoke`.
+    /// `POST /api/revoke {"jti"}`.
     Revoke { node: String, jti: String },
+    /// `POST /api/revoke {"user"}`: tokens issued up to `before` (seconds).
+    RevokeUser { node: String, user: String, before: u64 },
 }
 
 /// Work for the publisher thread.
@@ -77,4 +91,7 @@ pub enum Outbound {
     },
     /// An event payload (`E` + MessagePack) to publish.
     Event(Vec<u8>),
+    /// A revocation to keep in the [`REVOKED_KEY`] hash (`field` →
+    /// `value`, the larger wins) and publish (`payload`, an event).
+    Revoke { field: String, value: u64, payload: Vec<u8> },
 }

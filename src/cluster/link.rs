@@ -3,8 +3,9 @@
 //! link is up. It holds no pointer back to the node: the bridge threads
 //! are handed the node when they start.
 
-use super::events::{Body, Event, Outbound};
+use super::events::{revocation_field, Body, Event, Outbound};
 use crate::{
+    auth::Revocation,
     fanout::ReplyTo,
     wire::{self, Code, Refusal},
 };
@@ -255,8 +256,19 @@ impl Link {
         self.publish(&Event::Notify { node, user, kind, text, data, ts });
     }
 
-    /// Tells the other nodes: refuse token `jti`.
-    pub fn revoke(&self, jti: &str) {
-        self.publish(&Event::Revoke { node: self.node.clone(), jti: jti.into() });
+    /// Tells the other nodes, now and later (the hash in Redis): refuse
+    /// what `r` revokes.
+    pub fn revoke(&self, r: &Revocation) {
+        let node = self.node.clone();
+        let e = match r {
+            Revocation::Token(jti) => Event::Revoke { node, jti: jti.clone() },
+            Revocation::User { user, before } => {
+                Event::RevokeUser { node, user: user.clone(), before: *before }
+            }
+        };
+        let (field, value) = revocation_field(r, crate::wire::now_ms() / 1000);
+        if let Some(payload) = Self::event_payload(&e) {
+            let _ = self.tx.send(Outbound::Revoke { field, value, payload });
+        }
     }
 }

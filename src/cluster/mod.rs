@@ -6,9 +6,10 @@
 mod events;
 mod link;
 
-pub use events::{log_key, seq_key, Body, Event, Outbound, CHANNEL};
+pub use events::{log_key, revocation_field, seq_key, Body, Event, Outbound, CHANNEL, REVOKED_KEY};
 pub use link::Link;
 
+use crate::auth::Revocation;
 use serde_json::Value;
 use std::sync::Arc;
 
@@ -83,10 +84,10 @@ impl Peers {
         }
     }
 
-    /// Token `jti` is revoked.
-    pub fn revoke(&self, jti: &str) {
+    /// A revocation, for every node now and later (kept in Redis).
+    pub fn revoke(&self, r: &Revocation) {
         if let Some(l) = &self.0 {
-            l.revoke(jti);
+            l.revoke(r);
         }
     }
 

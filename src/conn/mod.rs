@@ -75,6 +75,8 @@ pub struct Session {
     pub exp: u64,
     /// Token id, for revocation.
     pub jti: Option<String>,
+    /// When the token was issued (revocation by user).
+    pub iat: Option<u64>,
     /// The encoding it speaks.
     pub enc: Encoding,
     /// Rooms it is subscribed to (the user's memberships). Written only by
@@ -362,7 +364,7 @@ impl Conn {
                 let generation = revoked.generation();
                 let gone = s.revocation_gen != generation && {
                     s.revocation_gen = generation;
-                    s.jti.as_deref().is_some_and(|j| revoked.contains(j))
+                    revoked.refuses(s.jti.as_deref(), &s.user, s.iat)
                 };
                 if gone || s.exp <= now_s {
                     Due::Close(Close::TokenGone)

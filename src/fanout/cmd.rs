@@ -2,7 +2,10 @@
 //! connection anywhere on the node, [`ReplyTo`] for whoever waits for a
 //! two-phase (durable) answer, WebSocket or HTTP alike.
 
-use crate::wire::{self, http, Encoded, Encoding, ServerFrame};
+use crate::{
+    auth::Revocation,
+    wire::{self, http, Encoded, Encoding, ServerFrame},
+};
 use bytes::Bytes;
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -37,8 +40,9 @@ pub enum ReplyTo {
 pub enum Reply {
     /// A message is stored: `ack`, or 201 `{seq, ts}`.
     Ack { room: Arc<str>, seq: u64, ts: u64 },
-    /// A token is revoked: 200 `{revoked}`.
-    Revoked { jti: String },
+    /// A token (200 `{revoked}`) or a user's tokens (200 `{revoked_user,
+    /// before}`) are revoked.
+    Revoked(Revocation),
     /// Nothing was accepted: `unavailable`, or 503, with this message.
     Unavailable(&'static str),
 }
@@ -88,7 +92,7 @@ impl ReplyTo {
                 },
                 *enc,
             ),
-            (ReplyTo::Ws { enc, .. }, Reply::Revoked { .. }) => {
+            (ReplyTo::Ws { enc, .. }, Reply::Revoked(_)) => {
                 // No frame revokes a token; answer like a refused write.
                 let message = "not a WebSocket request";
                 let code = wire::Code::Internal;
@@ -97,8 +101,11 @@ impl ReplyTo {
             (ReplyTo::Http { .. }, Reply::Ack { seq, ts, .. }) => {
                 http::json(201, &json!({ "seq": seq, "ts": ts }))
             }
-            (ReplyTo::Http { .. }, Reply::Revoked { jti }) => {
+            (ReplyTo::Http { .. }, Reply::Revoked(Revocation::Token(jti))) => {
                 http::json(200, &json!({ "revoked": jti }))
+            }
+            (ReplyTo::Http { .. }, Reply::Revoked(Revocation::User { user, before })) => {
+                http::json(200, &json!({ "revoked_user": user, "before": before }))
             }
             (ReplyTo::Http { .. }, Reply::Unavailable(message)) => {
                 http::error(503, "unavailable", message)

@@ -5,7 +5,7 @@
 
 use super::{error, response};
 use crate::{
-    auth::Claims,
+    auth::{Claims, Revocation},
     chat::{self, Ctx},
     conn::Limited,
     durable::AfterFlush,
@@ -37,8 +37,8 @@ pub enum Op {
     Post { room: String, text: String },
     /// `POST /api/notify`.
     Notify { user: String, kind: String, text: String, data: Option<Value> },
-    /// `POST /api/revoke`.
-    Revoke { jti: String },
+    /// `POST /api/revoke`: `{"jti"}` or `{"user"}`.
+    Revoke(Revocation),
 }
 
 fn respond(status: u16, code: &str, message: &str) -> Bytes {
@@ -131,7 +131,7 @@ pub fn route(
         }
         _ if !claims.admin => return Err(respond(403, "forbidden", "needs an admin token")),
         ("notify", _) => notify_op(body)?,
-        _ => Op::Revoke { jti: body_str(&body_json(body)?, "jti")? },
+        _ => revoke_op(body)?,
     };
     Ok(Call { claims, op })
 }
@@ -180,6 +180,20 @@ fn notify_op(body: &[u8]) -> Result<Op, Bytes> {
     })
 }
 
+/// `POST /api/revoke` `{"jti"}` (that token) or `{"user"}` (every token of
+/// the user issued up to now).
+fn revoke_op(body: &[u8]) -> Result<Op, Bytes> {
+    let m = body_json(body)?;
+    if m.contains_key("user") {
+        let user = body_str(&m, "user")?;
+        if !wire::valid_user(&user) {
+            return Err(respond(400, "bad_request", "`user` is not a valid user id"));
+        }
+        return Ok(Op::Revoke(Revocation::User { user, before: wire::now_ms() / 1000 }));
+    }
+    Ok(Op::Revoke(Revocation::Token(body_str(&m, "jti")?)))
+}
+
 /// The per-token bucket: the same `rate`/`burst` as a WebSocket connection.
 fn take_token(token: &str, node: &Node) -> Result<(), Bytes> {
     let ms = match node.take_http_token(token) {
@@ -217,11 +231,11 @@ pub(crate) fn execute(ctx: &mut Ctx<'_>, conn: ConnId, call: Call) {
             node.peers().notify(&who, &kind, &text, data.as_ref(), ts);
             Ok(Some(response(202, "application/json", b"{\"status\":\"accepted\"}")))
         }
-        Op::Revoke { jti } => {
-            node.storage().revoke(&jti, wire::now_ms() / 1000).map_err(Refusal::from).map(|()| {
-                node.revoked().add(&jti);
-                node.peers().revoke(&jti);
-                let p = AfterFlush::answer(to.clone(), Reply::Revoked { jti }, STORAGE_DOWN);
+        Op::Revoke(r) => {
+            node.storage().revoke(&r, wire::now_ms() / 1000).map_err(Refusal::from).map(|()| {
+                node.revoked().add(&r);
+                node.peers().revoke(&r);
+                let p = AfterFlush::answer(to.clone(), Reply::Revoked(r), STORAGE_DOWN);
                 ctx.after_flush(&to, p);
                 None
             })

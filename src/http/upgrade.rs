@@ -31,6 +31,9 @@ fn authenticate(
                 name: None,
                 admin: false,
                 jti: None,
+                // A later revocation of the user ends this session too,
+                // without refusing the user's next one.
+                iat: Some(crate::wire::now_ms() / 1000),
             });
         }
     }

@@ -5,6 +5,7 @@ use super::{
     keys::{key2, prefix, suffix},
     Result, Storage,
 };
+use crate::auth::Revocation;
 
 impl Storage {
     /// Makes `user` a member of `room`. Returns whether it is new.
@@ -86,19 +87,35 @@ impl Storage {
         Ok(self.check(r)?.and_then(|v| be_u64(&v)).unwrap_or(0))
     }
 
-    /// Records a revoked token id and when (durable after the next flush).
-    pub fn revoke(&self, jti: &str, now_s: u64) -> Result<()> {
+    /// Records a revocation (durable after the next flush); `now_s` is
+    /// when, for a token's.
+    pub fn revoke(&self, r: &Revocation, now_s: u64) -> Result<()> {
         self.writable()?;
-        let r = self.trees()?.revoked.insert(jti.as_bytes(), &now_s.to_be_bytes());
+        let t = self.trees()?;
+        let r = match r {
+            Revocation::Token(jti) => t.revoked.insert(jti.as_bytes(), &now_s.to_be_bytes()),
+            Revocation::User { user, before } => {
+                t.revoked_users.fetch_and_update(user.as_bytes(), |old| {
+                    let old = old.and_then(be_u64).unwrap_or(0);
+                    Some(old.max(*before).to_be_bytes().to_vec())
+                })
+            }
+        };
         self.check(r).map(drop)
     }
 
-    /// Every revoked token id.
-    pub fn revoked(&self) -> Result<Vec<String>> {
+    /// Every revocation.
+    pub fn revocations(&self) -> Result<Vec<Revocation>> {
+        let t = self.trees()?;
         let mut out = Vec::new();
-        for kv in self.trees()?.revoked.iter() {
+        for kv in t.revoked.iter() {
             let (k, _) = self.check(kv)?;
-            out.push(String::from_utf8_lossy(&k).into_owned());
+            out.push(Revocation::Token(String::from_utf8_lossy(&k).into_owned()));
+        }
+        for kv in t.revoked_users.iter() {
+            let (k, v) = self.check(kv)?;
+            let user = String::from_utf8_lossy(&k).into_owned();
+            out.push(Revocation::User { user, before: be_u64(&v).unwrap_or(u64::MAX) });
         }
         Ok(out)
     }

@@ -11,6 +11,8 @@
 //! * `members`: `room 0x00 user` → empty; `user_rooms`: `user 0x00 room` → empty.
 //! * `reads`: `user 0x00 room` → seq (u64 BE).
 //! * `revoked`: `jti` → when it was revoked (u64 BE, seconds since the epoch).
+//! * `revoked_users`: `user` → every token issued at or before this second
+//!   is refused (u64 BE).
 
 mod keys;
 mod members;
@@ -58,6 +60,7 @@ struct Trees {
     user_rooms: sled::Tree,
     reads: sled::Tree,
     revoked: sled::Tree,
+    revoked_users: sled::Tree,
 }
 
 impl Trees {
@@ -75,6 +78,7 @@ impl Trees {
             user_rooms: db.open_tree("user_rooms")?,
             reads: db.open_tree("reads")?,
             revoked: db.open_tree("revoked")?,
+            revoked_users: db.open_tree("revoked_users")?,
             db,
         })
     }
