@@ -86,7 +86,10 @@ cw_start_chinwag() {
     # of the server started before under the same name.
     local dir
     dir=$(mktemp -d "$CW_TMP/$name.XXXX")
-    RUST_LOG=${RUST_LOG:-info} $(cw_pin "$core") "$CW_SERVER" serve --listen 127.0.0.1:0 \
+    # One secret for every node: cluster payloads are sealed with a key
+    # derived from it.
+    CHINWAG_SECRET=${CHINWAG_SECRET:-chinwag-load-harness-shared-secret-0001} \
+        RUST_LOG=${RUST_LOG:-info} $(cw_pin "$core") "$CW_SERVER" serve --listen 127.0.0.1:0 \
         --data-dir "$dir/data" --open --rate 1000000 --burst 1000000 --threads 1 "$@" \
         2>"$dir/log" &
     local pid=$!

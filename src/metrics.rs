@@ -60,6 +60,7 @@ pub struct Metrics {
     /// Accept-to-ack latency (queue to the commit thread until durable), seconds.
     ack_seconds: Histogram,
     redis_up: Gauge,
+    cluster_rejected: Counter,
 }
 
 impl Default for Metrics {
@@ -85,6 +86,7 @@ impl Metrics {
             flush_batch: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
             ack_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             redis_up: Gauge::default(),
+            cluster_rejected: Counter::default(),
             registry: Registry::default(),
         };
         registry.register("connections", "Live WebSocket connections", m.connections.clone());
@@ -131,6 +133,11 @@ impl Metrics {
             "1 when the Redis link is up, 0 when down or off",
             m.redis_up.clone(),
         );
+        registry.register(
+            "cluster_payloads_rejected",
+            "Cluster payloads dropped: failed verification, replayed, or made no sense",
+            m.cluster_rejected.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -150,6 +157,11 @@ impl Metrics {
     /// it builds a label, so never per message).
     pub fn loop_connections(&self, reactor: u16, conns: usize) {
         self.by_loop.get_or_create(&LoopLabel { r#loop: reactor.to_string() }).set(conns as i64);
+    }
+
+    /// A cluster payload was dropped.
+    pub fn reject_cluster_payload(&self) {
+        self.cluster_rejected.inc();
     }
 
     /// One flush: how long it took and how many requests it served.

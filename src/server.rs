@@ -96,7 +96,9 @@ impl Server {
         }
         let metrics = Arc::new(Metrics::new());
         let link = match &cfg.redis {
-            Some(url) => Some(Link::new(url, &cfg.node_id).map_err(StartError::Redis)?),
+            Some(url) => {
+                Some(Link::new(url, &cfg.node_id, &cfg.secret).map_err(StartError::Redis)?)
+            }
             None => None,
         };
         // Watched threads: the reactors by index, then the commit thread,

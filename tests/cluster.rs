@@ -508,3 +508,94 @@ fn a_node_that_was_away_applies_revocations_before_accepting_tokens() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(live.expect_close(), 4001);
 }
+
+/// One RESP reply, enough of it for these tests.
+#[derive(Debug)]
+enum Resp {
+    Bulk(Option<Vec<u8>>),
+    Array(Vec<Resp>),
+    /// A status, integer or error reply.
+    Other,
+}
+
+/// Sends one command to Redis over a raw connection and reads its reply
+/// (binary-safe, unlike redis-cli's output).
+fn redis_raw(redis: &Redis, args: &[&[u8]]) -> Resp {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", redis.port)).unwrap();
+    let mut req = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        req.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        req.extend_from_slice(a);
+        req.extend_from_slice(b"\r\n");
+    }
+    s.write_all(&req).unwrap();
+    fn read(r: &mut BufReader<std::net::TcpStream>) -> Resp {
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        let (kind, rest) = line.trim_end().split_at(1);
+        match kind {
+            "$" => {
+                let n: i64 = rest.parse().unwrap();
+                if n < 0 {
+                    return Resp::Bulk(None);
+                }
+                let mut buf = vec![0; n as usize + 2];
+                r.read_exact(&mut buf).unwrap();
+                buf.truncate(n as usize);
+                Resp::Bulk(Some(buf))
+            }
+            "*" => Resp::Array((0..rest.parse::<i64>().unwrap().max(0)).map(|_| read(r)).collect()),
+            _ => Resp::Other,
+        }
+    }
+    read(&mut BufReader::new(s))
+}
+
+fn rejected(server: &Server) -> u64 {
+    let (_, text) = support::http_get(server.addr, "/metrics", &[]);
+    text.lines()
+        .find_map(|l| l.strip_prefix("chinwag_cluster_payloads_rejected_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn forged_and_replayed_cluster_payloads_change_nothing() {
+    let redis = Redis::start();
+    let nodes = [node(&redis, "n1"), node(&redis, "n2")];
+    let mut a = nodes[0].client("a");
+    a.join("f");
+    let mut b = nodes[1].client("b");
+    b.join("f");
+    assert_eq!(a.send_msg("f", "real")["seq"].as_u64(), Some(1));
+    assert_eq!(b.recv_type("message")["text"], "real");
+    // The real, sealed body of seq 1, from the room's log.
+    let Resp::Array(entries) = redis_raw(&redis, &[b"XRANGE", b"chinwag:log:f", b"-", b"+"]) else {
+        panic!("no log")
+    };
+    let Some(Resp::Array(entry)) = entries.first() else { panic!("empty log") };
+    let Some(Resp::Array(fields)) = entry.get(1) else { panic!("no fields") };
+    let Some(Resp::Bulk(Some(sealed))) = fields.get(1) else { panic!("no body") };
+    let before = rejected(&nodes[1]);
+    let publish = |payload: Vec<u8>| {
+        redis_raw(&redis, &[b"PUBLISH", b"chinwag:events", &payload]);
+    };
+    // A replay of the real payload as the next seq, and at an absurd seq.
+    for seq in ["2", "18446744073709551615"] {
+        publish([format!("M{seq} ").as_bytes(), sealed].concat());
+    }
+    // A forged message and a forged event: not sealed with the cluster key.
+    let forged = json!({"room": "f", "ts": support::now_ms(), "from": "a", "text": "forged"});
+    publish([b"M2 ".as_slice(), &rmp_serde::to_vec_named(&forged).unwrap()].concat());
+    let member = json!({"Member": {"node": "n9", "room": "f", "user": "b", "joined": false}});
+    publish([b"E".as_slice(), &rmp_serde::to_vec_named(&member).unwrap()].concat());
+    wait_for(Duration::from_secs(10), "the node to drop all four", || {
+        rejected(&nodes[1]) >= before + 4
+    });
+    // Nothing reached b, and the room goes on at seq 2 with b still in it.
+    assert!(b.ping_barrier().iter().all(|f| ty(f) != "message" && ty(f) != "left"));
+    assert_eq!(a.send_msg("f", "after")["seq"].as_u64(), Some(2));
+    let m = b.recv_type("message");
+    assert_eq!((m["seq"].as_u64(), m["text"].as_str()), (Some(2), Some("after")));
+}

@@ -74,6 +74,8 @@ impl Server {
             .arg(dir.join("data"))
             .args(extra)
             .env("RUST_LOG", "info")
+            // Cluster nodes must share one secret (payloads are sealed with it).
+            .env("CHINWAG_SECRET", "chinwag-load-smoke-test-shared-secret-0001")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

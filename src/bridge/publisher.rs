@@ -83,7 +83,7 @@ pub(super) fn run(link: &Link, rx: &Receiver<Outbound>, node: &Node) {
         if p.last_snapshot.is_none_or(|t| t.elapsed() >= SNAPSHOT_EVERY) {
             p.last_snapshot = Some(Instant::now());
             let snapshot = Event::Snapshot { node: link.node().into(), users: node.online_users() };
-            batch.extend(Link::event_payload(&snapshot).map(Outbound::Event));
+            batch.extend(link.event_payload(snapshot).map(Outbound::Event));
         }
         if batch.is_empty() {
             continue;

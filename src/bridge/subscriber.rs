@@ -6,7 +6,7 @@
 use super::{apply_revocation, backoff, connect, store_dm_members, sync_revocations};
 use crate::{
     auth::Revocation,
-    cluster::{log_key, seq_key, Body, Event, Link, CHANNEL},
+    cluster::{log_key, seq_key, Body, Envelope, Event, Link, Replays, CHANNEL},
     durable::AfterFlush,
     fanout::{Cmd, UserAction},
     node::Node,
@@ -27,9 +27,10 @@ pub(super) fn run(link: &Link, node: &Node) {
     let slot = node.alive().slot("redis-sub").unwrap_or(usize::MAX);
     let _guard = node.alive().guard(slot);
     let mut attempt = 0;
+    let mut replays = Replays::default();
     while !link.is_stopped() {
         node.alive().beat(slot);
-        if let Err(e) = subscribe_once(link, node, slot) {
+        if let Err(e) = subscribe_once(link, node, slot, &mut replays) {
             link.set_subscriber_up(false, &e.to_string());
             thread::sleep(backoff(attempt));
             attempt += 1;
@@ -39,16 +40,22 @@ pub(super) fn run(link: &Link, node: &Node) {
 
 /// One connected session: subscribe, resync, then apply events until the
 /// link fails (`Err`) or the node stops (`Ok`).
-fn subscribe_once(link: &Link, node: &Node, slot: usize) -> redis::RedisResult<()> {
+fn subscribe_once(
+    link: &Link,
+    node: &Node,
+    slot: usize,
+    replays: &mut Replays,
+) -> redis::RedisResult<()> {
     let mut sub = connect(link.client())?;
     let mut con = connect(link.client())?;
     let mut pubsub = sub.as_pubsub();
     pubsub.subscribe(CHANNEL)?;
     pubsub.set_read_timeout(Some(Duration::from_secs(1)))?;
-    resync(node, &mut con)?;
+    resync(link, node, &mut con)?;
     sync_revocations(node, &mut con)?;
     link.next_epoch();
     link.set_subscriber_up(true, "");
+    let mut warned = false;
     loop {
         node.alive().beat(slot);
         let msg = match pubsub.get_message() {
@@ -63,41 +70,56 @@ fn subscribe_once(link: &Link, node: &Node, slot: usize) -> redis::RedisResult<(
             Err(e) => return Err(e),
         };
         let payload: Vec<u8> = msg.get_payload()?;
-        match payload.first() {
-            Some(b'M') => ingest_message(node, &payload[1..], &mut con)?,
-            Some(b'E') => {
-                if let Ok(e) = rmp_serde::from_slice::<Event>(&payload[1..]) {
+        let applied = match payload.first() {
+            Some(b'M') => ingest_message(link, node, replays, &payload[1..], &mut con)?,
+            Some(b'E') => match open_event(link, replays, &payload[1..]) {
+                Some(e) => {
                     apply_event(link, node, e);
+                    true
                 }
+                None => false,
+            },
+            _ => false,
+        };
+        if !applied {
+            // Forged, replayed, or nonsense: it changes nothing here.
+            if !warned {
+                warned = true;
+                log::warn!(
+                    "dropping cluster payloads that fail verification or make no sense \
+                     (do all nodes share one secret?)"
+                );
             }
-            _ => log::debug!("ignoring an unknown cluster payload"),
+            node.metrics().reject_cluster_payload();
         }
     }
 }
 
 /// Restores Redis's seq counters from our data (a Redis that came back
 /// empty), then fetches every message we missed, room by room.
-fn resync(node: &Node, con: &mut Connection) -> redis::RedisResult<()> {
+fn resync(link: &Link, node: &Node, con: &mut Connection) -> redis::RedisResult<()> {
     let script = redis::Script::new(RESTORE_SCRIPT);
     let rooms = node.storage().rooms().unwrap_or_default();
     for room in rooms {
         let mine = node.storage().last_seq(&room).unwrap_or(0);
         let theirs: u64 = script.key(seq_key(&room)).arg(mine).invoke(con)?;
         if theirs > mine {
-            repair(node, &room, mine, theirs, con)?;
+            repair(link, node, &room, mine, theirs, con)?;
         }
     }
     Ok(())
 }
 
 /// Fetches messages `(after, upto]` of `room` from its log and ingests them.
+/// Returns the last seq applied.
 fn repair(
+    link: &Link,
     node: &Node,
     room: &str,
     after: u64,
     upto: u64,
     con: &mut Connection,
-) -> redis::RedisResult<()> {
+) -> redis::RedisResult<u64> {
     let reply: redis::streams::StreamRangeReply =
         con.xrange(log_key(room), format!("{}-1", after + 1), format!("{upto}-1"))?;
     let mut got = after;
@@ -106,9 +128,12 @@ fn repair(
             continue;
         };
         let Some(redis::Value::BulkString(body)) = entry.map.get("m") else { continue };
-        if let Ok(body) = rmp_serde::from_slice::<Body>(body) {
-            apply_message(node, seq, &body);
-            got = seq;
+        match open_body(link, node, body).filter(|b| b.room == room) {
+            Some(body) => {
+                apply_message(node, seq, &body);
+                got = seq;
+            }
+            None => node.metrics().reject_cluster_payload(),
         }
     }
     if got < upto {
@@ -117,22 +142,50 @@ fn repair(
             got + 1
         );
     }
-    Ok(())
+    Ok(got)
 }
 
-fn ingest_message(node: &Node, payload: &[u8], con: &mut Connection) -> redis::RedisResult<()> {
-    let Some(space) = payload.iter().position(|&b| b == b' ') else { return Ok(()) };
-    let Some(seq) = std::str::from_utf8(&payload[..space]).ok().and_then(|s| s.parse::<u64>().ok())
-    else {
-        return Ok(());
-    };
-    let Ok(body) = rmp_serde::from_slice::<Body>(&payload[space + 1..]) else { return Ok(()) };
+/// A payload older or newer than this (ms, against our clock) is not
+/// trusted fresh: a replay after our replay window was lost to a restart.
+const FRESH_MS: u64 = 120_000;
+
+/// A sealed message body that verifies and makes sense.
+fn open_body(link: &Link, node: &Node, sealed: &[u8]) -> Option<Body> {
+    let body: Body = rmp_serde::from_slice(link.seal().open(sealed)?).ok()?;
+    body.valid(node.cfg().max_text).then_some(body)
+}
+
+/// A published event that verifies, is fresh, was not seen, and makes sense.
+fn open_event(link: &Link, replays: &mut Replays, sealed: &[u8]) -> Option<Event> {
+    let e: Envelope = rmp_serde::from_slice(link.seal().open(sealed)?).ok()?;
+    let fresh = wire::now_ms().abs_diff(e.ts) <= FRESH_MS;
+    (fresh && e.event.valid() && replays.fresh(e.event.node(), e.boot, e.n)).then_some(e.event)
+}
+
+/// Applies a published message (`M<seq> <sealed body>`); false if it was
+/// dropped. A seq past the next one is a gap, repaired from the room's log
+/// first; a seq the log cannot explain is not trusted.
+fn ingest_message(
+    link: &Link,
+    node: &Node,
+    replays: &mut Replays,
+    payload: &[u8],
+    con: &mut Connection,
+) -> redis::RedisResult<bool> {
+    let Some(space) = payload.iter().position(|&b| b == b' ') else { return Ok(false) };
+    let seq = std::str::from_utf8(&payload[..space]).ok().and_then(|s| s.parse::<u64>().ok());
+    let Some(seq) = seq.filter(|&s| s > 0 && s < u64::MAX / 2) else { return Ok(false) };
+    let Some(body) = open_body(link, node, &payload[space + 1..]) else { return Ok(false) };
+    let fresh = wire::now_ms().abs_diff(body.ts) <= FRESH_MS;
+    if !fresh || !replays.fresh(&body.origin, body.boot, body.n) {
+        return Ok(false);
+    }
     let known = node.with_room(&body.room, |e| e.seq).unwrap_or(0);
-    if seq > known + 1 {
-        repair(node, &body.room, known, seq - 1, con)?;
+    if seq > known + 1 && repair(link, node, &body.room, known, seq - 1, con)? < seq - 1 {
+        return Ok(false);
     }
     apply_message(node, seq, &body);
-    Ok(())
+    Ok(true)
 }
 
 /// Stores one message if it is new here, under its room's lock, and has

@@ -1,7 +1,7 @@
 //! What nodes say to each other on the `chinwag:events` channel, and the
 //! work a reactor queues for the publisher.
 
-use crate::{auth::Revocation, fanout::ReplyTo};
+use crate::{auth::Revocation, fanout::ReplyTo, wire};
 use serde::{Deserialize, Serialize};
 
 /// The one pub/sub channel of a cluster.
@@ -43,6 +43,26 @@ pub struct Body {
     /// The two users of a DM room on its first message (membership to write).
     #[serde(default)]
     pub dm_new: bool,
+    /// The sending node, its boot and its counter: a payload is applied once.
+    #[serde(default)]
+    pub origin: String,
+    #[serde(default)]
+    pub boot: u64,
+    #[serde(default)]
+    pub n: u64,
+}
+
+/// An event as published: who sent it, when, and its counter, around it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Envelope {
+    /// The sending node's boot (random at start).
+    pub boot: u64,
+    /// The sending node's counter, shared with its messages.
+    pub n: u64,
+    /// When it was sent, ms since the epoch.
+    pub ts: u64,
+    /// The event.
+    pub event: Event,
 }
 
 /// Everything else nodes tell each other.
@@ -72,6 +92,67 @@ pub enum Event {
     Revoke { node: String, jti: String },
     /// `POST /api/revoke {"user"}`: tokens issued up to `before` (seconds).
     RevokeUser { node: String, user: String, before: u64 },
+}
+
+/// Longest `kind` of a notification carried between nodes.
+const MAX_KIND: usize = 64;
+/// Most users in one presence snapshot.
+const MAX_SNAPSHOT: usize = 1_000_000;
+/// Most bytes of a notification's text or data between nodes.
+const MAX_NOTIFY: usize = 64 << 10;
+
+fn room_ok(room: &str) -> bool {
+    wire::valid_room(room) || wire::dm_users(room).is_some()
+}
+
+impl Body {
+    /// Whether every field is what a client could have sent.
+    pub fn valid(&self, max_text: usize) -> bool {
+        room_ok(&self.room)
+            && wire::valid_user(&self.from)
+            && wire::check_text(&self.text, max_text).is_ok()
+            && (!self.dm_new || wire::dm_users(&self.room).is_some())
+    }
+}
+
+impl Event {
+    /// The node that sent it.
+    pub fn node(&self) -> &str {
+        match self {
+            Event::Member { node, .. }
+            | Event::Presence { node, .. }
+            | Event::Snapshot { node, .. }
+            | Event::Typing { node, .. }
+            | Event::Read { node, .. }
+            | Event::Notify { node, .. }
+            | Event::Revoke { node, .. }
+            | Event::RevokeUser { node, .. } => node,
+        }
+    }
+
+    /// Whether every field makes sense (names by the naming rules, sizes bounded).
+    pub fn valid(&self) -> bool {
+        let user = wire::valid_user;
+        wire::valid_user(self.node())
+            && match self {
+                Event::Member { room, user: u, .. } => wire::valid_room(room) && user(u),
+                Event::Presence { user: u, .. } => user(u),
+                Event::Snapshot { users, .. } => {
+                    users.len() <= MAX_SNAPSHOT && users.iter().all(|u| user(u))
+                }
+                Event::Typing { room, user: u, .. } | Event::Read { room, user: u, .. } => {
+                    room_ok(room) && user(u)
+                }
+                Event::Notify { user: u, kind, text, data, .. } => {
+                    user(u)
+                        && kind.len() <= MAX_KIND
+                        && text.len() <= MAX_NOTIFY
+                        && data.as_ref().is_none_or(|d| d.len() <= MAX_NOTIFY)
+                }
+                Event::Revoke { jti, .. } => !jti.is_empty() && jti.len() <= 256,
+                Event::RevokeUser { user: u, .. } => user(u),
+            }
+    }
 }
 
 /// Work for the publisher thread.

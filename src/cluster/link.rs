@@ -3,7 +3,10 @@
 //! link is up. It holds no pointer back to the node: the bridge threads
 //! are handed the node when they start.
 
-use super::events::{revocation_field, Body, Event, Outbound};
+use super::{
+    events::{revocation_field, Body, Envelope, Event, Outbound},
+    seal::Seal,
+};
 use crate::{
     auth::Revocation,
     fanout::ReplyTo,
@@ -43,11 +46,20 @@ pub struct Link {
     stopped: AtomicBool,
     tx: Sender<Outbound>,
     remote: Mutex<Remote>,
+    seal: Seal,
+    /// Random at start: with `counter`, names each payload once.
+    boot: u64,
+    counter: AtomicU64,
 }
 
 impl Link {
-    /// A link for `url`, and the publisher's end of its queue.
-    pub fn new(url: &str, node: &str) -> Result<(Arc<Link>, Receiver<Outbound>), String> {
+    /// A link for `url`, sealing with a key derived from `secret`, and the
+    /// publisher's end of its queue.
+    pub fn new(
+        url: &str,
+        node: &str,
+        secret: &[u8],
+    ) -> Result<(Arc<Link>, Receiver<Outbound>), String> {
         let client = redis::Client::open(url).map_err(|e| e.to_string())?;
         let (tx, rx) = crossbeam_channel::unbounded();
         let link = Arc::new(Link {
@@ -60,8 +72,20 @@ impl Link {
             stopped: AtomicBool::new(false),
             tx,
             remote: Mutex::new(HashMap::new()),
+            seal: Seal::new(secret),
+            boot: rand::random(),
+            counter: AtomicU64::new(0),
         });
         Ok((link, rx))
+    }
+
+    /// The cluster key.
+    pub fn seal(&self) -> &Seal {
+        &self.seal
+    }
+
+    fn next(&self) -> u64 {
+        self.counter.fetch_add(1, Ordering::Relaxed) + 1
     }
 
     /// This node's id.
@@ -187,9 +211,12 @@ impl Link {
             ));
         }
         let dm_new = !known && wire::dm_users(room).is_some();
-        let body = Body { room: room.into(), ts, from: from.into(), text: text.into(), dm_new };
+        let (origin, boot, n) = (self.node.clone(), self.boot, self.next());
+        let (room_s, from_s, text_s) = (room.into(), from.into(), text.into());
+        let body = Body { room: room_s, ts, from: from_s, text: text_s, dm_new, origin, boot, n };
         let body = rmp_serde::to_vec_named(&body)
             .map_err(|e| Refusal::new(Code::Internal, e.to_string()))?;
+        let body = self.seal.seal(&body);
         let out = Outbound::Send {
             room: room.into(),
             body,
@@ -203,16 +230,18 @@ impl Link {
         self.tx.send(out).map_err(|_| Refusal::new(Code::Unavailable, "cluster link stopped"))
     }
 
-    /// An event as published: `E` + MessagePack.
-    pub fn event_payload(e: &Event) -> Option<Vec<u8>> {
-        let bytes = rmp_serde::to_vec_named(e).ok()?;
+    /// An event as published: `E` + the sealed MessagePack envelope.
+    pub fn event_payload(&self, event: Event) -> Option<Vec<u8>> {
+        let ts = crate::wire::now_ms();
+        let envelope = Envelope { boot: self.boot, n: self.next(), ts, event };
+        let bytes = rmp_serde::to_vec_named(&envelope).ok()?;
         let mut payload = b"E".to_vec();
-        payload.extend_from_slice(&bytes);
+        payload.extend_from_slice(&self.seal.seal(&bytes));
         Some(payload)
     }
 
-    fn publish(&self, e: &Event) {
-        if let Some(payload) = Self::event_payload(e) {
+    fn publish(&self, e: Event) {
+        if let Some(payload) = self.event_payload(e) {
             let _ = self.tx.send(Outbound::Event(payload));
         }
     }
@@ -222,24 +251,24 @@ impl Link {
     pub fn member(&self, room: &str, user: &str, joined: Option<u64>) {
         let (node, room, user) = (self.node.clone(), room.into(), user.into());
         let (seq, joined) = (joined, joined.is_some());
-        self.publish(&Event::Member { node, room, user, joined, seq });
+        self.publish(Event::Member { node, room, user, joined, seq });
     }
 
     /// Tells the other nodes: `user`'s first connection here opened (or last closed).
     pub fn presence(&self, user: &str, online: bool) {
-        self.publish(&Event::Presence { node: self.node.clone(), user: user.into(), online });
+        self.publish(Event::Presence { node: self.node.clone(), user: user.into(), online });
     }
 
     /// Tells the other nodes: `user` is typing in `room`.
     pub fn typing(&self, room: &str, user: &str, active: bool) {
         let (node, room, user) = (self.node.clone(), room.into(), user.into());
-        self.publish(&Event::Typing { node, room, user, active });
+        self.publish(Event::Typing { node, room, user, active });
     }
 
     /// Tells the other nodes: `user`'s read marker in `room` is `seq`.
     pub fn read(&self, room: &str, user: &str, seq: u64) {
         let (node, room, user) = (self.node.clone(), room.into(), user.into());
-        self.publish(&Event::Read { node, room, user, seq });
+        self.publish(Event::Read { node, room, user, seq });
     }
 
     /// Tells the other nodes: notify `user`.
@@ -253,7 +282,7 @@ impl Link {
     ) {
         let data = data.map(|d| d.to_string());
         let (node, user, kind, text) = (self.node.clone(), user.into(), kind.into(), text.into());
-        self.publish(&Event::Notify { node, user, kind, text, data, ts });
+        self.publish(Event::Notify { node, user, kind, text, data, ts });
     }
 
     /// Tells the other nodes, now and later (the hash in Redis): refuse
@@ -267,7 +296,7 @@ impl Link {
             }
         };
         let (field, value) = revocation_field(r, crate::wire::now_ms() / 1000);
-        if let Some(payload) = Self::event_payload(&e) {
+        if let Some(payload) = self.event_payload(e) {
             let _ = self.tx.send(Outbound::Revoke { field, value, payload });
         }
     }

@@ -5,9 +5,13 @@
 
 mod events;
 mod link;
+mod seal;
 
-pub use events::{log_key, revocation_field, seq_key, Body, Event, Outbound, CHANNEL, REVOKED_KEY};
+pub use events::{
+    log_key, revocation_field, seq_key, Body, Envelope, Event, Outbound, CHANNEL, REVOKED_KEY,
+};
 pub use link::Link;
+pub use seal::Replays;
 
 use crate::auth::Revocation;
 use serde_json::Value;
