@@ -51,9 +51,14 @@ pub struct ServeFlags {
     /// Data directory [default: ./chinwag-data].
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Redis URL: join a cluster.
+    /// Redis URL: join a cluster (`redis://[user:password@]host:port/db`,
+    /// `rediss://` for TLS).
     #[arg(long, value_name = "URL")]
     pub redis: Option<String>,
+    /// PEM file of the CA that signed a `rediss://` server's certificate
+    /// [default: the system's roots].
+    #[arg(long, value_name = "FILE")]
+    pub redis_ca: Option<PathBuf>,
     /// Event loops [default: number of cores].
     #[arg(long, value_name = "N")]
     pub threads: Option<String>,
@@ -157,6 +162,7 @@ struct FileLayer {
     listen: Option<String>,
     data_dir: Option<PathBuf>,
     redis: Option<String>,
+    redis_ca: Option<PathBuf>,
     threads: Option<i64>,
     node_id: Option<String>,
     secret: Option<String>,
@@ -180,6 +186,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Redis URL (cluster mode).
     pub redis: Option<String>,
+    /// The CA (PEM) for a `rediss://` server, when not the system's roots.
+    pub redis_ca: Option<Vec<u8>>,
     /// Number of event loops.
     pub threads: usize,
     /// This node's id.
@@ -287,8 +295,16 @@ pub fn resolve(flags: ServeFlags) -> Result<Config, BadSetting> {
     let listen = flags.listen.or_else(|| env("CHINWAG_LISTEN")).or(file.listen);
     let listen = parse_listen(listen.as_deref().unwrap_or("127.0.0.1:8080"))?;
     let redis = flags.redis.or_else(|| env("CHINWAG_REDIS_URL")).or(file.redis);
+    let redis_ca = match flags.redis_ca.or(file.redis_ca) {
+        Some(path) => Some(
+            fs::read(&path)
+                .map_err(|e| bad("redis_ca", format!("cannot read {}: {e}", path.display())))?,
+        ),
+        None => None,
+    };
     if let Some(url) = &redis {
-        redis::Client::open(url.as_str()).map_err(|e| bad("redis", format!("`{url}`: {e}")))?;
+        redis_client(url, redis_ca.as_deref())
+            .map_err(|e| bad("redis", format!("`{url}`: {e}")))?;
     }
     let tls = match (flags.tls_cert.or(file.tls_cert), flags.tls_key.or(file.tls_key)) {
         (Some(cert), Some(key)) => Some(load_tls(&cert, &key)?),
@@ -346,6 +362,7 @@ pub fn resolve(flags: ServeFlags) -> Result<Config, BadSetting> {
         listen,
         data_dir,
         redis,
+        redis_ca,
         threads: threads as usize,
         node_id,
         secret,
@@ -358,6 +375,18 @@ pub fn resolve(flags: ServeFlags) -> Result<Config, BadSetting> {
         tls,
         min_free,
     })
+}
+
+/// The Redis client for `url`, trusting `ca` (PEM) for `rediss://` when given.
+pub fn redis_client(url: &str, ca: Option<&[u8]>) -> Result<redis::Client, String> {
+    match ca {
+        None => redis::Client::open(url),
+        Some(pem) => {
+            let certs = redis::TlsCertificates { client_tls: None, root_cert: Some(pem.to_vec()) };
+            redis::Client::build_with_tls(url, certs)
+        }
+    }
+    .map_err(|e| e.to_string())
 }
 
 fn prepare_dir(dir: &Path) -> Result<(), BadSetting> {

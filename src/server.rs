@@ -97,7 +97,9 @@ impl Server {
         let metrics = Arc::new(Metrics::new());
         let link = match &cfg.redis {
             Some(url) => {
-                Some(Link::new(url, &cfg.node_id, &cfg.secret).map_err(StartError::Redis)?)
+                let client = crate::config::redis_client(url, cfg.redis_ca.as_deref())
+                    .map_err(StartError::Redis)?;
+                Some(Link::new(client, &cfg.node_id, &cfg.secret).map_err(StartError::Redis)?)
             }
             None => None,
         };

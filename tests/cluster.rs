@@ -20,6 +20,8 @@ use std::{
 struct Redis {
     port: u16,
     child: Option<Child>,
+    /// Arguments after the defaults (TLS, ACL users).
+    extra: Vec<String>,
 }
 
 impl Redis {
@@ -28,7 +30,11 @@ impl Redis {
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
             .unwrap();
-        let mut r = Redis { port, child: None };
+        Redis::start_with(port, Vec::new())
+    }
+
+    fn start_with(port: u16, extra: Vec<String>) -> Redis {
+        let mut r = Redis { port, child: None, extra };
         r.spawn();
         r
     }
@@ -45,6 +51,7 @@ impl Redis {
                 "--appendonly",
                 "no",
             ])
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -598,4 +605,73 @@ fn forged_and_replayed_cluster_payloads_change_nothing() {
     assert_eq!(a.send_msg("f", "after")["seq"].as_u64(), Some(2));
     let m = b.recv_type("message");
     assert_eq!((m["seq"].as_u64(), m["text"].as_str()), (Some(2), Some("after")));
+}
+
+#[test]
+fn nodes_reach_a_tls_redis_as_an_acl_user() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
+    let path = |name: &str, pem: String| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, pem).unwrap();
+        p.to_str().unwrap().to_string()
+    };
+    let (ca_pem, cert_pem, key_pem) = (
+        path("ca.pem", ca.pem()),
+        path("redis.pem", cert.pem()),
+        path("redis.key", key.serialize_pem()),
+    );
+    let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).unwrap().port();
+    let tls_port = port.to_string();
+    let extra = [
+        "--port",
+        "0",
+        "--tls-port",
+        &tls_port,
+        "--tls-cert-file",
+        &cert_pem,
+        "--tls-key-file",
+        &key_pem,
+        "--tls-ca-cert-file",
+        &ca_pem,
+        "--tls-auth-clients",
+        "no",
+        "--user",
+        "default",
+        "off",
+        "--user",
+        "chinwag",
+        "on",
+        ">s3cret",
+        "~*",
+        "&*",
+        "+@all",
+    ];
+    let redis = Redis::start_with(port, extra.iter().map(|s| s.to_string()).collect());
+    let url = format!("rediss://chinwag:s3cret@localhost:{}/0", redis.port);
+    let start = |id: &str| {
+        let args = ["--open", "--node-id", id, "--redis", &url, "--redis-ca", &ca_pem];
+        let s = Server::start_with(Opts::new(&args));
+        wait_for(Duration::from_secs(10), "the TLS link", || s.health().1["redis"] == "ok");
+        s
+    };
+    let nodes = [start("t1"), start("t2")];
+    let mut a = nodes[0].client("a");
+    a.join("tls");
+    let mut b = nodes[1].client("b");
+    b.join("tls");
+    a.send_msg("tls", "over tls");
+    assert_eq!(b.recv_type("message")["text"], "over tls");
+    // The wrong password is refused: that node's link stays down.
+    let bad = format!("rediss://chinwag:wrong@localhost:{}/0", redis.port);
+    let args = ["--open", "--node-id", "t3", "--redis", &bad, "--redis-ca", &ca_pem];
+    let s = Server::start_with(Opts::new(&args));
+    thread::sleep(Duration::from_secs(1));
+    assert_eq!(s.health().1["redis"], "down");
 }

@@ -53,14 +53,13 @@ pub struct Link {
 }
 
 impl Link {
-    /// A link for `url`, sealing with a key derived from `secret`, and the
-    /// publisher's end of its queue.
+    /// A link over `client`, sealing with a key derived from `secret`, and
+    /// the publisher's end of its queue.
     pub fn new(
-        url: &str,
+        client: redis::Client,
         node: &str,
         secret: &[u8],
     ) -> Result<(Arc<Link>, Receiver<Outbound>), String> {
-        let client = redis::Client::open(url).map_err(|e| e.to_string())?;
         let (tx, rx) = crossbeam_channel::unbounded();
         let link = Arc::new(Link {
             node: node.to_string(),
