@@ -295,17 +295,7 @@ pub fn resolve(flags: ServeFlags) -> Result<Config, BadSetting> {
     let listen = flags.listen.or_else(|| env("CHINWAG_LISTEN")).or(file.listen);
     let listen = parse_listen(listen.as_deref().unwrap_or("127.0.0.1:8080"))?;
     let redis = flags.redis.or_else(|| env("CHINWAG_REDIS_URL")).or(file.redis);
-    let redis_ca = match flags.redis_ca.or(file.redis_ca) {
-        Some(path) => Some(
-            fs::read(&path)
-                .map_err(|e| bad("redis_ca", format!("cannot read {}: {e}", path.display())))?,
-        ),
-        None => None,
-    };
-    if let Some(url) = &redis {
-        redis_client(url, redis_ca.as_deref())
-            .map_err(|e| bad("redis", format!("`{url}`: {e}")))?;
-    }
+    let redis_ca = redis_ca(redis.as_deref(), flags.redis_ca.or(file.redis_ca))?;
     let tls = match (flags.tls_cert.or(file.tls_cert), flags.tls_key.or(file.tls_key)) {
         (Some(cert), Some(key)) => Some(load_tls(&cert, &key)?),
         (None, None) => None,
@@ -337,15 +327,7 @@ pub fn resolve(flags: ServeFlags) -> Result<Config, BadSetting> {
     if max_text > 1 << 20 {
         return Err(bad("max_text", "must be at most 1048576"));
     }
-    let min_free = match (flags.min_free.as_deref(), file.min_free) {
-        (Some(s), _) => s
-            .trim()
-            .parse::<u64>()
-            .map_err(|_| bad("min_free", format!("`{s}` is not a number of bytes")))?,
-        (None, Some(n)) => u64::try_from(n)
-            .map_err(|_| bad("min_free", format!("{n} is not a number of bytes")))?,
-        (None, None) => 100 << 20,
-    };
+    let min_free = bytes("min_free", flags.min_free.as_deref(), file.min_free, 100 << 20)?;
     let data_dir = data_dir(flags.data_dir, file.data_dir);
     prepare_dir(&data_dir)?;
     let node_id = match flags.node_id.or(file.node_id) {
@@ -375,6 +357,40 @@ pub fn resolve(flags: ServeFlags) -> Result<Config, BadSetting> {
         tls,
         min_free,
     })
+}
+
+/// Reads the `redis_ca` file and checks that the Redis URL (if any) makes
+/// a client with it.
+fn redis_ca(url: Option<&str>, path: Option<PathBuf>) -> Result<Option<Vec<u8>>, BadSetting> {
+    let ca = match path {
+        Some(path) => Some(
+            fs::read(&path)
+                .map_err(|e| bad("redis_ca", format!("cannot read {}: {e}", path.display())))?,
+        ),
+        None => None,
+    };
+    if let Some(url) = url {
+        redis_client(url, ca.as_deref()).map_err(|e| bad("redis", format!("`{url}`: {e}")))?;
+    }
+    Ok(ca)
+}
+
+/// A byte count (0 allowed) from a flag or file value.
+fn bytes(
+    key: &'static str,
+    flag: Option<&str>,
+    file: Option<i64>,
+    default: u64,
+) -> Result<u64, BadSetting> {
+    match (flag, file) {
+        (Some(s), _) => {
+            s.trim().parse::<u64>().map_err(|_| bad(key, format!("`{s}` is not a number of bytes")))
+        }
+        (None, Some(n)) => {
+            u64::try_from(n).map_err(|_| bad(key, format!("{n} is not a number of bytes")))
+        }
+        (None, None) => Ok(default),
+    }
 }
 
 /// The Redis client for `url`, trusting `ca` (PEM) for `rediss://` when given.

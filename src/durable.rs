@@ -59,14 +59,21 @@ enum Then {
     Message(Box<Message>),
 }
 
+/// A stored message waiting for its flush.
 #[derive(Debug)]
-struct Message {
-    room: Arc<str>,
-    seq: u64,
-    ts: u64,
-    from: Arc<str>,
-    text: String,
-    to: Option<ReplyTo>,
+pub struct Message {
+    /// Its room (the directory's shared name).
+    pub room: Arc<str>,
+    /// Its seq.
+    pub seq: u64,
+    /// Accept time, ms since the epoch.
+    pub ts: u64,
+    /// Sender.
+    pub from: Arc<str>,
+    /// The text.
+    pub text: String,
+    /// Who waits for the `ack` (none for a message another node accepted).
+    pub to: Option<ReplyTo>,
 }
 
 impl AfterFlush {
@@ -81,17 +88,9 @@ impl AfterFlush {
     }
 
     /// A message just stored: delivered to its room once durable, and
-    /// acked to `to`. Queue it under the room's lock, right after taking its
-    /// seq, so the room's messages are released in seq order.
-    pub fn message(
-        room: Arc<str>,
-        seq: u64,
-        ts: u64,
-        from: Arc<str>,
-        text: String,
-        to: Option<ReplyTo>,
-    ) -> AfterFlush {
-        let m = Message { room, seq, ts, from, text, to };
+    /// acked to `m.to`. Queue it under the room's lock, right after taking
+    /// its seq, so the room's messages are released in seq order.
+    pub fn message(m: Message) -> AfterFlush {
         AfterFlush { then: Then::Message(Box::new(m)), at: Instant::now() }
     }
 
@@ -109,30 +108,27 @@ pub struct Committer {
 }
 
 /// What the commit thread works with.
-struct Worker {
-    storage: Storage,
+#[derive(Debug)]
+pub struct Worker {
+    /// The database it flushes.
+    pub storage: Storage,
     /// Free bytes below which writes are refused (0: no guard).
-    min_free: u64,
-    fanout: Fanout,
-    metrics: Arc<Metrics>,
-    alive: Arc<Alive>,
-    slot: usize,
+    pub min_free: u64,
+    /// Where released messages and answers go.
+    pub fanout: Fanout,
+    /// Flush and ack latencies.
+    pub metrics: Arc<Metrics>,
+    /// The watched threads; this one is in slot `slot`.
+    pub alive: Arc<Alive>,
+    /// Its slot in `alive`.
+    pub slot: usize,
 }
 
 impl Committer {
-    /// Starts the commit thread, watched in `alive`'s slot `slot`. It stops
-    /// on [`Committer::stop`]; its handle's `join` says whether its last
-    /// flush succeeded.
-    pub fn start(
-        storage: Storage,
-        min_free: u64,
-        fanout: Fanout,
-        metrics: Arc<Metrics>,
-        alive: Arc<Alive>,
-        slot: usize,
-    ) -> io::Result<(Committer, thread::JoinHandle<bool>)> {
+    /// Starts the commit thread. It stops on [`Committer::stop`]; its
+    /// handle's `join` says whether its last flush succeeded.
+    pub fn start(w: Worker) -> io::Result<(Committer, thread::JoinHandle<bool>)> {
         let (tx, rx) = crossbeam_channel::unbounded();
-        let w = Worker { storage, min_free, fanout, metrics, alive, slot };
         let handle =
             thread::Builder::new().name("chinwag-commit".into()).spawn(move || w.run(rx))?;
         Ok((Committer { tx }, handle))

@@ -13,7 +13,7 @@ use crate::{
     config::Config,
     conn::{Bucket, Limited},
     durable::{AfterFlush, Committer},
-    fanout::{Cmd, ConnId, Fanout},
+    fanout::{Cmd, Fanout},
     metrics::Metrics,
     rooms::{bits, RoomEntry, UserEntry},
     storage::{Storage, StorageError},
@@ -151,6 +151,11 @@ impl Node {
         self.committer.stop();
     }
 
+    /// Fan-out to rooms and users from any thread.
+    pub fn fanout(&self) -> &Fanout {
+        &self.fanout
+    }
+
     /// Sends a command to reactor `reactor`.
     pub fn send_to(&self, reactor: u16, cmd: Cmd) {
         self.fanout.send_to(reactor, cmd);
@@ -270,16 +275,5 @@ impl Node {
         for r in bits(reactors) {
             self.committer.after_flush(AfterFlush::then(r as u16, make(), None));
         }
-    }
-
-    /// A frame for every live connection of `user` on this node (but `skip`).
-    pub fn frame_to_user(
-        &self,
-        user: &Arc<str>,
-        room: &Arc<str>,
-        frame: &ServerFrame<'_>,
-        skip: Option<ConnId>,
-    ) {
-        self.fanout.frame_to_user(user, room, frame, skip);
     }
 }

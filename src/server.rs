@@ -9,7 +9,7 @@ use crate::{
     auth::Revocations,
     cluster::{Link, Peers},
     config::Config,
-    durable::Committer,
+    durable::{Committer, Worker},
     fanout::{self, Cmd, Fanout, Mailbox},
     metrics::Metrics,
     node::{Node, Parts},
@@ -113,14 +113,14 @@ impl Server {
         let alive = Alive::new(names);
         let fanout = Fanout::new(Arc::new(Directory::new()), mailboxes.clone());
         let commit_slot = cfg.threads;
-        let (committer, commit) = Committer::start(
-            storage.clone(),
-            cfg.min_free,
-            fanout.clone(),
-            metrics.clone(),
-            alive.clone(),
-            commit_slot,
-        )
+        let (committer, commit) = Committer::start(Worker {
+            storage: storage.clone(),
+            min_free: cfg.min_free,
+            fanout: fanout.clone(),
+            metrics: metrics.clone(),
+            alive: alive.clone(),
+            slot: commit_slot,
+        })
         .map_err(StartError::Other)?;
         let peers = Peers::new(link.as_ref().map(|(l, _)| l.clone()));
         let parts = Parts { cfg, storage, committer, fanout, revoked, metrics, peers, alive };

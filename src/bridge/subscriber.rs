@@ -7,7 +7,7 @@ use super::{apply_revocation, backoff, connect, store_dm_members, sync_revocatio
 use crate::{
     auth::Revocation,
     cluster::{log_key, seq_key, Body, Envelope, Event, Link, Replays, CHANNEL},
-    durable::AfterFlush,
+    durable::{AfterFlush, Message},
     fanout::{Cmd, UserAction},
     node::Node,
     wire::{self, Encoded, Presence, ServerFrame},
@@ -205,7 +205,8 @@ fn apply_message(node: &Node, seq: u64, body: &Body) {
         e.seq = seq;
         // Delivered here after our own flush, like a local message.
         let (from, text) = (Arc::from(body.from.as_str()), body.text.clone());
-        node.after_flush(AfterFlush::message(e.name.clone(), seq, body.ts, from, text, None));
+        let (room, ts, to) = (e.name.clone(), body.ts, None);
+        node.after_flush(AfterFlush::message(Message { room, seq, ts, from, text, to }));
     });
 }
 
@@ -246,14 +247,19 @@ fn apply_event(link: &Link, node: &Node, e: Event) {
             let _ = node.storage().set_read(&user, &room, seq);
             node.after_flush(AfterFlush::nothing());
             let (user, name): (Arc<str>, Arc<str>) = (Arc::from(user), Arc::from(room.as_str()));
-            node.frame_to_user(&user, &name, &ServerFrame::Read { room: &room, seq }, None);
+            node.fanout().frame_to_user(
+                &user,
+                &name,
+                &ServerFrame::Read { room: &room, seq },
+                None,
+            );
         }
         Event::Notify { node: from, user, kind, text, data, ts } if from != link.node() => {
             let data: Option<serde_json::Value> = data.and_then(|d| serde_json::from_str(&d).ok());
             let user: Arc<str> = Arc::from(user.as_str());
             let frame =
                 ServerFrame::Notification { kind: &kind, text: &text, data: data.as_ref(), ts };
-            node.frame_to_user(&user, &user.clone(), &frame, None);
+            node.fanout().frame_to_user(&user, &user.clone(), &frame, None);
         }
         Event::Revoke { node: from, jti }
             if from != link.node() && !jti.is_empty() && jti.len() <= 256 =>

@@ -26,7 +26,7 @@ pub(crate) fn read(
     // Durable with the next group commit; nobody waits for it.
     node.after_flush(AfterFlush::nothing());
     let name: Arc<str> = Arc::from(room);
-    node.frame_to_user(user, &name, &ServerFrame::Read { room, seq }, Some(conn));
+    node.fanout().frame_to_user(user, &name, &ServerFrame::Read { room, seq }, Some(conn));
     node.peers().read(room, user, seq);
     Ok(())
 }

@@ -5,7 +5,7 @@
 
 use super::Ctx;
 use crate::{
-    durable::AfterFlush,
+    durable::{AfterFlush, Message},
     fanout::ReplyTo,
     wire::{self, Code, Refusal},
 };
@@ -60,8 +60,8 @@ pub(crate) fn accept(
         e.seq = seq;
         // Queued under the lock: the commit thread releases the room's
         // messages (to its members, and the ack) in seq order.
-        let name = e.name.clone();
-        node.after_flush(AfterFlush::message(name, seq, ts, user.clone(), text, Some(to)));
+        let (room, from, to) = (e.name.clone(), user.clone(), Some(to));
+        node.after_flush(AfterFlush::message(Message { room, seq, ts, from, text, to }));
         Ok(())
     })?
 }

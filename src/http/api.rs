@@ -227,7 +227,7 @@ pub(crate) fn execute(ctx: &mut Ctx<'_>, conn: ConnId, call: Call) {
             let frame =
                 ServerFrame::Notification { kind: &kind, text: &text, data: data.as_ref(), ts };
             let who: Arc<str> = Arc::from(who.as_str());
-            node.frame_to_user(&who, &who, &frame, None);
+            node.fanout().frame_to_user(&who, &who, &frame, None);
             node.peers().notify(&who, &kind, &text, data.as_ref(), ts);
             Ok(Some(response(202, "application/json", b"{\"status\":\"accepted\"}")))
         }
