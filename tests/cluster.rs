@@ -422,21 +422,6 @@ fn redis_cli(redis: &Redis, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Sends until acked; a refusal meanwhile must be `unavailable`. Panics if
-/// no ack comes within `limit`.
-fn send_eventually(c: &mut Client, room: &str, text: &str, limit: Duration) -> Value {
-    let start = Instant::now();
-    loop {
-        let r = c.call(json!({"type": "send", "room": room, "text": text}));
-        if ty(&r) == "ack" {
-            return r;
-        }
-        assert_eq!(r["code"], "unavailable", "{r}");
-        assert!(start.elapsed() < limit, "no ack for {text:?} within {limit:?}: {r}");
-        thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[test]
 fn redis_command_errors_and_killed_connections_heal_within_10_s() {
     let redis = Redis::start();
@@ -455,7 +440,7 @@ fn redis_command_errors_and_killed_connections_heal_within_10_s() {
         redis_cli(&redis, fault);
         for (who, c) in [("a", &mut a), ("b", &mut b)] {
             let text = format!("{who} after {}", fault.join(" "));
-            let ack = send_eventually(c, "h", &text, Duration::from_secs(10));
+            let ack = support::send_until_acked(c, "h", &text, Duration::from_secs(10));
             acked.push(ack["seq"].as_u64().unwrap());
         }
     }

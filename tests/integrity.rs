@@ -177,20 +177,6 @@ impl Drop for Tmpfs {
     }
 }
 
-/// Sends until acked, every refusal meanwhile `unavailable`; panics after `limit`.
-fn send_when_healed(c: &mut Client, room: &str, text: &str, limit: Duration) -> Value {
-    let start = Instant::now();
-    loop {
-        let r = c.call(json!({"type": "send", "room": room, "text": text}));
-        if ty(&r) == "ack" {
-            return r;
-        }
-        assert_eq!(r["code"], "unavailable", "{r}");
-        assert!(start.elapsed() < limit, "writes still refused after {limit:?}");
-        thread::sleep(Duration::from_millis(200));
-    }
-}
-
 /// Waits (bounded) until `/health` answers `want`.
 fn health_becomes(s: &Server, want: u16, limit: Duration) -> Value {
     let start = Instant::now();
@@ -242,7 +228,7 @@ fn a_full_disk_refuses_writes_delivers_nothing_and_heals_without_restart() {
     assert_eq!(h["storage"], "down", "{h}");
     // More room: the node takes writes again by itself.
     fs.resize("256m");
-    let ack = send_when_healed(&mut alice, "full", "healed", Duration::from_secs(15));
+    let ack = send_until_acked(&mut alice, "full", "healed", Duration::from_secs(15));
     let top = acked.keys().max().copied().unwrap_or(0);
     assert_eq!(ack["seq"].as_u64(), Some(top + 1), "seqs continue without a gap: {ack}");
     health_becomes(&s, 200, Duration::from_secs(10));
@@ -284,6 +270,6 @@ fn the_min_free_guard_refuses_writes_and_lifts_when_space_returns() {
     let r = alice.call(json!({"type": "history", "room": "guard"}));
     assert_eq!(ty(&r), "history", "{r}");
     std::fs::remove_file(&filler).unwrap();
-    send_when_healed(&mut alice, "guard", "after", Duration::from_secs(15));
+    send_until_acked(&mut alice, "guard", "after", Duration::from_secs(15));
     health_becomes(&s, 200, Duration::from_secs(10));
 }

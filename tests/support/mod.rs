@@ -515,6 +515,22 @@ fn path_for(auth: Auth<'_>) -> String {
     }
 }
 
+/// Sends `text` to `room` until it is acked; every refusal meanwhile must
+/// be `unavailable` (a fault being healed). Panics after `limit` (a bound,
+/// not a timing assertion).
+pub fn send_until_acked(c: &mut Client, room: &str, text: &str, limit: Duration) -> Value {
+    let start = std::time::Instant::now();
+    loop {
+        let r = c.call(json!({"type": "send", "room": room, "text": text}));
+        if ty(&r) == "ack" {
+            return r;
+        }
+        assert_eq!(r["code"], "unavailable", "{r}");
+        assert!(start.elapsed() < limit, "no ack for {text:?} within {limit:?}: {r}");
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Connects a TCP stream with the suite's read timeout.
 pub fn tcp(addr: SocketAddr) -> TcpStream {
     let s = TcpStream::connect_timeout(&addr, READ_TIMEOUT).expect("tcp connect");
