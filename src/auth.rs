@@ -66,6 +66,7 @@ impl Keys {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.set_required_spec_claims(&["exp", "sub"]);
         validation.leeway = 0;
+        validation.validate_nbf = true;
         Keys {
             enc: EncodingKey::from_secret(secret),
             dec: DecodingKey::from_secret(secret),
@@ -80,8 +81,17 @@ impl Keys {
 
     /// The claims of a valid, unexpired token with a valid user id.
     pub fn verify(&self, token: &str) -> Result<Claims, String> {
-        let data =
-            decode::<Claims>(token, &self.dec, &self.validation).map_err(|e| e.to_string())?;
+        use jsonwebtoken::errors::ErrorKind as K;
+        // A sentence for the caller; never the library's internals.
+        let data = decode::<Claims>(token, &self.dec, &self.validation).map_err(|e| {
+            match e.kind() {
+                K::ExpiredSignature => "token expired",
+                K::ImmatureSignature => "token not valid yet",
+                K::MissingRequiredClaim(_) => "token lacks `sub` or `exp`",
+                _ => "invalid token",
+            }
+            .to_string()
+        })?;
         // jsonwebtoken accepts `exp == now`; the reactors close a connection
         // at `exp <= now`, so refuse the same second here too.
         if data.claims.exp <= crate::wire::now_ms() / 1000 {

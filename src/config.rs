@@ -405,19 +405,35 @@ pub fn redis_client(url: &str, ca: Option<&[u8]>) -> Result<redis::Client, Strin
     .map_err(|e| e.to_string())
 }
 
+/// Creates the data directory (mode 0700: its files are nobody else's).
 fn prepare_dir(dir: &Path) -> Result<(), BadSetting> {
-    fs::create_dir_all(dir)
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
         .map_err(|e| bad("data_dir", format!("cannot create {}: {e}", dir.display())))
 }
 
 /// The secret: `CHINWAG_SECRET`, else the file's `secret`, else
 /// `DATA_DIR/secret` (generated on first use, mode 0600).
+/// Shortest secret accepted: anyone who guesses it signs admin tokens.
+const MIN_SECRET: usize = 32;
+
 fn secret(dir: &Path, file: Option<String>) -> Result<Vec<u8>, BadSetting> {
-    if let Some(s) = env("CHINWAG_SECRET").or(file) {
-        return Ok(s.into_bytes());
+    let s = match env("CHINWAG_SECRET").or(file) {
+        Some(s) => s,
+        None => kept_value(dir, "secret", "secret", || hex::encode(rand::random::<[u8; 32]>()))?,
+    };
+    strong(s)
+}
+
+/// Refuses a secret shorter than [`MIN_SECRET`] bytes.
+fn strong(s: String) -> Result<Vec<u8>, BadSetting> {
+    if s.len() < MIN_SECRET {
+        return Err(bad("secret", format!("must be at least {MIN_SECRET} bytes")));
     }
-    kept_value(dir, "secret", "secret", || hex::encode(rand::random::<[u8; 32]>()))
-        .map(String::into_bytes)
+    Ok(s.into_bytes())
 }
 
 /// Reads `dir/name`, or writes a fresh value there (mode 0600) and returns it.
@@ -435,14 +451,18 @@ fn kept_value(
         Err(e) => return Err(bad(key, format!("cannot read {}: {e}", path.display()))),
     }
     let value = fresh();
+    // Created in one step with mode 0600 (O_EXCL): never readable by others,
+    // not even for a moment. An empty file left behind is replaced.
     let write = || -> std::io::Result<()> {
         use std::os::unix::fs::OpenOptionsExt;
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&path)?;
+        let open = || fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path);
+        let mut f = match open() {
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                fs::remove_file(&path)?;
+                open()?
+            }
+            other => other?,
+        };
         f.write_all(value.as_bytes())?;
         f.sync_all()
     };
@@ -461,7 +481,7 @@ pub fn resolve_token(flags: &TokenFlags) -> Result<(Vec<u8>, String, u64), BadSe
     let listen = env("CHINWAG_LISTEN").or(file.listen).unwrap_or_else(|| "127.0.0.1:8080".into());
     let dir = data_dir(flags.data_dir.clone(), file.data_dir);
     let secret = match env("CHINWAG_SECRET").or(file.secret) {
-        Some(s) => s.into_bytes(),
+        Some(s) => strong(s)?,
         None => {
             prepare_dir(&dir)?;
             secret(&dir, None)?

@@ -388,3 +388,36 @@ fn revoking_a_user_closes_their_sockets_and_refuses_older_tokens_only() {
     Client::connect(s.addr, Auth::Bearer(&bearer("erin", false, "e")), Enc::Json);
     assert_eq!(call(&s, "POST", "/api/revoke", Some(&admin), r#"{"user":"bad user"}"#).0, 400);
 }
+
+#[test]
+fn http_edges_big_heads_disagreeing_lengths_safe_headers_and_plain_401s() {
+    let s = Server::open(&[]);
+    // A complete head over 16 KiB is refused, not only an incomplete one.
+    let big = "x".repeat(70 << 10);
+    assert_eq!(http_request(s.addr, "GET", "/health", &[("X-Big", &big)], "").status, 431);
+    // Two Content-Length headers that disagree.
+    let mut t = support::tcp(s.addr);
+    let req = "POST /api/rooms/r/join HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\
+               Content-Length: 3\r\nConnection: close\r\n\r\n{}";
+    t.write_all(req.as_bytes()).unwrap();
+    let mut answer = String::new();
+    let _ = t.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+    // Every response says nosniff and no-referrer, errors included.
+    for path in ["/health", "/", "/nowhere"] {
+        let r = http_request(s.addr, "GET", path, &[], "");
+        assert_eq!(r.header("X-Content-Type-Options"), Some("nosniff"), "{path}");
+        assert_eq!(r.header("Referrer-Policy"), Some("no-referrer"), "{path}");
+    }
+    // A 401 says what is wrong in words, never the JWT library's internals.
+    let forged = support::sign(&json!({"sub": "x", "exp": support::now_s() + 60}), "other");
+    let (st, v) = call(&s, "GET", "/api/rooms/r/messages", Some(&forged), "");
+    assert_eq!((st, v["message"].as_str()), (401, Some("invalid token")), "{v}");
+    let later = json!({"sub": "x", "exp": support::now_s() + 600, "nbf": support::now_s() + 300});
+    let (st, v) = call(&s, "GET", "/api/rooms/r/messages", Some(&sign_ok(&later)), "");
+    assert_eq!((st, v["message"].as_str()), (401, Some("token not valid yet")), "{v}");
+}
+
+fn sign_ok(claims: &Value) -> String {
+    support::sign(claims, support::SECRET)
+}

@@ -242,3 +242,21 @@ fn health_reports_status_node_storage_connections_uptime() {
     assert_eq!(h["connections"], 0, "a dropped socket is no longer counted: {h}");
     assert_eq!(h["status"], "ok");
 }
+
+#[test]
+fn weak_secrets_are_refused_and_the_data_dir_is_private() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty.toml");
+    fs::write(&empty, "secret = \"\"\n").unwrap();
+    // An empty CHINWAG_SECRET counts as unset: the file's secret is used.
+    refused(&["--config", empty.to_str().unwrap()], &[("CHINWAG_SECRET", "")], "secret");
+    refused(&[], &[("CHINWAG_SECRET", "31-bytes-is-one-byte-too-short!")], "secret");
+    let mut o = Opts::new(&[]);
+    o.secret = false;
+    o.dir = Some(dir.path().join("fresh").join("data"));
+    let s = Server::start_with(o);
+    let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&s.dir), 0o700, "the data directory");
+    assert_eq!(mode(&s.dir.join("secret")), 0o600, "the secret file");
+    assert!(fs::read_to_string(s.dir.join("secret")).unwrap().len() >= 32);
+}

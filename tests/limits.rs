@@ -303,3 +303,19 @@ fn slow_consumer_is_closed_with_1013_and_others_keep_up() {
     assert_eq!(ty(&p), "pong");
     s.assert_healthy(true);
 }
+
+#[test]
+fn the_burst_th_refusal_gets_its_error_right_before_the_1008_close() {
+    let s = Server::open(&["--rate", "1", "--burst", "3"]);
+    let mut c = s.client("alice");
+    for i in 0..6 {
+        c.send_json(json!({"type": "ping", "id": i}));
+    }
+    let (frames, code) = c.read_until_close();
+    assert_eq!(code, End::Close(1008), "{frames:?}");
+    let limited: Vec<&Value> = frames.iter().filter(|v| v["code"] == "rate_limited").collect();
+    let ids: Vec<&Value> = limited.iter().map(|v| &v["id"]).collect();
+    assert_eq!(ids, [&json!(3), &json!(4), &json!(5)], "one error per refused frame: {frames:?}");
+    assert!(limited.iter().all(|v| v["retry_after_ms"].as_u64().is_some_and(|ms| ms > 0)));
+    assert_eq!(frames.iter().filter(|v| ty(v) == "pong").count(), 3);
+}

@@ -122,18 +122,19 @@ pub(crate) fn on_frame(
     ctx.conns.counts.frames_in += 1;
     let decoded = wire::decode(payload, enc, max_text);
     let to = ReplyTo::Ws { conn: id, id: decoded.id, enc };
-    match limited {
-        Ok(()) => {}
-        Err(Limited::Abuse) => return Some(Close::Policy),
-        Err(Limited::Refuse(ms)) => {
-            ctx.conns.counts.rate_limited += 1;
-            let (id_value, message) = (to.id(), "rate limit exceeded");
-            let code = Code::RateLimited;
-            let frame =
-                ServerFrame::Error { id: id_value, code, message, retry_after_ms: Some(ms) };
-            ctx.frame(id, &frame);
-            return None;
-        }
+    let (ms, abuse) = match limited {
+        Ok(()) => (0, None),
+        Err(Limited::Refuse(ms)) => (ms, Some(false)),
+        // The `burst`-th refusal: its error first, then the 1008 close.
+        Err(Limited::Abuse(ms)) => (ms, Some(true)),
+    };
+    if let Some(abuse) = abuse {
+        ctx.conns.counts.rate_limited += 1;
+        let (id_value, message) = (to.id(), "rate limit exceeded");
+        let code = Code::RateLimited;
+        let frame = ServerFrame::Error { id: id_value, code, message, retry_after_ms: Some(ms) };
+        ctx.frame(id, &frame);
+        return abuse.then_some(Close::Policy);
     }
     if let Err(r) = decoded.request.and_then(|req| act(ctx, &to, &user, req)) {
         ctx.refuse(&to, &r);

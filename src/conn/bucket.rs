@@ -19,8 +19,9 @@ pub struct Bucket {
 pub enum Limited {
     /// Refuse this frame; retry after this many ms.
     Refuse(u64),
-    /// Too many refusals: close with 1008.
-    Abuse,
+    /// Too many refusals: refuse this frame (retry after this many ms),
+    /// then close with 1008.
+    Abuse(u64),
 }
 
 impl Bucket {
@@ -49,11 +50,11 @@ impl Bucket {
             self.refused = 0;
         }
         self.refused += 1;
+        let ms = ((1.0 - self.tokens) / rate as f64 * 1000.0).ceil() as u64;
         if self.refused >= burst {
-            return Err(Limited::Abuse);
+            return Err(Limited::Abuse(ms));
         }
-        let wait = (1.0 - self.tokens) / rate as f64;
-        Err(Limited::Refuse((wait * 1000.0).ceil() as u64))
+        Err(Limited::Refuse(ms))
     }
 }
 
@@ -70,7 +71,7 @@ mod tests {
         }
         assert!(matches!(b.take(1, 3, t0), Err(Limited::Refuse(ms)) if ms > 0 && ms <= 1000));
         assert!(matches!(b.take(1, 3, t0), Err(Limited::Refuse(_))));
-        assert_eq!(b.take(1, 3, t0), Err(Limited::Abuse));
+        assert!(matches!(b.take(1, 3, t0), Err(Limited::Abuse(ms)) if ms > 0));
         assert_eq!(b.take(1, 3, t0 + Duration::from_secs(2)), Ok(()));
     }
 }

@@ -199,7 +199,7 @@ fn take_token(token: &str, node: &Node) -> Result<(), Bytes> {
     let ms = match node.take_http_token(token) {
         Ok(()) => return Ok(()),
         Err(Limited::Refuse(ms)) => ms,
-        Err(Limited::Abuse) => 1000,
+        Err(Limited::Abuse(ms)) => ms,
     };
     let body =
         json!({"error": "rate_limited", "message": "rate limit exceeded", "retry_after_ms": ms});

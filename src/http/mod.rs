@@ -70,6 +70,19 @@ pub fn handle(buf: &[u8], node: &Node) -> Outcome {
         }
         Err(e) => return Outcome::Respond(error(400, "bad_request", &format!("bad request: {e}"))),
     };
+    if head_len > MAX_HEAD {
+        return Outcome::Respond(error(431, "too_large", "request head too large"));
+    }
+    let mut lengths = req.headers.iter().filter(|h| h.name.eq_ignore_ascii_case("content-length"));
+    if let Some(first) = lengths.next() {
+        if lengths.any(|h| h.value.trim_ascii() != first.value.trim_ascii()) {
+            return Outcome::Respond(error(
+                400,
+                "bad_request",
+                "two Content-Length headers disagree",
+            ));
+        }
+    }
     let method = req.method.unwrap_or("");
     let target = req.path.unwrap_or("/");
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
