@@ -239,8 +239,16 @@ fn read_file(path: Option<&Path>) -> Result<FileLayer, BadSetting> {
     let text = fs::read_to_string(path)
         .map_err(|e| bad("config", format!("cannot read {}: {e}", path.display())))?;
     toml::from_str(&text).map_err(|e| {
-        let first = e.to_string().lines().next().unwrap_or_default().to_string();
-        bad("config", format!("{} does not parse: {first}", path.display()))
+        // Name the line (and so the key) and the reason, on one line.
+        let why = e.message().lines().next().unwrap_or_default().to_string();
+        let at = e.span().and_then(|s| {
+            let line = text[..s.start.min(text.len())].matches('\n').count();
+            text.lines().nth(line).map(|l| format!(" line {} (`{}`)", line + 1, l.trim()))
+        });
+        bad(
+            "config",
+            format!("{} does not parse:{}: {why}", path.display(), at.unwrap_or_default()),
+        )
     })
 }
 

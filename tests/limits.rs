@@ -319,3 +319,68 @@ fn the_burst_th_refusal_gets_its_error_right_before_the_1008_close() {
     assert!(limited.iter().all(|v| v["retry_after_ms"].as_u64().is_some_and(|ms| ms > 0)));
     assert_eq!(frames.iter().filter(|v| ty(v) == "pong").count(), 3);
 }
+
+/// The server's resident memory, KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS")
+}
+
+#[test]
+fn a_ping_flood_from_a_client_that_never_reads_is_a_slow_consumer() {
+    let s = Server::open(&["--max-output", "262144"]);
+    let mut sender = s.client("sender");
+    sender.join("room");
+    let mut member = s.client("member");
+    member.join("room");
+    let before = rss_kib(s.pid());
+    let sock = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    sock.connect(&s.addr.into()).unwrap();
+    let mut flood: TcpStream = sock.into();
+    flood.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
+    flood.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
+    raw_upgrade(&mut flood, s.addr, "/ws?user=flood");
+    // 240,000 masked pings of 125 bytes (30 MB of pongs owed), never reading.
+    let mut ping = vec![0x89u8, 0x80 | 125, 1, 2, 3, 4];
+    ping.extend((0..125u8).map(|i| i ^ [1, 2, 3, 4][i as usize % 4]));
+    let batch: Vec<u8> = ping.iter().copied().cycle().take(ping.len() * 1000).collect();
+    for _ in 0..240 {
+        if flood.write_all(&batch).is_err() {
+            break; // Cut: the server stopped reading us.
+        }
+    }
+    // Everyone else is unaffected.
+    sender.send_msg("room", "still here");
+    assert_eq!(member.recv_type("message")["text"], "still here");
+    let after = rss_kib(s.pid());
+    assert!(after < before + 16 * 1024, "server RSS grew from {before} to {after} KiB");
+    // The flooder ends with a 1013 close or a cut connection.
+    let mut bytes = Vec::new();
+    let _ = flood.read_to_end(&mut bytes);
+    let frames = parse_frames(&bytes);
+    let closes: Vec<&Vec<u8>> = frames.frames.iter().filter(|f| f.0 == 8).map(|f| &f.1).collect();
+    if let Some(close) = closes.first() {
+        assert_eq!(&close[..2], &1013u16.to_be_bytes(), "close frame {close:?}");
+    }
+    s.assert_healthy(true);
+}
+
+#[test]
+fn a_config_file_error_names_the_line_and_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("c.toml");
+    std::fs::write(&f, "rate = 5\nthreads = \"lots\"\n").unwrap();
+    let mut cmd = command();
+    cmd.args(["serve", "--config", f.to_str().unwrap()]).env("CHINWAG_SECRET", SECRET);
+    let out = run_bounded(cmd, Duration::from_secs(15));
+    assert_eq!(out.code(), 2, "{}", out.stderr);
+    let line = out.stderr.trim();
+    assert!(line.contains("threads") && line.contains("line 2"), "{line}");
+    assert!(line.contains("invalid type"), "{line}");
+}

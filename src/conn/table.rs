@@ -163,6 +163,20 @@ impl ConnTable {
         !over
     }
 
+    /// Flags a connection slow when what tungstenite queued by itself
+    /// (pongs, close replies) passed the limit: a ping flood from a client
+    /// that never reads is a slow consumer too.
+    pub fn check_output(&mut self, id: ConnId) {
+        let max = self.max_output;
+        let Some(conn) = self.get_mut(id) else { return };
+        if conn.out.len() > max {
+            let _ = conn.out.write_to(&mut conn.sock);
+            if conn.out.len() > max {
+                self.slow.push(id);
+            }
+        }
+    }
+
     /// Takes the connections flagged slow since the last call.
     pub fn take_slow(&mut self) -> Vec<ConnId> {
         std::mem::take(&mut self.slow)

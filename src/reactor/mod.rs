@@ -263,6 +263,7 @@ impl Reactor {
             let read = conn.read_message(self.now);
             if conn.has_output() {
                 self.conns.mark_dirty(id);
+                self.conns.check_output(id);
             }
             let (payload, enc) = match &read {
                 WsRead::Message(Message::Text(t)) => (t.as_bytes(), Encoding::Json),
