@@ -90,7 +90,8 @@ cw_start_chinwag() {
     # derived from it.
     CHINWAG_SECRET=${CHINWAG_SECRET:-chinwag-load-harness-shared-secret-0001} \
         RUST_LOG=${RUST_LOG:-info} $(cw_pin "$core") "$CW_SERVER" serve --listen 127.0.0.1:0 \
-        --data-dir "$dir/data" --open --rate 1000000 --burst 1000000 --threads 1 "$@" \
+        --data-dir "$dir/data" --open --rate 1000000 --burst 1000000 --threads 1 \
+        --max-connections 1000000 --max-conns-per-ip 1000000 --max-conns-per-user 1000000 "$@" \
         2>"$dir/log" &
     local pid=$!
     CW_PIDS+=("$pid")

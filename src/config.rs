@@ -89,6 +89,15 @@ pub struct ServeFlags {
     /// TLS private key (PEM).
     #[arg(long, value_name = "FILE")]
     pub tls_key: Option<PathBuf>,
+    /// Live WebSockets this node accepts [default: 100000].
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<String>,
+    /// Live WebSockets per client address [default: 1000].
+    #[arg(long, value_name = "N")]
+    pub max_conns_per_ip: Option<String>,
+    /// Live WebSockets per user on this node [default: 20].
+    #[arg(long, value_name = "N")]
+    pub max_conns_per_user: Option<String>,
     /// Free bytes on the data directory's file system below which writes
     /// are refused; 0 turns the guard off [default: 104857600].
     #[arg(long, value_name = "BYTES")]
@@ -175,6 +184,9 @@ struct FileLayer {
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     min_free: Option<i64>,
+    max_connections: Option<i64>,
+    max_conns_per_ip: Option<i64>,
+    max_conns_per_user: Option<i64>,
 }
 
 /// The resolved, validated settings of a server.
@@ -210,6 +222,19 @@ pub struct Config {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Free bytes below which writes are refused (0: no guard).
     pub min_free: u64,
+    /// Connection caps.
+    pub caps: Caps,
+}
+
+/// How many live WebSockets a node takes: in all, per client address, per user.
+#[derive(Clone, Copy, Debug)]
+pub struct Caps {
+    /// In all.
+    pub connections: u32,
+    /// Per client address.
+    pub per_ip: u32,
+    /// Per user (on this node).
+    pub per_user: u32,
 }
 
 /// Loads the certificate chain and key into a rustls server config.
@@ -336,6 +361,15 @@ pub fn resolve(flags: ServeFlags) -> Result<Config, BadSetting> {
         return Err(bad("max_text", "must be at most 1048576"));
     }
     let min_free = bytes("min_free", flags.min_free.as_deref(), file.min_free, 100 << 20)?;
+    let cap = |key, flag: Option<String>, file, default| -> Result<u32, BadSetting> {
+        let v = positive(key, flag.as_deref(), file, default)?;
+        u32::try_from(v).map_err(|_| bad(key, "too large"))
+    };
+    let caps = Caps {
+        connections: cap("max_connections", flags.max_connections, file.max_connections, 100_000)?,
+        per_ip: cap("max_conns_per_ip", flags.max_conns_per_ip, file.max_conns_per_ip, 1000)?,
+        per_user: cap("max_conns_per_user", flags.max_conns_per_user, file.max_conns_per_user, 20)?,
+    };
     let data_dir = data_dir(flags.data_dir, file.data_dir);
     prepare_dir(&data_dir)?;
     let node_id = match flags.node_id.or(file.node_id) {
@@ -364,6 +398,7 @@ pub fn resolve(flags: ServeFlags) -> Result<Config, BadSetting> {
         max_output: max_output as usize,
         tls,
         min_free,
+        caps,
     })
 }
 

@@ -17,6 +17,13 @@ use prometheus_client::{
 /// The Content-Type of the text exposition format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
+/// Label of refusals.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// Why (the error code the client got).
+    pub reason: &'static str,
+}
+
 /// Label of per-loop series.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LoopLabel {
@@ -61,6 +68,7 @@ pub struct Metrics {
     ack_seconds: Histogram,
     redis_up: Gauge,
     cluster_rejected: Counter,
+    refusals: Family<ReasonLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -87,6 +95,7 @@ impl Metrics {
             ack_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             redis_up: Gauge::default(),
             cluster_rejected: Counter::default(),
+            refusals: Family::default(),
             registry: Registry::default(),
         };
         registry.register("connections", "Live WebSocket connections", m.connections.clone());
@@ -138,6 +147,11 @@ impl Metrics {
             "Cluster payloads dropped: failed verification, replayed, or made no sense",
             m.cluster_rejected.clone(),
         );
+        registry.register(
+            "refusals",
+            "Connections and requests refused by a limit, by reason",
+            m.refusals.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -157,6 +171,11 @@ impl Metrics {
     /// it builds a label, so never per message).
     pub fn loop_connections(&self, reactor: u16, conns: usize) {
         self.by_loop.get_or_create(&LoopLabel { r#loop: reactor.to_string() }).set(conns as i64);
+    }
+
+    /// A connection or request was refused by a limit (`reason`: its error code).
+    pub fn refuse(&self, reason: &'static str) {
+        self.refusals.get_or_create(&ReasonLabel { reason }).inc();
     }
 
     /// A cluster payload was dropped.

@@ -22,6 +22,7 @@ use crate::{
 use parking_lot::Mutex;
 use std::{
     collections::HashMap,
+    net::IpAddr,
     sync::{
         atomic::{AtomicUsize, Ordering},
         Arc,
@@ -72,6 +73,8 @@ pub struct Node {
     peers: Peers,
     /// Rate-limit buckets of HTTP API callers, by token.
     http_buckets: Mutex<HashMap<String, Bucket>>,
+    /// Live WebSockets per client address.
+    ips: Mutex<HashMap<IpAddr, u32>>,
 }
 
 impl Node {
@@ -98,6 +101,7 @@ impl Node {
             alive: p.alive,
             peers: p.peers,
             http_buckets: Mutex::default(),
+            ips: Mutex::default(),
         }
     }
 
@@ -175,6 +179,45 @@ impl Node {
             self.connections.fetch_sub(1, Ordering::Relaxed);
         }
         self.metrics.loop_connections(reactor, local);
+    }
+
+    /// Admits a new WebSocket of `user` from `ip` under the connection caps
+    /// (counting it for its address), or says which cap it hits.
+    pub fn admit(&self, ip: Option<IpAddr>, user: &Arc<str>) -> Result<(), &'static str> {
+        let caps = self.cfg.caps;
+        let why = if self.connections() >= caps.connections as usize {
+            Some("this server has as many connections as it takes")
+        } else if self.with_user(user, |e| e.live) >= caps.per_user {
+            Some("this user has as many connections as a user may")
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            self.metrics.refuse("too_many_connections");
+            return Err(why);
+        }
+        if let Some(ip) = ip {
+            let mut ips = self.ips.lock();
+            let n = ips.entry(ip).or_insert(0);
+            if *n >= caps.per_ip {
+                self.metrics.refuse("too_many_connections");
+                return Err("this address has as many connections as one may");
+            }
+            *n += 1;
+        }
+        Ok(())
+    }
+
+    /// A WebSocket from `ip` closed.
+    pub fn release_ip(&self, ip: Option<IpAddr>) {
+        let Some(ip) = ip else { return };
+        let mut ips = self.ips.lock();
+        if let Some(n) = ips.get_mut(&ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                ips.remove(&ip);
+            }
+        }
     }
 
     /// Reactor `reactor` (the thread in that slot) is turning.

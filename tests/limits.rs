@@ -384,3 +384,56 @@ fn a_config_file_error_names_the_line_and_the_reason() {
     assert!(line.contains("threads") && line.contains("line 2"), "{line}");
     assert!(line.contains("invalid type"), "{line}");
 }
+
+fn refused_429(s: &Server, user: &str) -> String {
+    match Client::try_connect(s.addr, Auth::Open(user), &[]) {
+        Err(ConnectError::Http(429, body)) => {
+            assert!(body.contains("too_many_connections"), "{body}");
+            body
+        }
+        Err(e) => panic!("{user}: expected 429, got {e:?}"),
+        Ok(_) => panic!("{user}: expected 429, got a WebSocket"),
+    }
+}
+
+/// Connects `user` once the server has noticed a closed connection (bounded).
+fn connect_when_freed(s: &Server, user: &str) -> Client {
+    let start = std::time::Instant::now();
+    loop {
+        if let Ok(c) = Client::try_connect(s.addr, Auth::Open(user), &[]) {
+            return c;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "the slot was never freed");
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn connection_caps_per_user_and_per_address_answer_429_before_the_upgrade() {
+    let s = Server::open(&["--max-conns-per-ip", "3", "--max-conns-per-user", "2"]);
+    let ann1 = s.client("ann");
+    let mut ann2 = s.client("ann");
+    refused_429(&s, "ann");
+    let _bob = s.client("bob"); // Another user: fine, and the address's third.
+    refused_429(&s, "carl"); // The address's fourth.
+                             // Those admitted are unaffected; closing one frees its slots.
+    assert_eq!(ty(&ann2.call(json!({"type": "ping"}))), "pong");
+    drop(ann1);
+    connect_when_freed(&s, "carl");
+    let (_, metrics) = http_get(s.addr, "/metrics", &[]);
+    let refused = metrics
+        .lines()
+        .find(|l| l.starts_with("chinwag_refusals_total{reason=\"too_many_connections\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok());
+    assert!(refused.is_some_and(|n| n >= 2), "{metrics}");
+}
+
+#[test]
+fn max_connections_caps_the_node() {
+    let s = Server::open(&["--max-connections", "2"]);
+    let first = s.client("a");
+    let _second = s.client("b");
+    refused_429(&s, "c");
+    drop(first);
+    connect_when_freed(&s, "c");
+}

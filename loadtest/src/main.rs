@@ -34,7 +34,10 @@ use wire::{Encoding, Proto};
 /// server's advertised limit is below what one connection sends):
 ///
 ///   chinwag serve --listen 127.0.0.1:8080 --data-dir $(mktemp -d) --open
-///   --rate 100000 --burst 100000
+///   --rate 100000 --burst 100000 --max-conns-per-ip 1000000
+///
+/// (every connection comes from 127.0.0.1 unless `--source-count` spreads
+/// them, and a node takes 1,000 per address by default).
 ///
 /// Use a fresh data dir per run: membership is persistent (the harness
 /// leaves stale rooms, but old history still sits in the rooms).

@@ -36,6 +36,11 @@ pub(crate) fn open(ctx: &mut Ctx<'_>, id: ConnId, up: Upgrade, ws_config: WebSoc
     };
     let user = ctx.local.user_name(&up.claims.sub);
     let Some(conn) = ctx.conns.get_mut(id) else { return };
+    let ip = conn.peer_ip();
+    if let Err(why) = node.admit(ip, &user) {
+        return ctx.respond(id, http::error(429, "too_many_connections", why));
+    }
+    let Some(conn) = ctx.conns.get_mut(id) else { return };
     let ws = WebSocketContext::from_partially_read(up.leftover, Role::Server, Some(ws_config));
     conn.open(
         up.response,
@@ -45,6 +50,7 @@ pub(crate) fn open(ctx: &mut Ctx<'_>, id: ConnId, up: Upgrade, ws_config: WebSoc
             exp: up.claims.exp,
             jti: up.claims.jti,
             iat: up.claims.iat,
+            ip,
             enc: up.enc,
             rooms: Vec::with_capacity(rooms.len()),
             bucket: Bucket::new(node.cfg().burst, ctx.now),
@@ -86,6 +92,7 @@ pub(crate) fn open(ctx: &mut Ctx<'_>, id: ConnId, up: Upgrade, ws_config: WebSoc
 pub(crate) fn close(ctx: &mut Ctx<'_>, id: ConnId, mut session: Box<Session>) {
     let node = ctx.node;
     node.count_connection(id.reactor, false, ctx.conns.len());
+    node.release_ip(session.ip);
     let rooms: Vec<Arc<str>> = session.rooms.clone();
     let last = ctx.local.remove_session(node, &mut session, id);
     if last && !node.peers().presence(&session.user, false) {

@@ -77,6 +77,8 @@ pub struct Session {
     pub jti: Option<String>,
     /// When the token was issued (revocation by user).
     pub iat: Option<u64>,
+    /// The client's address (per-address connection cap).
+    pub ip: Option<std::net::IpAddr>,
     /// The encoding it speaks.
     pub enc: Encoding,
     /// Rooms it is subscribed to (the user's memberships). Written only by
@@ -204,6 +206,11 @@ impl Conn {
     /// An HTTP request not answered yet (read, or parked).
     pub fn awaits_response(&self) -> bool {
         matches!(self.phase, Phase::Http(_) | Phase::HttpWait(_))
+    }
+
+    /// The client's address (a `getpeername`: call at the upgrade, not per frame).
+    pub fn peer_ip(&self) -> Option<std::net::IpAddr> {
+        self.sock.peer().ok().map(|a| a.ip())
     }
 
     /// Whether output waits to be written.

@@ -44,6 +44,13 @@ impl Transport {
         }
     }
 
+    /// The peer's address.
+    pub fn peer(&self) -> io::Result<std::net::SocketAddr> {
+        match self {
+            Transport::Plain(s) | Transport::Tls(s, _) => s.peer_addr(),
+        }
+    }
+
     /// Whether TLS records are waiting for the socket.
     pub fn wants_write(&self) -> bool {
         matches!(self, Transport::Tls(_, tls) if tls.wants_write())
