@@ -89,6 +89,10 @@ pub struct ServeFlags {
     /// TLS private key (PEM).
     #[arg(long, value_name = "FILE")]
     pub tls_key: Option<PathBuf>,
+    /// Origins (comma-separated) whose pages may open WebSockets besides
+    /// the server's own; `*` allows any [default: same origin only].
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    pub allowed_origins: Option<Vec<String>>,
     /// Live WebSockets this node accepts [default: 100000].
     #[arg(long, value_name = "N")]
     pub max_connections: Option<String>,
@@ -184,6 +188,7 @@ struct FileLayer {
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     min_free: Option<i64>,
+    allowed_origins: Option<Vec<String>>,
     max_connections: Option<i64>,
     max_conns_per_ip: Option<i64>,
     max_conns_per_user: Option<i64>,
@@ -224,6 +229,8 @@ pub struct Config {
     pub min_free: u64,
     /// Connection caps.
     pub caps: Caps,
+    /// Origins allowed besides the server's own (`*`: any).
+    pub allowed_origins: Vec<String>,
 }
 
 /// How many live WebSockets a node takes: in all, per client address, per user.
@@ -399,6 +406,7 @@ pub fn resolve(flags: ServeFlags) -> Result<Config, BadSetting> {
         tls,
         min_free,
         caps,
+        allowed_origins: flags.allowed_origins.or(file.allowed_origins).unwrap_or_default(),
     })
 }
 

@@ -476,3 +476,48 @@ fn presence_follows_first_and_last_connection_of_a_user() {
     let l = bob.call(json!({"type": "presence", "room": "room"}));
     assert_eq!(sorted_strs(&l["online"]), ["bob"]);
 }
+
+/// The status of an upgrade request carrying `origin` (and `Host: host`).
+fn upgrade_status(addr: std::net::SocketAddr, host: &str, origin: Option<&str>) -> u16 {
+    use std::io::{BufRead, BufReader, Write};
+    let mut s = tcp(addr);
+    let mut req = format!(
+        "GET /ws?user=o HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    );
+    if let Some(o) = origin {
+        req.push_str(&format!("Origin: {o}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).unwrap();
+    line.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
+}
+
+#[test]
+fn cross_site_upgrades_are_refused_unless_same_origin_or_allowed() {
+    let s = Server::open(&["--allowed-origins", "https://chat.example,https://ops.example"]);
+    let host = s.addr.to_string();
+    let same = format!("http://{host}");
+    assert_eq!(upgrade_status(s.addr, &host, None), 101, "no Origin: not a browser");
+    assert_eq!(upgrade_status(s.addr, &host, Some(&same)), 101, "same origin");
+    assert_eq!(upgrade_status(s.addr, &host, Some("https://chat.example")), 101, "allowed");
+    assert_eq!(upgrade_status(s.addr, &host, Some("https://evil.example")), 403);
+    let other_port = format!("http://127.0.0.1:{}", s.addr.port() + 1);
+    assert_eq!(upgrade_status(s.addr, &host, Some(&other_port)), 403, "another port");
+    let r = http_request(
+        s.addr,
+        "GET",
+        "/ws?user=o",
+        &[
+            ("Upgrade", "websocket"),
+            ("Connection", "Upgrade"),
+            ("Sec-WebSocket-Version", "13"),
+            ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+            ("Origin", "https://evil.example"),
+        ],
+        "",
+    );
+    assert!(r.body.contains("\"forbidden\""), "{}", r.body);
+}

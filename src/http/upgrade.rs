@@ -40,6 +40,33 @@ fn authenticate(
     Err("missing token".into())
 }
 
+/// `host[:port]` split, IPv6 brackets kept, the port defaulted.
+fn host_port(authority: &str, default_port: u16) -> Option<(String, u16)> {
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) if !p.contains(']') => (h, p.parse().ok()?),
+        _ => (authority, default_port),
+    };
+    (!host.is_empty()).then(|| (host.to_ascii_lowercase(), port))
+}
+
+/// Whether a browser page of `origin` may open a WebSocket here: same host
+/// and port as the request's `Host` (schemes not compared), or listed in
+/// `allowed` (`*`: any). PROTOCOL.md section 2.
+fn origin_allowed(origin: &str, host: Option<&str>, tls: bool, allowed: &[String]) -> bool {
+    let origin = origin.trim().trim_end_matches('/');
+    if allowed.iter().any(|a| a == "*" || a.trim_end_matches('/').eq_ignore_ascii_case(origin)) {
+        return true;
+    }
+    let Some((scheme, authority)) = origin.split_once("://") else { return false };
+    let origin_port = match scheme.to_ascii_lowercase().as_str() {
+        "https" | "wss" => 443,
+        _ => 80,
+    };
+    let theirs = host_port(authority, origin_port);
+    let ours = host.and_then(|h| host_port(h.trim(), if tls { 443 } else { 80 }));
+    theirs.is_some() && theirs == ours
+}
+
 pub(super) fn upgrade(
     req: &httparse::Request<'_, '_>,
     query: &str,
@@ -54,6 +81,14 @@ pub(super) fn upgrade(
     let Some(key) = key.filter(|_| ok) else {
         return Outcome::Respond(error(400, "bad_request", "not a WebSocket upgrade"));
     };
+    if let Some(origin) = header(req, "origin") {
+        let tls = node.cfg().tls.is_some();
+        if !origin_allowed(origin, header(req, "host"), tls, &node.cfg().allowed_origins) {
+            node.metrics().refuse("forbidden_origin");
+            let why = "this page's origin may not open a WebSocket here";
+            return Outcome::Respond(error(403, "forbidden", why));
+        }
+    }
     let claims = match authenticate(req, query, node) {
         Ok(c) => c,
         Err(why) => return Outcome::Respond(error(401, "unauthorized", &why)),
@@ -74,4 +109,26 @@ pub(super) fn upgrade(
         enc: offered.unwrap_or(Encoding::Json),
         leftover: rest.to_vec(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins_match_host_and_port_or_the_list() {
+        let none: &[String] = &[];
+        assert!(origin_allowed("http://127.0.0.1:8080", Some("127.0.0.1:8080"), false, none));
+        assert!(origin_allowed("https://chat.example", Some("chat.example:443"), true, none));
+        assert!(origin_allowed("http://chat.example", Some("chat.example"), false, none));
+        assert!(origin_allowed("https://[::1]:9000", Some("[::1]:9000"), false, none));
+        assert!(!origin_allowed("http://evil.example", Some("chat.example"), false, none));
+        assert!(!origin_allowed("http://localhost:8080", Some("127.0.0.1:8080"), false, none));
+        assert!(!origin_allowed("http://127.0.0.1:8081", Some("127.0.0.1:8080"), false, none));
+        assert!(!origin_allowed("null", Some("127.0.0.1:8080"), false, none));
+        assert!(!origin_allowed("http://a.example", None, false, none));
+        let list = ["https://a.example".to_string()];
+        assert!(origin_allowed("https://a.example/", Some("b.example"), false, &list));
+        assert!(origin_allowed("http://x", Some("y"), false, &["*".to_string()]));
+    }
 }
