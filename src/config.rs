@@ -93,6 +93,9 @@ pub struct ServeFlags {
     /// the server's own; `*` allows any [default: same origin only].
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     pub allowed_origins: Option<Vec<String>>,
+    /// Rooms (DM rooms included) one user may be a member of [default: 1000].
+    #[arg(long, value_name = "N")]
+    pub max_rooms_per_user: Option<String>,
     /// Live WebSockets this node accepts [default: 100000].
     #[arg(long, value_name = "N")]
     pub max_connections: Option<String>,
@@ -189,6 +192,7 @@ struct FileLayer {
     tls_key: Option<PathBuf>,
     min_free: Option<i64>,
     allowed_origins: Option<Vec<String>>,
+    max_rooms_per_user: Option<i64>,
     max_connections: Option<i64>,
     max_conns_per_ip: Option<i64>,
     max_conns_per_user: Option<i64>,
@@ -231,6 +235,8 @@ pub struct Config {
     pub caps: Caps,
     /// Origins allowed besides the server's own (`*`: any).
     pub allowed_origins: Vec<String>,
+    /// Rooms one user may be a member of.
+    pub max_rooms_per_user: usize,
 }
 
 /// How many live WebSockets a node takes: in all, per client address, per user.
@@ -372,6 +378,9 @@ pub fn resolve(flags: ServeFlags) -> Result<Config, BadSetting> {
         let v = positive(key, flag.as_deref(), file, default)?;
         u32::try_from(v).map_err(|_| bad(key, "too large"))
     };
+    let max_rooms_per_user =
+        cap("max_rooms_per_user", flags.max_rooms_per_user, file.max_rooms_per_user, 1000)?
+            as usize;
     let caps = Caps {
         connections: cap("max_connections", flags.max_connections, file.max_connections, 100_000)?,
         per_ip: cap("max_conns_per_ip", flags.max_conns_per_ip, file.max_conns_per_ip, 1000)?,
@@ -407,6 +416,7 @@ pub fn resolve(flags: ServeFlags) -> Result<Config, BadSetting> {
         min_free,
         caps,
         allowed_origins: flags.allowed_origins.or(file.allowed_origins).unwrap_or_default(),
+        max_rooms_per_user,
     })
 }
 

@@ -437,3 +437,53 @@ fn max_connections_caps_the_node() {
     drop(first);
     connect_when_freed(&s, "c");
 }
+
+#[test]
+fn max_rooms_per_user_answers_limit_reached_for_joins_and_new_dms() {
+    let s = Server::open(&["--max-rooms-per-user", "2"]);
+    let mut c = s.client("ann");
+    c.join("a");
+    c.join("b");
+    let r = c.call_err(json!({"type": "join", "room": "c"}), "limit_reached");
+    assert!(r["message"].as_str().is_some_and(|m| m.contains('2')), "{r}");
+    c.join("a"); // Already a member: no new room.
+    c.call_err(json!({"type": "dm", "to": "bob", "text": "hi"}), "limit_reached");
+    assert_eq!(ty(&c.call(json!({"type": "leave", "room": "b"}))), "left");
+    c.join("c");
+    // Others are unaffected.
+    let mut bob = s.client("bob");
+    bob.join("c");
+}
+
+#[test]
+fn no_reply_is_over_max_output_joined_and_history_page_instead() {
+    let s = Server::open(&["--max-output", "65536", "--rate", "100000", "--burst", "100000"]);
+    let mut a = s.client("ann");
+    a.join("big");
+    let text = "y".repeat(3900);
+    for i in 0..60 {
+        a.send_msg("big", &format!("{i} {text}"));
+    }
+    let mut b = s.client("bob");
+    let j = b.call(json!({"type": "join", "room": "big", "since": 0}));
+    let got = j["history"].as_array().expect("history").len();
+    assert!(got > 0 && got < 60 && j["more"] == true, "joined: {got} messages, more {}", j["more"]);
+    assert!(j.to_string().len() <= 65536, "joined is {} bytes", j.to_string().len());
+    // The client pages for the rest, and is not closed as a slow consumer.
+    let mut seen = got;
+    let mut after = j["history"][got - 1]["seq"].as_u64().unwrap();
+    while seen < 60 {
+        let h = b.call(json!({"type": "history", "room": "big", "after": after, "limit": 100}));
+        let page = h["messages"].as_array().expect("messages");
+        assert!(!page.is_empty() && h.to_string().len() <= 65536, "{}", h.to_string().len());
+        after = page.last().unwrap()["seq"].as_u64().unwrap();
+        seen += page.len();
+    }
+    assert_eq!((seen, after), (60, 60));
+    let latest = b.call(json!({"type": "history", "room": "big", "limit": 100}));
+    let page = latest["messages"].as_array().unwrap();
+    assert_eq!(
+        (page.last().unwrap()["seq"].as_u64(), latest["more"].as_bool()),
+        (Some(60), Some(true))
+    );
+}

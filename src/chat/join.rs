@@ -27,6 +27,7 @@ pub(crate) fn start(
     if !wire::valid_room(room) {
         return Err(Refusal::new(Code::InvalidRoom, "invalid room name"));
     }
+    super::room_quota(ctx, user, room)?;
     let new = ctx.node.storage().add_member(room, user)?;
     let room: Arc<str> = Arc::from(room);
     if !new {
@@ -83,7 +84,8 @@ fn subscribe_and_reply(
     match to {
         ReplyTo::Ws { id, .. } if ctx.conns.session(conn).is_some() => {
             let (_, seq) = ctx.local.subscribe(node, ctx.conns, conn, room, None)?;
-            let (history, more) = history_for(node.storage(), room, since, seq)?;
+            let (mut history, mut more) = history_for(node.storage(), room, since, seq)?;
+            more |= super::history::fit(&mut history, node.cfg().max_output, since.is_some());
             let (members, online) = presence::online_members(node, room)?;
             let id = id.as_ref();
             let frame = ServerFrame::Joined { id, room, seq, members, online, history, more };

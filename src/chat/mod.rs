@@ -168,6 +168,19 @@ fn act(ctx: &mut Ctx<'_>, to: &ReplyTo, user: &Arc<str>, req: Request) -> Result
     }
 }
 
+/// Refuses a new membership of `user` in `room` past `max_rooms_per_user`
+/// (one count of the user's rooms, only when the room would be new).
+pub(crate) fn room_quota(ctx: &Ctx<'_>, user: &str, room: &str) -> Result<(), Refusal> {
+    let storage = ctx.node.storage();
+    let max = ctx.node.cfg().max_rooms_per_user;
+    if !storage.is_member(room, user)? && storage.count_rooms_of(user)? >= max {
+        ctx.node.metrics().refuse("limit_reached");
+        let why = format!("a user may be a member of at most {max} rooms");
+        return Err(Refusal::new(Code::LimitReached, why));
+    }
+    Ok(())
+}
+
 /// Whether `user` may use `room` (send, typing, history, read, presence):
 /// a DM room only its two users, any other room its members. Membership
 /// comes from the WebSocket session `conn` if it has one, else storage.

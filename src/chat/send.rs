@@ -24,6 +24,9 @@ pub(crate) fn dm(
     }
     let room = wire::dm_room(user, peer);
     let known = ctx.conns.session(to.conn()).is_some_and(|s| s.has_room(&room));
+    if !known {
+        super::room_quota(ctx, user, &room)?;
+    }
     accept(ctx, user, &room, text, known, to)
 }
 

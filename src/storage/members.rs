@@ -59,6 +59,16 @@ impl Storage {
         Ok(out)
     }
 
+    /// How many rooms `user` is a member of.
+    pub fn count_rooms_of(&self, user: &str) -> Result<usize> {
+        let mut n = 0;
+        for kv in self.trees()?.user_rooms.scan_prefix(prefix(user)) {
+            self.check(kv)?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
     /// All rooms `user` is a member of, sorted.
     pub fn rooms_of(&self, user: &str) -> Result<Vec<String>> {
         let p = prefix(user);

@@ -32,6 +32,8 @@ pub enum Code {
     Forbidden,
     /// Over the per-connection token bucket.
     RateLimited,
+    /// A quota (`max_rooms_per_user`).
+    LimitReached,
     /// Storage (or cluster) down: nothing was accepted.
     Unavailable,
     /// A bug of ours.
