@@ -231,8 +231,12 @@ fn web_client_is_served_at_root() {
     let r = http_request(s.addr, "GET", "/", &[], "");
     assert_eq!(r.status, 200);
     assert!(r.header("content-type").is_some_and(|c| c.starts_with("text/html")));
+    // The script is its own file (the page's CSP allows no inline script).
+    let script = http_request(s.addr, "GET", "/app.js", &[], "");
     assert!(
-        r.body.contains("<html") && r.body.contains("chinwag.v1.json"),
+        r.body.contains("<html")
+            && r.body.contains("src=\"/app.js\"")
+            && script.body.contains("chinwag.v1.json"),
         "the page speaks the protocol"
     );
 }
@@ -408,6 +412,19 @@ fn http_edges_big_heads_disagreeing_lengths_safe_headers_and_plain_401s() {
         let r = http_request(s.addr, "GET", path, &[], "");
         assert_eq!(r.header("X-Content-Type-Options"), Some("nosniff"), "{path}");
         assert_eq!(r.header("Referrer-Policy"), Some("no-referrer"), "{path}");
+    }
+    // The page allows nothing from elsewhere and nothing inline; its script
+    // and style come from its own origin.
+    let page = http_request(s.addr, "GET", "/", &[], "");
+    let csp = page.header("Content-Security-Policy").unwrap_or_default().to_string();
+    for directive in ["default-src 'none'", "script-src 'self'", "frame-ancestors 'none'"] {
+        assert!(csp.contains(directive), "{csp}");
+    }
+    assert!(!page.body.contains("<script>") && !page.body.contains("<style>"));
+    for (path, kind) in [("/app.js", "text/javascript"), ("/app.css", "text/css")] {
+        let r = http_request(s.addr, "GET", path, &[], "");
+        assert_eq!(r.status, 200, "{path}");
+        assert!(r.header("Content-Type").is_some_and(|t| t.starts_with(kind)), "{path}");
     }
     // A 401 says what is wrong in words, never the JWT library's internals.
     let forged = support::sign(&json!({"sub": "x", "exp": support::now_s() + 60}), "other");

@@ -37,6 +37,11 @@ pub fn json(status: u16, body: &serde_json::Value) -> Bytes {
 
 /// A complete `Connection: close` response.
 pub fn response(status: u16, content_type: &str, body: &[u8]) -> Bytes {
+    response_with(status, content_type, "", body)
+}
+
+/// A complete response with extra header lines (each ending in `\r\n`).
+pub fn response_with(status: u16, content_type: &str, extra: &str, body: &[u8]) -> Bytes {
     let reason = match status {
         200 => "OK",
         400 => "Bad Request",
@@ -55,7 +60,7 @@ pub fn response(status: u16, content_type: &str, body: &[u8]) -> Bytes {
     let mut out = format!(
         "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
          Cache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\n\
-         Referrer-Policy: no-referrer\r\nConnection: close\r\n\r\n",
+         Referrer-Policy: no-referrer\r\n{extra}Connection: close\r\n\r\n",
         body.len()
     )
     .into_bytes();

@@ -144,6 +144,7 @@ test('web client: chat, typing, presence, DM, XSS, server restart', { timeout: 1
   let browser;
   const dialogs = [];
   const pageErrors = [];
+  const cspViolations = [];
   t.after(async () => {
     if (browser) await browser.close().catch(() => {});
     await server.stop().catch(() => {});
@@ -166,6 +167,10 @@ test('web client: chat, typing, presence, DM, XSS, server restart', { timeout: 1
     page.setDefaultTimeout(STEP_MS);
     page.on('dialog', (d) => { dialogs.push(d.message()); d.dismiss().catch(() => {}); });
     page.on('pageerror', (e) => pageErrors.push(String(e)));
+    // The page's Content-Security-Policy must not have to block anything.
+    page.on('console', (m) => {
+      if (/Content.Security.Policy/i.test(m.text())) cspViolations.push(m.text());
+    });
     return page;
   };
 
@@ -394,4 +399,5 @@ test('web client: chat, typing, presence, DM, XSS, server restart', { timeout: 1
 
   assert.deepEqual(dialogs, [], 'no dialog fired');
   assert.deepEqual(pageErrors, [], 'no uncaught page errors');
+  assert.deepEqual(cspViolations, [], 'no Content-Security-Policy violations');
 });
