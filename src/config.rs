@@ -93,6 +93,10 @@ pub struct ServeFlags {
     /// the server's own; `*` allows any [default: same origin only].
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     pub allowed_origins: Option<Vec<String>>,
+    /// Proxies (comma-separated addresses) whose requests count as coming
+    /// from the last address of their `X-Forwarded-For` [default: none].
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    pub trusted_proxies: Option<Vec<String>>,
     /// Rooms (DM rooms included) one user may be a member of [default: 1000].
     #[arg(long, value_name = "N")]
     pub max_rooms_per_user: Option<String>,
@@ -193,6 +197,7 @@ struct FileLayer {
     min_free: Option<i64>,
     allowed_origins: Option<Vec<String>>,
     max_rooms_per_user: Option<i64>,
+    trusted_proxies: Option<Vec<String>>,
     max_connections: Option<i64>,
     max_conns_per_ip: Option<i64>,
     max_conns_per_user: Option<i64>,
@@ -237,6 +242,8 @@ pub struct Config {
     pub allowed_origins: Vec<String>,
     /// Rooms one user may be a member of.
     pub max_rooms_per_user: usize,
+    /// Peers whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 /// How many live WebSockets a node takes: in all, per client address, per user.
@@ -338,6 +345,8 @@ fn data_dir(flag: Option<PathBuf>, file: Option<PathBuf>) -> PathBuf {
 /// secret and node id files if needed.
 pub fn resolve(flags: ServeFlags) -> Result<Config, BadSetting> {
     let file = read_file(flags.config.as_deref())?;
+    let guards = guards(&flags, &file)?;
+    let (rate, burst, max_text, max_frame, max_output) = frame_limits(&flags, &file)?;
     let listen = flags.listen.or_else(|| env("CHINWAG_LISTEN")).or(file.listen);
     let listen = parse_listen(listen.as_deref().unwrap_or("127.0.0.1:8080"))?;
     let redis = flags.redis.or_else(|| env("CHINWAG_REDIS_URL")).or(file.redis);
@@ -356,36 +365,7 @@ pub fn resolve(flags: ServeFlags) -> Result<Config, BadSetting> {
     if threads > MAX_THREADS as u64 {
         return Err(bad("threads", format!("at most {MAX_THREADS}")));
     }
-    let rate = positive("rate", flags.rate.as_deref(), file.rate, 20)?;
-    let burst = positive("burst", flags.burst.as_deref(), file.burst, 40)?;
-    let max_text = positive("max_text", flags.max_text.as_deref(), file.max_text, 4000)?;
-    let max_frame = positive("max_frame", flags.max_frame.as_deref(), file.max_frame, 65536)?;
-    let max_output = positive("max_output", flags.max_output.as_deref(), file.max_output, 4 << 20)?;
-    if rate > u32::MAX as u64 || burst > u32::MAX as u64 {
-        return Err(bad(if rate > u32::MAX as u64 { "rate" } else { "burst" }, "too large"));
-    }
-    if !(128..=(16 << 20)).contains(&max_frame) {
-        return Err(bad("max_frame", "must be between 128 and 16777216 bytes"));
-    }
-    if max_output < max_frame {
-        return Err(bad("max_output", "must be at least max_frame"));
-    }
-    if max_text > 1 << 20 {
-        return Err(bad("max_text", "must be at most 1048576"));
-    }
     let min_free = bytes("min_free", flags.min_free.as_deref(), file.min_free, 100 << 20)?;
-    let cap = |key, flag: Option<String>, file, default| -> Result<u32, BadSetting> {
-        let v = positive(key, flag.as_deref(), file, default)?;
-        u32::try_from(v).map_err(|_| bad(key, "too large"))
-    };
-    let max_rooms_per_user =
-        cap("max_rooms_per_user", flags.max_rooms_per_user, file.max_rooms_per_user, 1000)?
-            as usize;
-    let caps = Caps {
-        connections: cap("max_connections", flags.max_connections, file.max_connections, 100_000)?,
-        per_ip: cap("max_conns_per_ip", flags.max_conns_per_ip, file.max_conns_per_ip, 1000)?,
-        per_user: cap("max_conns_per_user", flags.max_conns_per_user, file.max_conns_per_user, 20)?,
-    };
     let data_dir = data_dir(flags.data_dir, file.data_dir);
     prepare_dir(&data_dir)?;
     let node_id = match flags.node_id.or(file.node_id) {
@@ -414,9 +394,82 @@ pub fn resolve(flags: ServeFlags) -> Result<Config, BadSetting> {
         max_output: max_output as usize,
         tls,
         min_free,
-        caps,
-        allowed_origins: flags.allowed_origins.or(file.allowed_origins).unwrap_or_default(),
-        max_rooms_per_user,
+        caps: guards.caps,
+        allowed_origins: guards.allowed_origins,
+        max_rooms_per_user: guards.max_rooms_per_user,
+        trusted_proxies: guards.trusted_proxies,
+    })
+}
+
+/// `rate`, `burst`, `max_text`, `max_frame`, `max_output`, checked together.
+fn frame_limits(
+    flags: &ServeFlags,
+    file: &FileLayer,
+) -> Result<(u64, u64, u64, u64, u64), BadSetting> {
+    let rate = positive("rate", flags.rate.as_deref(), file.rate, 20)?;
+    let burst = positive("burst", flags.burst.as_deref(), file.burst, 40)?;
+    let max_text = positive("max_text", flags.max_text.as_deref(), file.max_text, 4000)?;
+    let max_frame = positive("max_frame", flags.max_frame.as_deref(), file.max_frame, 65536)?;
+    let max_output = positive("max_output", flags.max_output.as_deref(), file.max_output, 4 << 20)?;
+    if rate > u32::MAX as u64 || burst > u32::MAX as u64 {
+        return Err(bad(if rate > u32::MAX as u64 { "rate" } else { "burst" }, "too large"));
+    }
+    if !(128..=(16 << 20)).contains(&max_frame) {
+        return Err(bad("max_frame", "must be between 128 and 16777216 bytes"));
+    }
+    if max_output < max_frame {
+        return Err(bad("max_output", "must be at least max_frame"));
+    }
+    if max_text > 1 << 20 {
+        return Err(bad("max_text", "must be at most 1048576"));
+    }
+    Ok((rate, burst, max_text, max_frame, max_output))
+}
+
+/// The settings that guard the node against one bad actor.
+struct Guards {
+    caps: Caps,
+    max_rooms_per_user: usize,
+    allowed_origins: Vec<String>,
+    trusted_proxies: Vec<std::net::IpAddr>,
+}
+
+fn guards(flags: &ServeFlags, file: &FileLayer) -> Result<Guards, BadSetting> {
+    let cap = |key, flag: &Option<String>, file, default| -> Result<u32, BadSetting> {
+        let v = positive(key, flag.as_deref(), file, default)?;
+        u32::try_from(v).map_err(|_| bad(key, "too large"))
+    };
+    let trusted_proxies = flags
+        .trusted_proxies
+        .clone()
+        .or_else(|| file.trusted_proxies.clone())
+        .unwrap_or_default()
+        .iter()
+        .map(|a| {
+            a.trim()
+                .parse()
+                .map_err(|_| bad("trusted_proxies", format!("`{a}` is not an IP address")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let (f, l) = (flags, file);
+    Ok(Guards {
+        caps: Caps {
+            connections: cap("max_connections", &f.max_connections, l.max_connections, 100_000)?,
+            per_ip: cap("max_conns_per_ip", &f.max_conns_per_ip, l.max_conns_per_ip, 1000)?,
+            per_user: cap("max_conns_per_user", &f.max_conns_per_user, l.max_conns_per_user, 20)?,
+        },
+        max_rooms_per_user: cap(
+            "max_rooms_per_user",
+            &f.max_rooms_per_user,
+            l.max_rooms_per_user,
+            1000,
+        )? as usize,
+        allowed_origins: f
+            .allowed_origins
+            .clone()
+            .or_else(|| l.allowed_origins.clone())
+            .unwrap_or_default(),
+        trusted_proxies,
     })
 }
 

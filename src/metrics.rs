@@ -98,60 +98,29 @@ impl Metrics {
             refusals: Family::default(),
             registry: Registry::default(),
         };
-        registry.register("connections", "Live WebSocket connections", m.connections.clone());
-        registry.register(
-            "loop_connections",
-            "Live WebSocket connections by event loop",
-            m.by_loop.clone(),
-        );
-        registry.register("frames_in", "Client frames received", m.frames_in.clone());
-        registry.register("frames_out", "Frames queued for clients", m.frames_out.clone());
-        registry.register("messages", "Messages accepted", m.messages.clone());
-        registry.register(
-            "deliveries",
-            "Messages queued for a member connection",
-            m.deliveries.clone(),
-        );
-        registry.register(
-            "slow_consumer_closes",
-            "Connections closed with 1013",
-            m.slow_closes.clone(),
-        );
-        registry.register(
-            "rate_limited",
-            "Frames refused by the rate limit",
-            m.rate_limited.clone(),
-        );
-        registry.register(
-            "storage_flush_seconds",
-            "Storage flush (fsync) latency",
-            m.flush_seconds.clone(),
-        );
-        registry.register(
-            "storage_flush_batch",
-            "Writes made durable per flush",
-            m.flush_batch.clone(),
-        );
-        registry.register(
-            "ack_latency_seconds",
-            "From accepting a write to its durable answer",
-            m.ack_seconds.clone(),
-        );
-        registry.register(
-            "redis_up",
-            "1 when the Redis link is up, 0 when down or off",
-            m.redis_up.clone(),
-        );
-        registry.register(
-            "cluster_payloads_rejected",
-            "Cluster payloads dropped: failed verification, replayed, or made no sense",
-            m.cluster_rejected.clone(),
-        );
-        registry.register(
-            "refusals",
-            "Connections and requests refused by a limit, by reason",
-            m.refusals.clone(),
-        );
+        // One line per metric: name, help, the metric (registered as a clone).
+        macro_rules! register {
+            ($($name:literal, $help:literal, $metric:expr;)*) => {
+                $(registry.register($name, $help, $metric.clone());)*
+            };
+        }
+        register! {
+            "connections", "Live WebSocket connections", m.connections;
+            "loop_connections", "Live WebSocket connections by event loop", m.by_loop;
+            "frames_in", "Client frames received", m.frames_in;
+            "frames_out", "Frames queued for clients", m.frames_out;
+            "messages", "Messages accepted", m.messages;
+            "deliveries", "Messages queued for a member connection", m.deliveries;
+            "slow_consumer_closes", "Connections closed with 1013", m.slow_closes;
+            "rate_limited", "Frames refused by the rate limit", m.rate_limited;
+            "storage_flush_seconds", "Storage flush (fsync) latency", m.flush_seconds;
+            "storage_flush_batch", "Writes made durable per flush", m.flush_batch;
+            "ack_latency_seconds", "From accepting a write to its durable answer", m.ack_seconds;
+            "redis_up", "1 when the Redis link is up, 0 when down or off", m.redis_up;
+            "cluster_payloads_rejected", "Cluster payloads dropped: unverified, replayed, nonsense",
+                m.cluster_rejected;
+            "refusals", "Connections and requests refused by a limit, by reason", m.refusals;
+        }
         Metrics { registry, ..m }
     }
 

@@ -487,3 +487,34 @@ fn no_reply_is_over_max_output_joined_and_history_page_instead() {
         (Some(60), Some(true))
     );
 }
+
+/// An upgrade as `user` through a proxy that names `client`: its status, and
+/// the socket (kept open to hold the connection).
+fn upgrade_forwarded(s: &Server, user: &str, client: &str) -> (u16, TcpStream) {
+    use std::io::{BufRead, BufReader};
+    let mut t = tcp(s.addr);
+    let req = format!(
+        "GET /ws?user={user} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         X-Forwarded-For: 192.0.2.9, {client}\r\n\r\n",
+        s.addr
+    );
+    t.write_all(req.as_bytes()).unwrap();
+    let mut line = String::new();
+    BufReader::new(t.try_clone().unwrap()).read_line(&mut line).unwrap();
+    (line.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0), t)
+}
+
+#[test]
+fn behind_a_trusted_proxy_the_forwarded_address_is_the_client() {
+    let s = Server::open(&["--trusted-proxies", "127.0.0.1", "--max-conns-per-ip", "1"]);
+    let (first, _a) = upgrade_forwarded(&s, "a", "10.0.0.1");
+    let (other, _b) = upgrade_forwarded(&s, "b", "10.0.0.2");
+    let (again, _c) = upgrade_forwarded(&s, "c", "10.0.0.1");
+    assert_eq!((first, other, again), (101, 101, 429));
+    // Without the setting, the header is not trusted: the proxy is the client.
+    let plain = Server::open(&["--max-conns-per-ip", "1"]);
+    let (first, _d) = upgrade_forwarded(&plain, "d", "10.0.0.1");
+    let (second, _e) = upgrade_forwarded(&plain, "e", "10.0.0.2");
+    assert_eq!((first, second), (101, 429));
+}

@@ -25,6 +25,9 @@ pub(crate) struct Upgrade {
     pub enc: Encoding,
     /// Bytes read past the request head (the first frames).
     pub leftover: Vec<u8>,
+    /// The last `X-Forwarded-For` address, used as the client's address
+    /// when the peer is a trusted proxy.
+    pub forwarded: Option<std::net::IpAddr>,
 }
 
 /// Finishes the upgrade of connection `id`.
@@ -36,7 +39,9 @@ pub(crate) fn open(ctx: &mut Ctx<'_>, id: ConnId, up: Upgrade, ws_config: WebSoc
     };
     let user = ctx.local.user_name(&up.claims.sub);
     let Some(conn) = ctx.conns.get_mut(id) else { return };
-    let ip = conn.peer_ip();
+    let peer = conn.peer_ip();
+    let trusted = peer.is_some_and(|p| node.cfg().trusted_proxies.contains(&p));
+    let ip = if trusted { up.forwarded.or(peer) } else { peer };
     if let Err(why) = node.admit(ip, &user) {
         return ctx.respond(id, http::error(429, "too_many_connections", why));
     }

@@ -79,38 +79,13 @@ pub fn handle(buf: &[u8], node: &Node) -> Outcome {
         }
         Err(e) => return Outcome::Respond(error(400, "bad_request", &format!("bad request: {e}"))),
     };
-    if head_len > MAX_HEAD {
-        return Outcome::Respond(error(431, "too_large", "request head too large"));
-    }
-    let mut lengths = req.headers.iter().filter(|h| h.name.eq_ignore_ascii_case("content-length"));
-    if let Some(first) = lengths.next() {
-        if lengths.any(|h| h.value.trim_ascii() != first.value.trim_ascii()) {
-            return Outcome::Respond(error(
-                400,
-                "bad_request",
-                "two Content-Length headers disagree",
-            ));
-        }
-    }
+    let body_len = match body_length(&req, head_len) {
+        Ok(n) => n,
+        Err(refusal) => return Outcome::Respond(refusal),
+    };
     let method = req.method.unwrap_or("");
     let target = req.path.unwrap_or("/");
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    let body_len = match header(&req, "content-length").map(str::parse::<usize>) {
-        None => 0,
-        Some(Ok(n)) => n,
-        Some(Err(_)) => return Outcome::Respond(error(400, "bad_request", "bad Content-Length")),
-    };
-    if body_len > MAX_BODY {
-        // Refused on the head alone: the body is never read.
-        return Outcome::Respond(error(413, "too_large", "body over 64 KiB"));
-    }
-    if header(&req, "transfer-encoding").is_some() {
-        return Outcome::Respond(error(
-            400,
-            "bad_request",
-            "send a Content-Length body, not chunked",
-        ));
-    }
     match path {
         "/ws" if method == "GET" => upgrade::upgrade(&req, query, &buf[head_len..], node),
         "/health" if method == "GET" => health(node),
@@ -144,6 +119,33 @@ pub fn handle(buf: &[u8], node: &Node) -> Outcome {
         }
         _ => Outcome::Respond(error(404, "not_found", "unknown path")),
     }
+}
+
+/// Checks a complete head (its size, its framing) and gives the body's
+/// length, or the refusal.
+fn body_length(req: &httparse::Request<'_, '_>, head_len: usize) -> Result<usize, Bytes> {
+    if head_len > MAX_HEAD {
+        return Err(error(431, "too_large", "request head too large"));
+    }
+    let mut lengths = req.headers.iter().filter(|h| h.name.eq_ignore_ascii_case("content-length"));
+    if let Some(first) = lengths.next() {
+        if lengths.any(|h| h.value.trim_ascii() != first.value.trim_ascii()) {
+            return Err(error(400, "bad_request", "two Content-Length headers disagree"));
+        }
+    }
+    let body_len = match header(req, "content-length").map(str::parse::<usize>) {
+        None => 0,
+        Some(Ok(n)) => n,
+        Some(Err(_)) => return Err(error(400, "bad_request", "bad Content-Length")),
+    };
+    if body_len > MAX_BODY {
+        // Refused on the head alone: the body is never read.
+        return Err(error(413, "too_large", "body over 64 KiB"));
+    }
+    if header(req, "transfer-encoding").is_some() {
+        return Err(error(400, "bad_request", "send a Content-Length body, not chunked"));
+    }
+    Ok(body_len)
 }
 
 pub(crate) fn bearer_token(v: &str) -> Option<&str> {

@@ -108,6 +108,9 @@ pub(super) fn upgrade(
         claims,
         enc: offered.unwrap_or(Encoding::Json),
         leftover: rest.to_vec(),
+        forwarded: header(req, "x-forwarded-for")
+            .and_then(|v| v.rsplit(',').next())
+            .and_then(|a| a.trim().parse().ok()),
     })
 }
 
