@@ -100,6 +100,12 @@ impl Keys {
         if !crate::wire::valid_user(&data.claims.sub) {
             return Err("`sub` is not a valid user id".into());
         }
+        if let Some(name) = &data.claims.name {
+            let n = name.chars().count();
+            if n == 0 || n > 64 || name.chars().any(char::is_control) {
+                return Err("`name` must be 1 to 64 characters, none of them control".into());
+            }
+        }
         Ok(data.claims)
     }
 }

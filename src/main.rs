@@ -22,6 +22,12 @@ fn main() -> ExitCode {
 }
 
 fn serve(flags: ServeFlags) -> ExitCode {
+    // Everything the server creates (database files, sockets) is its own
+    // alone, with or without systemd's UMask=0077.
+    // SAFETY: umask(2) only sets this process's file mode mask.
+    unsafe {
+        libc::umask(0o077);
+    }
     let cfg = match config::resolve(flags) {
         Ok(c) => c,
         Err(bad) => {

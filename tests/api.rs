@@ -438,3 +438,40 @@ fn http_edges_big_heads_disagreeing_lengths_safe_headers_and_plain_401s() {
 fn sign_ok(claims: &Value) -> String {
     support::sign(claims, support::SECRET)
 }
+
+#[test]
+fn a_trickled_request_and_token_names_are_handled() {
+    let s = Server::open(&[]);
+    // One byte at a time: answered once whole.
+    let mut t = support::tcp(s.addr);
+    for b in b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" {
+        t.write_all(&[*b]).unwrap();
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let mut answer = String::new();
+    let _ = t.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    // A whole head, then its body later: answered once the body is in.
+    let bot = bearer("bot", false, "trickle");
+    let mut t = support::tcp(s.addr);
+    let head = format!(
+        "POST /api/rooms/tr/messages HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {bot}\r\n\
+         Content-Length: 13\r\nConnection: close\r\n\r\n{{\"text\""
+    );
+    assert_eq!(call(&s, "POST", "/api/rooms/tr/join", Some(&bot), "").0, 200);
+    t.write_all(head.as_bytes()).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    t.write_all(b":\"hi\"}").unwrap();
+    let mut answer = String::new();
+    let _ = t.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 201 "), "{answer}");
+    // A token whose display name is not valid is refused with 401.
+    for name in ["", "tab\tinside", &"n".repeat(65)] {
+        let claims = json!({"sub": "x", "exp": support::now_s() + 60, "name": name});
+        let (st, _) = call(&s, "GET", "/api/rooms/r/messages", Some(&sign_ok(&claims)), "");
+        assert_eq!(st, 401, "name {name:?}");
+    }
+    let claims = json!({"sub": "x", "exp": support::now_s() + 60, "name": "Ann Example"});
+    let (st, _) = call(&s, "GET", "/api/rooms/r/messages", Some(&sign_ok(&claims)), "");
+    assert_eq!(st, 403, "a valid name passes auth (then not_member)");
+}

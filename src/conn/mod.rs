@@ -112,8 +112,9 @@ impl Session {
 /// Where a connection is in its life.
 #[derive(Debug)]
 enum Phase {
-    /// Reading the HTTP request head; what has arrived so far of a partial one.
-    Http(Vec<u8>),
+    /// Reading the HTTP request: what has arrived so far of a partial one,
+    /// and whether its head is already whole (only a body is missing).
+    Http(Vec<u8>, bool),
     /// An API call waiting (since then) for the flush that makes it durable.
     HttpWait(Instant),
     /// A live WebSocket.
@@ -175,7 +176,7 @@ impl Conn {
             gen,
             sock,
             out: OutQueue::default(),
-            phase: Phase::Http(Vec::new()),
+            phase: Phase::Http(Vec::new(), false),
             born: now,
             seen: now,
             dirty: false,
@@ -200,12 +201,12 @@ impl Conn {
 
     /// Still reading its HTTP request.
     pub fn is_http(&self) -> bool {
-        matches!(self.phase, Phase::Http(_))
+        matches!(self.phase, Phase::Http(..))
     }
 
     /// An HTTP request not answered yet (read, or parked).
     pub fn awaits_response(&self) -> bool {
-        matches!(self.phase, Phase::Http(_) | Phase::HttpWait(_))
+        matches!(self.phase, Phase::Http(..) | Phase::HttpWait(_))
     }
 
     /// The client's address (a `getpeername`: call at the upgrade, not per frame).
@@ -225,14 +226,21 @@ impl Conn {
 
     /// Reads what has arrived of the HTTP request into `scratch`, after what
     /// an earlier read kept, until the socket is empty or `limit` is passed.
-    /// False: the peer is gone.
-    pub fn read_request(&mut self, scratch: &mut Vec<u8>, limit: usize, now: Instant) -> bool {
-        let Phase::Http(buf) = &mut self.phase else { return false };
+    /// Returns how many bytes an earlier read had kept (new bytes start
+    /// there) and whether their head was whole; `None`: the peer is gone.
+    pub fn read_request(
+        &mut self,
+        scratch: &mut Vec<u8>,
+        limit: usize,
+        now: Instant,
+    ) -> Option<(usize, bool)> {
+        let Phase::Http(buf, head) = &mut self.phase else { return None };
+        let (kept, head) = (buf.len(), *head);
         scratch.append(buf);
         let mut chunk = [0u8; 4096];
         loop {
             match self.sock.read(&mut chunk) {
-                Ok(0) => return false,
+                Ok(0) => return None,
                 Ok(n) => {
                     scratch.extend_from_slice(&chunk[..n]);
                     if scratch.len() > limit {
@@ -241,23 +249,24 @@ impl Conn {
                 }
                 Err(e) if would_block(&e) => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return false,
+                Err(_) => return None,
             }
         }
         self.seen = now;
-        true
+        Some((kept, head))
     }
 
-    /// Keeps a partial request for the next read.
-    pub fn keep_partial(&mut self, partial: &[u8]) {
-        if let Phase::Http(buf) = &mut self.phase {
+    /// Keeps a partial request for the next read (`head`: its head is whole).
+    pub fn keep_partial(&mut self, partial: &[u8], head: bool) {
+        if let Phase::Http(buf, whole) = &mut self.phase {
             buf.extend_from_slice(partial);
+            *whole = head;
         }
     }
 
     /// Parks an API call until its durable answer comes back.
     pub fn park(&mut self, now: Instant) {
-        if let Phase::Http(_) = self.phase {
+        if let Phase::Http(..) = self.phase {
             self.phase = Phase::HttpWait(now);
         }
     }
@@ -362,9 +371,9 @@ impl Conn {
     /// What the sweep finds due. `now_s`: seconds since the epoch (token expiry).
     pub fn due(&mut self, now: Instant, now_s: u64, revoked: &Revocations) -> Due {
         match &mut self.phase {
-            Phase::Http(_) if now.duration_since(self.born) >= HTTP_DEADLINE => Due::Reap,
+            Phase::Http(..) if now.duration_since(self.born) >= HTTP_DEADLINE => Due::Reap,
             Phase::HttpWait(since) if now.duration_since(*since) >= ANSWER_DEADLINE => Due::GiveUp,
-            Phase::Http(_) | Phase::HttpWait(_) => Due::Nothing,
+            Phase::Http(..) | Phase::HttpWait(_) => Due::Nothing,
             Phase::Closing { until, .. } if now >= *until => Due::Reap,
             Phase::Closing { .. } => Due::Nothing,
             Phase::Open(s) => {

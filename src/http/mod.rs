@@ -121,6 +121,15 @@ pub fn handle(buf: &[u8], node: &Node) -> Outcome {
     }
 }
 
+/// Whether the request head in `buf` is still incomplete, looking for its
+/// end only from `kept` (what an earlier read had: already searched).
+pub fn head_pending(buf: &[u8], kept: usize) -> bool {
+    let from = kept.saturating_sub(3);
+    let tail = &buf[from.min(buf.len())..];
+    let ended = tail.windows(4).any(|w| w == b"\r\n\r\n") || tail.windows(2).any(|w| w == b"\n\n");
+    !ended && buf.len() < MAX_HEAD
+}
+
 /// Checks a complete head (its size, its framing) and gives the body's
 /// length, or the refusal.
 fn body_length(req: &httparse::Request<'_, '_>, head_len: usize) -> Result<usize, Bytes> {

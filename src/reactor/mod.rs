@@ -232,14 +232,19 @@ impl Reactor {
         let mut scratch = std::mem::take(&mut self.http_scratch);
         scratch.clear();
         let Some(conn) = self.conns.get_mut(id) else { return };
-        if !conn.read_request(&mut scratch, http::MAX_HEAD + http::MAX_BODY, self.now) {
+        let limit = http::MAX_HEAD + http::MAX_BODY;
+        let Some((kept, head_was_whole)) = conn.read_request(&mut scratch, limit, self.now) else {
             self.http_scratch = scratch;
             self.reap.push(id);
             return;
-        }
-        let outcome = http::handle(&scratch, &self.node);
+        };
+        // A head trickling in is parsed once it is whole, not on every read
+        // (only the new bytes are searched for its end: linear, not quadratic).
+        let head_whole = head_was_whole || !http::head_pending(&scratch, kept);
+        let outcome =
+            if head_whole { http::handle(&scratch, &self.node) } else { Outcome::Partial };
         if let Outcome::Partial = outcome {
-            conn.keep_partial(&scratch);
+            conn.keep_partial(&scratch, head_whole);
         }
         self.http_scratch = scratch;
         match outcome {
