@@ -259,4 +259,9 @@ fn weak_secrets_are_refused_and_the_data_dir_is_private() {
     assert_eq!(mode(&s.dir), 0o700, "the data directory");
     assert_eq!(mode(&s.dir.join("secret")), 0o600, "the secret file");
     assert!(fs::read_to_string(s.dir.join("secret")).unwrap().len() >= 32);
+    // The database's files are the server's alone (umask 077).
+    for entry in fs::read_dir(s.dir.join("db")).unwrap() {
+        let path = entry.unwrap().path();
+        assert_eq!(mode(&path) & 0o077, 0, "{} is readable by others", path.display());
+    }
 }
