@@ -68,6 +68,10 @@ pub(crate) fn open(ctx: &mut Ctx<'_>, id: ConnId, up: Upgrade, ws_config: WebSoc
     );
     node.count_connection(id.reactor, true, ctx.conns.len());
     let first = ctx.local.add_session(node, &user, id);
+    // Read again now that the directory knows this connection: a membership
+    // another node's event stored in between would otherwise be missed (its
+    // subscribe went to the user's reactors before this one was among them).
+    let rooms = node.storage().rooms_of(&user).unwrap_or(rooms);
     let mut states = Vec::with_capacity(rooms.len());
     for room in &rooms {
         let seq = match ctx.local.subscribe(node, ctx.conns, id, room, None) {
