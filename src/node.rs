@@ -303,12 +303,7 @@ impl Node {
         self.broadcast(room, &frame, Some(user.clone()));
     }
 
-    /// Sends a command to every reactor holding a connection of `user`.
-    pub fn to_user(&self, user: &str, make: impl Fn() -> Cmd) {
-        self.fanout.to_user(user, make);
-    }
-
-    /// Like [`Node::to_user`], but the commands go out after the next flush
+    /// Like [`Fanout::to_user`], but the commands go out after the next flush
     /// (delivery follows durability).
     pub fn to_user_after_flush(&self, user: &str, make: impl Fn() -> Cmd) {
         let reactors = self.fanout.dir().user_reactors(user);

@@ -56,7 +56,7 @@ pub(crate) fn finish(
         Err(r) => return ctx.refuse(to, &r),
     };
     let node = ctx.node;
-    node.to_user(user, || Cmd::ToUser {
+    node.fanout().to_user(user, || Cmd::ToUser {
         user: user.clone(),
         action: UserAction::Subscribe { room: room.clone(), floor: seq },
         frame: None,

@@ -34,7 +34,7 @@ pub(crate) fn finish(ctx: &mut Ctx<'_>, to: &ReplyTo, room: &Arc<str>) {
     let Some(user) = ctx.conns.session(to.conn()).map(|s| s.user.clone()) else { return };
     let frame = ServerFrame::Left { id: to.id(), room };
     let frame = Arc::new(Encoded::encode(&frame, true, true));
-    ctx.node.to_user(&user, || Cmd::ToUser {
+    ctx.node.fanout().to_user(&user, || Cmd::ToUser {
         user: user.clone(),
         action: UserAction::Unsubscribe { room: room.clone() },
         frame: Some((frame.clone(), 0, room.clone())),

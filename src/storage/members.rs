@@ -11,9 +11,10 @@ impl Storage {
     /// Makes `user` a member of `room`. Returns whether it is new.
     pub fn add_member(&self, room: &str, user: &str) -> Result<bool> {
         self.writable()?;
-        let r = self.trees()?.members.insert(key2(room, user), &[]);
+        let t = self.trees()?;
+        let r = t.members.insert(key2(room, user), &[]);
         let was = self.check(r)?;
-        let r = self.trees()?.user_rooms.insert(key2(user, room), &[]);
+        let r = t.user_rooms.insert(key2(user, room), &[]);
         self.check(r)?;
         Ok(was.is_none())
     }
@@ -21,9 +22,10 @@ impl Storage {
     /// Removes `user` from `room`. Returns whether it was a member.
     pub fn remove_member(&self, room: &str, user: &str) -> Result<bool> {
         self.writable()?;
-        let r = self.trees()?.members.remove(key2(room, user));
+        let t = self.trees()?;
+        let r = t.members.remove(key2(room, user));
         let was = self.check(r)?;
-        let r = self.trees()?.user_rooms.remove(key2(user, room));
+        let r = t.user_rooms.remove(key2(user, room));
         self.check(r)?;
         Ok(was.is_some())
     }
