@@ -1,8 +1,20 @@
+// The chinwag web client: one file, no dependencies, served under a strict CSP
+// (no inline script or style, no eval), so every piece of user text goes into
+// the page through textContent, never innerHTML.
+//
+// Sections: utilities · sign-in · state · tokens · connection · frames ·
+// room events · message rendering · timeline · read markers · sidebar ·
+// actions (edit, delete, react) · threads · mentions · search · directory ·
+// sending · typing · notifications.
 (() => {
   'use strict';
   const ROOM_RE = /^[a-z0-9][a-z0-9_.-]{0,63}$/;
   const USER_RE = /^[A-Za-z0-9_.-]{1,64}$/;
   const LS_TOKEN = 'chinwag.token', LS_USER = 'chinwag.user', LS_ROOM = 'chinwag.room';
+  const LS_EMOJI = 'chinwag.emoji.recent';
+  const COMMON_EMOJI = ['👍', '❤️', '😂', '🎉', '😮', '😢', '🙏', '👀', '✅', '🔥', '👏', '🚀'];
+
+  // ---- utilities -------------------------------------------------------------
   const $ = (id) => document.getElementById(id);
   const el = (tag, cls, text) => {
     const e = document.createElement(tag);
@@ -10,11 +22,18 @@
     if (text !== undefined) e.textContent = text;
     return e;
   };
+  const button = (cls, text, title) => {
+    const b = el('button', cls, text);
+    b.type = 'button';
+    if (title) { b.title = title; b.setAttribute('aria-label', title); }
+    return b;
+  };
   const store = {
     get(k) { try { return localStorage.getItem(k); } catch (_) { return null; } },
     set(k, v) { try { localStorage.setItem(k, v); } catch (_) {} },
     del(k) { try { localStorage.removeItem(k); } catch (_) {} },
   };
+  const plural = (n, one, many) => `${n} ${n === 1 ? one : many}`;
 
   // ---- sign-in --------------------------------------------------------------
   (function takeTokenFromUrl() {
@@ -31,7 +50,7 @@
 
   function credentials() {
     const token = store.get(LS_TOKEN);
-    if (token) return { q: 'token=' + encodeURIComponent(token) };
+    if (token) return { q: 'token=' + encodeURIComponent(token), token };
     const user = store.get(LS_USER);
     if (user) return { q: 'user=' + encodeURIComponent(user) };
     return null;
@@ -39,6 +58,7 @@
 
   function showSignin(msg) {
     $('app').classList.add('hidden');
+    closeModal('directory');
     $('signin').classList.remove('hidden');
     $('signin-error').textContent = msg || '';
     $('user-name').focus();
@@ -65,8 +85,9 @@
   let nextId = 1;
   const pending = new Map();           // request id -> handler(frame, isError)
   const rooms = new Map();             // name -> room
+  const names = new Map();             // user id -> display name (hello.name, joined.names)
   let current = null;                  // room name
-  let outbox = [];                     // {id, room, to, text, floor, state, conn}
+  let outbox = [];                     // {key, id, room, to, text, reply_to, floor, state, conn}
   let resyncing = 0;
 
   function isDm(name) { return name.startsWith('dm:'); }
@@ -76,33 +97,96 @@
     return parts[1] === me ? parts[2] : parts[1];
   }
   function dmRoomFor(user) { return me < user ? `dm:${me}:${user}` : `dm:${user}:${me}`; }
-  function label(name) { return isDm(name) ? dmPeer(name) : name; }
+  function displayName(u) { return names.get(u) || u; }
+  function label(name) { return isDm(name) ? displayName(dmPeer(name)) : name; }
+  function roomTitle(name) { return isDm(name) ? '@ ' + label(name) : '# ' + name; }
+  /** A span showing a user's display name, with the id on hover (kept current by refreshNames). */
+  function userSpan(cls, u) {
+    const s = el('span', cls, displayName(u));
+    s.dataset.uid = u;
+    s.title = u;
+    return s;
+  }
 
   function room(name) {
     let r = rooms.get(name);
     if (!r) {
       r = {
-        name, dm: isDm(name), seq: 0, read: 0,
-        msgs: new Map(),               // seq -> message
+        name, dm: isDm(name), seq: 0, read: 0, unread: 0, mentions: 0, counted: 0,
+        msgs: new Map(),               // seq -> message (timeline messages and thread replies)
+        seen: new Set(),               // seqs of room events loaded into the timeline (messages and events)
         loaded: 'none',                // none | loading | loaded
         moreOlder: false, loadingOlder: false,
+        detached: false, loadingNewer: false, // a window around a search hit, not the room's latest events
         members: new Set(), online: new Set(), presenceConn: -1,
         typing: new Map(),             // user -> timer
+        whenLoaded: [],                // callbacks for the first load
+        divider: null,                 // read marker when the room was opened ("new messages" line)
       };
       rooms.set(name, r);
     }
     return r;
   }
-  function sortedSeqs(r) { return [...r.msgs.keys()].sort((a, b) => a - b); }
-  function lowSeq(r) { let m = Infinity; for (const s of r.msgs.keys()) if (s < m) m = s; return m === Infinity ? 0 : m; }
-  function highSeq(r) { let m = 0; for (const s of r.msgs.keys()) if (s > m) m = s; return m; }
-  // Highest seq up to which the loaded messages are gap-free (from the lowest loaded one).
+  function sortedSeen(r) { return [...r.seen].sort((a, b) => a - b); }
+  function lowSeen(r) { let m = Infinity; for (const s of r.seen) if (s < m) m = s; return m === Infinity ? 0 : m; }
+  function highSeen(r) { let m = 0; for (const s of r.seen) if (s > m) m = s; return m; }
+  // Highest seq up to which the loaded events are gap-free (from the lowest loaded one):
+  // the `since` of a resume.
   function contiguous(r) {
-    const s = sortedSeqs(r);
+    const s = sortedSeen(r);
     if (!s.length) return r.loaded === 'loaded' ? Math.max(0, r.seq0 || 0) : 0;
     let c = s[0];
     for (let i = 1; i < s.length && s[i] === c + 1; i++) c = s[i];
     return c;
+  }
+  // `loaded` marks a room's first load done; callbacks waiting for it (a jump
+  // to a search hit) run once its events are in (so after ingest()).
+  function loaded(r) { r.loaded = 'loaded'; }
+  function fireLoaded(r) {
+    const cbs = r.whenLoaded; r.whenLoaded = [];
+    for (const cb of cbs) try { cb(); } catch (e) { console.error(e); }
+  }
+
+  // ---- tokens: stay signed in ------------------------------------------------
+  // The server closes a connection whose token expires (4001). The page asks for
+  // a fresh token (`refresh`) once less than half of the token's lifetime is
+  // left, or at connect when it expires within 10 minutes, and keeps it in
+  // localStorage for the next connection.
+  let clockSkew = 0;                   // server_time - Date.now(), from hello
+  let refreshTimer = null, refreshing = false;
+  function jwtClaims(t) {
+    try {
+      let p = t.split('.')[1].replace(/-/g, '+').replace(/_/g, '/');
+      while (p.length % 4) p += '=';
+      const bin = atob(p);
+      const bytes = Uint8Array.from(bin, (c) => c.charCodeAt(0));
+      return JSON.parse(new TextDecoder().decode(bytes));
+    } catch (_) { return null; }
+  }
+  function scheduleRefresh(atConnect) {
+    clearTimeout(refreshTimer);
+    const tok = store.get(LS_TOKEN);
+    const c = tok && jwtClaims(tok);
+    if (!c || typeof c.exp !== 'number' || !ws || !ws.chinwagReady) return;
+    const exp = c.exp * 1000;
+    const life = Math.max(1000, exp - (typeof c.iat === 'number' ? c.iat * 1000 : exp - 30 * 86400e3));
+    const left = exp - (Date.now() + clockSkew);
+    if (left < life / 2 || (atConnect && left < 10 * 60e3)) { refreshNow(); return; }
+    // Timers sleep in background tabs; visibilitychange re-checks too.
+    refreshTimer = setTimeout(() => scheduleRefresh(false), Math.max(1000, Math.min(left - life / 2, 6 * 3600e3)));
+  }
+  function refreshNow() {
+    if (refreshing) return;
+    refreshing = true;
+    const ok = send({ type: 'refresh' }, (f, err) => {
+      refreshing = false;
+      if (!f) return;                  // connection lost: the next hello reschedules
+      if (err || typeof f.token !== 'string') { refreshTimer = setTimeout(() => scheduleRefresh(false), 60e3); return; }
+      store.set(LS_TOKEN, f.token);
+      if (ws) ws.chinwagToken = f.token;
+      scheduleRefresh(false);
+    });
+    if (!ok) refreshing = false;
   }
 
   // ---- connection ----------------------------------------------------------
@@ -142,6 +226,7 @@
     let sock;
     try { sock = new WebSocket(url, 'chinwag.v1.json'); } catch (e) { scheduleReconnect(false); return; }
     ws = sock;
+    sock.chinwagToken = cred.token || null;
     const myConn = ++connId;
     let opened = false;
     sock.onopen = () => { opened = true; sock.chinwagReady = true; };
@@ -157,6 +242,10 @@
       onDisconnect();
       if (stopped) return;
       if (ev.code === 4001) {
+        // Expired or revoked. If another tab stored a newer token meanwhile, try that one.
+        const stored = store.get(LS_TOKEN);
+        const c = stored && jwtClaims(stored);
+        if (stored && stored !== sock.chinwagToken && c && c.exp * 1000 > Date.now() + clockSkew) { scheduleReconnect(true); return; }
         store.del(LS_TOKEN);
         showSignin('Your session ended (token expired or revoked). Please sign in again.');
         return;
@@ -170,9 +259,11 @@
     for (const [, h] of pending) try { h(null, true); } catch (_) {}
     pending.clear();
     resyncing = 0;
+    refreshing = false;
+    clearTimeout(refreshTimer);
     for (const r of rooms.values()) {
       if (r.loaded === 'loading') r.loaded = r.msgs.size ? 'loaded' : 'none';
-      r.loadingOlder = false;
+      r.loadingOlder = false; r.loadingNewer = false;
       for (const t of r.typing.values()) clearTimeout(t);
       r.typing.clear();
     }
@@ -215,22 +306,20 @@
     }
     switch (f.type) {
       case 'hello': onHello(f, conn); break;
-      case 'message': addMessages(f.room, [f], 'live'); break;
+      case 'message': case 'edit': case 'delete': case 'reaction':
+        ingest(f.room, [f], 'live'); break;
       case 'presence': onPresence(f); break;
       case 'typing': onTyping(f); break;
       case 'read': {
         const r = rooms.get(f.room);
-        if (r && f.seq > r.read) { r.read = f.seq; renderRooms(); }
+        if (r && f.seq > r.read) { r.read = f.seq; recount(r); renderRooms(); }
         break;
       }
       case 'left': onLeft(f.room); break;
       case 'joined': onJoined(f, false); break;
-      case 'presence_list': {
-        const r = rooms.get(f.room);
-        if (r) { r.online = new Set(f.online); for (const u of f.online) r.members.add(u); renderOnline(); }
-        break;
-      }
+      case 'presence_list': onPresenceList(f); break;
       case 'ack': onAck(f); break;
+      case 'token': if (typeof f.token === 'string') store.set(LS_TOKEN, f.token); break;
       case 'error': showError(f); break;
       case 'notification': showError({ code: f.kind, message: f.text }, true); break;
       default: break;
@@ -241,17 +330,25 @@
     const firstTime = !everOnline;
     if (me !== null && me !== f.user) { rooms.clear(); current = null; outbox = []; }
     me = f.user;
+    if (typeof f.name === 'string' && f.name) names.set(me, f.name);
+    if (typeof f.server_time === 'number') clockSkew = f.server_time - Date.now();
     everOnline = true; backoff = 500; authSuspect = 0;
-    $('me-name').textContent = 'signed in as ' + me;
-    const names = new Set();
+    const meName = $('me-name');
+    meName.textContent = 'signed in as ' + displayName(me);
+    meName.title = me;
+    const inHello = new Set();
     for (const rs of f.rooms || []) {
-      names.add(rs.room);
+      inHello.add(rs.room);
       const r = room(rs.room);
       r.seq = Math.max(r.seq, rs.seq);
       r.read = Math.max(r.read, rs.read);
+      // Revision-1 servers send no counts: every seq above the marker is a message there.
+      r.unread = typeof rs.unread === 'number' ? rs.unread : Math.max(0, rs.seq - rs.read);
+      r.mentions = typeof rs.mentions === 'number' ? rs.mentions : 0;
+      r.counted = rs.seq;
     }
     for (const [name, r] of rooms) {
-      if (!names.has(name) && !r.placeholder) rooms.delete(name);
+      if (!inHello.has(name) && !r.placeholder) rooms.delete(name);
     }
     if (current && !rooms.has(current)) current = null;
     if (!current) {
@@ -260,6 +357,7 @@
       else if (f.rooms && f.rooms.length) current = [...rooms.keys()].filter((n) => !isDm(n))[0] || f.rooms[0].room;
     }
     setStatus('online');
+    scheduleRefresh(true);
     // Resume every room we hold messages for, then the open one.
     for (const r of rooms.values()) {
       if (r.placeholder) continue;
@@ -268,6 +366,9 @@
     if (current) openRoom(current, { keepScroll: !firstTime });
     else render();
     if (resyncing === 0) flushOutbox();
+    if (thread.root !== null && rooms.has(thread.room)) loadThread();
+    // Nothing to show yet: the room directory is the way in.
+    if (!f.rooms || !f.rooms.length) { if (firstTime) openDirectory(true); }
   }
 
   function resyncDone() {
@@ -283,9 +384,9 @@
     const follow = (after) => {
       send({ type: 'history', room: r.name, after, limit: 100 }, (h, err) => {
         if (!h || err) { if (h) showError(h); resyncDone(); return; }
-        addMessages(r.name, h.messages, 'newer');
+        ingest(r.name, h.messages, 'newer');
         if (h.more && h.messages.length) follow(h.messages[h.messages.length - 1].seq);
-        else resyncDone();
+        else { r.detached = false; resyncDone(); }
       }) || resyncDone();
     };
     if (r.dm) {
@@ -296,10 +397,24 @@
         if (!j || err) { if (j) showError(j); resyncDone(); return; }
         onJoined(j, true);
         const last = j.history.length ? j.history[j.history.length - 1].seq : since;
-        if (j.more) follow(last); else resyncDone();
+        if (j.more) follow(last); else { r.detached = false; resyncDone(); }
       });
       if (!ok) resyncDone();
     }
+  }
+
+  // Members and names of a room we are in, e.g. after someone new came online
+  // (presence carries no display name): a join with `since` is cheap.
+  const infoTimers = new Map();
+  function refreshRoomInfo(r) {
+    if (r.dm || r.loaded !== 'loaded' || infoTimers.has(r.name)) return;
+    infoTimers.set(r.name, setTimeout(() => {
+      infoTimers.delete(r.name);
+      if (r.loaded !== 'loaded' || !rooms.has(r.name)) return;
+      send({ type: 'join', room: r.name, since: contiguous(r) }, (j, err) => {
+        if (j && !err) onJoined(j, true);
+      });
+    }, 300));
   }
 
   function initialLoad(r) {
@@ -308,10 +423,11 @@
       send({ type: 'history', room: r.name, limit: 50 }, (h, err) => {
         if (!h || err) { r.loaded = r.msgs.size ? 'loaded' : 'none'; if (h) showError(h); return; }
         r.moreOlder = h.more;
-        r.loaded = 'loaded';
+        loaded(r);
         if (!h.messages.length) r.seq0 = r.seq;
-        addMessages(r.name, h.messages, 'older');
-        if (r.name === current && !r.msgs.size) renderAllMessages();
+        ingest(r.name, h.messages, 'older');
+        if (r.name === current) renderAllMessages();
+        fireLoaded(r);
       }) || (r.loaded = 'none');
       send({ type: 'presence', room: r.name }, (p, err) => { if (p && !err) onPresenceList(p); });
     } else {
@@ -328,30 +444,42 @@
     r.online = new Set(p.online);
     for (const u of p.online) r.members.add(u);
     r.presenceConn = connId;
-    renderOnline();
+    if (p.room === current) renderOnline();
+  }
+
+  function mergeNames(map) {
+    if (!map || typeof map !== 'object') return;
+    let changed = false;
+    for (const [u, n] of Object.entries(map)) {
+      if (typeof n === 'string' && n && names.get(u) !== n) { names.set(u, n); changed = true; }
+    }
+    if (changed) refreshNames();
   }
 
   function onJoined(j, isResync) {
     const r = room(j.room);
+    const wasLoaded = r.loaded === 'loaded';
     r.placeholder = false;
     r.members = new Set(j.members);
     r.online = new Set(j.online);
     r.presenceConn = connId;
     r.seq = Math.max(r.seq, j.seq);
+    mergeNames(j.names);
     if (!isResync) {
       r.moreOlder = j.more;
       if (!j.history.length) r.seq0 = j.seq;
     }
-    r.loaded = 'loaded';
-    addMessages(j.room, j.history, isResync ? 'newer' : 'older');
-    if (!isResync && j.room === current && !r.msgs.size) renderAllMessages();
+    if (!wasLoaded) loaded(r);
+    ingest(j.room, j.history, isResync ? 'newer' : 'older');
+    if (!isResync && j.room === current && !wasLoaded) renderAllMessages();
     renderRooms();
-    renderOnline();
-    if (j.room === current) renderHeader();
+    if (j.room === current) { renderOnline(); renderHeader(); }
+    if (!wasLoaded) fireLoaded(r);
   }
 
   function onLeft(name) {
     rooms.delete(name);
+    if (thread.room === name) closeThread();
     if (current === name) {
       current = [...rooms.keys()][0] || null;
       if (current) openRoom(current); else render();
@@ -361,8 +489,11 @@
   function onPresence(f) {
     const r = rooms.get(f.room);
     if (!r) return;
-    if (f.state === 'online') { r.online.add(f.user); r.members.add(f.user); }
-    else r.online.delete(f.user);
+    if (f.state === 'online') {
+      const known = r.members.has(f.user);
+      r.online.add(f.user); r.members.add(f.user);
+      if (!known && !names.has(f.user)) refreshRoomInfo(r);
+    } else r.online.delete(f.user);
     if (f.room === current) renderOnline();
   }
 
@@ -379,51 +510,180 @@
   function onAck(f) {
     const i = outbox.findIndex((o) => o.id === f.id);
     if (i < 0) return;
-    const o = outbox[i];
-    outbox.splice(i, 1);
-    removePending(o);
-    // The message frame normally comes too; record it now so nothing waits on it.
-    addMessages(f.room, [{ room: f.room, seq: f.seq, ts: f.ts, from: me, text: o.text }], 'live');
+    onAckFor(outbox[i], f);
   }
 
-  // ---- messages --------------------------------------------------------------
-  // kind: 'live' (a message frame), 'older' (history below), 'newer' (resume).
-  function addMessages(name, list, kind) {
-    if (!list) return;
+  // ---- room events -----------------------------------------------------------
+  // Everything that reaches a room's state goes through ingest(). `kind`:
+  //   live   a frame as it happens          older  history below what we have
+  //   newer  a resume (join since, after)   mine   our own message, from its ack
+  //   thread a `thread` reply (replies only, not timeline coverage)
+  // Items of history/joined/thread show messages in their current state (text,
+  // edited_ts, deleted, reactions, replies), valid at least up to the highest
+  // seq known when the reply came; events at or below a message's `stateSeq`
+  // are already in it, so applying events is idempotent and order-safe.
+  function ingest(name, list, kind) {
+    if (!list || !list.length) return;
     let r = rooms.get(name);
     if (!r) {
       r = room(name);
       // A room we did not know (e.g. a first DM): only seq 1 proves we have it all.
-      if (kind === 'live' && list.length && list[0].seq !== 1) {
+      if (kind === 'live' && list[0].seq !== 1) {
         r.seq = Math.max(r.seq, list[0].seq);
+        for (const ev of list) { countUnread(r, ev); liveAlert(r, ev); }
         renderRooms();
         if (current === name) initialLoad(r);
         return;
       }
-      r.loaded = 'loaded';
+      loaded(r);
+      fireLoaded(r);
     }
     r.placeholder = false;
-    const known = r.loaded !== 'none';
-    const fresh = [];
-    for (const m of list) {
-      r.seq = Math.max(r.seq, m.seq);
-      if (!known) continue;
-      if (r.msgs.has(m.seq)) continue;
-      const msg = { room: name, seq: m.seq, ts: m.ts, from: m.from, text: m.text };
-      r.msgs.set(m.seq, msg);
-      fresh.push(msg);
-      if (kind === 'live' && m.from !== me) {
-        clearTimeout(r.typing.get(m.from));
-        if (r.typing.delete(m.from) && name === current) renderTyping();
-        if (r.dm) notify(msg);
+    const timeline = kind !== 'thread';
+    // A window around a search hit: live events wait until the view reaches the end.
+    const skipLive = r.detached && (kind === 'live' || kind === 'mine');
+    const known = r.loaded !== 'none' && !skipLive;
+    let stateSeq = r.seq;
+    for (const ev of list) stateSeq = Math.max(stateSeq, ev.seq);
+    const fresh = [], changed = new Set();
+    for (const ev of list) {
+      r.seq = Math.max(r.seq, ev.seq);
+      const type = ev.type || 'message';
+      if (!known) { countUnread(r, ev); if (kind === 'live') liveAlert(r, ev); continue; }
+      if (timeline && r.seen.has(ev.seq)) {
+        if (type === 'message') { const m = r.msgs.get(ev.seq); if (m && mergeState(m, ev, kind, stateSeq)) changed.add(m); }
+        continue;
+      }
+      if (timeline) r.seen.add(ev.seq);
+      if (type === 'message') {
+        const existing = r.msgs.get(ev.seq);
+        if (existing) { if (mergeState(existing, ev, kind, stateSeq)) changed.add(existing); continue; }
+        const msg = makeMsg(name, ev, kind === 'live' || kind === 'mine' ? ev.seq : stateSeq);
+        if (kind === 'mine') msg.provisional = true;
+        r.msgs.set(ev.seq, msg);
+        fresh.push(msg);
+        if (msg.reply_to) { const root = noteReply(r, msg); if (root) changed.add(root); }
+        if (kind === 'live' || kind === 'newer') countUnread(r, ev);
+        if (kind === 'live' && msg.from !== me) {
+          clearTimeout(r.typing.get(msg.from));
+          if (r.typing.delete(msg.from) && name === current) renderTyping();
+          liveAlert(r, msg);
+        }
+      } else if (kind !== 'thread') {
+        for (const m of applyEvent(r, ev)) changed.add(m);
       }
     }
-    if (name === current && fresh.length) insertMessages(r, fresh, kind);
+    if (fresh.length || changed.size) {
+      if (name === current) {
+        const tl = fresh.filter((m) => !m.reply_to && r.seen.has(m.seq));
+        if (tl.length) insertMessages(r, tl, kind);
+      }
+      if (thread.room === name) threadAdd(fresh.filter((m) => m.reply_to === thread.root));
+      for (const m of changed) updateMsg(r, m);
+      recount(r);
+    }
     if (name === current) markRead();
     renderRooms();
   }
 
-  const box = $('messages');
+  function makeMsg(room, ev, stateSeq) {
+    return {
+      room, seq: ev.seq, ts: ev.ts, from: ev.from, text: ev.deleted ? '' : (ev.text || ''),
+      reply_to: ev.reply_to || null, mentions: Array.isArray(ev.mentions) ? ev.mentions : [],
+      edited_ts: ev.edited_ts || null, deleted: !!ev.deleted,
+      reactions: Array.isArray(ev.reactions) ? ev.reactions.map((x) => ({ emoji: x.emoji, users: [...(x.users || [])] })) : [],
+      replies: ev.replies || 0, last_reply_ts: ev.last_reply_ts || null,
+      extraReplies: new Set(),         // reply seqs seen above stateSeq (not in `replies` yet)
+      stateSeq,
+    };
+  }
+  // A newer view of a message we hold (a resumed or re-fetched item, or the
+  // live frame of our own message after its ack).
+  function mergeState(m, ev, kind, stateSeq) {
+    if (kind === 'live' || kind === 'mine') {
+      if (!m.provisional || kind !== 'live') return false;
+      m.provisional = false;
+      m.mentions = Array.isArray(ev.mentions) ? ev.mentions : [];
+      m.reply_to = ev.reply_to || m.reply_to;
+      m.ts = ev.ts;
+      return true;
+    }
+    if (stateSeq <= m.stateSeq) return false;
+    const n = makeMsg(m.room, ev, stateSeq);
+    for (const s of m.extraReplies) if (s > stateSeq) n.extraReplies.add(s);
+    Object.assign(m, n, { provisional: false });
+    return true;
+  }
+
+  /** Applies an edit, delete or reaction event; returns the messages it changed. */
+  function applyEvent(r, ev) {
+    const m = r.msgs.get(ev.target);
+    if (!m || ev.seq <= m.stateSeq) return [];
+    m.stateSeq = ev.seq;
+    const out = [m];
+    if (ev.type === 'edit' && !m.deleted) {
+      m.text = ev.text;
+      m.edited_ts = ev.ts;
+      m.mentions = Array.isArray(ev.mentions) ? ev.mentions : [];
+    } else if (ev.type === 'delete' && !m.deleted) {
+      m.deleted = true; m.text = ''; m.mentions = []; m.reactions = [];
+      if (m.reply_to) { const root = noteReplyDeleted(r, m, ev.seq); if (root) out.push(root); }
+    } else if (ev.type === 'reaction') {
+      let x = m.reactions.find((y) => y.emoji === ev.emoji);
+      if (ev.on) {
+        if (!x) { x = { emoji: ev.emoji, users: [] }; m.reactions.push(x); }
+        if (!x.users.includes(ev.from)) x.users.push(ev.from);
+      } else if (x) {
+        x.users = x.users.filter((u) => u !== ev.from);
+        if (!x.users.length) m.reactions = m.reactions.filter((y) => y !== x);
+      }
+    }
+    return out;
+  }
+  function noteReply(r, reply) {
+    const root = r.msgs.get(reply.reply_to);
+    if (!root || reply.seq <= root.stateSeq || reply.deleted) return null;
+    root.extraReplies.add(reply.seq);
+    root.last_reply_ts = Math.max(root.last_reply_ts || 0, reply.ts);
+    return root;
+  }
+  function noteReplyDeleted(r, reply, delSeq) {
+    const root = r.msgs.get(reply.reply_to);
+    if (!root) return null;
+    if (!root.extraReplies.delete(reply.seq) && delSeq > root.stateSeq) root.replies = Math.max(0, root.replies - 1);
+    return root;
+  }
+  // A desktop notification for a DM or a mention of you (the room may not be loaded).
+  function liveAlert(r, ev) {
+    if ((ev.type || 'message') !== 'message' || ev.from === me || ev.deleted) return;
+    if (r.dm || (Array.isArray(ev.mentions) && ev.mentions.includes(me))) notify({ room: r.name, seq: ev.seq, from: ev.from, text: ev.text, reply_to: ev.reply_to });
+  }
+  const replyCount = (m) => m.replies + m.extraReplies.size;
+  const mentionsMe = (m) => !!me && m.mentions.includes(me);
+
+  // Unread and mention counts: hello's numbers, plus messages from others that
+  // arrive above the read marker; exact (recount) when every seq above the
+  // marker is loaded.
+  function countUnread(r, ev) {
+    if ((ev.type || 'message') !== 'message' || ev.seq <= r.counted || ev.seq <= r.read) return;
+    r.counted = ev.seq;
+    if (ev.from === me || ev.deleted) return;
+    r.unread++;
+    if (me && Array.isArray(ev.mentions) && ev.mentions.includes(me)) r.mentions++;
+  }
+  function recount(r) {
+    if (r.read >= r.seq) { r.unread = 0; r.mentions = 0; return; }
+    for (let s = r.read + 1; s <= r.seq; s++) if (!r.seen.has(s)) return;
+    let u = 0, n = 0;
+    for (const m of r.msgs.values()) {
+      if (m.seq <= r.read || m.from === me || m.deleted) continue;
+      u++;
+      if (mentionsMe(m)) n++;
+    }
+    r.unread = u; r.mentions = n; r.counted = r.seq;
+  }
+
+  // ---- message rendering -----------------------------------------------------
   const dayKey = (ts) => { const d = new Date(ts); return d.getFullYear() + '-' + d.getMonth() + '-' + d.getDate(); };
   function dayLabel(ts) {
     const d = new Date(ts), now = new Date();
@@ -433,21 +693,161 @@
     return d.toLocaleDateString(undefined, { weekday: 'long', year: 'numeric', month: 'long', day: 'numeric' });
   }
   function fmtTime(ts) { return new Date(ts).toLocaleTimeString(undefined, { hour: '2-digit', minute: '2-digit' }); }
+  function fmtWhen(ts) {
+    if (dayKey(ts) === dayKey(Date.now())) return fmtTime(ts);
+    return new Date(ts).toLocaleDateString(undefined, { month: 'short', day: 'numeric' }) + ' ' + fmtTime(ts);
+  }
 
-  function messageNode(m, pendingMsg) {
-    const n = el('div', 'message' + (m.from === me ? ' mine' : '') + (pendingMsg ? ' pending' : ''));
-    if (!pendingMsg) n.dataset.seq = String(m.seq);
+  const URL_RE = /https?:\/\/[^\s<>"'`]+/gi;
+  const escapeRe = (s) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+  // Trailing punctuation usually ends the sentence, not the link; a ")" stays
+  // when the link opened one (wiki-style URLs).
+  function trimUrl(u) {
+    for (;;) {
+      const c = u[u.length - 1];
+      if (c === ')') { if ((u.match(/\(/g) || []).length >= (u.match(/\)/g) || []).length) break; }
+      else if (!'.,;:!?\'"]}>*_~'.includes(c)) break;
+      u = u.slice(0, -1);
+    }
+    return u;
+  }
+  /**
+   * Appends `text` to `node` as text nodes, with http(s) links as <a> and the
+   * message's mentions (`@id`, following the protocol's boundary rules) as
+   * spans. Nothing is parsed as HTML, and textContent stays exactly `text`.
+   */
+  function renderText(node, text, mentions) {
+    const spans = [];
+    for (const m of text.matchAll(URL_RE)) {
+      if (m.index > 0 && /[\p{L}\p{N}_]/u.test(text[m.index - 1])) continue;
+      const u = trimUrl(m[0]);
+      let href = null;
+      try { const p = new URL(u); if (p.protocol === 'http:' || p.protocol === 'https:') href = p.href; } catch (_) {}
+      if (href) spans.push({ start: m.index, end: m.index + u.length, href });
+    }
+    if (mentions && mentions.length) {
+      const ids = [...mentions].sort((a, b) => b.length - a.length).map(escapeRe).join('|');
+      const re = new RegExp(`(?<![\\p{L}\\p{N}_.\\-])@(${ids})(?![\\p{L}\\p{N}_\\-])`, 'gu');
+      for (const m of text.matchAll(re)) {
+        const start = m.index, end = m.index + m[0].length;
+        if (!spans.some((s) => start < s.end && end > s.start)) spans.push({ start, end, user: m[1] });
+      }
+    }
+    spans.sort((a, b) => a.start - b.start);
+    let at = 0;
+    for (const s of spans) {
+      if (s.start > at) node.append(document.createTextNode(text.slice(at, s.start)));
+      const part = text.slice(s.start, s.end);
+      if (s.href) {
+        const a = el('a', 'link', part);
+        a.href = s.href; a.target = '_blank'; a.rel = 'noopener noreferrer';
+        node.append(a);
+      } else {
+        const sp = el('span', 'mention' + (s.user === me ? ' me' : ''), part);
+        sp.dataset.user = s.user;
+        sp.title = displayName(s.user);
+        node.append(sp);
+      }
+      at = s.end;
+    }
+    if (at < text.length) node.append(document.createTextNode(text.slice(at)));
+  }
+
+  /** A message row. `where`: 'main' (room timeline), 'root' or 'reply' (thread panel). */
+  function messageNode(m, where, pendingMsg) {
+    const cls = ['message'];
+    if (m.from === me) cls.push('mine');
+    if (pendingMsg) cls.push('pending');
+    if (m.deleted) cls.push('deleted');
+    if (!m.deleted && m.mentions && mentionsMe(m)) cls.push('mentions-me');
+    const n = el('div', cls.join(' '));
+    if (!pendingMsg) { n.dataset.seq = String(m.seq); n.dataset.room = m.room; }
     n.dataset.from = m.from;
     n.dataset.ts = String(m.ts);
     const meta = el('div', 'meta');
-    meta.append(el('span', 'from', m.from));
+    meta.append(userSpan('from', m.from));
     const t = el('time', 'time', fmtTime(m.ts));
     t.dateTime = new Date(m.ts).toISOString();
     t.title = new Date(m.ts).toLocaleString();
     meta.append(t);
-    n.append(meta, el('div', 'text', m.text));
+    const body = el('div', 'body');
+    const text = el('span', 'text');
+    if (m.deleted) { text.textContent = 'message deleted'; text.classList.add('deleted-text'); }
+    else renderText(text, m.text, m.mentions);
+    body.append(text);
+    if (m.edited_ts && !m.deleted) {
+      const e = el('span', 'edited', '(edited)');
+      e.title = 'Edited ' + new Date(m.edited_ts).toLocaleString();
+      body.append(e);
+    }
+    n.append(meta, body);
+    if (pendingMsg) return n;
+    if (m.reactions.length) n.append(reactionsNode(m));
+    // Under a thread's root in the timeline (the thread panel has its own count).
+    if (where === 'main' && !m.reply_to && replyCount(m) > 0) {
+      const s = button('thread-summary', '');
+      s.dataset.act = 'thread';
+      s.append(el('span', 'count', plural(replyCount(m), 'reply', 'replies')));
+      if (m.last_reply_ts) s.append(el('span', 'last', 'Last reply ' + fmtWhen(m.last_reply_ts)));
+      n.append(s);
+    }
+    if (!m.deleted) n.append(actionsNode(m, where));
     return n;
   }
+
+  function reactionsNode(m) {
+    const box = el('div', 'reactions');
+    for (const x of m.reactions) {
+      const mine = x.users.includes(me);
+      const b = button('reaction' + (mine ? ' mine' : ''));
+      b.dataset.act = 'toggle-reaction';
+      b.dataset.emoji = x.emoji;
+      b.setAttribute('aria-pressed', String(mine));
+      b.append(el('span', 'e', x.emoji), el('span', 'n', String(x.users.length)));
+      const who = x.users.map((u) => (u === me ? 'you' : displayName(u)));
+      b.title = `${who.join(', ')} reacted with ${x.emoji}`;
+      b.setAttribute('aria-label', `${x.emoji} ${x.users.length}: ${who.join(', ')}${mine ? ' (click to remove yours)' : ''}`);
+      box.append(b);
+    }
+    const add = button('reaction add', '+', 'Add a reaction');
+    add.dataset.act = 'react';
+    box.append(add);
+    return box;
+  }
+
+  function actionsNode(m, where) {
+    const bar = el('div', 'actions');
+    bar.setAttribute('role', 'toolbar');
+    bar.setAttribute('aria-label', 'Message actions');
+    const add = (act, text, title) => { const b = button('act', text, title); b.dataset.act = act; bar.append(b); };
+    add('react', '☺', 'Add a reaction');
+    if (where === 'main' && !m.reply_to) add('thread', '💬', 'Reply in thread');
+    if (m.from === me) { add('edit', '✎', 'Edit message'); add('delete', '🗑', 'Delete message'); }
+    return bar;
+  }
+
+  /** Re-renders a message wherever it shows (timeline, thread panel). */
+  function updateMsg(r, m) {
+    for (const n of document.querySelectorAll(`.message[data-seq="${m.seq}"]`)) {
+      if (n.dataset.room !== r.name || n.classList.contains('editing')) continue;
+      const where = n.closest('#thread-root') ? 'root' : n.closest('#thread-list') ? 'reply' : 'main';
+      const fresh = messageNode(m, where, false);
+      if (n.classList.contains('cont')) fresh.classList.add('cont');
+      if (n.classList.contains('flash')) fresh.classList.add('flash');
+      n.replaceWith(fresh);
+    }
+    if (thread.room === r.name && thread.root === m.seq) renderThreadCount();
+  }
+
+  // Display names arrived or changed: relabel what shows them.
+  function refreshNames() {
+    for (const s of document.querySelectorAll('[data-uid]')) s.textContent = displayName(s.dataset.uid);
+    if (me) $('me-name').textContent = 'signed in as ' + displayName(me);
+    renderRooms(); renderHeader(); renderOnline(); renderTyping();
+  }
+
+  // ---- timeline ----------------------------------------------------------------
+  const box = $('messages');
   const msgNodes = () => box.querySelectorAll('.message[data-seq]');
   function prevMsg(n) { let p = n.previousElementSibling; while (p && !p.matches('.message[data-seq]')) p = p.previousElementSibling; return p; }
   function nextMsg(n) { let p = n.nextElementSibling; while (p && !p.matches('.message[data-seq]')) p = p.nextElementSibling; return p; }
@@ -460,22 +860,44 @@
     const sep = n.previousElementSibling && n.previousElementSibling.classList.contains('day-sep') ? n.previousElementSibling : null;
     if (newDay && !sep) { const s = el('div', 'day-sep', dayLabel(ts)); s.setAttribute('role', 'separator'); n.before(s); }
     if (!newDay && sep) sep.remove();
-    const cont = !newDay && p && p.dataset.from === n.dataset.from && ts - +p.dataset.ts < 5 * 60 * 1000;
+    const cont = !newDay && p && p.dataset.from === n.dataset.from && ts - +p.dataset.ts < 5 * 60 * 1000
+      && !p.classList.contains('deleted');
     n.classList.toggle('cont', !!cont);
   }
 
   function nearBottom() { return box.scrollHeight - box.scrollTop - box.clientHeight < 80; }
   function scrollToBottom() { box.scrollTop = box.scrollHeight; }
 
+  // The "new messages" line sits before the first message from someone else
+  // above the read marker the room had when it was opened.
+  function placeDivider() {
+    const old = box.querySelector('.new-divider');
+    if (old) old.remove();
+    const r = current && rooms.get(current);
+    if (!r || r.divider === null) return null;
+    for (const n of msgNodes()) {
+      if (+n.dataset.seq > r.divider && n.dataset.from !== me) {
+        const d = el('div', 'new-divider');
+        d.setAttribute('role', 'separator');
+        d.append(el('span', '', 'New messages'));
+        n.before(d);
+        return d;
+      }
+    }
+    return null;
+  }
+
   function insertMessages(r, list, kind) {
-    const stick = nearBottom() || kind === 'mine';
+    const stick = !r.detached && (nearBottom() || kind === 'mine');
     const beforeH = box.scrollHeight, beforeTop = box.scrollTop;
     const empty = box.querySelector('.empty');
     if (empty) empty.remove();
+    const div = box.querySelector('.new-divider');
+    if (div) div.remove();
     list.sort((a, b) => a.seq - b.seq);
     const nodes = [...msgNodes()];
     for (const m of list) {
-      const n = messageNode(m, false);
+      const n = messageNode(m, 'main', false);
       // Insert before the first node with a greater seq (scan from the end: usually appends).
       let after = null;
       for (let i = nodes.length - 1; i >= 0; i--) { if (+nodes[i].dataset.seq < m.seq) { after = nodes[i]; break; } }
@@ -492,6 +914,7 @@
       fixup(n);
       fixup(nextMsg(n));
     }
+    placeDivider();
     if (kind === 'older' && r.loaded === 'loaded' && !stick) {
       box.scrollTop = beforeTop + (box.scrollHeight - beforeH);
     } else if (stick) scrollToBottom();
@@ -505,6 +928,11 @@
       if (!hint) { hint = el('div', 'older'); box.prepend(hint); }
       hint.textContent = r.loadingOlder ? 'Loading older messages…' : 'Scroll up for older messages';
     } else if (hint) hint.remove();
+    let nh = box.querySelector('.newer');
+    if (r.detached) {
+      if (!nh) { nh = button('newer', ''); nh.dataset.act = 'latest'; box.append(nh); }
+      nh.textContent = r.loadingNewer ? 'Loading newer messages…' : 'Newer messages below · jump to the latest';
+    } else if (nh) nh.remove();
   }
 
   let renderedRoom = undefined;
@@ -512,103 +940,185 @@
     const r = current && rooms.get(current);
     renderedRoom = current;
     box.textContent = '';
-    if (!r) { box.append(el('div', 'empty', 'Join a room to start chatting.')); return; }
-    const list = sortedSeqs(r).map((s) => r.msgs.get(s));
-    for (const m of list) { const n = messageNode(m, false); box.append(n); fixup(n); }
-    for (const o of outbox) if (o.room === current) {
-      const n = messageNode({ from: me, ts: o.ts, text: o.text }, true);
-      n.dataset.outbox = String(o.key);
-      box.append(n);
-    }
-    if (!list.length && r.loaded === 'loaded' && !outbox.some((o) => o.room === current)) {
-      box.append(el('div', 'empty', r.dm ? `This is the start of your conversation with ${dmPeer(r.name)}.` : `This is the start of #${r.name}.`));
+    if (!r) { box.append(el('div', 'empty', 'Join a room to start chatting, or browse the room directory.')); return; }
+    const list = sortedSeen(r).map((s) => r.msgs.get(s)).filter((m) => m && !m.reply_to);
+    for (const m of list) { const n = messageNode(m, 'main', false); box.append(n); fixup(n); }
+    for (const o of outbox) if (o.room === current && !o.reply_to) box.append(pendingNode(o));
+    if (!list.length && r.loaded === 'loaded' && !r.moreOlder && !outbox.some((o) => o.room === current)) {
+      box.append(el('div', 'empty', r.dm ? `This is the start of your conversation with ${label(r.name)}.` : `This is the start of #${r.name}.`));
     }
     renderOlderHint(r);
-    scrollToBottom();
+    const d = placeDivider();
+    if (d && d.offsetTop > box.clientHeight / 2) box.scrollTop = d.offsetTop - box.clientHeight / 3;
+    else scrollToBottom();
     fillViewport(r);
+  }
+  function pendingNode(o) {
+    const n = messageNode({ from: me, ts: o.ts, text: o.text, mentions: [], reactions: [] }, 'main', true);
+    n.dataset.outbox = String(o.key);
+    return n;
   }
   // Load older history until the view can scroll (so the scroll-up trigger works).
   function fillViewport(r) {
     if (r && r.name === current && r.moreOlder && box.scrollHeight <= box.clientHeight + 60) setTimeout(loadOlder, 0);
   }
   function removePending(o) {
-    const n = box.querySelector(`.message.pending[data-outbox="${o.key}"]`);
-    if (n) n.remove();
+    for (const n of document.querySelectorAll(`.message.pending[data-outbox="${o.key}"]`)) n.remove();
   }
 
   box.addEventListener('scroll', () => {
     if (box.scrollTop < 60) loadOlder();
+    if (box.scrollHeight - box.scrollTop - box.clientHeight < 60) loadNewer();
   });
   function loadOlder() {
     const r = current && rooms.get(current);
-    if (!r || r.loaded !== 'loaded' || !r.moreOlder || r.loadingOlder || !r.msgs.size) return;
+    if (!r || r.loaded !== 'loaded' || !r.moreOlder || r.loadingOlder || !r.seen.size) return;
     r.loadingOlder = true;
     renderOlderHint(r);
-    const ok = send({ type: 'history', room: r.name, before: lowSeq(r), limit: 50 }, (h, err) => {
+    const ok = send({ type: 'history', room: r.name, before: lowSeen(r), limit: 50 }, (h, err) => {
       r.loadingOlder = false;
       if (!h || err) { if (h) showError(h); renderOlderHint(r); return; }
       r.moreOlder = h.more;
       if (h.room === current) {
         const beforeH = box.scrollHeight, beforeTop = box.scrollTop;
-        addMessages(h.room, h.messages, 'older');
+        ingest(h.room, h.messages, 'older');
         box.scrollTop = beforeTop + (box.scrollHeight - beforeH);
         renderOlderHint(r);
-      } else addMessages(h.room, h.messages, 'older');
+        fillViewport(r);
+      } else ingest(h.room, h.messages, 'older');
     });
     if (!ok) { r.loadingOlder = false; renderOlderHint(r); }
+  }
+  // In a window around a search hit: scrolling down walks to the latest events.
+  function loadNewer() {
+    const r = current && rooms.get(current);
+    if (!r || !r.detached || r.loadingNewer || r.loaded !== 'loaded') return;
+    r.loadingNewer = true;
+    renderOlderHint(r);
+    const ok = send({ type: 'history', room: r.name, after: highSeen(r), limit: 100 }, (h, err) => {
+      r.loadingNewer = false;
+      if (!h || err) { if (h) showError(h); renderOlderHint(r); return; }
+      ingest(h.room, h.messages, 'newer');
+      if (!h.more) r.detached = false;
+      renderOlderHint(r);
+      markRead();
+    });
+    if (!ok) { r.loadingNewer = false; renderOlderHint(r); }
+  }
+  // Back to the room's latest events (drops the window around a search hit).
+  function resetRoom(r) {
+    r.msgs.clear(); r.seen.clear();
+    r.detached = false; r.loadingNewer = false; r.moreOlder = false;
+    r.loaded = 'none';
+    initialLoad(r);
+    if (r.name === current) renderAllMessages();
+  }
+
+  /** Opens a room scrolled to one message, loading the history around it if needed. */
+  function jumpTo(name, seq, replyTo) {
+    if (!rooms.has(name)) return;
+    if (current !== name) openRoom(name, { keepScroll: true });
+    closeMenu();
+    const r = room(name);
+    const go = () => {
+      if (replyTo) { openThread(name, replyTo, seq); return; }
+      if (r.seen.has(seq)) { flashInTimeline(seq); return; }
+      // Replace what we hold with the events around the target.
+      r.msgs.clear(); r.seen.clear();
+      r.loaded = 'loading'; r.detached = true; r.divider = null;
+      renderAllMessages();
+      send({ type: 'history', room: name, before: seq + 1, limit: 25 }, (b, err) => {
+        if (!b || err) { if (b) showError(b); resetRoom(r); return; }
+        send({ type: 'history', room: name, after: seq, limit: 25 }, (a, err2) => {
+          if (!a || err2) { if (a) showError(a); resetRoom(r); return; }
+          r.moreOlder = b.more;
+          r.detached = a.more;
+          loaded(r);
+          ingest(name, b.messages.concat(a.messages), 'older');
+          if (current === name) { renderAllMessages(); flashInTimeline(seq); }
+          fireLoaded(r);
+        });
+      });
+    };
+    if (r.loaded === 'loaded') go(); else r.whenLoaded.push(go);
+  }
+  function flashInTimeline(seq) {
+    const n = box.querySelector(`.message[data-seq="${seq}"]`);
+    if (!n) return;
+    for (const o of box.querySelectorAll('.message.flash')) o.classList.remove('flash');
+    n.classList.add('flash');
+    n.scrollIntoView({ block: 'center' });
   }
 
   // ---- read markers ------------------------------------------------------------
   function markRead() {
     const r = current && rooms.get(current);
     if (!r || document.visibilityState !== 'visible' || r.loaded !== 'loaded') return;
-    const top = Math.max(highSeq(r), 0);
+    const top = r.detached ? highSeen(r) : Math.max(highSeen(r), r.seq);
     if (top > r.read) {
-      if (send({ type: 'read', room: r.name, seq: top })) r.read = top;
+      if (send({ type: 'read', room: r.name, seq: top })) { r.read = top; recount(r); }
       renderRooms();
     }
   }
-  document.addEventListener('visibilitychange', () => { if (document.visibilityState === 'visible') markRead(); });
+  document.addEventListener('visibilitychange', () => {
+    if (document.visibilityState === 'visible') { markRead(); scheduleRefresh(false); }
+  });
   window.addEventListener('focus', markRead);
 
-  // ---- rendering -----------------------------------------------------------
+  // ---- sidebar, header ---------------------------------------------------------
   function render(force) { renderRooms(); renderHeader(); if (force || renderedRoom !== current) renderAllMessages(); renderOnline(); renderTyping(); setStatus($('status').dataset.state); }
 
   function renderRooms() {
     const ul = $('room-list');
     ul.textContent = '';
-    const names = [...rooms.keys()].sort((a, b) => (isDm(a) - isDm(b)) || label(a).localeCompare(label(b)));
-    let totalUnread = 0, elsewhere = 0;
-    for (const name of names) {
+    const list = [...rooms.keys()].sort((a, b) => (isDm(a) - isDm(b)) || label(a).localeCompare(label(b)));
+    let totalUnread = 0, elsewhere = 0, mentionsElsewhere = 0;
+    const visible = document.visibilityState === 'visible';
+    for (const name of list) {
       const r = rooms.get(name);
       const li = el('li');
       li.dataset.room = name;
       if (r.dm) li.dataset.dm = dmPeer(name);
-      const unread = name === current && document.visibilityState === 'visible' ? 0 : Math.max(0, r.seq - r.read);
+      const here = name === current && visible;
+      const unread = here ? 0 : r.unread;
+      // In a DM every message is for you; the badge counts mentions elsewhere.
+      const mentions = here || r.dm ? 0 : r.mentions;
       totalUnread += unread;
-      if (name !== current) elsewhere += unread;
+      if (name !== current) { elsewhere += unread; mentionsElsewhere += mentions + (r.dm ? unread : 0); }
       li.dataset.unread = String(unread);
+      li.dataset.mentions = String(mentions);
       if (unread) li.classList.add('has-unread');
       if (name === current) li.setAttribute('aria-current', 'true');
       const b = el('button');
       b.type = 'button';
-      b.append(el('span', 'name', label(name)));
+      const nm = el('span', 'name', label(name));
+      if (r.dm) nm.title = dmPeer(name);
+      b.append(nm);
+      if (mentions) {
+        const m = el('span', 'mention-badge', '@' + (mentions > 99 ? '99+' : String(mentions)));
+        m.setAttribute('aria-label', plural(mentions, 'mention', 'mentions'));
+        m.title = plural(mentions, 'mention', 'mentions') + ' of you';
+        b.append(m);
+      }
       if (unread) { const u = el('span', 'unread', unread > 99 ? '99+' : String(unread)); u.setAttribute('aria-label', `${unread} unread`); b.append(u); }
       b.addEventListener('click', () => { openRoom(name); closeMenu(); });
       li.append(b);
       ul.append(li);
     }
     $('menu-btn').dataset.unread = String(elsewhere > 0);
+    $('menu-btn').dataset.mentions = String(mentionsElsewhere > 0);
     $('menu-btn').setAttribute('aria-label', elsewhere ? `Rooms menu (${elsewhere} unread elsewhere)` : 'Rooms menu');
     document.title = (totalUnread ? `(${totalUnread}) ` : '') + (current ? label(current) + ' · ' : '') + 'chinwag';
   }
 
   function renderHeader() {
     const r = current && rooms.get(current);
-    $('room-title').textContent = r ? (r.dm ? '@ ' + dmPeer(r.name) : '# ' + r.name) : 'chinwag';
+    const t = $('room-title');
+    t.textContent = r ? roomTitle(r.name) : 'chinwag';
+    t.title = r && r.dm ? dmPeer(r.name) : '';
     $('room-meta').textContent = r && !r.dm ? `${r.online.size} online · ${r.members.size} members` : '';
     $('leave-btn').classList.toggle('hidden', !r || r.dm);
-    $('composer').placeholder = r ? (r.dm ? `Message ${dmPeer(r.name)}` : `Message #${r.name}`) : 'Join a room first';
+    $('composer').placeholder = r ? (r.dm ? `Message ${label(r.name)}` : `Message #${r.name}`) : 'Join a room first';
   }
 
   function renderOnline() {
@@ -618,7 +1128,7 @@
     if (!r) return;
     let users = new Set([...r.members, ...r.online]);
     if (r.dm) { const [, a, b] = r.name.split(':'); users = new Set([a, b]); }
-    const list = [...users].sort((a, b) => (r.online.has(b) - r.online.has(a)) || a.localeCompare(b));
+    const list = [...users].sort((a, b) => (r.online.has(b) - r.online.has(a)) || displayName(a).localeCompare(displayName(b)));
     for (const u of list) {
       const li = el('li');
       li.dataset.user = u;
@@ -626,11 +1136,11 @@
       if (r.online.has(u)) li.classList.add('online');
       const b = el('button');
       b.type = 'button';
-      b.append(el('span', 'uname', u));
+      b.append(userSpan('uname', u));
       if (u === me) { b.append(el('span', 'you', '(you)')); b.disabled = true; }
       else {
-        b.title = `Send a direct message to ${u}`;
-        b.setAttribute('aria-label', `${u}, ${r.online.has(u) ? 'online' : 'offline'}: send a direct message`);
+        b.title = `${u}: send a direct message`;
+        b.setAttribute('aria-label', `${displayName(u)}, ${r.online.has(u) ? 'online' : 'offline'}: send a direct message`);
         b.addEventListener('click', () => openDm(u));
       }
       li.append(b);
@@ -641,7 +1151,7 @@
 
   function renderTyping() {
     const r = current && rooms.get(current);
-    const who = r ? [...r.typing.keys()] : [];
+    const who = r ? [...r.typing.keys()].map(displayName) : [];
     const t = $('typing');
     if (!who.length) t.textContent = '';
     else if (who.length === 1) t.textContent = `${who[0]} is typing…`;
@@ -651,9 +1161,10 @@
 
   function openRoom(name, opts) {
     if (current && current !== name) stopTyping();
-    current = name;
-    if (!isDm(name) || rooms.get(name) && !rooms.get(name).placeholder) store.set(LS_ROOM, name);
     const r = room(name);
+    if (current !== name) r.divider = r.unread > 0 ? r.read : null;
+    current = name;
+    if (!isDm(name) || !r.placeholder) store.set(LS_ROOM, name);
     if (r.loaded === 'none' && !r.placeholder) initialLoad(r);
     else if (r.presenceConn !== connId && !r.placeholder) {
       r.presenceConn = connId;
@@ -669,36 +1180,530 @@
     if (!me || user === me) return;
     const name = dmRoomFor(user);
     const r = room(name);
-    if (r.loaded === 'none' && !r.seq) { r.placeholder = true; r.loaded = 'loaded'; }
+    if (r.loaded === 'none' && !r.seq) { r.placeholder = true; loaded(r); fireLoaded(r); }
     openRoom(name);
     closeMenu();
     $('composer').focus();
   }
 
+  // ---- actions on a message: react, edit, delete, thread --------------------------
+  function onMessageClick(ev) {
+    const b = ev.target.closest('button[data-act]');
+    const n = ev.target.closest('.message[data-seq]');
+    if (!b) {
+      // Touch screens have no hover: a tap shows the message's actions.
+      if (n && !ev.target.closest('a') && window.matchMedia('(hover: none)').matches) {
+        for (const o of document.querySelectorAll('.message.active')) if (o !== n) o.classList.remove('active');
+        n.classList.toggle('active');
+      }
+      return;
+    }
+    if (b.dataset.act === 'latest') { const r = current && rooms.get(current); if (r) resetRoom(r); return; }
+    if (!n) return;
+    const r = rooms.get(n.dataset.room);
+    const m = r && r.msgs.get(+n.dataset.seq);
+    if (!m) return;
+    switch (b.dataset.act) {
+      case 'react': openPicker(b, m); break;
+      case 'toggle-reaction': toggleReaction(m, b.dataset.emoji); break;
+      case 'thread': openThread(m.room, m.seq); break;
+      case 'edit': startEdit(n, m); break;
+      case 'delete': confirmDelete(m); break;
+      default: break;
+    }
+  }
+  box.addEventListener('click', onMessageClick);
+  $('thread-body').addEventListener('click', onMessageClick);
+
+  function toggleReaction(m, emoji) {
+    const x = m.reactions.find((y) => y.emoji === emoji);
+    const on = !(x && x.users.includes(me));
+    if (on) rememberEmoji(emoji);
+    send({ type: 'react', room: m.room, seq: m.seq, emoji, on }, (f, err) => { if (f && err) showError(f); })
+      || showError({ code: 'offline', message: 'Not connected; try again in a moment.' });
+  }
+
+  function recentEmoji() {
+    try { const a = JSON.parse(store.get(LS_EMOJI) || '[]'); return Array.isArray(a) ? a.filter((e) => typeof e === 'string').slice(0, 8) : []; } catch (_) { return []; }
+  }
+  function rememberEmoji(e) { store.set(LS_EMOJI, JSON.stringify([e, ...recentEmoji().filter((x) => x !== e)].slice(0, 8))); }
+
+  let pickerFor = null;
+  function openPicker(anchor, m) {
+    const p = $('emoji-picker');
+    const fill = (id, list) => {
+      const g = $(id);
+      g.textContent = '';
+      for (const e of list) { const b = button('emoji', e, `React with ${e}`); b.dataset.emoji = e; g.append(b); }
+    };
+    const recent = recentEmoji();
+    fill('emoji-recent', recent);
+    fill('emoji-common', COMMON_EMOJI);
+    $('emoji-recent').classList.toggle('hidden', !recent.length);
+    $('emoji-recent-title').classList.toggle('hidden', !recent.length);
+    pickerFor = m;
+    p.classList.remove('hidden');
+    // Next to the button, kept inside the window.
+    const a = anchor.getBoundingClientRect(), w = p.offsetWidth, h = p.offsetHeight;
+    let top = a.bottom + 4;
+    if (top + h > window.innerHeight - 8) top = Math.max(8, a.top - h - 4);
+    const left = Math.max(8, Math.min(a.right - w, window.innerWidth - w - 8));
+    p.style.top = top + 'px';
+    p.style.left = left + 'px';
+    const first = p.querySelector('button.emoji');
+    if (first) first.focus();
+  }
+  function closePicker() { $('emoji-picker').classList.add('hidden'); pickerFor = null; }
+  $('emoji-picker').addEventListener('click', (ev) => {
+    const b = ev.target.closest('button.emoji');
+    if (!b || !pickerFor) return;
+    toggleReaction(pickerFor, b.dataset.emoji);
+    closePicker();
+  });
+  document.addEventListener('mousedown', (ev) => {
+    if (pickerFor && !ev.target.closest('#emoji-picker') && !ev.target.closest('button[data-act="react"]')) closePicker();
+  });
+
+  function startEdit(n, m) {
+    if (n.classList.contains('editing')) return;
+    n.classList.add('editing');
+    const body = n.querySelector('.body');
+    const form = el('div', 'edit-box');
+    const ta = el('textarea', 'edit-input');
+    ta.value = m.text;
+    ta.rows = Math.min(8, m.text.split('\n').length);
+    ta.setAttribute('aria-label', 'Edit message');
+    const hint = el('div', 'edit-hint', 'Enter to save · Esc to cancel');
+    const save = button('btn small', 'Save'), cancel = button('small', 'Cancel');
+    hint.append(' ', cancel, save);
+    form.append(ta, hint);
+    body.replaceWith(form);
+    ta.focus();
+    ta.setSelectionRange(ta.value.length, ta.value.length);
+    const done = () => { n.classList.remove('editing'); const r = rooms.get(m.room); if (r) updateMsg(r, m); };
+    const commit = () => {
+      const text = ta.value;
+      if (!text.trim() || text === m.text) { done(); return; }
+      ta.disabled = true;
+      const ok = send({ type: 'edit', room: m.room, seq: m.seq, text }, (f, err) => {
+        ta.disabled = false;
+        if (!f) { showError({ code: 'offline', message: 'Connection lost; the edit may not have been saved.' }); return; }
+        if (err) { showError(f); ta.focus(); return; }
+        // The edit event updates the text; until it comes, show what we sent.
+        if (m.stateSeq < f.seq) { m.text = text; m.edited_ts = f.ts; }
+        done();
+      });
+      if (!ok) { ta.disabled = false; showError({ code: 'offline', message: 'Not connected; try again in a moment.' }); }
+    };
+    ta.addEventListener('keydown', (ev) => {
+      if (ev.key === 'Enter' && !ev.shiftKey && !ev.isComposing) { ev.preventDefault(); commit(); }
+      else if (ev.key === 'Escape') { ev.preventDefault(); ev.stopPropagation(); done(); }
+    });
+    save.addEventListener('click', commit);
+    cancel.addEventListener('click', done);
+  }
+
+  // An in-page dialog (window.confirm blocks the page and cannot be styled).
+  let confirmAction = null, confirmReturn = null;
+  function confirmDelete(m) {
+    $('confirm-text').textContent = m.text.length > 140 ? m.text.slice(0, 140) + '…' : m.text;
+    confirmAction = () => send({ type: 'delete', room: m.room, seq: m.seq }, (f, err) => { if (f && err) showError(f); })
+      || showError({ code: 'offline', message: 'Not connected; try again in a moment.' });
+    confirmReturn = document.activeElement;
+    $('confirm').classList.remove('hidden');
+    $('confirm-cancel').focus();
+  }
+  function closeConfirm() {
+    $('confirm').classList.add('hidden');
+    confirmAction = null;
+    if (confirmReturn && confirmReturn.focus) try { confirmReturn.focus(); } catch (_) {}
+  }
+  $('confirm-ok').addEventListener('click', () => { const a = confirmAction; closeConfirm(); if (a) a(); });
+  $('confirm-cancel').addEventListener('click', closeConfirm);
+  $('confirm').addEventListener('click', (ev) => { if (ev.target === $('confirm')) closeConfirm(); });
+
+  // ---- threads -------------------------------------------------------------------
+  const thread = { room: null, root: null, more: false, loading: false, flash: null };
+  function openThread(name, root, flashSeq) {
+    closeSearch();
+    thread.room = name; thread.root = root; thread.flash = flashSeq || null;
+    $('thread').classList.remove('hidden');
+    document.body.classList.add('panel-open');
+    $('thread-room').textContent = roomTitle(name);
+    $('thread-composer').value = '';
+    renderThread();
+    loadThread();
+    if (window.matchMedia('(min-width: 701px)').matches) $('thread-composer').focus();
+  }
+  function closeThread() {
+    thread.room = null; thread.root = null;
+    $('thread').classList.add('hidden');
+    document.body.classList.remove('panel-open');
+  }
+  $('thread-close').addEventListener('click', closeThread);
+
+  // The replies come from `thread` (following `more`); the root from the room,
+  // or from history when it is not loaded.
+  function loadThread() {
+    const { room: name, root } = thread;
+    const r = rooms.get(name);
+    if (!r) return;
+    if (!r.msgs.has(root)) {
+      send({ type: 'history', room: name, before: root + 1, limit: 1 }, (h, err) => {
+        if (!h || err || thread.root !== root) return;
+        const item = h.messages.find((x) => x.seq === root);
+        if (item && !r.msgs.has(root)) { r.msgs.set(root, makeMsg(name, item, r.seq)); renderThread(); }
+      });
+    }
+    const follow = (after) => {
+      thread.loading = true;
+      const frame = { type: 'thread', room: name, root, limit: 100 };
+      if (after) frame.after = after;
+      send(frame, (t, err) => {
+        thread.loading = false;
+        if (!t || thread.root !== root || thread.room !== name) return;
+        if (err) { showError(t); return; }
+        ingest(name, t.messages, 'thread');
+        const rootMsg = r.msgs.get(root);
+        // The thread reply is the truth about the count when it is complete.
+        if (!t.more && rootMsg) {
+          const live = t.messages.filter((x) => !x.deleted);
+          rootMsg.replies = live.length; rootMsg.extraReplies.clear();
+          if (t.messages.length) rootMsg.last_reply_ts = Math.max(rootMsg.last_reply_ts || 0, t.messages[t.messages.length - 1].ts);
+          rootMsg.stateSeq = Math.max(rootMsg.stateSeq, r.seq);
+          updateMsg(r, rootMsg);
+        }
+        renderThread();
+        if (t.more && t.messages.length) follow(t.messages[t.messages.length - 1].seq);
+      });
+    };
+    follow(0);
+  }
+  function threadReplies() {
+    const r = rooms.get(thread.room);
+    if (!r) return [];
+    return [...r.msgs.values()].filter((m) => m.reply_to === thread.root).sort((a, b) => a.seq - b.seq);
+  }
+  function renderThread() {
+    const r = rooms.get(thread.room);
+    const rootBox = $('thread-root'), list = $('thread-list');
+    rootBox.textContent = ''; list.textContent = '';
+    if (!r) return;
+    const root = r.msgs.get(thread.root);
+    if (root) rootBox.append(messageNode(root, 'root', false));
+    else rootBox.append(el('div', 'empty', 'Loading…'));
+    for (const m of threadReplies()) list.append(messageNode(m, 'reply', false));
+    for (const o of outbox) if (o.room === thread.room && o.reply_to === thread.root) list.append(pendingNode(o));
+    renderThreadCount();
+    if (thread.flash) {
+      const n = list.querySelector(`.message[data-seq="${thread.flash}"]`);
+      if (n) { n.classList.add('flash'); n.scrollIntoView({ block: 'center' }); thread.flash = null; }
+    } else $('thread-body').scrollTop = $('thread-body').scrollHeight;
+  }
+  function renderThreadCount() {
+    const r = rooms.get(thread.room);
+    const root = r && r.msgs.get(thread.root);
+    const c = root ? replyCount(root) : threadReplies().filter((m) => !m.deleted).length;
+    $('thread-count').textContent = c ? plural(c, 'reply', 'replies') : 'No replies yet';
+  }
+  function threadAdd(list) {
+    if (!list.length) return;
+    const body = $('thread-body');
+    const stick = body.scrollHeight - body.scrollTop - body.clientHeight < 80;
+    const ul = $('thread-list');
+    for (const m of list.sort((a, b) => a.seq - b.seq)) {
+      if (ul.querySelector(`.message[data-seq="${m.seq}"]`)) continue;
+      const n = messageNode(m, 'reply', false);
+      const later = [...ul.querySelectorAll('.message[data-seq]')].find((x) => +x.dataset.seq > m.seq);
+      const pend = ul.querySelector('.message.pending');
+      if (later) later.before(n); else if (pend) pend.before(n); else ul.append(n);
+    }
+    renderThreadCount();
+    if (stick) body.scrollTop = body.scrollHeight;
+  }
+
+  // ---- @mentions: autocomplete in the composers ------------------------------------
+  const mentionMenu = $('mention-menu');
+  let mention = null;                  // {ta, start, items, sel}
+  function mentionCandidates(r, q) {
+    const ql = q.toLowerCase();
+    const users = new Set([...r.members, ...r.online]);
+    if (r.dm) for (const u of r.name.split(':').slice(1)) users.add(u);
+    users.delete(me);
+    return [...users].filter((u) => {
+      if (u.toLowerCase().startsWith(ql)) return true;
+      const n = names.get(u);
+      return !!n && n.toLowerCase().split(/\s+/).some((w) => w.startsWith(ql));
+    }).sort((a, b) => displayName(a).localeCompare(displayName(b))).slice(0, 8);
+  }
+  function updateMention(ta, roomName) {
+    const r = roomName && rooms.get(roomName);
+    const before = ta.value.slice(0, ta.selectionStart);
+    const m = ta.selectionStart === ta.selectionEnd && before.match(/(?:^|[^\p{L}\p{N}_.\-])@([A-Za-z0-9_.\-]{0,64})$/u);
+    if (!r || !m) { closeMention(); return; }
+    const items = mentionCandidates(r, m[1]);
+    if (!items.length) { closeMention(); return; }
+    mention = { ta, start: ta.selectionStart - m[1].length - 1, items, sel: 0 };
+    renderMention();
+  }
+  function renderMention() {
+    mentionMenu.textContent = '';
+    mention.items.forEach((u, i) => {
+      const li = el('li', i === mention.sel ? 'sel' : '');
+      li.setAttribute('role', 'option');
+      li.setAttribute('aria-selected', String(i === mention.sel));
+      li.dataset.user = u;
+      li.append(el('span', 'mname', displayName(u)), el('span', 'mid', '@' + u));
+      mentionMenu.append(li);
+    });
+    mentionMenu.classList.remove('hidden');
+    const a = mention.ta.getBoundingClientRect();
+    mentionMenu.style.left = Math.max(8, a.left) + 'px';
+    mentionMenu.style.width = Math.min(320, a.width) + 'px';
+    mentionMenu.style.bottom = (window.innerHeight - a.top + 6) + 'px';
+  }
+  function closeMention() { mention = null; mentionMenu.classList.add('hidden'); }
+  function pickMention(i) {
+    const { ta, start, items } = mention;
+    const u = items[i];
+    const after = ta.value.slice(ta.selectionStart);
+    const ins = '@' + u + ' ';
+    ta.value = ta.value.slice(0, start) + ins + after.replace(/^[A-Za-z0-9_.\-]*/, '');
+    const at = start + ins.length;
+    ta.setSelectionRange(at, at);
+    closeMention();
+    ta.focus();
+    ta.dispatchEvent(new Event('input'));
+  }
+  mentionMenu.addEventListener('mousedown', (ev) => {
+    const li = ev.target.closest('li[data-user]');
+    if (!li || !mention) return;
+    ev.preventDefault();
+    pickMention(mention.items.indexOf(li.dataset.user));
+  });
+  // Registered before the composers' own keydown handlers, so Enter picks a name
+  // instead of sending while the list is open.
+  function attachMentions(ta, roomFn) {
+    ta.addEventListener('keydown', (ev) => {
+      if (!mention || mention.ta !== ta) return;
+      if (ev.key === 'ArrowDown' || ev.key === 'ArrowUp') {
+        mention.sel = (mention.sel + (ev.key === 'ArrowDown' ? 1 : -1) + mention.items.length) % mention.items.length;
+        renderMention();
+      } else if (ev.key === 'Enter' || ev.key === 'Tab') {
+        pickMention(mention.sel);
+      } else if (ev.key === 'Escape') {
+        closeMention();
+      } else return;
+      ev.preventDefault();
+      ev.stopImmediatePropagation();
+    });
+    const upd = () => updateMention(ta, roomFn());
+    ta.addEventListener('input', upd);
+    ta.addEventListener('click', upd);
+    ta.addEventListener('blur', () => setTimeout(() => { if (mention && mention.ta === ta && document.activeElement !== ta) closeMention(); }, 150));
+  }
+
+  // ---- search ----------------------------------------------------------------------
+  const search = { query: '', cursor: null, items: [], loading: false };
+  $('search-form').addEventListener('submit', (ev) => {
+    ev.preventDefault();
+    const q = $('search-input').value.trim();
+    if (!q) return;
+    if (!/[\p{L}\p{N}]/u.test(q)) { showError({ code: 'bad_request', message: 'Search for at least one word.' }); return; }
+    search.query = q; search.cursor = null; search.items = [];
+    openSearch();
+    searchMore();
+  });
+  function openSearch() {
+    closeThread();
+    $('search-panel').classList.remove('hidden');
+    document.body.classList.add('panel-open');
+    $('search-query').textContent = '“' + search.query + '”';
+    renderSearch();
+  }
+  function closeSearch() {
+    $('search-panel').classList.add('hidden');
+    if ($('thread').classList.contains('hidden')) document.body.classList.remove('panel-open');
+  }
+  $('search-close').addEventListener('click', closeSearch);
+  function searchMore() {
+    const q = search.query;
+    const frame = { type: 'search', query: q, limit: 20 };
+    if (search.cursor) frame.cursor = search.cursor;
+    search.loading = true;
+    renderSearch();
+    const ok = send(frame, (f, err) => {
+      if (q !== search.query) return;
+      search.loading = false;
+      if (!f) { renderSearch('Connection lost; try again.'); return; }
+      if (err) { renderSearch(`${f.code}: ${f.message}`); return; }
+      search.items.push(...(f.messages || []));
+      search.cursor = f.cursor || null;
+      renderSearch();
+    });
+    if (!ok) { search.loading = false; renderSearch('Not connected; try again in a moment.'); }
+  }
+  /** Appends text with every word that starts with a query word in <mark>. */
+  function highlight(node, text, words) {
+    let at = 0;
+    for (const m of text.matchAll(/[\p{L}\p{N}]+/gu)) {
+      const w = m[0].toLowerCase();
+      if (!words.some((q) => w.startsWith(q))) continue;
+      if (m.index > at) node.append(document.createTextNode(text.slice(at, m.index)));
+      node.append(el('mark', '', m[0]));
+      at = m.index + m[0].length;
+    }
+    if (at < text.length) node.append(document.createTextNode(text.slice(at)));
+  }
+  function renderSearch(problem) {
+    const box2 = $('search-results');
+    box2.textContent = '';
+    const words = (search.query.toLowerCase().match(/[\p{L}\p{N}]+/gu) || []);
+    // Newest first, grouped by room in the order the rooms first appear.
+    const groups = new Map();
+    for (const m of search.items) {
+      if (!groups.has(m.room)) groups.set(m.room, []);
+      groups.get(m.room).push(m);
+    }
+    for (const [name, items] of groups) {
+      const g = el('section', 'search-group');
+      g.dataset.room = name;
+      g.append(el('h3', 'search-room', roomTitle(name)));
+      for (const m of items) {
+        const b = button('search-hit');
+        b.dataset.room = name; b.dataset.seq = String(m.seq);
+        if (m.reply_to) b.dataset.replyTo = String(m.reply_to);
+        const meta = el('div', 'meta');
+        meta.append(userSpan('from', m.from), el('span', 'time', fmtWhen(m.ts)));
+        if (m.reply_to) meta.append(el('span', 'in-thread', 'in a thread'));
+        const t = el('div', 'text');
+        highlight(t, m.text || '', words);
+        b.append(meta, t);
+        g.append(b);
+      }
+      box2.append(g);
+    }
+    if (search.loading) box2.append(el('div', 'empty', 'Searching…'));
+    else if (problem) box2.append(el('div', 'empty error-text', problem));
+    else if (!search.items.length) box2.append(el('div', 'empty', 'No messages match.'));
+    if (search.cursor && !search.loading) {
+      const more = button('more', 'More results');
+      more.addEventListener('click', searchMore);
+      box2.append(more);
+    }
+  }
+  $('search-results').addEventListener('click', (ev) => {
+    const b = ev.target.closest('.search-hit');
+    if (!b) return;
+    for (const o of document.querySelectorAll('.search-hit.sel')) o.classList.remove('sel');
+    b.classList.add('sel');
+    // On a phone the results cover the room: close them to show the message.
+    if (!window.matchMedia('(min-width: 701px)').matches) closeSearch();
+    jumpTo(b.dataset.room, +b.dataset.seq, b.dataset.replyTo ? +b.dataset.replyTo : null);
+  });
+
+  // ---- room directory ------------------------------------------------------------------
+  const dir = { cursor: null, items: [], loading: false, prefix: '', timer: null };
+  function openDirectory(auto) {
+    $('directory-hint').classList.toggle('hidden', !auto);
+    $('directory').classList.remove('hidden');
+    closeMenu();
+    dir.prefix = $('directory-filter').value.trim();
+    dir.cursor = null; dir.items = [];
+    loadDirectory();
+    $('directory-filter').focus();
+  }
+  function closeModal(id) { $(id).classList.add('hidden'); }
+  $('browse-btn').addEventListener('click', () => openDirectory(false));
+  $('directory-close').addEventListener('click', () => closeModal('directory'));
+  $('directory').addEventListener('click', (ev) => { if (ev.target === $('directory')) closeModal('directory'); });
+  $('directory-filter').addEventListener('input', () => {
+    clearTimeout(dir.timer);
+    dir.timer = setTimeout(() => { dir.prefix = $('directory-filter').value.trim().toLowerCase(); dir.cursor = null; dir.items = []; loadDirectory(); }, 200);
+  });
+  $('directory-more').addEventListener('click', loadDirectory);
+  function loadDirectory() {
+    const prefix = dir.prefix;
+    const frame = { type: 'rooms', limit: 50 };
+    if (prefix) frame.prefix = prefix;
+    if (dir.cursor) frame.cursor = dir.cursor;
+    dir.loading = true;
+    $('directory-status').textContent = 'Loading…';
+    const ok = send(frame, (f, err) => {
+      if (prefix !== dir.prefix) return;
+      dir.loading = false;
+      if (!f) { $('directory-status').textContent = 'Connection lost; try again.'; return; }
+      if (err) { $('directory-status').textContent = `${f.code}: ${f.message}`; return; }
+      dir.items.push(...(f.rooms || []));
+      dir.cursor = f.cursor || null;
+      renderDirectory();
+    });
+    if (!ok) { dir.loading = false; $('directory-status').textContent = 'Not connected; try again in a moment.'; }
+  }
+  function renderDirectory() {
+    const ul = $('directory-list');
+    ul.textContent = '';
+    for (const x of dir.items) {
+      const li = el('li');
+      li.dataset.room = x.room;
+      const info = el('div', 'dir-info');
+      info.append(el('div', 'dir-name', '# ' + x.room));
+      const bits = [plural(x.members, 'member', 'members')];
+      if (x.ts) bits.push('last active ' + fmtWhen(x.ts));
+      info.append(el('div', 'dir-meta', bits.join(' · ')));
+      const member = rooms.has(x.room) && !rooms.get(x.room).placeholder;
+      const b = button(member ? 'dir-open' : 'btn small dir-join', member ? 'Open' : 'Join');
+      b.addEventListener('click', () => joinFromDirectory(x.room, b));
+      li.append(info, b);
+      ul.append(li);
+    }
+    $('directory-status').textContent = dir.items.length ? '' : (dir.prefix ? `No rooms start with “${dir.prefix}”.` : 'No rooms yet: create one with “join a room…”.');
+    $('directory-more').classList.toggle('hidden', !dir.cursor);
+  }
+  function joinFromDirectory(name, b) {
+    const r = rooms.get(name);
+    if (r && r.loaded !== 'none' && !r.placeholder) { closeModal('directory'); openRoom(name); return; }
+    b.disabled = true;
+    const ok = send({ type: 'join', room: name }, (j, err) => {
+      b.disabled = false;
+      if (!j) { $('directory-status').textContent = 'Connection lost; try again.'; return; }
+      if (err) { $('directory-status').textContent = `${j.code}: ${j.message}`; return; }
+      onJoined(j, false);
+      closeModal('directory');
+      openRoom(name);
+    });
+    if (!ok) { b.disabled = false; $('directory-status').textContent = 'Not connected; try again in a moment.'; }
+  }
+
   // ---- sending -----------------------------------------------------------------
   let outboxKey = 1;
-  function submit() {
-    const c = $('composer');
-    const text = c.value;
-    if (!current || !text.trim()) return;
-    const r = room(current);
-    const o = { key: outboxKey++, room: current, text, ts: Date.now(), floor: highSeq(r), state: 'queued', conn: -1 };
-    if (r.dm) o.to = dmPeer(current);
+  function submitFrom(ta, roomName, replyTo) {
+    const text = ta.value;
+    if (!roomName || !text.trim()) return;
+    askNotifyPermission();
+    const r = room(roomName);
+    if (r.detached && !replyTo) resetRoom(r);
+    const o = { key: outboxKey++, room: roomName, text, ts: Date.now(), floor: highSeen(r), state: 'queued', conn: -1, reply_to: replyTo || null };
+    if (r.dm) o.to = dmPeer(roomName);
     outbox.push(o);
-    c.value = '';
-    autosize();
-    stopTyping();
-    const empty = box.querySelector('.empty');
-    if (empty) empty.remove();
-    const n = messageNode({ from: me, ts: o.ts, text }, true);
-    n.dataset.outbox = String(o.key);
-    box.append(n);
-    scrollToBottom();
+    ta.value = '';
+    if (replyTo) {
+      $('thread-list').append(pendingNode(o));
+      $('thread-body').scrollTop = $('thread-body').scrollHeight;
+    } else {
+      autosize();
+      stopTyping();
+      const empty = box.querySelector('.empty');
+      if (empty) empty.remove();
+      box.append(pendingNode(o));
+      scrollToBottom();
+    }
     if (resyncing === 0) transmit(o);
   }
 
   function transmit(o) {
     const frame = o.to ? { type: 'dm', to: o.to, text: o.text } : { type: 'send', room: o.room, text: o.text };
+    if (o.reply_to) frame.reply_to = o.reply_to;
     const ok = send(frame, (reply, err) => {
       if (!reply) return;               // connection lost: decided after the resume
       if (err) {
@@ -710,7 +1715,8 @@
         outbox.splice(outbox.indexOf(o), 1);
         removePending(o);
         showError(reply);
-        if (current === o.room && !$('composer').value) { $('composer').value = o.text; autosize(); }
+        const ta = o.reply_to ? $('thread-composer') : $('composer');
+        if ((o.reply_to ? thread.root === o.reply_to : current === o.room) && !ta.value) { ta.value = o.text; if (!o.reply_to) autosize(); }
         return;
       }
       onAckFor(o, reply);
@@ -721,12 +1727,9 @@
     const i = outbox.indexOf(o);
     if (i >= 0) outbox.splice(i, 1);
     removePending(o);
-    if (o.to && !rooms.has(f.room)) {
-      // A brand new DM room: the placeholder becomes real.
-    }
     const r = room(f.room);
-    if (o.to && r.placeholder) { r.placeholder = false; if (f.seq === 1 || r.loaded === 'loaded') r.loaded = 'loaded'; }
-    addMessages(f.room, [{ room: f.room, seq: f.seq, ts: f.ts, from: me, text: o.text }], 'mine');
+    if (o.to && r.placeholder) { r.placeholder = false; if (f.seq === 1 || r.loaded === 'loaded') { loaded(r); fireLoaded(r); } }
+    ingest(f.room, [{ type: 'message', room: f.room, seq: f.seq, ts: f.ts, from: me, text: o.text, reply_to: o.reply_to || undefined }], 'mine');
     if (current === f.room) store.set(LS_ROOM, f.room);
   }
 
@@ -769,11 +1772,27 @@
 
   const composer = $('composer');
   function autosize() { composer.style.height = 'auto'; composer.style.height = Math.min(composer.scrollHeight + 2, 160) + 'px'; }
+  attachMentions(composer, () => current);
   composer.addEventListener('keydown', (ev) => {
-    if (ev.key === 'Enter' && !ev.shiftKey && !ev.isComposing) { ev.preventDefault(); submit(); }
+    if (ev.key === 'Enter' && !ev.shiftKey && !ev.isComposing) { ev.preventDefault(); submitFrom(composer, current); }
+    else if (ev.key === 'ArrowUp' && !composer.value) {
+      // Up in an empty composer edits your last message, as in Slack.
+      const mine = [...msgNodes()].filter((n) => n.classList.contains('mine') && !n.classList.contains('deleted'));
+      const n = mine[mine.length - 1];
+      const r = current && rooms.get(current);
+      const m = n && r && r.msgs.get(+n.dataset.seq);
+      if (m) { ev.preventDefault(); startEdit(n, m); }
+    }
   });
   composer.addEventListener('input', () => { autosize(); typed(); });
-  $('send-form').addEventListener('submit', (ev) => { ev.preventDefault(); submit(); composer.focus(); });
+  $('send-form').addEventListener('submit', (ev) => { ev.preventDefault(); submitFrom(composer, current); composer.focus(); });
+
+  const threadComposer = $('thread-composer');
+  attachMentions(threadComposer, () => thread.room);
+  threadComposer.addEventListener('keydown', (ev) => {
+    if (ev.key === 'Enter' && !ev.shiftKey && !ev.isComposing) { ev.preventDefault(); submitFrom(threadComposer, thread.room, thread.root); }
+  });
+  $('thread-form').addEventListener('submit', (ev) => { ev.preventDefault(); submitFrom(threadComposer, thread.room, thread.root); threadComposer.focus(); });
 
   // ---- joining / leaving -------------------------------------------------------
   $('join-room').addEventListener('submit', (ev) => {
@@ -809,6 +1828,7 @@
     $('error').classList.remove('hidden');
     clearTimeout(errTimer);
     errTimer = setTimeout(() => $('error').classList.add('hidden'), 8000);
+    return false;
   }
   $('error-close').addEventListener('click', () => $('error').classList.add('hidden'));
 
@@ -817,11 +1837,13 @@
       try { Notification.requestPermission().catch(() => {}); } catch (_) {}
     }
   }
+  // Desktop notifications for DMs and mentions of you, only while the tab is hidden.
   function notify(m) {
     if (!document.hidden || !('Notification' in window) || Notification.permission !== 'granted') return;
     try {
-      const n = new Notification(`${m.from} (direct message)`, { body: m.text, tag: m.room });
-      n.onclick = () => { window.focus(); openRoom(m.room); n.close(); };
+      const title = isDm(m.room) ? `${displayName(m.from)} (direct message)` : `${displayName(m.from)} mentioned you in #${m.room}`;
+      const n = new Notification(title, { body: m.text, tag: m.room + ':' + m.seq });
+      n.onclick = () => { window.focus(); jumpTo(m.room, m.seq, m.reply_to); n.close(); };
     } catch (_) {}
   }
 
@@ -831,10 +1853,19 @@
     $('menu-btn').setAttribute('aria-expanded', String(open));
   });
   $('scrim').addEventListener('click', closeMenu);
-  document.addEventListener('keydown', (ev) => { if (ev.key === 'Escape') closeMenu(); });
+  // Escape closes the topmost layer.
+  document.addEventListener('keydown', (ev) => {
+    if (ev.key !== 'Escape') return;
+    if (!$('confirm').classList.contains('hidden')) closeConfirm();
+    else if (pickerFor) closePicker();
+    else if (!$('directory').classList.contains('hidden')) closeModal('directory');
+    else if (document.body.classList.contains('menu-open')) closeMenu();
+    else if (!$('thread').classList.contains('hidden') && !mention) closeThread();
+    else if (!$('search-panel').classList.contains('hidden')) closeSearch();
+  });
 
-  // Keep the server's idle timer happy is its job (it pings); we only retry when
-  // the browser says we're back online.
+  // Keeping the server's idle timer happy is its job (it pings); we only retry
+  // when the browser says we're back online.
   window.addEventListener('online', () => { if (!ws && !stopped && credentials()) { backoff = 500; connect(); } });
 
   function start() { stopped = false; connect(); }
