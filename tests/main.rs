@@ -13,13 +13,19 @@
 //!   dead commit thread.
 //! * `cluster` — three nodes and a real `redis-server`: one chat, presence,
 //!   a node killed and restarted, Redis stopped and restarted.
+//! * `events`  — revision 2's room events on one node: edit, delete, reactions, replies and
+//!   threads, mentions, hello counts, search, the room directory, default rooms, display names,
+//!   refresh, `limit` rules, the new HTTP rows, and recovery with `since`.
+//! * `cluster_events` — room events, search, threads, hello counts and names across two nodes.
 
 mod support;
 
 mod api;
 mod cli;
 mod cluster;
+mod cluster_events;
 mod errors;
+mod events;
 mod integrity;
 mod limits;
 mod load;

@@ -1,0 +1,292 @@
+//! Room events across a cluster (PROTOCOL.md sections 3.1 and 6): two real nodes and a real
+//! `redis-server`. Edits, deletes and reactions made on either node reach every connection on
+//! both nodes once, in seq order, with the same seqs (also when both nodes write at once); both
+//! nodes answer the same history, search and threads; `hello` counts, display names and the
+//! room directory are the same on the other node.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::events::{
+    absent, all_history, dir, drain, edit, event, is_event, item, key, keys, mentions, ok,
+    reactions, reply, rx, search_until, send, seq, tok, ts,
+};
+use crate::support::{hello_room, ty, Auth, Client, Enc, Opts, Server};
+
+/// A `redis-server` child on a free loopback port, without persistence.
+struct Redis {
+    port: u16,
+    child: Child,
+}
+
+impl Redis {
+    fn start() -> Redis {
+        let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).unwrap().port();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+            .args(["--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (tests/run.sh installs it)");
+        wait_for(Duration::from_secs(10), "redis to accept connections", || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        Redis { port, child }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `cond` until it holds; panics after `limit` (a bound, not a timing assertion).
+fn wait_for(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < limit, "gave up waiting for {what}");
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A token-mode node of the cluster.
+fn node(redis: &Redis, id: &str) -> Server {
+    let mut o = Opts::new(&["--rate", "100000", "--burst", "100000", "--node-id", id]);
+    o.args.push("--redis".into());
+    o.args.push(format!("redis://127.0.0.1:{}", redis.port));
+    let s = Server::start_with(o);
+    wait_for(Duration::from_secs(10), "the node's redis link", || s.health().1["redis"] == "ok");
+    s
+}
+
+fn two() -> (Redis, Vec<Server>) {
+    let redis = Redis::start();
+    let nodes = vec![node(&redis, "e1"), node(&redis, "e2")];
+    (redis, nodes)
+}
+
+fn conn(s: &Server, user: &str, enc: Enc) -> Client {
+    Client::connect(s.addr, Auth::Bearer(&tok(user, json!({}))), enc)
+}
+
+/// What every connection must agree on about an event.
+fn sig(ev: &Value) -> (u64, String, String, Value, Value, Value) {
+    (
+        seq(ev),
+        ty(ev).to_string(),
+        ev["from"].as_str().unwrap_or_default().to_string(),
+        ev["target"].clone(),
+        ev["emoji"].clone(),
+        ev["on"].clone(),
+    )
+}
+
+#[test]
+fn edits_deletes_and_reactions_cross_nodes_in_seq_order() {
+    let (_redis, nodes) = two();
+    let r = "x";
+    let mut alice = conn(&nodes[0], "alice", Enc::Json);
+    let mut bob = conn(&nodes[1], "bob", Enc::MsgPack);
+    let mut w1 = conn(&nodes[0], "w1", Enc::MsgPack);
+    let mut w2 = conn(&nodes[1], "w2", Enc::Json);
+    for c in [&mut alice, &mut bob, &mut w1, &mut w2] {
+        c.join(r);
+    }
+    let mut acks = Vec::new();
+    let m1 = ok(&mut alice, json!({"type": "send", "room": r, "text": "one @bob"}));
+    let m2 = ok(&mut bob, json!({"type": "send", "room": r, "text": "two @alice"}));
+    acks.push(m1.clone());
+    acks.push(m2.clone());
+    acks.push(edit(&mut alice, r, seq(&m1), "one, edited @w2"));
+    acks.push(ok(
+        &mut bob,
+        json!({"type": "react", "room": r, "seq": seq(&m1), "emoji": "👍", "on": true}),
+    ));
+    acks.push(ok(
+        &mut alice,
+        json!({"type": "react", "room": r, "seq": seq(&m2), "emoji": "🎉", "on": true}),
+    ));
+    acks.push(reply(&mut bob, r, seq(&m1), "a reply from node 2"));
+    acks.push(ok(&mut bob, json!({"type": "delete", "room": r, "seq": seq(&m2)})));
+    acks.push(ok(
+        &mut alice,
+        json!({"type": "react", "room": r, "seq": seq(&m1), "emoji": "👍", "on": true}),
+    ));
+    // The rules hold for writes arriving on the other node.
+    let f = json!({"type": "edit", "room": r, "seq": seq(&m1), "text": "hijack"});
+    bob.call_err(f, "forbidden");
+    let f = json!({"type": "react", "room": r, "seq": seq(&m2), "emoji": "👍", "on": true});
+    alice.call_err(f, "not_found");
+
+    let last = seq(acks.last().unwrap());
+    assert_eq!(acks.iter().map(seq).collect::<Vec<_>>(), (1..=last).collect::<Vec<_>>());
+    let reference: Vec<_> = {
+        let evs = drain(&mut w1, r, last);
+        evs.iter().map(sig).collect()
+    };
+    assert_eq!(reference.iter().map(|s| s.0).collect::<Vec<_>>(), (1..=last).collect::<Vec<_>>());
+    let kinds: Vec<&str> = reference.iter().map(|s| s.1.as_str()).collect();
+    assert_eq!(
+        kinds,
+        ["message", "message", "edit", "reaction", "reaction", "message", "delete", "reaction"]
+    );
+    for c in [&mut alice, &mut bob, &mut w2] {
+        let evs = drain(c, r, last);
+        let got: Vec<_> = evs.iter().map(sig).collect();
+        assert_eq!(got, reference, "{} sees the same events in the same order", c.user());
+        // Content crosses nodes too.
+        let ed = &evs[2];
+        assert_eq!(
+            (&ed["text"], mentions(ed)),
+            (&json!("one, edited @w2"), vec!["w2".to_string()])
+        );
+        assert_eq!(evs[5]["reply_to"], seq(&m1));
+        assert_eq!(evs[0]["ts"], m1["ts"], "the same ts everywhere");
+    }
+    for c in [&mut alice, &mut bob, &mut w1, &mut w2] {
+        let extra: Vec<Value> = c.ping_barrier().into_iter().filter(is_event).collect();
+        assert!(extra.is_empty(), "duplicates on {}: {extra:?}", c.user());
+    }
+
+    // Both nodes write at once: every connection still sees one order.
+    let target = seq(&m1);
+    let reply_seq = seq(&acks[5]);
+    let ta = thread::spawn(move || {
+        for i in 0..20 {
+            let f = json!({"type": "react", "room": "x", "seq": target, "emoji": "🔥", "on": i % 2 == 0, "id": format!("a{i}")});
+            alice.send_json(f);
+        }
+        (0..20)
+            .map(|i| seq(&alice.recv_where(|v| v["id"] == format!("a{i}"))))
+            .collect::<Vec<u64>>()
+    });
+    let tb = thread::spawn(move || {
+        for i in 0..20 {
+            let f = json!({"type": "edit", "room": "x", "seq": reply_seq, "text": format!("reply v{i}"), "id": format!("b{i}")});
+            bob.send_json(f);
+        }
+        (0..20).map(|i| seq(&bob.recv_where(|v| v["id"] == format!("b{i}")))).collect::<Vec<u64>>()
+    });
+    let mut all: Vec<u64> = ta.join().unwrap().into_iter().chain(tb.join().unwrap()).collect();
+    all.sort_unstable();
+    assert_eq!(all, (last + 1..=last + 40).collect::<Vec<_>>(), "acked seqs are gap-free");
+    let end = last + 40;
+    let a = drain(&mut w1, r, end).iter().map(sig).collect::<Vec<_>>();
+    let b = drain(&mut w2, r, end).iter().map(sig).collect::<Vec<_>>();
+    assert_eq!(a.len(), 40);
+    assert_eq!(a, b, "both nodes deliver the concurrent events in one order");
+
+    // Both nodes answer the same history, in current state.
+    let h1 = all_history(&mut w1, r);
+    let h2 = all_history(&mut w2, r);
+    assert_eq!(h1, h2, "every node answers the same history");
+    let m = &h1[(target - 1) as usize];
+    assert_eq!(reactions(m), rx(&[("👍", &["bob", "alice"])]), "🔥 on and off 10 times: {m}");
+    assert_eq!(h1[(reply_seq - 1) as usize]["text"], "reply v19");
+    assert_eq!(h1[(seq(&m2) - 1) as usize]["deleted"], true);
+}
+
+#[test]
+fn search_threads_and_the_directory_answer_alike_on_either_node() {
+    let (_redis, nodes) = two();
+    let r = "st";
+    let mut alice = conn(&nodes[0], "alice", Enc::Json);
+    let mut bob = conn(&nodes[1], "bob", Enc::MsgPack);
+    alice.join(r);
+    bob.join(r);
+    let root = send(&mut alice, r, "cluster rocket root");
+    let rb = reply(&mut bob, r, root, "rocket reply from two");
+    let ra = reply(&mut alice, r, root, "rocket reply from one");
+    let want = vec![key(r, seq(&ra)), key(r, seq(&rb)), key(r, root)];
+    for c in [&mut alice, &mut bob] {
+        let res =
+            search_until(c, json!({"query": "rocket"}), "all three on this node", |m| m.len() >= 3);
+        assert_eq!(keys(res["messages"].as_array().unwrap()), want, "{res}");
+    }
+    let t1 = alice.call(json!({"type": "thread", "room": r, "root": root}));
+    let t2 = bob.call(json!({"type": "thread", "room": r, "root": root}));
+    assert_eq!(ty(&t1), "thread", "{t1}");
+    assert_eq!(t1["messages"], t2["messages"], "both nodes answer the same thread");
+    assert_eq!(keys(t1["messages"].as_array().unwrap()), [key(r, seq(&rb)), key(r, seq(&ra))]);
+
+    // An edit on node 2 is searchable on node 1; a delete on node 1 leaves search on node 2.
+    edit(&mut bob, r, seq(&rb), "comet reply from two");
+    search_until(&mut alice, json!({"query": "comet"}), "the edit on node 1", |m| {
+        keys(m) == [key(r, seq(&rb))]
+    });
+    let d = ok(&mut alice, json!({"type": "delete", "room": r, "seq": seq(&ra)}));
+    search_until(&mut bob, json!({"query": "rocket"}), "the delete on node 2", |m| {
+        keys(m) == [key(r, root)]
+    });
+    let t = bob.call(json!({"type": "thread", "room": r, "root": root}));
+    let ms = t["messages"].as_array().unwrap();
+    assert_eq!((ms.len(), &ms[1]["deleted"]), (2, &json!(true)), "{t}");
+    assert!(absent(&ms[1], "text"), "{t}");
+    assert_eq!(item(&mut bob, r, root)["replies"], 1);
+    assert_eq!(item(&mut alice, r, root)["replies"], 1);
+
+    // The directory reflects a join on the other node.
+    let mut carol = conn(&nodes[1], "carol", Enc::Json);
+    carol.join(r);
+    carol.join("only-on-two");
+    let start = Instant::now();
+    loop {
+        let (rooms, _) = dir(&mut alice, json!({}));
+        let names: Vec<(&str, u64)> = rooms.iter().map(|e| (e.0.as_str(), e.1)).collect();
+        if names == [("only-on-two", 1), ("st", 3)] {
+            assert_eq!((rooms[1].2, rooms[1].3), (seq(&d), ts(&d)), "latest seq and ts: {rooms:?}");
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "directory on node 1: {rooms:?}");
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn hello_counts_and_display_names_on_the_other_node() {
+    let (_redis, nodes) = two();
+    let r = "hc";
+    let bob_tok = tok("bob", json!({"name": "Bob B"}));
+    let mut bob = Client::connect(nodes[1].addr, Auth::Bearer(&bob_tok), Enc::MsgPack);
+    bob.join(r);
+    bob.close();
+    let alice_tok = tok("alice", json!({"name": "Alice A"}));
+    let mut alice = Client::connect(nodes[0].addr, Auth::Bearer(&alice_tok), Enc::Json);
+    alice.join(r);
+    let mut w2 = conn(&nodes[1], "w2", Enc::Json);
+    w2.join(r);
+
+    send(&mut alice, r, "@bob one");
+    let plain = send(&mut alice, r, "plain");
+    let two = send(&mut alice, r, "@bob two");
+    send(&mut alice, r, "@bob three");
+    ok(&mut alice, json!({"type": "delete", "room": r, "seq": plain}));
+    let last = seq(&edit(&mut alice, r, two, "two, quietly"));
+    // Once node 2 has delivered the last event it has it.
+    let e = event(&mut w2, r, last);
+    assert_eq!(ty(&e), "edit");
+    for n in &nodes {
+        let b = Client::connect(n.addr, Auth::Bearer(&bob_tok), Enc::Json);
+        let h = hello_room(&b.hello, r).unwrap_or_else(|| panic!("{}", b.hello));
+        let got = ["seq", "read", "unread", "mentions"].map(|k| h[k].as_u64());
+        assert_eq!(got, [Some(last), Some(0), Some(3), Some(2)], "{h}");
+        assert_eq!(b.hello["name"], "Bob B");
+    }
+    // Display names are cluster-wide.
+    let start = Instant::now();
+    loop {
+        let j = w2.join(r);
+        if j["names"] == json!({"alice": "Alice A", "bob": "Bob B"}) {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "names on node 2: {j}");
+        thread::sleep(Duration::from_millis(100));
+    }
+}
