@@ -100,6 +100,10 @@ pub struct ServeFlags {
     /// Rooms (DM rooms included) one user may be a member of [default: 1000].
     #[arg(long, value_name = "N")]
     pub max_rooms_per_user: Option<String>,
+    /// Rooms (comma-separated) every user joins on their first connection
+    /// ever [default: none].
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    pub default_rooms: Option<Vec<String>>,
     /// Live WebSockets this node accepts [default: 100000].
     #[arg(long, value_name = "N")]
     pub max_connections: Option<String>,
@@ -198,6 +202,7 @@ struct FileLayer {
     allowed_origins: Option<Vec<String>>,
     max_rooms_per_user: Option<i64>,
     trusted_proxies: Option<Vec<String>>,
+    default_rooms: Option<Vec<String>>,
     max_connections: Option<i64>,
     max_conns_per_ip: Option<i64>,
     max_conns_per_user: Option<i64>,
@@ -244,6 +249,8 @@ pub struct Config {
     pub max_rooms_per_user: usize,
     /// Peers whose `X-Forwarded-For` names the client.
     pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// Rooms every user joins on their first connection ever.
+    pub default_rooms: Vec<String>,
 }
 
 /// How many live WebSockets a node takes: in all, per client address, per user.
@@ -398,6 +405,7 @@ pub fn resolve(flags: ServeFlags) -> Result<Config, BadSetting> {
         allowed_origins: guards.allowed_origins,
         max_rooms_per_user: guards.max_rooms_per_user,
         trusted_proxies: guards.trusted_proxies,
+        default_rooms: guards.default_rooms,
     })
 }
 
@@ -432,6 +440,7 @@ struct Guards {
     max_rooms_per_user: usize,
     allowed_origins: Vec<String>,
     trusted_proxies: Vec<std::net::IpAddr>,
+    default_rooms: Vec<String>,
 }
 
 fn guards(flags: &ServeFlags, file: &FileLayer) -> Result<Guards, BadSetting> {
@@ -451,6 +460,18 @@ fn guards(flags: &ServeFlags, file: &FileLayer) -> Result<Guards, BadSetting> {
                 .map_err(|_| bad("trusted_proxies", format!("`{a}` is not an IP address")))
         })
         .collect::<Result<Vec<_>, _>>()?;
+    let default_rooms: Vec<String> = flags
+        .default_rooms
+        .clone()
+        .or_else(|| file.default_rooms.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|r| r.trim().to_string())
+        .filter(|r| !r.is_empty())
+        .collect();
+    if let Some(r) = default_rooms.iter().find(|r| !crate::wire::valid_room(r)) {
+        return Err(bad("default_rooms", format!("`{r}` is not a valid room name")));
+    }
     let (f, l) = (flags, file);
     Ok(Guards {
         caps: Caps {
@@ -470,6 +491,7 @@ fn guards(flags: &ServeFlags, file: &FileLayer) -> Result<Guards, BadSetting> {
             .or_else(|| l.allowed_origins.clone())
             .unwrap_or_default(),
         trusted_proxies,
+        default_rooms,
     })
 }
 

@@ -19,6 +19,7 @@ use crate::{
     fanout::{Cmd, Fanout, Reply, ReplyTo},
     metrics::Metrics,
     storage::Storage,
+    wire::Msg,
 };
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use std::{
@@ -54,25 +55,19 @@ enum Then {
     Cmd { reactor: u16, ok: Cmd, fail: Option<Cmd> },
     /// `reply` for `to` once durable, `unavailable` (saying `down`) if not.
     Answer { to: ReplyTo, reply: Reply, down: &'static str },
-    /// A stored message: to its room once durable, with the sender's `ack`
-    /// (`to`, none for a message another node accepted).
+    /// A stored room event: to its room once durable, with the sender's
+    /// `ack` (`to`, none for an event another node accepted).
     Message(Box<Message>),
 }
 
-/// A stored message waiting for its flush.
+/// A stored room event (a message, an edit, ...) waiting for its flush.
 #[derive(Debug)]
 pub struct Message {
     /// Its room (the directory's shared name).
     pub room: Arc<str>,
-    /// Its seq.
-    pub seq: u64,
-    /// Accept time, ms since the epoch.
-    pub ts: u64,
-    /// Sender.
-    pub from: Arc<str>,
-    /// The text.
-    pub text: String,
-    /// Who waits for the `ack` (none for a message another node accepted).
+    /// The event, its seq and ts set: the live frame.
+    pub ev: Msg,
+    /// Who waits for the `ack` (none for an event another node accepted).
     pub to: Option<ReplyTo>,
 }
 
@@ -219,8 +214,8 @@ impl Worker {
                 if let Then::Message(m) = &p.then {
                     if m.to.is_some() {
                         let storage = &self.storage;
-                        let forget = || drop(storage.remove_message(&m.room, m.seq));
-                        self.fanout.withdraw_message(&m.room, m.seq, forget);
+                        let forget = || drop(storage.unapply(&m.room, m.ev.seq));
+                        self.fanout.withdraw_message(&m.room, m.ev.seq, forget);
                     }
                 }
             }
@@ -239,9 +234,10 @@ impl Worker {
                     self.fanout.send_to(to.reactor(), Cmd::Reply { to, reply });
                 }
                 Then::Message(m) => {
-                    let Message { room, seq, ts, from, text, to } = *m;
+                    let Message { room, ev, to } = *m;
+                    let (seq, ts) = (ev.seq, ev.ts);
                     if ok {
-                        self.fanout.release_message(&room, seq, ts, &from, &text);
+                        self.fanout.release_message(&room, &ev);
                     }
                     if let Some(to) = to {
                         let reply = if ok {

@@ -19,11 +19,13 @@
 //! L2  durable    the commit thread: the one place that flushes, then releases
 //!     cluster/   Link (the handle reactors call) and Peers (no-op when single)
 //!     control    the control socket and `chinwag backup`
+//!     search     the tantivy index, and the thread that follows storage
 //! L3  node       Node: what threads share, behind methods; fan-out helpers
 //! L4  local      LocalIndex: a reactor's rooms and users, every in-memory
 //!                membership copy kept in step
-//! L5  chat/      one file per rule (join, leave, send, read, typing,
-//!                presence, history, session), run on a small context
+//! L5  chat/      one file per rule (join, leave, send, events, read,
+//!                typing, presence, history, thread, search, directory,
+//!                refresh, session), run on a small context
 //!     bridge/    the Redis publisher and subscriber threads
 //! L6  http/      request heads, the upgrade, the API (calls chat's rules)
 //! L7  reactor/   the loop with named phases: accept, read, inbox, timers, reap
@@ -40,6 +42,8 @@
 //! * `chinwag-redis-pub` and `chinwag-redis-sub` (cluster only): talk to
 //!   Redis; write storage, the directory (room seqs) and mailboxes through
 //!   `Node`; never touch a connection.
+//! * `chinwag-search`: follows each room's released seq and indexes what
+//!   changed; reads storage and the directory, writes only its index.
 //! * `chinwag-control`: answers `chinwag backup` on the control socket;
 //!   reads storage only.
 //! * `chinwag-watchdog` (under a systemd watchdog): pings systemd while
@@ -64,6 +68,7 @@ pub(crate) mod metrics;
 pub(crate) mod node;
 pub(crate) mod reactor;
 pub(crate) mod rooms;
+pub(crate) mod search;
 pub mod server;
 pub mod storage;
 pub mod wire;

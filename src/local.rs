@@ -19,7 +19,7 @@ use crate::{
     fanout::{ConnId, UserAction},
     node::Node,
     storage::StorageError,
-    wire::{self, Cursor, Encoded, Encoding, ServerFrame},
+    wire::{self, Cursor, Encoded, Encoding},
 };
 use std::{collections::HashMap, sync::Arc};
 
@@ -148,9 +148,7 @@ impl LocalIndex {
         if let Some(known) = known.filter(|&k| k < seq) {
             let (msgs, _) = node.storage().history(room, Cursor::After(known), CATCH_UP_MAX)?;
             for m in msgs.iter().filter(|m| m.seq <= seq) {
-                let (room, from, text) = (&m.room, &m.from, &m.text);
-                let frame = ServerFrame::Message { room, seq: m.seq, ts: m.ts, from, text };
-                conns.queue(id, wire::encode(&frame, enc));
+                conns.queue(id, wire::encode(m, enc));
             }
         }
         Ok((name, seq))

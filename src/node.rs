@@ -16,6 +16,7 @@ use crate::{
     fanout::{Cmd, Fanout},
     metrics::Metrics,
     rooms::{bits, RoomEntry, UserEntry},
+    search::Search,
     storage::{Storage, StorageError},
     wire::{Limits, Presence, ServerFrame},
 };
@@ -52,6 +53,8 @@ pub struct Parts {
     pub peers: Peers,
     /// The watched threads.
     pub alive: Arc<Alive>,
+    /// The search index (`None` if it could not be opened).
+    pub search: Option<Arc<Search>>,
 }
 
 /// State shared by every thread of the node.
@@ -71,6 +74,7 @@ pub struct Node {
     /// Reactors in slots `0..n`, then the commit and bridge threads.
     alive: Arc<Alive>,
     peers: Peers,
+    search: Option<Arc<Search>>,
     /// Rate-limit buckets of HTTP API callers, by token.
     http_buckets: Mutex<HashMap<String, Bucket>>,
     /// Live WebSockets per client address.
@@ -100,6 +104,7 @@ impl Node {
             metrics: p.metrics,
             alive: p.alive,
             peers: p.peers,
+            search: p.search,
             http_buckets: Mutex::default(),
             ips: Mutex::default(),
         }
@@ -138,6 +143,11 @@ impl Node {
     /// The other nodes (a no-op on a single node).
     pub fn peers(&self) -> &Peers {
         &self.peers
+    }
+
+    /// The search index, if it opened.
+    pub fn search(&self) -> Option<&Search> {
+        self.search.as_deref()
     }
 
     /// Seconds since the node started.

@@ -15,6 +15,7 @@ use crate::{
     node::{Node, Parts},
     reactor::{Reactor, WAKER},
     rooms::Directory,
+    search::Search,
     storage::Storage,
 };
 use mio::{net::TcpListener, Poll, Waker};
@@ -123,7 +124,18 @@ impl Server {
         })
         .map_err(StartError::Other)?;
         let peers = Peers::new(link.as_ref().map(|(l, _)| l.clone()));
-        let parts = Parts { cfg, storage, committer, fanout, revoked, metrics, peers, alive };
+        let search = match Search::open(&cfg.data_dir.join("search")) {
+            Ok(s) => {
+                s.start(storage.clone(), fanout.dir_arc()).map_err(StartError::Other)?;
+                Some(s)
+            }
+            Err(e) => {
+                log::error!("search is off: cannot open its index: {e}");
+                None
+            }
+        };
+        let parts =
+            Parts { cfg, storage, committer, fanout, revoked, metrics, peers, alive, search };
         let node = Arc::new(Node::new(parts));
         if let Some((link, rx)) = link {
             crate::bridge::start(link, rx, node.clone()).map_err(StartError::Other)?;

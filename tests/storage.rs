@@ -36,7 +36,7 @@ fn hist(c: &mut Client, q: Value) -> (Vec<u64>, bool) {
     assert_eq!(ty(&h), "history", "{q}: {h}");
     let msgs = h["messages"].as_array().unwrap_or_else(|| panic!("messages: {h}"));
     for m in msgs {
-        assert!(m.get("type").is_none(), "history messages carry no type: {m}");
+        assert_eq!(m["type"], "message", "history items carry their kind: {m}");
         assert!(m["ts"].is_u64() && m["from"].is_string() && m["text"].is_string(), "{m}");
     }
     let seqs: Vec<u64> = msgs.iter().map(|m| m["seq"].as_u64().unwrap()).collect();
@@ -188,9 +188,9 @@ fn membership_and_read_markers_survive_restart() {
     assert_eq!(
         Value::Array(rooms),
         json!([
-            {"room": "dm:alice:bob", "seq": 1, "read": 0},
-            {"room": "general", "seq": 3, "read": 2},
-            {"room": "side", "seq": 0, "read": 0},
+            {"room": "dm:alice:bob", "seq": 1, "read": 0, "unread": 0, "mentions": 0},
+            {"room": "general", "seq": 3, "read": 2, "unread": 1, "mentions": 0},
+            {"room": "side", "seq": 0, "read": 0, "unread": 0, "mentions": 0},
         ])
     );
     // Subscribed without re-joining, DM room included.

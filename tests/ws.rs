@@ -54,13 +54,16 @@ fn hello_has_user_node_time_rooms_and_limits() {
     a.send_json(json!({"type": "read", "room": "general", "seq": 2}));
     a.ping_barrier();
     let b = s.client_token("alice");
-    assert_eq!(b.hello["rooms"], json!([{"room": "general", "seq": 3, "read": 2}]));
+    assert_eq!(
+        b.hello["rooms"],
+        json!([{"room": "general", "seq": 3, "read": 2, "unread": 0, "mentions": 0}])
+    );
     // An empty room reports seq 0 and no read marker as 0.
     a.join("empty");
     let c = s.client_token("alice");
     assert_eq!(
         hello_room(&c.hello, "empty"),
-        Some(&json!({"room": "empty", "seq": 0, "read": 0})),
+        Some(&json!({"room": "empty", "seq": 0, "read": 0, "unread": 0, "mentions": 0})),
         "{}",
         c.hello
     );
@@ -181,7 +184,7 @@ fn join_answers_joined_and_announces_a_new_member() {
     assert_eq!(h[0]["from"], "bob");
     assert_eq!(h[0]["text"], "first");
     assert_eq!(h[0]["ts"], first["ts"]);
-    assert!(h[0].get("type").is_none(), "history messages carry no type: {}", h[0]);
+    assert_eq!(h[0]["type"], "message", "history items carry their kind: {}", h[0]);
 
     let p = bob.recv_type("presence");
     assert_eq!(p, json!({"type": "presence", "room": "lobby", "user": "alice", "state": "online"}));
@@ -297,7 +300,7 @@ fn dm_uses_a_sorted_room_for_both_users_only() {
     let mut bob = s.client("bob");
     assert_eq!(
         hello_room(&bob.hello, "dm:alice:bob"),
-        Some(&json!({"room": "dm:alice:bob", "seq": 1, "read": 0})),
+        Some(&json!({"room": "dm:alice:bob", "seq": 1, "read": 0, "unread": 1, "mentions": 0})),
         "{}",
         bob.hello
     );
@@ -390,9 +393,14 @@ fn read_marker_syncs_to_the_same_users_other_connections() {
     let frames = bob.collect_until(|v| ty(v) == "message" && v["text"] == "after read");
     no_frame_of_type(&frames, "read");
     let a3 = s.client("alice");
-    assert_eq!(hello_room(&a3.hello, "rd"), Some(&json!({"room": "rd", "seq": 6, "read": 4})));
+    assert_eq!(
+        hello_room(&a3.hello, "rd"),
+        Some(&json!({"room": "rd", "seq": 6, "read": 4, "unread": 0, "mentions": 0}))
+    );
     let b2 = s.client("bob");
-    assert_eq!(hello_room(&b2.hello, "rd").map(|r| r["read"].clone()), Some(json!(0)));
+    let bob_rd = hello_room(&b2.hello, "rd").cloned();
+    assert_eq!(bob_rd.as_ref().map(|r| r["read"].clone()), Some(json!(0)));
+    assert_eq!(bob_rd.map(|r| r["unread"].clone()), Some(json!(6)), "alice's six messages");
 }
 
 #[test]

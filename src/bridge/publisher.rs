@@ -1,11 +1,11 @@
-//! The publisher thread: pipelines accepted messages and events to Redis,
-//! stores each message under the seq Redis gave it, and has the commit
-//! thread answer the sender after the local flush.
+//! The publisher thread: pipelines accepted room events and other events
+//! to Redis. A room event's sender is answered by the subscriber once the
+//! event comes back with its seq and is applied here (after the local
+//! flush), or here with `unavailable` if Redis refused or failed it.
 
-use super::{backoff, connect, store_dm_members, SNAPSHOT_EVERY};
+use super::{backoff, connect, SNAPSHOT_EVERY};
 use crate::{
     cluster::{log_key, seq_key, Event, Link, Outbound, CHANNEL, REVOKED_KEY},
-    durable::AfterFlush,
     fanout::{Cmd, Reply},
     node::Node,
 };
@@ -67,7 +67,7 @@ pub(super) fn run(link: &Link, rx: &Receiver<Outbound>, node: &Node) {
         // down, sends are refused, so none would come to wake it.
         if let Err(e) = p.connect(link) {
             link.set_publisher_up(false, &e.to_string());
-            fail_batch(node, rx.try_iter().collect());
+            fail_batch(link, node, rx.try_iter().collect());
             thread::sleep(backoff(p.attempt));
             p.attempt += 1;
             continue;
@@ -92,7 +92,7 @@ pub(super) fn run(link: &Link, rx: &Receiver<Outbound>, node: &Node) {
         // a connection of an older epoch is not trusted with the batch.
         if let Err(e) = p.connect(link) {
             link.set_publisher_up(false, &e.to_string());
-            fail_batch(node, batch);
+            fail_batch(link, node, batch);
             continue;
         }
         p.send(link, node, batch);
@@ -128,7 +128,7 @@ impl Publisher {
     /// own reply says whether it was taken (a command error fails only its
     /// caller, then the connection is remade: `NOSCRIPT`, OOM, ...).
     fn send(&mut self, link: &Link, node: &Node, batch: Vec<Outbound>) {
-        let Some(c) = self.con.as_mut() else { return fail_batch(node, batch) };
+        let Some(c) = self.con.as_mut() else { return fail_batch(link, node, batch) };
         let mut pipe = redis::pipe();
         for o in &batch {
             match o {
@@ -161,32 +161,23 @@ impl Publisher {
             Err(e) => {
                 // The outcome of each command is unknown; none is answered ok.
                 self.fail(link, &e.to_string());
-                return fail_batch(node, batch);
+                return fail_batch(link, node, batch);
             }
         };
         let mut replies = replies.into_iter();
         let mut error = None;
         for o in batch {
-            let reply = replies.next();
-            let seq = match (&o, &reply) {
-                (Outbound::Send { .. }, Some(Value::Int(seq))) if *seq > 0 => *seq as u64,
-                (Outbound::Event(_), Some(Value::ServerError(e))) => {
-                    error = Some(format!("{e:?}")); // Events are best effort.
-                    continue;
-                }
-                (Outbound::Revoke { .. }, Some(Value::ServerError(e))) => {
-                    // Kept in our storage: pushed again on the next resync.
-                    error = Some(format!("{e:?}"));
-                    continue;
-                }
-                (Outbound::Event(_) | Outbound::Revoke { .. }, _) => continue,
+            match (&o, replies.next()) {
+                (Outbound::Send { .. }, Some(Value::Int(seq))) if seq > 0 => {}
                 (Outbound::Send { .. }, other) => {
                     error = Some(format!("unexpected reply {other:?}"));
-                    fail_batch(node, vec![o]);
-                    continue;
+                    fail_batch(link, node, vec![o]);
                 }
-            };
-            store_and_answer(node, o, seq);
+                // Events are best effort; a revocation is kept in our
+                // storage and pushed again on the next resync.
+                (_, Some(Value::ServerError(e))) => error = Some(format!("{e:?}")),
+                _ => {}
+            }
         }
         if let Some(why) = error {
             self.fail(link, &why);
@@ -194,32 +185,15 @@ impl Publisher {
     }
 }
 
-/// Stores a message Redis gave `seq` and queues its answer for after the
-/// local flush.
-fn store_and_answer(node: &Node, o: Outbound, seq: u64) {
-    let Outbound::Send { room, ts, from, text, dm_new, reply, .. } = o else { return };
-    let down = reply.down();
-    // The subscriber stores it too (same key, same bytes); storing here lets
-    // the ack wait only for our flush. The room's directory entry must exist
-    // first: one created after this append would take this seq as already
-    // delivered.
-    let _ = node.with_room(&room, |_| ());
-    let stored = (!dm_new || store_dm_members(node, &room).is_ok())
-        && node.storage().append(&room, seq, ts, &from, &text).is_ok();
-    if stored {
-        let name = room.as_str().into();
-        node.after_flush(AfterFlush::answer(reply, Reply::Ack { room: name, seq, ts }, down));
-    } else {
-        let cmd = Cmd::Reply { to: reply.clone(), reply: Reply::Unavailable(down) };
-        node.after_flush(AfterFlush::then(reply.reactor(), cmd, None));
-    }
-}
-
-/// Answers every message of a failed batch `unavailable` (events are lost:
-/// they are best effort, like typing).
-fn fail_batch(node: &Node, batch: Vec<Outbound>) {
+/// Answers every room event of a failed batch `unavailable`, unless the
+/// subscriber already applied it (events are lost: they are best effort,
+/// like typing).
+fn fail_batch(link: &Link, node: &Node, batch: Vec<Outbound>) {
     for o in batch {
-        if let Outbound::Send { reply, .. } = o {
+        if let Some(reply) = match o {
+            Outbound::Send { n, .. } => link.take_pending(n),
+            _ => None,
+        } {
             let down = reply.down();
             node.send_to(
                 reply.reactor(),

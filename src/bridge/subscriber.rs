@@ -8,7 +8,7 @@ use crate::{
     auth::Revocation,
     cluster::{log_key, seq_key, Body, Envelope, Event, Link, Replays, CHANNEL},
     durable::{AfterFlush, Message},
-    fanout::{Cmd, UserAction},
+    fanout::{Cmd, Reply, UserAction},
     node::Node,
     wire::{self, Encoded, Presence, ServerFrame},
 };
@@ -130,7 +130,7 @@ fn repair(
         let Some(redis::Value::BulkString(body)) = entry.map.get("m") else { continue };
         match open_body(link, node, body).filter(|b| b.room == room) {
             Some(body) => {
-                apply_message(node, seq, &body);
+                apply_message(link, node, seq, &body);
                 got = seq;
             }
             None => node.metrics().reject_cluster_payload(),
@@ -184,29 +184,33 @@ fn ingest_message(
     if seq > known + 1 && repair(link, node, &body.room, known, seq - 1, con)? < seq - 1 {
         return Ok(false);
     }
-    apply_message(node, seq, &body);
+    apply_message(link, node, seq, &body);
     Ok(true)
 }
 
-/// Stores one message if it is new here, under its room's lock, and has
-/// it delivered after the flush.
-fn apply_message(node: &Node, seq: u64, body: &Body) {
+/// Stores one room event if it is new here, under its room's lock, and
+/// has it delivered after the flush; our own event's sender gets its ack
+/// then.
+fn apply_message(link: &Link, node: &Node, seq: u64, body: &Body) {
     let room = &body.room;
     let _ = node.with_room(room, |e| {
         if seq <= e.seq {
             return;
         }
-        if body.dm_new && store_dm_members(node, room).is_err() {
-            return;
-        }
-        if node.storage().append(room, seq, body.ts, &body.from, &body.text).is_err() {
+        let to = if link.is_own(body) { link.take_pending(body.n) } else { None };
+        let ev = body.event(seq);
+        let stored = (!body.dm_new || store_dm_members(node, room).is_ok())
+            && node.storage().apply(room, seq, &ev).is_ok();
+        if !stored {
+            if let Some(to) = to {
+                let cmd = Cmd::Reply { reply: Reply::Unavailable(to.down()), to: to.clone() };
+                node.send_to(to.reactor(), cmd);
+            }
             return;
         }
         e.seq = seq;
-        // Delivered here after our own flush, like a local message.
-        let (from, text) = (Arc::from(body.from.as_str()), body.text.clone());
-        let (room, ts, to) = (e.name.clone(), body.ts, None);
-        node.after_flush(AfterFlush::message(Message { room, seq, ts, from, text, to }));
+        // Delivered here after our own flush, like a local event.
+        node.after_flush(AfterFlush::message(Message { room: e.name.clone(), ev, to }));
     });
 }
 
@@ -270,6 +274,11 @@ fn apply_event(link: &Link, node: &Node, e: Event) {
             if from != link.node() && wire::valid_user(&user) =>
         {
             apply_revocation(node, &Revocation::User { user, before });
+        }
+        Event::Name { node: from, user, name } if from != link.node() => {
+            if node.storage().saw_user(&user, name.as_deref()).is_ok() {
+                node.after_flush(AfterFlush::nothing());
+            }
         }
         _ => {} // Our own events: already applied here.
     }

@@ -66,7 +66,7 @@ pub(crate) fn finish(
         node.presence(room, user, Presence::Online);
         node.peers().member(room, user, Some(seq));
     }
-    if let ReplyTo::Http { conn } = to {
+    if let ReplyTo::Http { conn, .. } = to {
         ctx.respond(*conn, http::json(200, &json!({ "room": &**room, "seq": seq })));
     }
 }
@@ -87,8 +87,10 @@ fn subscribe_and_reply(
             let (mut history, mut more) = history_for(node.storage(), room, since, seq)?;
             more |= super::history::fit(&mut history, node.cfg().max_output, since.is_some());
             let (members, online) = presence::online_members(node, room)?;
+            let names = node.storage().names(&members)?;
             let id = id.as_ref();
-            let frame = ServerFrame::Joined { id, room, seq, members, online, history, more };
+            let frame =
+                ServerFrame::Joined { id, room, seq, members, online, names, history, more };
             ctx.frame(conn, &frame);
             Ok(seq)
         }

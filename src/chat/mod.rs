@@ -8,13 +8,19 @@
 //! Rules never close a connection themselves: [`on_frame`] returns the
 //! close code and the reactor closes.
 
+pub(crate) mod directory;
+pub(crate) mod events;
 pub(crate) mod history;
 pub(crate) mod join;
 pub(crate) mod leave;
+pub(crate) mod mentions;
 pub(crate) mod presence;
 pub(crate) mod read;
+pub(crate) mod refresh;
+pub(crate) mod search;
 pub(crate) mod send;
 pub(crate) mod session;
+pub(crate) mod thread;
 pub(crate) mod typing;
 
 use crate::{
@@ -65,7 +71,7 @@ impl Ctx<'_> {
                     self.conns.queue(*conn, to.render(reply));
                 }
             }
-            ReplyTo::Http { conn } => {
+            ReplyTo::Http { conn, .. } => {
                 if self.conns.get(*conn).is_some_and(Conn::awaits_response) {
                     self.conns.respond(*conn, to.render(reply), self.now);
                 }
@@ -82,7 +88,7 @@ impl Ctx<'_> {
                     ServerFrame::Error { id: id.as_ref(), code, message, retry_after_ms: None };
                 self.frame(*conn, &frame);
             }
-            ReplyTo::Http { conn } => self.respond(*conn, http::refused(r)),
+            ReplyTo::Http { conn, .. } => self.respond(*conn, http::refused(r)),
         }
     }
 
@@ -93,7 +99,7 @@ impl Ctx<'_> {
 
     /// Parks an API call until its durable answer comes back.
     pub fn park(&mut self, to: &ReplyTo) {
-        if let ReplyTo::Http { conn } = to {
+        if let ReplyTo::Http { conn, .. } = to {
             if let Some(c) = self.conns.get_mut(*conn) {
                 c.park(self.now);
             }
@@ -145,26 +151,64 @@ pub(crate) fn on_frame(
 /// Runs the rule for one decoded frame.
 fn act(ctx: &mut Ctx<'_>, to: &ReplyTo, user: &Arc<str>, req: Request) -> Result<(), Refusal> {
     let conn = to.conn();
+    let id = to.id();
     match req {
         Request::Join { room, since } => join::start(ctx, user, &room, since, to.clone()),
         Request::Leave { room } => leave::start(ctx, user, &room, to.clone()),
-        Request::Send { room, text } => {
-            may_use(ctx, Some(conn), user, &room)?;
-            send::accept(ctx, user, &room, text, true, to.clone())
-        }
-        Request::Dm { to: peer, text } => send::dm(ctx, user, &peer, text, to.clone()),
         Request::Typing { room, active } => typing::typing(ctx, conn, user, &room, active),
         Request::History { room, cursor, limit } => {
             let (messages, more) = history::query(ctx, Some(conn), user, &room, cursor, limit)?;
-            ctx.frame(conn, &ServerFrame::History { id: to.id(), room: &room, messages, more });
+            ctx.frame(conn, &ServerFrame::History { id, room: &room, messages, more });
+            Ok(())
+        }
+        Request::Thread { room, root, after, limit } => {
+            let (messages, more) =
+                thread::query(ctx, Some(conn), user, &room, root, after, limit)?;
+            ctx.frame(conn, &ServerFrame::Thread { id, room: &room, root, messages, more });
+            Ok(())
+        }
+        Request::Search { query, room, cursor, limit } => {
+            let (room, cursor) = (room.as_deref(), cursor.as_deref());
+            let (messages, cursor) =
+                search::run(ctx, Some(conn), user, &query, room, cursor, limit)?;
+            ctx.frame(conn, &ServerFrame::SearchResults { id, query: &query, messages, cursor });
+            Ok(())
+        }
+        Request::Rooms { prefix, cursor, limit } => {
+            let (rooms, cursor) = directory::list(ctx, &prefix, cursor.as_deref(), limit)?;
+            ctx.frame(conn, &ServerFrame::RoomList { id, rooms, cursor });
             Ok(())
         }
         Request::Read { room, seq } => read::read(ctx, conn, user, &room, seq),
         Request::Presence { room } => presence::list(ctx, to, user, &room),
+        Request::Refresh => refresh::refresh(ctx, to),
         Request::Ping => {
-            ctx.frame(conn, &ServerFrame::Pong { id: to.id(), ts: wire::now_ms() });
+            ctx.frame(conn, &ServerFrame::Pong { id, ts: wire::now_ms() });
             Ok(())
         }
+        event => act_event(ctx, to, user, event),
+    }
+}
+
+/// Runs the rule for a frame that makes a room event.
+fn act_event(ctx: &mut Ctx<'_>, to: &ReplyTo, user: &Arc<str>, req: Request) -> Result<(), Refusal> {
+    let conn = Some(to.conn());
+    let to = to.clone();
+    match req {
+        Request::Send { room, text, reply_to } => {
+            may_use(ctx, conn, user, &room)?;
+            send::send(ctx, user, &room, text, reply_to, to)
+        }
+        Request::Dm { to: peer, text, reply_to } => send::dm(ctx, user, &peer, text, reply_to, to),
+        Request::Edit { room, seq, text } => events::edit(ctx, to, user, &room, seq, text),
+        Request::Delete { room, seq } => {
+            let admin = ctx.conns.session(to.conn()).is_some_and(|s| s.admin);
+            events::delete(ctx, to, user, admin, &room, seq)
+        }
+        Request::React { room, seq, emoji, on } => {
+            events::react(ctx, to, user, &room, seq, emoji, on)
+        }
+        _ => Err(Refusal::new(Code::Internal, "not a room event")),
     }
 }
 

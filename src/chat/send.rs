@@ -1,13 +1,15 @@
-//! `send`, `dm` and `POST /api/rooms/{room}/messages`: a message gets its
-//! seq under its room's lock (or, in a cluster, from Redis through the
-//! bridge) and is stored; after the flush that makes it durable, the commit
-//! thread hands it to every subscriber and answers the sender (`ack` or 201).
+//! `send`, `dm` and `POST /api/rooms/{room}/messages`, and how every room
+//! event is published: it gets its seq under its room's lock (or, in a
+//! cluster, from Redis through the bridge) and is stored; after the flush
+//! that makes it durable, the commit thread hands it to every subscriber
+//! and answers the sender (`ack`, 201 or 200).
 
-use super::Ctx;
+use super::{mentions, Ctx};
 use crate::{
     durable::{AfterFlush, Message},
     fanout::ReplyTo,
-    wire::{self, Code, Refusal},
+    storage::LiveMessage,
+    wire::{self, Code, Msg, Refusal},
 };
 use std::sync::Arc;
 
@@ -17,6 +19,7 @@ pub(crate) fn dm(
     user: &Arc<str>,
     peer: &str,
     text: String,
+    reply_to: Option<u64>,
     to: ReplyTo,
 ) -> Result<(), Refusal> {
     if *peer == **user {
@@ -27,21 +30,65 @@ pub(crate) fn dm(
     if !known {
         super::room_quota(ctx, user, &room)?;
     }
-    accept(ctx, user, &room, text, known, to)
+    let ev = message(ctx, user, &room, text, reply_to)?;
+    publish(ctx, &room, ev, known, to)
 }
 
-/// Accepts a message for `room` from `user` (membership already checked).
-/// `known`: both members of a DM room are already members (no membership
-/// to write).
-pub(crate) fn accept(
+/// `send` (membership already checked).
+pub(crate) fn send(
     ctx: &mut Ctx<'_>,
     user: &Arc<str>,
     room: &str,
     text: String,
+    reply_to: Option<u64>,
+    to: ReplyTo,
+) -> Result<(), Refusal> {
+    let ev = message(ctx, user, room, text, reply_to)?;
+    publish(ctx, room, ev, true, to)
+}
+
+/// A new `message` event: its thread root checked, its mentions found.
+fn message(
+    ctx: &Ctx<'_>,
+    user: &str,
+    room: &str,
+    text: String,
+    reply_to: Option<u64>,
+) -> Result<Msg, Refusal> {
+    if let Some(root) = reply_to {
+        if live(ctx, room, root)?.reply_to.is_some() {
+            return Err(Refusal::new(Code::NotFound, "a reply cannot start a thread"));
+        }
+    }
+    let mentions = mentions::of_members(ctx.node, room, &text)?;
+    let mut ev = Msg::message(room, user, text);
+    ev.reply_to = reply_to;
+    ev.mentions = mentions;
+    Ok(ev)
+}
+
+/// Message `seq` of `room` if it is visible and not deleted, else
+/// `not_found`.
+pub(crate) fn live(ctx: &Ctx<'_>, room: &str, seq: u64) -> Result<LiveMessage, Refusal> {
+    let node = ctx.node;
+    let found = if seq <= node.visible_seq(room)? {
+        node.storage().live_message(room, seq)?
+    } else {
+        None
+    };
+    found.ok_or_else(|| Refusal::new(Code::NotFound, "no such message, or it was deleted"))
+}
+
+/// Publishes room event `ev` (its rules already checked). `known`: both
+/// members of a DM room are already members (no membership to write).
+pub(crate) fn publish(
+    ctx: &mut Ctx<'_>,
+    room: &str,
+    mut ev: Msg,
     known: bool,
     to: ReplyTo,
 ) -> Result<(), Refusal> {
-    let ts = wire::now_ms();
+    ev.ts = wire::now_ms();
     let node = ctx.node;
     ctx.conns.counts.messages += 1;
     if let Some(link) = node.peers().link() {
@@ -49,7 +96,7 @@ pub(crate) fn accept(
         // The answer comes back through the bridge; a refusal (link down)
         // is answered by the caller at once, parked or not.
         ctx.park(&to);
-        return link.send(room, user, &text, ts, known, floor, to);
+        return link.send(room, &ev, known, floor, to);
     }
     ctx.park(&to);
     let storage = node.storage();
@@ -59,12 +106,13 @@ pub(crate) fn accept(
             storage.add_member(room, b)?;
         }
         let seq = e.seq + 1;
-        storage.append(room, seq, ts, user, &text)?;
+        ev.seq = seq;
+        storage.apply(room, seq, &ev)?;
         e.seq = seq;
         // Queued under the lock: the commit thread releases the room's
-        // messages (to its members, and the ack) in seq order.
-        let (room, from, to) = (e.name.clone(), user.clone(), Some(to));
-        node.after_flush(AfterFlush::message(Message { room, seq, ts, from, text, to }));
+        // events (to its members, and the ack) in seq order.
+        let room = e.name.clone();
+        node.after_flush(AfterFlush::message(Message { room, ev, to: Some(to) }));
         Ok(())
     })?
 }

@@ -7,8 +7,9 @@ use super::Ctx;
 use crate::{
     auth::Claims,
     conn::{Bucket, Session},
+    durable::AfterFlush,
     fanout::ConnId,
-    wire::{self, http, Encoding, Presence, RoomState, ServerFrame},
+    wire::{self, http, Encoding, Presence, Refusal, RoomState, ServerFrame},
 };
 use bytes::Bytes;
 use std::sync::Arc;
@@ -33,11 +34,15 @@ pub(crate) struct Upgrade {
 /// Finishes the upgrade of connection `id`.
 pub(crate) fn open(ctx: &mut Ctx<'_>, id: ConnId, up: Upgrade, ws_config: WebSocketConfig) {
     let node = ctx.node;
-    let rooms = match node.storage().rooms_of(&up.claims.sub) {
+    let claims = &up.claims;
+    if let Err(e) = first_sight(ctx, &claims.sub, claims.name.as_deref()) {
+        return ctx.respond(id, http::error(503, "unavailable", &e.message));
+    }
+    let rooms = match node.storage().rooms_of(&claims.sub) {
         Ok(r) => r,
         Err(e) => return ctx.respond(id, http::error(503, "unavailable", &e.to_string())),
     };
-    let user = ctx.local.user_name(&up.claims.sub);
+    let user = ctx.local.user_name(&claims.sub);
     let Some(conn) = ctx.conns.get_mut(id) else { return };
     let peer = conn.peer_ip();
     let trusted = peer.is_some_and(|p| node.cfg().trusted_proxies.contains(&p));
@@ -47,11 +52,14 @@ pub(crate) fn open(ctx: &mut Ctx<'_>, id: ConnId, up: Upgrade, ws_config: WebSoc
     }
     let Some(conn) = ctx.conns.get_mut(id) else { return };
     let ws = WebSocketContext::from_partially_read(up.leftover, Role::Server, Some(ws_config));
+    let name = up.claims.name.as_deref().map(Box::from);
     conn.open(
         up.response,
         Session {
             ws,
             user: user.clone(),
+            name,
+            admin: up.claims.admin,
             exp: up.claims.exp,
             jti: up.claims.jti,
             iat: up.claims.iat,
@@ -72,29 +80,61 @@ pub(crate) fn open(ctx: &mut Ctx<'_>, id: ConnId, up: Upgrade, ws_config: WebSoc
     // another node's event stored in between would otherwise be missed (its
     // subscribe went to the user's reactors before this one was among them).
     let rooms = node.storage().rooms_of(&user).unwrap_or(rooms);
-    let mut states = Vec::with_capacity(rooms.len());
-    for room in &rooms {
-        let seq = match ctx.local.subscribe(node, ctx.conns, id, room, None) {
-            Ok((_, seq)) => seq,
-            Err(_) => 0,
-        };
-        let read = node.storage().read_marker(&user, room).unwrap_or(0);
-        states.push(RoomState { room: room.clone(), seq, read });
-    }
-    let hello = ServerFrame::Hello {
-        user: &user,
-        node: &node.cfg().node_id,
-        server_time: wire::now_ms(),
-        rooms: states,
-        limits: node.limits(),
-    };
-    ctx.frame(id, &hello);
+    hello(ctx, id, &user, up.claims.name.as_deref(), &rooms);
     // Cluster-wide, this is only news if no other node has them.
     if first && !node.peers().presence(&user, true) {
         for room in &rooms {
             node.presence(room, &user, Presence::Online);
         }
     }
+}
+
+/// Records the user's display name (telling the other nodes when it
+/// changed) and, on their first connection ever, makes them a member of
+/// the `default_rooms`.
+pub(crate) fn first_sight(ctx: &Ctx<'_>, user: &str, name: Option<&str>) -> Result<(), Refusal> {
+    let node = ctx.node;
+    let (first, changed) = node.storage().saw_user(user, name)?;
+    if changed || first {
+        node.peers().name(user, name);
+    }
+    if !first {
+        return Ok(());
+    }
+    for room in &node.cfg().default_rooms {
+        if node.storage().add_member(room, user)? {
+            let seq = node.visible_seq(room)?;
+            node.presence(room, &Arc::from(user), Presence::Online);
+            node.peers().member(room, user, Some(seq));
+        }
+    }
+    // Durable with the next group commit, like a read marker.
+    node.after_flush(AfterFlush::nothing());
+    Ok(())
+}
+
+/// Subscribes connection `id` to every room of the user and sends `hello`.
+fn hello(ctx: &mut Ctx<'_>, id: ConnId, user: &str, name: Option<&str>, rooms: &[String]) {
+    let node = ctx.node;
+    let mut states = Vec::with_capacity(rooms.len());
+    for room in rooms {
+        let seq = match ctx.local.subscribe(node, ctx.conns, id, room, None) {
+            Ok((_, seq)) => seq,
+            Err(_) => 0,
+        };
+        let read = node.storage().read_marker(user, room).unwrap_or(0);
+        let (unread, mentions) = node.storage().unread(room, user, read).unwrap_or((0, 0));
+        states.push(RoomState { room: room.clone(), seq, read, unread, mentions });
+    }
+    let hello = ServerFrame::Hello {
+        user,
+        name,
+        node: &node.cfg().node_id,
+        server_time: wire::now_ms(),
+        rooms: states,
+        limits: node.limits(),
+    };
+    ctx.frame(id, &hello);
 }
 
 /// Ends a session taken out of connection `id`.

@@ -1,7 +1,10 @@
 //! What nodes say to each other on the `chinwag:events` channel, and the
 //! work a reactor queues for the publisher.
 
-use crate::{auth::Revocation, fanout::ReplyTo, wire};
+use crate::{
+    auth::Revocation,
+    wire::{self, Kind, Msg},
+};
 use serde::{Deserialize, Serialize};
 
 /// The one pub/sub channel of a cluster.
@@ -29,16 +32,19 @@ pub fn log_key(room: &str) -> String {
     format!("chinwag:log:{room}")
 }
 
-/// A message as published (its seq travels in front of it).
+/// A room event as published (its seq travels in front of it). The
+/// fields past `text` came with room events; a node of an older release
+/// sends none of them (a plain message).
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Body {
     /// Room name.
     pub room: String,
     /// Accept time, ms since the epoch.
     pub ts: u64,
-    /// Sender.
+    /// Who caused it.
     pub from: String,
-    /// The text.
+    /// The text (a message's, an edit's).
+    #[serde(default)]
     pub text: String,
     /// The two users of a DM room on its first message (membership to write).
     #[serde(default)]
@@ -50,6 +56,40 @@ pub struct Body {
     pub boot: u64,
     #[serde(default)]
     pub n: u64,
+    /// The event's kind.
+    #[serde(default)]
+    pub kind: Kind,
+    #[serde(default)]
+    pub reply_to: Option<u64>,
+    #[serde(default)]
+    pub mentions: Vec<String>,
+    #[serde(default)]
+    pub target: Option<u64>,
+    #[serde(default)]
+    pub emoji: Option<String>,
+    #[serde(default)]
+    pub on: Option<bool>,
+}
+
+impl Body {
+    /// The event it carries, with seq `seq`.
+    pub fn event(&self, seq: u64) -> Msg {
+        let text = matches!(self.kind, Kind::Message | Kind::Edit).then(|| self.text.clone());
+        Msg {
+            kind: self.kind,
+            room: self.room.clone(),
+            seq,
+            ts: self.ts,
+            from: self.from.clone(),
+            text,
+            reply_to: self.reply_to,
+            mentions: self.mentions.clone(),
+            target: self.target,
+            emoji: self.emoji.clone(),
+            on: self.on,
+            ..Msg::default()
+        }
+    }
 }
 
 /// An event as published: who sent it, when, and its counter, around it.
@@ -92,6 +132,8 @@ pub enum Event {
     Revoke { node: String, jti: String },
     /// `POST /api/revoke {"user"}`: tokens issued up to `before` (seconds).
     RevokeUser { node: String, user: String, before: u64 },
+    /// A user's display name (`None`: first seen, without one).
+    Name { node: String, user: String, name: Option<String> },
 }
 
 /// Longest `kind` of a notification carried between nodes.
@@ -105,12 +147,30 @@ fn room_ok(room: &str) -> bool {
     wire::valid_room(room) || wire::dm_users(room).is_some()
 }
 
+/// A display name as a token may carry it.
+fn valid_name(n: &str) -> bool {
+    let len = n.chars().count();
+    (1..=64).contains(&len) && !n.chars().any(char::is_control)
+}
+
 impl Body {
     /// Whether every field is what a client could have sent.
     pub fn valid(&self, max_text: usize) -> bool {
+        let has_text = matches!(self.kind, Kind::Message | Kind::Edit);
+        let fields = match self.kind {
+            Kind::Message => self.target.is_none(),
+            Kind::Edit | Kind::Delete => self.target.is_some(),
+            Kind::Reaction => {
+                self.target.is_some()
+                    && self.on.is_some()
+                    && self.emoji.as_deref().is_some_and(|e| wire::check_emoji(e).is_ok())
+            }
+        };
         room_ok(&self.room)
             && wire::valid_user(&self.from)
-            && wire::check_text(&self.text, max_text).is_ok()
+            && fields
+            && (!has_text || wire::check_text(&self.text, max_text).is_ok())
+            && self.mentions.iter().all(|m| wire::valid_user(m))
             && (!self.dm_new || wire::dm_users(&self.room).is_some())
     }
 }
@@ -126,7 +186,8 @@ impl Event {
             | Event::Read { node, .. }
             | Event::Notify { node, .. }
             | Event::Revoke { node, .. }
-            | Event::RevokeUser { node, .. } => node,
+            | Event::RevokeUser { node, .. }
+            | Event::Name { node, .. } => node,
         }
     }
 
@@ -151,6 +212,9 @@ impl Event {
                 }
                 Event::Revoke { jti, .. } => !jti.is_empty() && jti.len() <= 256,
                 Event::RevokeUser { user: u, .. } => user(u),
+                Event::Name { user: u, name, .. } => {
+                    user(u) && name.as_deref().is_none_or(valid_name)
+                }
             }
     }
 }
@@ -158,18 +222,10 @@ impl Event {
 /// Work for the publisher thread.
 #[derive(Debug)]
 pub enum Outbound {
-    /// A message to allocate a seq for: `body` is the published form,
-    /// `floor` this node's last seq of the room.
-    Send {
-        room: String,
-        body: Vec<u8>,
-        floor: u64,
-        ts: u64,
-        from: String,
-        text: String,
-        dm_new: bool,
-        reply: ReplyTo,
-    },
+    /// A room event to allocate a seq for: `body` is the published form,
+    /// `floor` this node's last seq of the room, `n` the body's counter
+    /// (its sender waits under it in the link's pending answers).
+    Send { room: String, body: Vec<u8>, floor: u64, n: u64 },
     /// An event payload (`E` + MessagePack) to publish.
     Event(Vec<u8>),
     /// A revocation to keep in the [`REVOKED_KEY`] hash (`field` →

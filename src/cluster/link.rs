@@ -10,7 +10,7 @@ use super::{
 use crate::{
     auth::Revocation,
     fanout::ReplyTo,
-    wire::{self, Code, Refusal},
+    wire::{self, Code, Msg, Refusal},
 };
 use crossbeam_channel::{Receiver, Sender};
 use parking_lot::Mutex;
@@ -50,6 +50,8 @@ pub struct Link {
     /// Random at start: with `counter`, names each payload once.
     boot: u64,
     counter: AtomicU64,
+    /// Senders waiting for their event to come back applied, by counter.
+    pending: Mutex<HashMap<u64, ReplyTo>>,
 }
 
 impl Link {
@@ -74,6 +76,7 @@ impl Link {
             seal: Seal::new(secret),
             boot: rand::random(),
             counter: AtomicU64::new(0),
+            pending: Mutex::new(HashMap::new()),
         });
         Ok((link, rx))
     }
@@ -189,16 +192,15 @@ impl Link {
         dead.iter().filter_map(|n| remote.remove(n)).flat_map(|(_, users)| users).collect()
     }
 
-    /// Hands an accepted message to Redis for its seq (`floor`: this node's
-    /// last seq of the room). Refused at once while the link is down:
-    /// nothing is half-accepted.
-    #[allow(clippy::too_many_arguments)]
+    /// Hands an accepted room event to Redis for its seq (`floor`: this
+    /// node's last seq of the room). Refused at once while the link is
+    /// down: nothing is half-accepted. `reply` waits until the subscriber
+    /// applies the event (its ack follows the local flush), or until the
+    /// publisher fails it.
     pub fn send(
         &self,
         room: &str,
-        from: &str,
-        text: &str,
-        ts: u64,
+        ev: &Msg,
         known: bool,
         floor: impl FnOnce() -> u64,
         reply: ReplyTo,
@@ -211,22 +213,49 @@ impl Link {
         }
         let dm_new = !known && wire::dm_users(room).is_some();
         let (origin, boot, n) = (self.node.clone(), self.boot, self.next());
-        let (room_s, from_s, text_s) = (room.into(), from.into(), text.into());
-        let body = Body { room: room_s, ts, from: from_s, text: text_s, dm_new, origin, boot, n };
+        let body = Body {
+            room: room.into(),
+            ts: ev.ts,
+            from: ev.from.clone(),
+            text: ev.text.clone().unwrap_or_default(),
+            dm_new,
+            origin,
+            boot,
+            n,
+            kind: ev.kind,
+            reply_to: ev.reply_to,
+            mentions: ev.mentions.clone(),
+            target: ev.target,
+            emoji: ev.emoji.clone(),
+            on: ev.on,
+        };
         let body = rmp_serde::to_vec_named(&body)
             .map_err(|e| Refusal::new(Code::Internal, e.to_string()))?;
         let body = self.seal.seal(&body);
-        let out = Outbound::Send {
-            room: room.into(),
-            body,
-            floor: floor(),
-            ts,
-            from: from.into(),
-            text: text.into(),
-            dm_new,
-            reply,
-        };
-        self.tx.send(out).map_err(|_| Refusal::new(Code::Unavailable, "cluster link stopped"))
+        self.pending.lock().insert(n, reply);
+        let out = Outbound::Send { room: room.into(), body, floor: floor(), n };
+        self.tx.send(out).map_err(|_| {
+            self.pending.lock().remove(&n);
+            Refusal::new(Code::Unavailable, "cluster link stopped")
+        })
+    }
+
+    /// Takes the sender waiting for this node's event number `n` (each is
+    /// answered once: by the subscriber that applied it, or by the
+    /// publisher that failed it, whichever comes first).
+    pub fn take_pending(&self, n: u64) -> Option<ReplyTo> {
+        self.pending.lock().remove(&n)
+    }
+
+    /// Whether `body` was sent by this process.
+    pub fn is_own(&self, body: &Body) -> bool {
+        body.origin == self.node && body.boot == self.boot
+    }
+
+    /// Tells the other nodes `user`'s display name (`None`: seen without one).
+    pub fn name(&self, user: &str, name: Option<&str>) {
+        let (node, user, name) = (self.node.clone(), user.into(), name.map(str::to_string));
+        self.publish(Event::Name { node, user, name });
     }
 
     /// An event as published: `E` + the sealed MessagePack envelope.

@@ -67,6 +67,13 @@ impl Peers {
         }
     }
 
+    /// `user`'s display name is `name` (`None`: first seen without one).
+    pub fn name(&self, user: &str, name: Option<&str>) {
+        if let Some(l) = &self.0 {
+            l.name(user, name);
+        }
+    }
+
     /// `user` is typing in `room`.
     pub fn typing(&self, room: &str, user: &str, active: bool) {
         if let Some(l) = &self.0 {

@@ -71,6 +71,10 @@ pub struct Session {
     pub ws: WebSocketContext,
     /// The user id.
     pub user: Arc<str>,
+    /// The token's display name (kept for `refresh`).
+    pub name: Option<Box<str>>,
+    /// The token's `admin` claim (deletes anyone's message; `refresh`).
+    pub admin: bool,
     /// Token expiry, seconds since the epoch (`u64::MAX`: none).
     pub exp: u64,
     /// Token id, for revocation.

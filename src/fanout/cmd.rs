@@ -31,8 +31,10 @@ pub struct ConnId {
 pub enum ReplyTo {
     /// A WebSocket frame: the answer echoes `id`, in `enc`.
     Ws { conn: ConnId, id: Option<Value>, enc: Encoding },
-    /// An API call: the answer is the HTTP response, then the connection closes.
-    Http { conn: ConnId },
+    /// An API call: the answer is the HTTP response (`status` on success:
+    /// 201 for a new message, 200 for an edit or delete), then the
+    /// connection closes.
+    Http { conn: ConnId, status: u16 },
 }
 
 /// A durable answer, before it is rendered for a [`ReplyTo`].
@@ -51,7 +53,7 @@ impl ReplyTo {
     /// The connection to answer.
     pub fn conn(&self) -> ConnId {
         match self {
-            ReplyTo::Ws { conn, .. } | ReplyTo::Http { conn } => *conn,
+            ReplyTo::Ws { conn, .. } | ReplyTo::Http { conn, .. } => *conn,
         }
     }
 
@@ -98,8 +100,8 @@ impl ReplyTo {
                 let code = wire::Code::Internal;
                 wire::encode(&ServerFrame::Error { id, code, message, retry_after_ms: None }, *enc)
             }
-            (ReplyTo::Http { .. }, Reply::Ack { seq, ts, .. }) => {
-                http::json(201, &json!({ "seq": seq, "ts": ts }))
+            (ReplyTo::Http { status, .. }, Reply::Ack { seq, ts, .. }) => {
+                http::json(*status, &json!({ "seq": seq, "ts": ts }))
             }
             (ReplyTo::Http { .. }, Reply::Revoked(Revocation::Token(jti))) => {
                 http::json(200, &json!({ "revoked": jti }))

@@ -6,8 +6,9 @@
 use super::{Cmd, ConnId, Mailbox, UserAction};
 use crate::{
     rooms::{bits, Directory, RoomEntry},
-    wire::{self, Encoded, ServerFrame},
+    wire::{self, Encoded, Msg, ServerFrame},
 };
+use serde::Serialize;
 use std::sync::Arc;
 
 /// The directory and every reactor's mailbox: who to send to, and how.
@@ -28,6 +29,11 @@ impl Fanout {
         &self.dir
     }
 
+    /// The directory, shared (for the search thread).
+    pub fn dir_arc(&self) -> Arc<Directory> {
+        self.dir.clone()
+    }
+
     /// Sends a command to reactor `reactor`.
     pub fn send_to(&self, reactor: u16, cmd: Cmd) {
         if let Some(mb) = self.mailboxes.get(reactor as usize) {
@@ -38,10 +44,10 @@ impl Fanout {
     /// Sends a frame to every reactor with subscribers of the room `e`
     /// (under its lock), encoded once per encoding in use there. `seq` is
     /// the message seq (0 for others).
-    pub fn broadcast_in(
+    pub fn broadcast_in<T: Serialize>(
         &self,
         e: &RoomEntry,
-        frame: &ServerFrame<'_>,
+        frame: &T,
         seq: u64,
         skip_user: Option<Arc<str>>,
     ) {
@@ -83,17 +89,17 @@ impl Fanout {
         });
     }
 
-    /// A message is durable: raise its room's visible seq and hand it to
+    /// A room event is durable: raise its room's visible seq and hand it to
     /// this node's subscribers, under the room's lock so that every reactor
-    /// sees the room's messages in seq order. DM messages go to both users'
+    /// sees the room's events in seq order. DM events go to both users'
     /// connections (subscribing them); others to the room's reactors.
-    pub fn release_message(&self, room: &str, seq: u64, ts: u64, from: &str, text: &str) {
+    pub fn release_message(&self, room: &str, ev: &Msg) {
         let _ = self.dir.with_room(
             room,
             || Err(()),
             |e| {
-                e.durable = e.durable.max(seq);
-                self.deliver(e, seq, ts, from, text);
+                e.durable = e.durable.max(ev.seq);
+                self.deliver(e, ev);
             },
         );
     }
@@ -126,13 +132,12 @@ impl Fanout {
         });
     }
 
-    fn deliver(&self, e: &RoomEntry, seq: u64, ts: u64, from: &str, text: &str) {
-        let room = &*e.name;
-        let frame = ServerFrame::Message { room, seq, ts, from, text };
-        let Some((a, b)) = wire::dm_users(room) else {
-            return self.broadcast_in(e, &frame, seq, None);
+    fn deliver(&self, e: &RoomEntry, ev: &Msg) {
+        let seq = ev.seq;
+        let Some((a, b)) = wire::dm_users(&e.name) else {
+            return self.broadcast_in(e, ev, seq, None);
         };
-        let frame = Arc::new(Encoded::encode(&frame, true, true));
+        let frame = Arc::new(Encoded::encode(ev, true, true));
         for u in [a, b] {
             for r in bits(self.dir.user_reactors(u)) {
                 self.mailboxes[r].send(Cmd::ToUser {

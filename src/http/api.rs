@@ -34,7 +34,15 @@ pub enum Op {
     /// `POST /api/rooms/{room}/join`.
     Join { room: String },
     /// `POST /api/rooms/{room}/messages`.
-    Post { room: String, text: String },
+    Post { room: String, text: String, reply_to: Option<u64> },
+    /// `PATCH /api/rooms/{room}/messages/{seq}`.
+    Edit { room: String, seq: u64, text: String },
+    /// `DELETE /api/rooms/{room}/messages/{seq}`.
+    Delete { room: String, seq: u64 },
+    /// `GET /api/rooms`: the directory.
+    Rooms { prefix: String, cursor: Option<String>, limit: usize },
+    /// `GET /api/search`.
+    Search { q: String, room: Option<String>, cursor: Option<String>, limit: usize },
     /// `POST /api/notify`.
     Notify { user: String, kind: String, text: String, data: Option<Value> },
     /// `POST /api/revoke`: `{"jti"}` or `{"user"}`.
@@ -99,8 +107,14 @@ pub fn route(
 ) -> Result<Call, Bytes> {
     let parts: Vec<&str> = path.trim_start_matches("/api/").split('/').collect();
     // Match the route before auth so an unknown path is 404 for anyone.
+    let one_of = |allowed: &[&'static str]| {
+        allowed.iter().copied().find(|m| *m == method).unwrap_or(allowed[0])
+    };
     let (want, which) = match parts.as_slice() {
-        ["rooms", _, "messages"] => (if method == "GET" { "GET" } else { "POST" }, "messages"),
+        ["rooms"] => ("GET", "rooms"),
+        ["search"] => ("GET", "search"),
+        ["rooms", _, "messages"] => (one_of(&["POST", "GET"]), "messages"),
+        ["rooms", _, "messages", _] => (one_of(&["PATCH", "DELETE"]), "message"),
         ["rooms", _, "join"] => ("POST", "join"),
         ["notify"] => ("POST", "notify"),
         ["revoke"] => ("POST", "revoke"),
@@ -118,10 +132,24 @@ pub fn route(
         ("messages", "GET") => history_op(path_room(&parts)?, query)?,
         ("messages", _) => {
             let room = path_room(&parts)?;
-            let text = body_str(&body_json(body)?, "text")?;
+            let m = body_json(body)?;
+            let text = body_str(&m, "text")?;
             wire::check_text(&text, node.cfg().max_text).map_err(|r| refused(&r))?;
-            Op::Post { room, text }
+            let reply_to = match m.get("reply_to") {
+                None | Some(Value::Null) => None,
+                Some(v) => Some(v.as_u64().filter(|&s| s > 0).ok_or_else(|| {
+                    respond(400, "bad_request", "`reply_to` must be a positive integer")
+                })?),
+            };
+            Op::Post { room, text, reply_to }
         }
+        ("message", _) => message_op(&parts, method, body, node)?,
+        ("rooms", _) => Op::Rooms {
+            prefix: super::query_param(query, "prefix").and_then(percent_decode).unwrap_or_default(),
+            cursor: super::query_param(query, "cursor").and_then(percent_decode),
+            limit: limit_param(query, wire::DEFAULT_HISTORY, wire::MAX_HISTORY)?,
+        },
+        ("search", _) => search_op(query)?,
         ("join", _) => {
             let room = path_room(&parts)?;
             if !wire::valid_room(&room) {
@@ -149,13 +177,49 @@ fn path_room(parts: &[&str]) -> Result<String, Bytes> {
     }
 }
 
+/// A `limit` query parameter: `default` when absent, capped at `max`.
+fn limit_param(query: &str, default: usize, max: usize) -> Result<usize, Bytes> {
+    match query_u64(query, "limit")? {
+        None => Ok(default),
+        Some(0) => Err(respond(400, "bad_request", "`limit` must be at least 1")),
+        Some(l) => Ok((l as usize).min(max)),
+    }
+}
+
+/// `PATCH` (`{"text"}`) or `DELETE /api/rooms/{room}/messages/{seq}`.
+fn message_op(parts: &[&str], method: &str, body: &[u8], node: &Node) -> Result<Op, Bytes> {
+    let room = path_room(parts)?;
+    let seq = parts
+        .get(3)
+        .and_then(|s| s.parse::<u64>().ok())
+        .filter(|&s| s > 0)
+        .ok_or_else(|| respond(400, "bad_request", "the message seq must be a positive integer"))?;
+    if method == "DELETE" {
+        return Ok(Op::Delete { room, seq });
+    }
+    let text = body_str(&body_json(body)?, "text")?;
+    wire::check_text(&text, node.cfg().max_text).map_err(|r| refused(&r))?;
+    Ok(Op::Edit { room, seq, text })
+}
+
+/// `GET /api/search?q=&room=&cursor=&limit=`.
+fn search_op(query: &str) -> Result<Op, Bytes> {
+    let q = super::query_param(query, "q")
+        .and_then(|v| percent_decode(&v.replace('+', " ")))
+        .unwrap_or_default();
+    wire::check_query(&q).map_err(|r| refused(&r))?;
+    let room = super::query_param(query, "room").and_then(percent_decode).filter(|r| !r.is_empty());
+    Ok(Op::Search {
+        q,
+        room,
+        cursor: super::query_param(query, "cursor").and_then(percent_decode),
+        limit: limit_param(query, 20, wire::MAX_SEARCH)?,
+    })
+}
+
 /// `GET /api/rooms/{room}/messages?limit=&before=|after=`.
 fn history_op(room: String, query: &str) -> Result<Op, Bytes> {
-    let limit = match query_u64(query, "limit")? {
-        None => wire::DEFAULT_HISTORY,
-        Some(0) => return Err(respond(400, "bad_request", "`limit` must be at least 1")),
-        Some(l) => (l as usize).min(wire::MAX_HISTORY),
-    };
+    let limit = limit_param(query, wire::DEFAULT_HISTORY, wire::MAX_HISTORY)?;
     let cursor = match (query_u64(query, "before")?, query_u64(query, "after")?) {
         (None, None) => Cursor::Latest,
         (Some(b), None) => Cursor::Before(b),
@@ -209,43 +273,77 @@ fn take_token(token: &str, node: &Node) -> Result<(), Bytes> {
 /// Carries out an API call for the HTTP connection `conn`: answers now, or
 /// parks the connection until the commit thread sends the durable answer.
 pub(crate) fn execute(ctx: &mut Ctx<'_>, conn: ConnId, call: Call) {
-    let user: Arc<str> = Arc::from(call.claims.sub.as_str());
-    let to = ReplyTo::Http { conn };
-    let node = ctx.node;
+    let claims = call.claims;
+    if let Err(r) = chat::session::first_sight(ctx, &claims.sub, claims.name.as_deref()) {
+        return ctx.respond(conn, refused(&r));
+    }
+    let user: Arc<str> = Arc::from(claims.sub.as_str());
+    let to = |status| ReplyTo::Http { conn, status };
     let result: Result<Option<Bytes>, Refusal> = match call.op {
         Op::History { room, cursor, limit } => {
             chat::history::query(ctx, None, &user, &room, cursor, limit).map(|(messages, more)| {
                 Some(json_response(200, &json!({ "messages": messages, "more": more })))
             })
         }
-        Op::Join { room } => chat::join::start(ctx, &user, &room, None, to).map(|()| None),
-        Op::Post { room, text } => chat::may_use(ctx, None, &user, &room)
-            .and_then(|()| chat::send::accept(ctx, &user, &room, text, true, to))
+        Op::Join { room } => chat::join::start(ctx, &user, &room, None, to(200)).map(|()| None),
+        Op::Post { room, text, reply_to } => chat::may_use(ctx, None, &user, &room)
+            .and_then(|()| chat::send::send(ctx, &user, &room, text, reply_to, to(201)))
             .map(|()| None),
-        Op::Notify { user: who, kind, text, data } => {
-            let ts = wire::now_ms();
-            let frame =
-                ServerFrame::Notification { kind: &kind, text: &text, data: data.as_ref(), ts };
-            let who: Arc<str> = Arc::from(who.as_str());
-            node.fanout().frame_to_user(&who, &who, &frame, None);
-            node.peers().notify(&who, &kind, &text, data.as_ref(), ts);
-            Ok(Some(response(202, "application/json", b"{\"status\":\"accepted\"}")))
+        Op::Edit { room, seq, text } => {
+            chat::events::edit(ctx, to(200), &user, &room, seq, text).map(|()| None)
         }
-        Op::Revoke(r) => {
-            node.storage().revoke(&r, wire::now_ms() / 1000).map_err(Refusal::from).map(|()| {
-                node.revoked().add(&r);
-                node.peers().revoke(&r);
-                let p = AfterFlush::answer(to.clone(), Reply::Revoked(r), STORAGE_DOWN);
-                ctx.after_flush(&to, p);
-                None
+        Op::Delete { room, seq } => {
+            chat::events::delete(ctx, to(200), &user, claims.admin, &room, seq).map(|()| None)
+        }
+        Op::Rooms { prefix, cursor, limit } => {
+            chat::directory::list(ctx, &prefix, cursor.as_deref(), limit).map(|(rooms, cursor)| {
+                let mut body = json!({ "rooms": rooms });
+                if let Some(c) = cursor {
+                    body["cursor"] = json!(c);
+                }
+                Some(json_response(200, &body))
             })
         }
+        Op::Search { q, room, cursor, limit } => {
+            chat::search::run(ctx, None, &user, &q, room.as_deref(), cursor.as_deref(), limit)
+                .map(|(messages, cursor)| {
+                    let mut body = json!({ "messages": messages });
+                    if let Some(c) = cursor {
+                        body["cursor"] = json!(c);
+                    }
+                    Some(json_response(200, &body))
+                })
+        }
+        Op::Notify { user: who, kind, text, data } => Ok(Some(notify(ctx.node, who, kind, text, data))),
+        Op::Revoke(r) => revoke(ctx, to(200), r),
     };
     match result {
         Ok(Some(bytes)) => ctx.respond(conn, bytes),
         Ok(None) => {}
         Err(r) => ctx.respond(conn, refused(&r)),
     }
+}
+
+/// `POST /api/notify`: to the user's connections here and on every node.
+fn notify(node: &Node, who: String, kind: String, text: String, data: Option<Value>) -> Bytes {
+    let ts = wire::now_ms();
+    let frame = ServerFrame::Notification { kind: &kind, text: &text, data: data.as_ref(), ts };
+    let who: Arc<str> = Arc::from(who.as_str());
+    node.fanout().frame_to_user(&who, &who, &frame, None);
+    node.peers().notify(&who, &kind, &text, data.as_ref(), ts);
+    response(202, "application/json", b"{\"status\":\"accepted\"}")
+}
+
+/// `POST /api/revoke`: stored, refused here and everywhere, answered once
+/// durable.
+fn revoke(ctx: &mut Ctx<'_>, to: ReplyTo, r: Revocation) -> Result<Option<Bytes>, Refusal> {
+    let node = ctx.node;
+    node.storage().revoke(&r, wire::now_ms() / 1000)?;
+    node.revoked().add(&r);
+    node.peers().revoke(&r);
+    let p = AfterFlush::answer(to.clone(), Reply::Revoked(r), STORAGE_DOWN);
+    ctx.after_flush(&to, p);
+    Ok(None)
 }
 
 #[cfg(test)]

@@ -1,4 +1,5 @@
-//! Memberships, read markers and revoked tokens.
+//! Memberships (with each room's member count, for the directory),
+//! users and their display names, read markers and revoked tokens.
 
 use super::keys::be_u64;
 use super::{
@@ -16,7 +17,87 @@ impl Storage {
         let was = self.check(r)?;
         let r = t.user_rooms.insert(key2(user, room), &[]);
         self.check(r)?;
+        if was.is_none() {
+            self.count_member(room, 1)?;
+        }
         Ok(was.is_none())
+    }
+
+    /// Moves `room`'s member count by `delta`.
+    fn count_member(&self, room: &str, delta: i64) -> Result<()> {
+        let r = self.trees()?.room_members.update_and_fetch(room.as_bytes(), |old| {
+            let n = old.and_then(be_u64).unwrap_or(0).saturating_add_signed(delta);
+            (n > 0).then(|| n.to_be_bytes().to_vec())
+        });
+        self.check(r).map(drop)
+    }
+
+    /// Rooms with members whose name starts with `prefix` and sorts after
+    /// `after`, by name: up to `limit` of them with their member counts,
+    /// and whether more exist.
+    pub fn directory(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<(String, u64)>, bool)> {
+        let t = self.trees()?;
+        let mut out = Vec::new();
+        let start = match after {
+            Some(a) if a >= prefix => {
+                let mut k = a.as_bytes().to_vec();
+                k.push(0);
+                k
+            }
+            _ => prefix.as_bytes().to_vec(),
+        };
+        for kv in t.room_members.range(start..) {
+            let (k, v) = self.check(kv)?;
+            if !k.starts_with(prefix.as_bytes()) {
+                break;
+            }
+            let room = String::from_utf8_lossy(&k).into_owned();
+            if !crate::wire::valid_room(&room) {
+                continue; // DM rooms are not listed.
+            }
+            if out.len() == limit {
+                return Ok((out, true));
+            }
+            out.push((room, be_u64(&v).unwrap_or(0)));
+        }
+        Ok((out, false))
+    }
+
+    /// Records that `user` connected, with the display name of their token
+    /// (if any). Returns (first time ever, the name changed).
+    pub fn saw_user(&self, user: &str, name: Option<&str>) -> Result<(bool, bool)> {
+        self.writable()?;
+        let t = self.trees()?;
+        let r = t.users.get(user.as_bytes());
+        let old = self.check(r)?;
+        let changed = name.is_some_and(|n| old.as_deref() != Some(n.as_bytes()));
+        if old.is_none() || changed {
+            let value = name.map(str::as_bytes).or(old.as_deref()).unwrap_or_default().to_vec();
+            let r = t.users.insert(user.as_bytes(), value);
+            self.check(r)?;
+        }
+        Ok((old.is_none(), changed))
+    }
+
+    /// The display names of those of `users` that have one.
+    pub fn names<'a>(
+        &self,
+        users: impl IntoIterator<Item = &'a String>,
+    ) -> Result<std::collections::BTreeMap<String, String>> {
+        let t = self.trees()?;
+        let mut out = std::collections::BTreeMap::new();
+        for u in users {
+            let r = t.users.get(u.as_bytes());
+            if let Some(v) = self.check(r)?.filter(|v| !v.is_empty()) {
+                out.insert(u.clone(), String::from_utf8_lossy(&v).into_owned());
+            }
+        }
+        Ok(out)
     }
 
     /// Removes `user` from `room`. Returns whether it was a member.
@@ -27,6 +108,9 @@ impl Storage {
         let was = self.check(r)?;
         let r = t.user_rooms.remove(key2(user, room));
         self.check(r)?;
+        if was.is_some() {
+            self.count_member(room, -1)?;
+        }
         Ok(was.is_some())
     }
 

@@ -1,84 +1,143 @@
-//! Messages: append, latest seq, history in both directions.
+//! Reading room events: latest seq, history in both directions, one
+//! event, a thread's replies, and a user's unread and mention counts.
 
 use super::{
-    keys::{be_u64, msg_key, prefix},
-    Result, Storage, StorageError,
+    events::Record,
+    keys::{be_u64, msg_key, prefix, sub, tag, tail_u64, Part::*},
+    Result, Storage,
 };
 use crate::wire::{Cursor, Msg};
 
+/// Unread and mention counts stop at this many.
+pub const COUNT_CAP: u64 = 1000;
+
 impl Storage {
-    /// The latest seq of a room (0 if it has no message).
+    /// The latest seq of a room (0 if it has no event).
     pub fn last_seq(&self, room: &str) -> Result<u64> {
         let r = self.trees()?.messages.scan_prefix(prefix(room)).next_back().transpose();
-        Ok(self.check(r)?.and_then(|(k, _)| be_u64(&k[k.len().saturating_sub(8)..])).unwrap_or(0))
+        Ok(self.check(r)?.and_then(|(k, _)| tail_u64(&k)).unwrap_or(0))
     }
 
-    /// Stores one message (durable after the next flush).
+    /// The ts of a room's latest event (0 if none).
+    pub fn last_ts(&self, room: &str) -> Result<u64> {
+        let r = self.trees()?.messages.scan_prefix(prefix(room)).next_back().transpose();
+        Ok(match self.check(r)? {
+            Some((_, v)) => Record::decode(&v)?.ts,
+            None => 0,
+        })
+    }
+
+    /// Stores a plain message (durable after the next flush).
     pub fn append(&self, room: &str, seq: u64, ts: u64, from: &str, text: &str) -> Result<()> {
-        self.writable()?;
-        let value =
-            rmp_serde::to_vec(&(ts, from, text)).map_err(|e| StorageError(e.to_string()))?;
-        let r = self.trees()?.messages.insert(msg_key(room, seq), value);
-        self.check(r).map(drop)
+        let mut m = Msg::message(room, from, text.to_string());
+        m.ts = ts;
+        self.apply(room, seq, &m)
     }
 
-    /// Drops a stored message that could not be made durable.
-    pub fn remove_message(&self, room: &str, seq: u64) -> Result<()> {
-        let r = self.trees()?.messages.remove(msg_key(room, seq));
-        self.check(r).map(drop)
+    /// Event `seq` of `room` as it is now.
+    pub fn event(&self, room: &str, seq: u64) -> Result<Option<Msg>> {
+        let t = self.trees()?;
+        Ok(self.record(&t.messages, room, seq)?.map(|r| r.into_msg(room, seq)))
     }
 
-    fn decode_msg(room: &str, k: &[u8], v: &[u8]) -> Result<Msg> {
-        let seq = be_u64(&k[k.len().saturating_sub(8)..])
-            .ok_or_else(|| StorageError("corrupt message key".into()))?;
-        let (ts, from, text): (u64, String, String) =
-            rmp_serde::from_slice(v).map_err(|e| StorageError(format!("corrupt message: {e}")))?;
-        Ok(Msg { room: room.to_string(), seq, ts, from, text })
+    /// Event `seq` of `room` if it is a message that is not deleted.
+    pub fn live_message(&self, room: &str, seq: u64) -> Result<Option<LiveMessage>> {
+        let t = self.trees()?;
+        Ok(self.record(&t.messages, room, seq)?.filter(Record::is_live_message).map(|r| {
+            LiveMessage { reply_to: r.reply_to(), emoji: r.emoji(), from: r.from }
+        }))
     }
 
-    /// Up to `limit` messages of `room` from `cursor`, ascending, and whether
+    /// Up to `limit` events of `room` from `cursor`, ascending, and whether
     /// more exist in the direction of the query.
     pub fn history(&self, room: &str, cursor: Cursor, limit: usize) -> Result<(Vec<Msg>, bool)> {
-        let lo = msg_key(room, 0);
+        let tree = self.trees()?.messages.clone();
+        let (lo, hi) = (msg_key(room, 0), msg_key(room, u64::MAX));
+        let forward = matches!(cursor, Cursor::After(_));
+        let iter: Box<dyn Iterator<Item = _>> = match cursor {
+            Cursor::After(u64::MAX) => return Ok((Vec::new(), false)),
+            Cursor::After(after) => Box::new(tree.range(msg_key(room, after + 1)..=hi)),
+            Cursor::Before(b) => Box::new(tree.range(lo..msg_key(room, b)).rev()),
+            Cursor::Latest => Box::new(tree.range(lo..=hi).rev()),
+        };
         let mut out = Vec::with_capacity(limit.min(128));
         let mut more = false;
-        match cursor {
-            Cursor::After(after) => {
-                let start = msg_key(room, after.saturating_add(1));
-                let end = msg_key(room, u64::MAX);
-                if after < u64::MAX {
-                    for kv in self.trees()?.messages.range(start..=end) {
-                        let (k, v) = self.check(kv)?;
-                        if out.len() == limit {
-                            more = true;
-                            break;
-                        }
-                        out.push(Self::decode_msg(room, &k, &v)?);
-                    }
-                }
+        for kv in iter {
+            let (k, v) = self.check(kv)?;
+            if out.len() == limit {
+                more = true;
+                break;
             }
-            Cursor::Latest | Cursor::Before(_) => {
-                let end = match cursor {
-                    Cursor::Before(b) => msg_key(room, b),
-                    _ => msg_key(room, u64::MAX),
-                };
-                let inclusive_end = matches!(cursor, Cursor::Latest);
-                let iter = if inclusive_end {
-                    self.trees()?.messages.range(lo..=end)
-                } else {
-                    self.trees()?.messages.range(lo..end)
-                };
-                for kv in iter.rev() {
-                    let (k, v) = self.check(kv)?;
-                    if out.len() == limit {
-                        more = true;
-                        break;
-                    }
-                    out.push(Self::decode_msg(room, &k, &v)?);
-                }
-                out.reverse();
-            }
+            let seq = tail_u64(&k).unwrap_or(0);
+            out.push(Record::decode(&v)?.into_msg(room, seq));
+        }
+        if !forward {
+            out.reverse();
         }
         Ok((out, more))
     }
+
+    /// Up to `limit` replies to `root` after seq `after`, ascending, in
+    /// their current state, and whether more exist.
+    pub fn thread(&self, room: &str, root: u64, after: u64, limit: usize) -> Result<(Vec<Msg>, bool)> {
+        let t = self.trees()?;
+        let start = sub(room, tag::REPLY, &[N(root), N(after.saturating_add(1))]);
+        let end = sub(room, tag::REPLY, &[N(root), N(u64::MAX)]);
+        let mut out = Vec::new();
+        for kv in t.messages.range(start..=end) {
+            let (k, _) = self.check(kv)?;
+            if out.len() == limit {
+                return Ok((out, true));
+            }
+            let Some(seq) = tail_u64(&k) else { continue };
+            if let Some(r) = self.record(&t.messages, room, seq)? {
+                out.push(r.into_msg(room, seq));
+            }
+        }
+        Ok((out, false))
+    }
+
+    /// `user`'s unread messages in `room` above `read` (not deleted, not
+    /// theirs) and how many of those mention them, both capped at
+    /// [`COUNT_CAP`]. Reads counters and short index ranges, never the
+    /// room's history.
+    pub fn unread(&self, room: &str, user: &str, read: u64) -> Result<(u64, u64)> {
+        let t = self.trees()?;
+        let tree = &t.messages;
+        let total = self.last_ord(tree, room)?;
+        let lo = sub(room, tag::ORD, &[N(0)]);
+        let r = tree.range(lo..=sub(room, tag::ORD, &[N(read)])).next_back().transpose();
+        let below = self.check(r)?.and_then(|(_, v)| be_u64(&v)).unwrap_or(0);
+        let above = |space: Vec<u8>, cap: u64| -> Result<u64> {
+            let mut end = space.clone();
+            end.extend_from_slice(&u64::MAX.to_be_bytes());
+            let mut start = space;
+            start.extend_from_slice(&read.saturating_add(1).to_be_bytes());
+            let mut n = 0;
+            for kv in tree.range(start..=end) {
+                self.check(kv)?;
+                n += 1;
+                if n >= cap {
+                    break;
+                }
+            }
+            Ok(n)
+        };
+        let gone = above(sub(room, tag::GONE, &[]), u64::MAX)?;
+        let own = above(sub(room, tag::OWN, &[S(user)]), u64::MAX)?;
+        let unread = total.saturating_sub(below).saturating_sub(gone).saturating_sub(own);
+        let mentions = above(sub(room, tag::MENTION, &[S(user)]), COUNT_CAP)?;
+        Ok((unread.min(COUNT_CAP), mentions.min(unread).min(COUNT_CAP)))
+    }
+}
+
+/// What the rules need to know of a live message.
+#[derive(Debug)]
+pub struct LiveMessage {
+    /// Its author.
+    pub from: String,
+    /// Its thread root, if it is a reply.
+    pub reply_to: Option<u64>,
+    /// The distinct emoji on it now.
+    pub emoji: Vec<String>,
 }

@@ -5,18 +5,29 @@
 //! thread (`durable`) calls.
 //!
 //! # Layout (one tree each)
-//! * `messages`: `room 0x00 seq(u64 BE)` → MessagePack `(ts, from, text)`.
-//!   Room names never contain 0x00, so `room 0x00` is a unique prefix and
-//!   keys sort by seq within a room.
+//! * `messages`: `room 0x00 seq(u64 BE)` → the event (`events::Record`:
+//!   0x01, then MessagePack), a message with its current state. Room
+//!   names never contain bytes below 0x2d, so `room 0x00` is a unique
+//!   prefix and keys sort by seq within a room. The derived indexes of a
+//!   room live in the same tree under `room tag` (`keys::tag`), so an
+//!   event and its index changes are one atomic batch.
+//! * `room_members`: `room` → member count (u64 BE), for the directory.
+//! * `users`: `user` → display name (empty: none yet); present once the
+//!   user connected.
 //! * `members`: `room 0x00 user` → empty; `user_rooms`: `user 0x00 room` → empty.
 //! * `reads`: `user 0x00 room` → seq (u64 BE).
 //! * `revoked`: `jti` → when it was revoked (u64 BE, seconds since the epoch).
 //! * `revoked_users`: `user` → every token issued at or before this second
 //!   is refused (u64 BE).
 
+mod events;
 mod keys;
 mod members;
 mod messages;
+mod migrate;
+
+pub use events::MAX_EMOJI;
+pub use messages::{LiveMessage, COUNT_CAP};
 
 use parking_lot::RwLock;
 use std::{
@@ -61,6 +72,9 @@ struct Trees {
     reads: sled::Tree,
     revoked: sled::Tree,
     revoked_users: sled::Tree,
+    room_members: sled::Tree,
+    users: sled::Tree,
+    meta: sled::Tree,
 }
 
 impl Trees {
@@ -79,6 +93,9 @@ impl Trees {
             reads: db.open_tree("reads")?,
             revoked: db.open_tree("revoked")?,
             revoked_users: db.open_tree("revoked_users")?,
+            room_members: db.open_tree("room_members")?,
+            users: db.open_tree("users")?,
+            meta: db.open_tree("meta")?,
             db,
         })
     }
@@ -107,6 +124,7 @@ impl Storage {
     /// Opens (or creates) the database under `dir`.
     pub fn open(dir: &Path) -> Result<Storage> {
         let trees = Trees::open(dir)?;
+        migrate::run(&trees)?;
         Ok(Storage {
             inner: Arc::new(Inner {
                 dir: dir.to_path_buf(),
@@ -176,8 +194,8 @@ impl Storage {
 
     /// Closes the database and opens it again (sled stays failed after an
     /// I/O error). Operations meanwhile fail with `unavailable`. Before the
-    /// new one serves, `purge` may drop messages from it: it gets a remover
-    /// of the messages `(after, upto]` of a room.
+    /// new one serves, `purge` may take events back from it: it gets a
+    /// remover of the events `(after, upto]` of a room.
     pub fn reopen(&self, purge: impl FnOnce(&dyn Fn(&str, u64, u64))) -> Result<()> {
         let old = self.inner.trees.write().take();
         if let Some(old) = old {
@@ -195,19 +213,21 @@ impl Storage {
             log::warn!("cannot reopen the database yet: {e}");
             e
         })?;
+        *self.inner.trees.write() = Some(Arc::new(trees));
+        // Newest first, so each message's state is rebuilt without them.
         purge(&|room, after, upto| {
-            for seq in after.saturating_add(1)..=upto {
-                let _ = trees.messages.remove(keys::msg_key(room, seq));
+            for seq in (after.saturating_add(1)..=upto).rev() {
+                let _ = self.unapply(room, seq);
             }
         });
-        *self.inner.trees.write() = Some(Arc::new(trees));
         log::info!("storage reopened");
         Ok(())
     }
 
     /// Copies every tree into a new database under `dest` (which must not
-    /// hold one yet) and flushes it. Messages are immutable and appended, so
-    /// the copy holds at least everything durable when the backup began.
+    /// hold one yet) and flushes it. The copy holds at least everything
+    /// durable when the backup began (a message's state may be newer than
+    /// the events copied before it changed).
     pub fn backup_to(&self, dest: &Path) -> Result<u64> {
         let path = dest.join("db");
         if path.exists() {

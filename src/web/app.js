@@ -183,7 +183,6 @@
       if (!f) return;                  // connection lost: the next hello reschedules
       if (err || typeof f.token !== 'string') { refreshTimer = setTimeout(() => scheduleRefresh(false), 60e3); return; }
       store.set(LS_TOKEN, f.token);
-      if (ws) ws.chinwagToken = f.token;
       scheduleRefresh(false);
     });
     if (!ok) refreshing = false;
@@ -242,7 +241,8 @@
       onDisconnect();
       if (stopped) return;
       if (ev.code === 4001) {
-        // Expired or revoked. If another tab stored a newer token meanwhile, try that one.
+        // Expired or revoked. If a refresh (ours or another tab's) stored a newer
+        // token since this connection opened, reconnect with it.
         const stored = store.get(LS_TOKEN);
         const c = stored && jwtClaims(stored);
         if (stored && stored !== sock.chinwagToken && c && c.exp * 1000 > Date.now() + clockSkew) { scheduleReconnect(true); return; }

@@ -13,6 +13,14 @@ const MAX_MSGPACK_DEPTH: u16 = 64;
 pub const MAX_HISTORY: usize = 100;
 /// `history` without `limit` returns this many.
 pub const DEFAULT_HISTORY: usize = 50;
+/// `search` returns at most this many messages per call.
+pub const MAX_SEARCH: usize = 50;
+/// `search` without `limit` returns this many.
+const DEFAULT_SEARCH: usize = 20;
+/// Longest search query, in Unicode scalar values.
+const MAX_QUERY_CHARS: usize = 200;
+/// Longest emoji, in Unicode scalar values.
+const MAX_EMOJI_CHARS: usize = 16;
 
 /// Error codes of PROTOCOL.md section 4.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -28,6 +36,8 @@ pub enum Code {
     TooLong,
     /// The action needs membership.
     NotMember,
+    /// The target message does not exist or is deleted.
+    NotFound,
     /// A DM room of other users.
     Forbidden,
     /// Over the per-connection token bucket.
@@ -68,9 +78,23 @@ pub enum Request {
     /// `leave`.
     Leave { room: String },
     /// `send`.
-    Send { room: String, text: String },
+    Send { room: String, text: String, reply_to: Option<u64> },
     /// `dm`.
-    Dm { to: String, text: String },
+    Dm { to: String, text: String, reply_to: Option<u64> },
+    /// `edit`.
+    Edit { room: String, seq: u64, text: String },
+    /// `delete`.
+    Delete { room: String, seq: u64 },
+    /// `react`.
+    React { room: String, seq: u64, emoji: String, on: bool },
+    /// `thread`.
+    Thread { room: String, root: u64, after: u64, limit: usize },
+    /// `search`.
+    Search { query: String, room: Option<String>, cursor: Option<String>, limit: usize },
+    /// `rooms`.
+    Rooms { prefix: String, cursor: Option<String>, limit: usize },
+    /// `refresh`.
+    Refresh,
     /// `typing`.
     Typing { room: String, active: bool },
     /// `history`.
@@ -157,23 +181,29 @@ fn parse(map: &Map, max_text: usize) -> Result<Request, Refusal> {
     Ok(match ty {
         "join" => Request::Join { room: room(map)?, since: opt_u64(map, "since")? },
         "leave" => Request::Leave { room: room(map)? },
-        "send" => Request::Send { room: room(map)?, text: text(map, max_text)? },
+        "send" => Request::Send {
+            room: room(map)?,
+            text: text(map, max_text)?,
+            reply_to: opt_u64(map, "reply_to")?,
+        },
         "dm" => {
             let to = string(map, "to")?;
             let text = text(map, max_text)?;
+            let reply_to = opt_u64(map, "reply_to")?;
             if !valid_user(&to) {
                 return Err(Refusal::new(Code::InvalidUser, "`to` is not a valid user id"));
             }
-            Request::Dm { to, text }
+            Request::Dm { to, text, reply_to }
         }
-        "typing" => Request::Typing {
+        "edit" => Request::Edit { room: room(map)?, seq: seq(map, "seq")?, text: text(map, max_text)? },
+        "delete" => Request::Delete { room: room(map)?, seq: seq(map, "seq")? },
+        "react" => Request::React {
             room: room(map)?,
-            active: match map.get("active") {
-                Some(Value::Bool(b)) => *b,
-                Some(_) => return Err(bad("`active` must be a boolean")),
-                None => return Err(bad("missing `active`")),
-            },
+            seq: seq(map, "seq")?,
+            emoji: emoji(map)?,
+            on: boolean(map, "on")?,
         },
+        "typing" => Request::Typing { room: room(map)?, active: boolean(map, "active")? },
         "history" => {
             let room = room(map)?;
             let before = opt_u64(map, "before")?;
@@ -184,18 +214,30 @@ fn parse(map: &Map, max_text: usize) -> Result<Request, Refusal> {
                 (None, Some(a)) => Cursor::After(a),
                 (Some(_), Some(_)) => return Err(bad("give `before` or `after`, not both")),
             };
-            let limit = match map.get("limit") {
-                None | Some(Value::Null) => DEFAULT_HISTORY,
-                Some(Value::Number(n)) => match n.as_i64() {
-                    Some(l) if l >= 1 => (l as u64).min(MAX_HISTORY as u64) as usize,
-                    Some(_) => return Err(bad("`limit` must be at least 1")),
-                    None if n.is_u64() => MAX_HISTORY,
-                    None => return Err(bad("`limit` must be an integer")),
-                },
-                Some(_) => return Err(bad("`limit` must be an integer")),
-            };
-            Request::History { room, cursor, limit }
+            Request::History { room, cursor, limit: limit(map, DEFAULT_HISTORY, MAX_HISTORY)? }
         }
+        "thread" => Request::Thread {
+            room: room(map)?,
+            root: seq(map, "root")?,
+            after: opt_u64(map, "after")?.unwrap_or(0),
+            limit: limit(map, DEFAULT_HISTORY, MAX_HISTORY)?,
+        },
+        "search" => {
+            let query = string(map, "query")?;
+            check_query(&query)?;
+            Request::Search {
+                query,
+                room: opt_string(map, "room")?,
+                cursor: opt_string(map, "cursor")?,
+                limit: limit(map, DEFAULT_SEARCH, MAX_SEARCH)?,
+            }
+        }
+        "rooms" => Request::Rooms {
+            prefix: opt_string(map, "prefix")?.unwrap_or_default(),
+            cursor: opt_string(map, "cursor")?,
+            limit: limit(map, DEFAULT_HISTORY, MAX_HISTORY)?,
+        },
+        "refresh" => Request::Refresh,
         "read" => Request::Read {
             room: room(map)?,
             seq: opt_u64(map, "seq")?.ok_or_else(|| bad("missing `seq`"))?,
@@ -207,6 +249,72 @@ fn parse(map: &Map, max_text: usize) -> Result<Request, Refusal> {
             return Err(bad(format!("unknown type `{shown}`")));
         }
     })
+}
+
+/// A `limit` field: `default` when absent, capped at `max`, below 1 refused.
+fn limit(map: &Map, default: usize, max: usize) -> Result<usize, Refusal> {
+    match map.get("limit") {
+        None | Some(Value::Null) => Ok(default),
+        Some(Value::Number(n)) => match n.as_i64() {
+            Some(l) if l >= 1 => Ok((l as u64).min(max as u64) as usize),
+            Some(_) => Err(bad("`limit` must be at least 1")),
+            None if n.is_u64() => Ok(max),
+            None => Err(bad("`limit` must be an integer")),
+        },
+        Some(_) => Err(bad("`limit` must be an integer")),
+    }
+}
+
+fn boolean(map: &Map, key: &str) -> Result<bool, Refusal> {
+    match map.get(key) {
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(_) => Err(bad(format!("`{key}` must be a boolean"))),
+        None => Err(bad(format!("missing `{key}`"))),
+    }
+}
+
+/// A required message seq (a positive integer).
+fn seq(map: &Map, key: &str) -> Result<u64, Refusal> {
+    match opt_u64(map, key)? {
+        Some(s) if s > 0 => Ok(s),
+        Some(_) => Err(bad(format!("`{key}` must be a positive integer"))),
+        None => Err(bad(format!("missing `{key}`"))),
+    }
+}
+
+fn opt_string(map: &Map, key: &str) -> Result<Option<String>, Refusal> {
+    match map.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(bad(format!("`{key}` must be a string"))),
+    }
+}
+
+fn emoji(map: &Map) -> Result<String, Refusal> {
+    let e = string(map, "emoji")?;
+    check_emoji(&e)?;
+    Ok(e)
+}
+
+/// Emoji rules: 1 to 16 Unicode scalar values, no white space or control.
+pub fn check_emoji(e: &str) -> Result<(), Refusal> {
+    let n = e.chars().count();
+    if n == 0 || n > MAX_EMOJI_CHARS || e.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(bad("`emoji` must be 1 to 16 characters without white space"));
+    }
+    Ok(())
+}
+
+/// Search query rules: 1 to 200 Unicode scalar values with at least one
+/// word (a run of letters and digits).
+pub fn check_query(q: &str) -> Result<(), Refusal> {
+    if q.chars().count() > MAX_QUERY_CHARS {
+        return Err(bad("`query` is over 200 characters"));
+    }
+    if !q.chars().any(char::is_alphanumeric) {
+        return Err(bad("`query` has no word"));
+    }
+    Ok(())
 }
 
 fn string(map: &Map, key: &str) -> Result<String, Refusal> {

@@ -9,6 +9,7 @@ fn refusal_status(code: Code) -> u16 {
     match code {
         Code::BadRequest | Code::InvalidRoom | Code::InvalidUser | Code::TooLong => 400,
         Code::NotMember | Code::Forbidden | Code::LimitReached => 403,
+        Code::NotFound => 404,
         Code::RateLimited => 429,
         Code::Unavailable => 503,
         Code::Internal => 500,

@@ -10,10 +10,11 @@ mod names;
 mod server;
 
 pub use client::{
-    check_text, decode, Code, Cursor, Decoded, Refusal, Request, DEFAULT_HISTORY, MAX_HISTORY,
+    check_emoji, check_query, check_text, decode, Code, Cursor, Decoded, Refusal, Request,
+    DEFAULT_HISTORY, MAX_HISTORY, MAX_SEARCH,
 };
 pub use names::{dm_room, dm_users, valid_room, valid_user};
-pub use server::{Limits, Msg, Presence, RoomState, ServerFrame};
+pub use server::{Kind, Limits, Msg, Presence, Reaction, RoomInfo, RoomState, ServerFrame};
 
 use bytes::Bytes;
 use serde::Serialize;

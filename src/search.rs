@@ -1,0 +1,314 @@
+//! Full-text search over messages' current text (PROTOCOL.md section 3.1),
+//! with tantivy. The index is derived from storage, never written on the
+//! ack path: the `chinwag-search` thread follows each room's released
+//! (durable) seq in the directory, reads the new events from storage and
+//! re-indexes the messages they touch (a new message, an edit's target, a
+//! delete's target). Each commit carries how far every room is indexed, so
+//! after a crash, or with the index lost, it catches up from storage by
+//! itself.
+//!
+//! Words are runs of letters and digits, lowercased; a query word matches
+//! any indexed word it is a prefix of.
+
+use crate::{
+    rooms::Directory,
+    storage::Storage,
+    wire::{Cursor, Kind, Msg},
+};
+use parking_lot::Mutex;
+use std::{
+    collections::{BTreeSet, HashMap},
+    ops::Bound,
+    path::Path,
+    sync::Arc,
+    thread,
+    time::Duration,
+};
+use tantivy::{
+    collector::TopDocs,
+    query::{BooleanQuery, Occur, Query, RangeQuery, RegexQuery, TermQuery, TermSetQuery},
+    schema::{
+        Field, IndexRecordOption, Schema, TextFieldIndexing, TextOptions, Value, FAST, INDEXED,
+        STORED, STRING,
+    },
+    tokenizer::{LowerCaser, SimpleTokenizer, TextAnalyzer},
+    Index, IndexReader, IndexWriter, Order, TantivyDocument, Term,
+};
+
+/// The tokenizer's name in the index.
+const TOKENIZER: &str = "chinwag_words";
+/// The indexing thread's memory budget (tantivy's minimum is 15 MB).
+const WRITER_BYTES: usize = 20_000_000;
+/// How often the thread looks for new events: a match shows within 2 s.
+const POLL: Duration = Duration::from_millis(250);
+/// Events read from storage per step.
+const STEP: usize = 1000;
+/// Extra hits fetched past a page, so ties on ts sort exactly.
+const SLACK: usize = 64;
+
+/// Where a search result sorts: newest first by ts, then room, then seq.
+pub type Rank = (u64, String, u64);
+
+/// The words of a text: runs of letters and digits, lowercased.
+pub fn words(text: &str) -> Vec<String> {
+    text.split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(str::to_lowercase)
+        .collect()
+}
+
+/// Whether every query word is a prefix of a word of `text`.
+pub fn matches(query: &[String], text: &str) -> bool {
+    let have = words(text);
+    query.iter().all(|q| have.iter().any(|w| w.starts_with(q.as_str())))
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Fields {
+    id: Field,
+    room: Field,
+    seq: Field,
+    ts: Field,
+    text: Field,
+}
+
+/// The search index.
+pub struct Search {
+    reader: IndexReader,
+    writer: Mutex<IndexWriter>,
+    f: Fields,
+    /// How far each room is indexed (seq), as committed.
+    marks: Mutex<HashMap<String, u64>>,
+}
+
+impl std::fmt::Debug for Search {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Search(..)")
+    }
+}
+
+fn schema() -> (Schema, Fields) {
+    let mut b = Schema::builder();
+    let words = TextFieldIndexing::default()
+        .set_tokenizer(TOKENIZER)
+        .set_index_option(IndexRecordOption::Basic);
+    let f = Fields {
+        id: b.add_text_field("id", STRING),
+        room: b.add_text_field("room", STRING | STORED),
+        seq: b.add_u64_field("seq", STORED),
+        ts: b.add_u64_field("ts", INDEXED | FAST | STORED),
+        text: b.add_text_field("text", TextOptions::default().set_indexing_options(words)),
+    };
+    (b.build(), f)
+}
+
+fn doc_id(room: &str, seq: u64) -> String {
+    format!("{room} {seq}")
+}
+
+impl Search {
+    /// Opens the index under `dir`, or makes a new one (a broken index is
+    /// thrown away: it is rebuilt from storage).
+    pub fn open(dir: &Path) -> tantivy::Result<Arc<Search>> {
+        let (schema, f) = schema();
+        std::fs::create_dir_all(dir)?;
+        let index = match Index::open_in_dir(dir) {
+            Ok(i) if i.schema() == schema => i,
+            Ok(_) | Err(tantivy::TantivyError::OpenDirectoryError(_)) | Err(_) => {
+                log::info!("search: building a new index in {}", dir.display());
+                std::fs::remove_dir_all(dir)?;
+                std::fs::create_dir_all(dir)?;
+                Index::create_in_dir(dir, schema)?
+            }
+        };
+        let analyzer =
+            TextAnalyzer::builder(SimpleTokenizer::default()).filter(LowerCaser).build();
+        index.tokenizers().register(TOKENIZER, analyzer);
+        let writer = index.writer_with_num_threads(1, WRITER_BYTES)?;
+        let marks = index
+            .load_metas()?
+            .payload
+            .and_then(|p| serde_json::from_str(&p).ok())
+            .unwrap_or_default();
+        let reader = index.reader()?;
+        let writer = Mutex::new(writer);
+        Ok(Arc::new(Search { reader, writer, f, marks: Mutex::new(marks) }))
+    }
+
+    /// Starts the indexing thread.
+    pub fn start(
+        self: &Arc<Search>,
+        storage: Storage,
+        dir: Arc<Directory>,
+    ) -> std::io::Result<()> {
+        let s = self.clone();
+        thread::Builder::new().name("chinwag-search".into()).spawn(move || {
+            s.catch_up(&storage);
+            // Runs until the process exits: the index is derived, so a
+            // commit cut short costs only a re-index at the next start.
+            loop {
+                thread::sleep(POLL);
+                let mut due = Vec::new();
+                let marks = s.marks.lock().clone();
+                dir.for_each_room(|e| {
+                    if e.durable > marks.get(&*e.name).copied().unwrap_or(0) {
+                        due.push((e.name.to_string(), e.durable));
+                    }
+                });
+                s.index_rooms(&storage, due);
+            }
+        })?;
+        Ok(())
+    }
+
+    /// Indexes whatever storage holds beyond the committed marks (at start).
+    fn catch_up(&self, storage: &Storage) {
+        let marks = self.marks.lock().clone();
+        let due: Vec<(String, u64)> = storage
+            .rooms()
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|room| {
+                let last = storage.last_seq(&room).ok()?;
+                (last > marks.get(&room).copied().unwrap_or(0)).then_some((room, last))
+            })
+            .collect();
+        if !due.is_empty() {
+            log::info!("search: indexing {} rooms", due.len());
+        }
+        self.index_rooms(storage, due);
+    }
+
+    /// Indexes each room's events up to its seq, then commits once.
+    fn index_rooms(&self, storage: &Storage, due: Vec<(String, u64)>) {
+        if due.is_empty() {
+            return;
+        }
+        let mut marks = self.marks.lock().clone();
+        let writer = self.writer.lock();
+        for (room, upto) in due {
+            let mark = marks.entry(room.clone()).or_insert(0);
+            while *mark < upto {
+                match self.index_step(&writer, storage, &room, *mark, upto) {
+                    Ok(m) if m > *mark => *mark = m,
+                    Ok(_) => break,
+                    Err(e) => {
+                        log::warn!("search: cannot index room {room}: {e}");
+                        break;
+                    }
+                }
+            }
+        }
+        drop(writer);
+        self.commit(marks);
+    }
+
+    /// Re-indexes the messages touched by events `(after, upto]` of `room`
+    /// (one step's worth); returns the last seq done.
+    fn index_step(
+        &self,
+        writer: &IndexWriter,
+        storage: &Storage,
+        room: &str,
+        after: u64,
+        upto: u64,
+    ) -> Result<u64, String> {
+        let (events, _) =
+            storage.history(room, Cursor::After(after), STEP).map_err(|e| e.to_string())?;
+        let mut touched = BTreeSet::new();
+        let mut done = after;
+        for ev in events.iter().take_while(|e| e.seq <= upto) {
+            match ev.kind {
+                Kind::Message => touched.insert(ev.seq),
+                Kind::Edit | Kind::Delete => touched.insert(ev.target.unwrap_or(0)),
+                Kind::Reaction => false,
+            };
+            done = ev.seq;
+        }
+        for seq in touched {
+            writer.delete_term(Term::from_field_text(self.f.id, &doc_id(room, seq)));
+            if let Some(m) = storage.event(room, seq).map_err(|e| e.to_string())? {
+                self.add(writer, &m).map_err(|e| e.to_string())?;
+            }
+        }
+        Ok(done)
+    }
+
+    fn add(&self, writer: &IndexWriter, m: &Msg) -> tantivy::Result<()> {
+        let (Kind::Message, false, Some(text)) = (m.kind, m.deleted, m.text.as_deref()) else {
+            return Ok(());
+        };
+        let mut doc = TantivyDocument::new();
+        doc.add_text(self.f.id, doc_id(&m.room, m.seq));
+        doc.add_text(self.f.room, &m.room);
+        doc.add_u64(self.f.seq, m.seq);
+        doc.add_u64(self.f.ts, m.ts);
+        doc.add_text(self.f.text, text);
+        writer.add_document(doc).map(drop)
+    }
+
+    /// Commits with the marks as payload, and makes it searchable.
+    fn commit(&self, marks: HashMap<String, u64>) {
+        let payload = serde_json::to_string(&marks).unwrap_or_default();
+        let mut writer = self.writer.lock();
+        let done = writer.prepare_commit().and_then(|mut p| {
+            p.set_payload(&payload);
+            p.commit()
+        });
+        drop(writer);
+        match done.and_then(|_| self.reader.reload()) {
+            Ok(()) => *self.marks.lock() = marks,
+            Err(e) => log::warn!("search: commit failed: {e}"),
+        }
+    }
+
+    /// Messages of `rooms` whose text has every word of `query` (lowercase
+    /// words) as a word prefix, ranked below `before`, newest first: up to
+    /// `want` of them, and whether the index had more.
+    pub fn query(
+        &self,
+        query: &[String],
+        rooms: &[String],
+        before: Option<&Rank>,
+        want: usize,
+    ) -> tantivy::Result<(Vec<Rank>, bool)> {
+        let mut clauses: Vec<(Occur, Box<dyn Query>)> = Vec::new();
+        for w in query {
+            // Words are letters and digits only: nothing to escape.
+            clauses.push((Occur::Must, Box::new(RegexQuery::from_pattern(&format!("{w}.*"), self.f.text)?)));
+        }
+        let room_terms = rooms.iter().map(|r| Term::from_field_text(self.f.room, r));
+        let by_room: Box<dyn Query> = match rooms {
+            [one] => Box::new(TermQuery::new(
+                Term::from_field_text(self.f.room, one),
+                IndexRecordOption::Basic,
+            )),
+            _ => Box::new(TermSetQuery::new(room_terms)),
+        };
+        clauses.push((Occur::Must, by_room));
+        if let Some((ts, _, _)) = before {
+            let hi = Bound::Included(Term::from_field_u64(self.f.ts, *ts));
+            clauses.push((Occur::Must, Box::new(RangeQuery::new(Bound::Unbounded, hi))));
+        }
+        let searcher = self.reader.searcher();
+        let fetch = want + SLACK;
+        let top = TopDocs::with_limit(fetch).order_by_fast_field::<u64>("ts", Order::Desc);
+        let hits = searcher.search(&BooleanQuery::new(clauses), &top)?;
+        let full = hits.len() == fetch;
+        let mut out = Vec::with_capacity(hits.len());
+        for (_, addr) in hits {
+            let doc: TantivyDocument = searcher.doc(addr)?;
+            let room = doc.get_first(self.f.room).and_then(|v| v.as_str()).unwrap_or_default();
+            let seq = doc.get_first(self.f.seq).and_then(|v| v.as_u64()).unwrap_or(0);
+            let ts = doc.get_first(self.f.ts).and_then(|v| v.as_u64()).unwrap_or(0);
+            out.push((ts, room.to_string(), seq));
+        }
+        out.sort_by(|a, b| b.cmp(a));
+        if let Some(before) = before {
+            out.retain(|r| r < before);
+        }
+        let more = full || out.len() > want;
+        out.truncate(want);
+        Ok((out, more))
+    }
+}

@@ -1,0 +1,409 @@
+//! Room events in storage: the record of each event, and the current state
+//! of each message derived from them (PROTOCOL.md section 3.1).
+//!
+//! Events are applied in seq order (under the room's lock, or in order by
+//! the cluster subscriber). A message's state is a fold over its own
+//! record and the events that touch it (edits, a delete, reactions), so it
+//! can be rebuilt when an event is taken back (a flush that failed). An
+//! event, the message state it changes and every index it moves are
+//! written in one atomic batch of the `messages` tree.
+
+use super::{
+    keys::{msg_key, sub, tag, Part::*},
+    Result, Storage, StorageError,
+};
+use crate::wire::{Kind, Msg, Reaction};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+
+/// The first byte of a record in this format (records of the first format
+/// are MessagePack 3-arrays, 0x93).
+const VERSION: u8 = 1;
+/// At most this many distinct emoji on one message.
+pub const MAX_EMOJI: usize = 20;
+
+/// One stored event; for a message, with its current state.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub(super) struct Record {
+    kind: u8,
+    pub ts: u64,
+    pub from: String,
+    /// A message's current text, an edit's text; empty once deleted.
+    pub text: String,
+    reply_to: Option<u64>,
+    /// A message's current mentions, an edit's.
+    mentions: Vec<String>,
+    target: Option<u64>,
+    emoji: Option<String>,
+    on: bool,
+    /// A message's text and mentions before its first edit (a rebuild
+    /// starts from them); gone with the message.
+    orig: Option<(String, Vec<String>)>,
+    edited_ts: Option<u64>,
+    /// A deleted message, or an edit whose text went with its message.
+    deleted: bool,
+    reactions: Vec<(String, Vec<String>)>,
+    replies: u64,
+    last_reply_ts: Option<u64>,
+}
+
+fn kind_of(k: u8) -> Kind {
+    match k {
+        1 => Kind::Edit,
+        2 => Kind::Delete,
+        3 => Kind::Reaction,
+        _ => Kind::Message,
+    }
+}
+
+fn kind_code(k: Kind) -> u8 {
+    match k {
+        Kind::Message => 0,
+        Kind::Edit => 1,
+        Kind::Delete => 2,
+        Kind::Reaction => 3,
+    }
+}
+
+impl Record {
+    fn from_event(ev: &Msg) -> Record {
+        Record {
+            kind: kind_code(ev.kind),
+            ts: ev.ts,
+            from: ev.from.clone(),
+            text: ev.text.clone().unwrap_or_default(),
+            reply_to: ev.reply_to,
+            mentions: ev.mentions.clone(),
+            target: ev.target,
+            emoji: ev.emoji.clone(),
+            on: ev.on.unwrap_or(false),
+            ..Record::default()
+        }
+    }
+
+    fn is_message(&self) -> bool {
+        self.kind == 0
+    }
+
+    /// Whether it is a message that is not deleted.
+    pub fn is_live_message(&self) -> bool {
+        self.is_message() && !self.deleted
+    }
+
+    /// The thread root it replies to.
+    pub fn reply_to(&self) -> Option<u64> {
+        self.reply_to
+    }
+
+    /// The distinct emoji on it now.
+    pub fn emoji(&self) -> Vec<String> {
+        self.reactions.iter().map(|(e, _)| e.clone()).collect()
+    }
+
+    pub(super) fn encode(&self) -> Vec<u8> {
+        let mut v = vec![VERSION];
+        // A struct of plain fields always serialises.
+        let _ = rmp_serde::encode::write(&mut v, self);
+        v
+    }
+
+    pub(super) fn decode(v: &[u8]) -> Result<Record> {
+        let corrupt = |e: rmp_serde::decode::Error| StorageError(format!("corrupt event: {e}"));
+        match v.first() {
+            Some(&VERSION) => rmp_serde::from_slice(&v[1..]).map_err(corrupt),
+            _ => {
+                let (ts, from, text): (u64, String, String) =
+                    rmp_serde::from_slice(v).map_err(corrupt)?;
+                Ok(Record { ts, from, text, ..Record::default() })
+            }
+        }
+    }
+
+    /// The wire form: a message shows its current state.
+    pub(super) fn into_msg(self, room: &str, seq: u64) -> Msg {
+        let kind = kind_of(self.kind);
+        let has_text = matches!(kind, Kind::Message | Kind::Edit) && !self.deleted;
+        let root = kind == Kind::Message && (self.replies > 0 || self.last_reply_ts.is_some());
+        Msg {
+            kind,
+            room: room.to_string(),
+            seq,
+            ts: self.ts,
+            from: self.from,
+            text: has_text.then_some(self.text),
+            reply_to: self.reply_to,
+            mentions: if self.deleted { Vec::new() } else { self.mentions },
+            target: self.target,
+            emoji: self.emoji,
+            on: (kind == Kind::Reaction).then_some(self.on),
+            edited_ts: self.edited_ts,
+            deleted: self.deleted,
+            reactions: self
+                .reactions
+                .into_iter()
+                .map(|(emoji, users)| Reaction { emoji, users })
+                .collect(),
+            replies: root.then_some(self.replies),
+            last_reply_ts: self.last_reply_ts,
+        }
+    }
+
+    /// The users its mentions index lists: live, and not the author.
+    fn mentioned(&self) -> BTreeSet<&str> {
+        if !self.is_live_message() {
+            return BTreeSet::new();
+        }
+        self.mentions.iter().map(String::as_str).filter(|m| *m != self.from).collect()
+    }
+}
+
+/// A reply index value: deleted flag, then ts.
+fn reply_value(deleted: bool, ts: u64) -> Vec<u8> {
+    let mut v = vec![deleted as u8];
+    v.extend_from_slice(&ts.to_be_bytes());
+    v
+}
+
+/// Adds or removes `user`'s reaction `emoji` (a new emoji goes last, and
+/// only while fewer than [`MAX_EMOJI`] are there).
+fn toggle(rs: &mut Vec<(String, Vec<String>)>, emoji: &str, user: &str, on: bool) {
+    let i = rs.iter().position(|(e, _)| e == emoji);
+    match (i, on) {
+        (Some(i), true) => {
+            if !rs[i].1.iter().any(|u| u == user) {
+                rs[i].1.push(user.to_string());
+            }
+        }
+        (None, true) if rs.len() < MAX_EMOJI => rs.push((emoji.to_string(), vec![user.into()])),
+        (Some(i), false) => {
+            rs[i].1.retain(|u| u != user);
+            if rs[i].1.is_empty() {
+                rs.remove(i);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// A change to one reply's entry while recounting its root.
+type ReplyChange = (u64, Option<(bool, u64)>);
+
+impl Storage {
+    /// The record of `room`'s event `seq`.
+    pub(super) fn record(&self, tree: &sled::Tree, room: &str, seq: u64) -> Result<Option<Record>> {
+        let r = tree.get(msg_key(room, seq));
+        self.check(r)?.map(|v| Record::decode(&v)).transpose()
+    }
+
+    /// Stores event `seq` of `room` (the room's next seq) with every change
+    /// it makes: durable after the next flush.
+    pub fn apply(&self, room: &str, seq: u64, ev: &Msg) -> Result<()> {
+        self.writable()?;
+        let t = self.trees()?;
+        let tree = &t.messages;
+        let mut b = sled::Batch::default();
+        let rec = Record::from_event(ev);
+        b.insert(msg_key(room, seq), rec.encode());
+        if rec.is_message() {
+            let ord = self.last_ord(tree, room)? + 1;
+            b.insert(sub(room, tag::ORD, &[N(seq)]), ord.to_be_bytes().to_vec());
+            b.insert(sub(room, tag::OWN, &[S(&rec.from), N(seq)]), vec![]);
+            for m in rec.mentioned() {
+                b.insert(sub(room, tag::MENTION, &[S(m), N(seq)]), vec![]);
+            }
+            if let Some(root) = rec.reply_to {
+                b.insert(sub(room, tag::REPLY, &[N(root), N(seq)]), reply_value(false, rec.ts));
+                self.recount_root(tree, room, root, Some((seq, Some((false, rec.ts)))), &mut b)?;
+            }
+        } else if let Some(target) = rec.target {
+            b.insert(sub(room, tag::TOUCH, &[N(target), N(seq)]), vec![]);
+            self.refold(tree, room, target, Some((seq, rec)), None, &mut b)?;
+        }
+        let r = tree.apply_batch(b);
+        self.check(r)
+    }
+
+    /// Takes back event `seq` of `room` (never made durable): removes it and
+    /// what it added, and rebuilds the message it changed.
+    pub fn unapply(&self, room: &str, seq: u64) -> Result<()> {
+        let t = self.trees()?;
+        let tree = &t.messages;
+        let Some(rec) = self.record(tree, room, seq)? else { return Ok(()) };
+        let mut b = sled::Batch::default();
+        b.remove(msg_key(room, seq));
+        if rec.is_message() {
+            b.remove(sub(room, tag::ORD, &[N(seq)]));
+            b.remove(sub(room, tag::OWN, &[S(&rec.from), N(seq)]));
+            b.remove(sub(room, tag::GONE, &[N(seq)]));
+            for m in rec.mentioned() {
+                b.remove(sub(room, tag::MENTION, &[S(m), N(seq)]));
+            }
+            if let Some(root) = rec.reply_to {
+                b.remove(sub(room, tag::REPLY, &[N(root), N(seq)]));
+                self.recount_root(tree, room, root, Some((seq, None)), &mut b)?;
+            }
+        } else if let Some(target) = rec.target {
+            b.remove(sub(room, tag::TOUCH, &[N(target), N(seq)]));
+            self.refold(tree, room, target, None, Some(seq), &mut b)?;
+        }
+        let r = tree.apply_batch(b);
+        self.check(r)
+    }
+
+    /// The latest message ordinal of `room` (0: none).
+    pub(super) fn last_ord(&self, tree: &sled::Tree, room: &str) -> Result<u64> {
+        let r = tree.scan_prefix(sub(room, tag::ORD, &[])).next_back().transpose();
+        Ok(self.check(r)?.and_then(|(_, v)| super::keys::be_u64(&v)).unwrap_or(0))
+    }
+
+    /// Rebuilds message `target`'s state from its record and the events
+    /// touching it (those stored, `extra` being added, `skip` being taken
+    /// back), and queues the writes: the state, blanked edits once it is
+    /// deleted, and its index entries.
+    fn refold(
+        &self,
+        tree: &sled::Tree,
+        room: &str,
+        target: u64,
+        extra: Option<(u64, Record)>,
+        skip: Option<u64>,
+        b: &mut sled::Batch,
+    ) -> Result<()> {
+        let Some(old) = self.record(tree, room, target)? else { return Ok(()) };
+        if !old.is_message() {
+            return Ok(());
+        }
+        let mut touches = Vec::new();
+        for kv in tree.scan_prefix(sub(room, tag::TOUCH, &[N(target)])) {
+            let (k, _) = self.check(kv)?;
+            let Some(seq) = super::keys::tail_u64(&k) else { continue };
+            if Some(seq) != skip && extra.as_ref().is_none_or(|(s, _)| *s != seq) {
+                if let Some(r) = self.record(tree, room, seq)? {
+                    touches.push((seq, r));
+                }
+            }
+        }
+        touches.extend(extra);
+        touches.sort_by_key(|(s, _)| *s);
+        let m = fold(&old, &touches);
+        if m.deleted {
+            for (seq, e) in touches.iter().filter(|(_, e)| e.kind == 1 && !e.deleted) {
+                let blank = Record { text: String::new(), mentions: Vec::new(), deleted: true, ..e.clone() };
+                b.insert(msg_key(room, *seq), blank.encode());
+            }
+        }
+        let (was, now) = (old.mentioned(), m.mentioned());
+        for u in was.difference(&now) {
+            b.remove(sub(room, tag::MENTION, &[S(u), N(target)]));
+        }
+        for u in now.difference(&was) {
+            b.insert(sub(room, tag::MENTION, &[S(u), N(target)]), vec![]);
+        }
+        if m.deleted != old.deleted {
+            let (own, gone) =
+                (sub(room, tag::OWN, &[S(&m.from), N(target)]), sub(room, tag::GONE, &[N(target)]));
+            if m.deleted {
+                b.remove(own);
+                b.insert(gone, vec![]);
+            } else {
+                b.insert(own, vec![]);
+                b.remove(gone);
+            }
+            if let Some(root) = m.reply_to {
+                let entry = reply_value(m.deleted, m.ts);
+                b.insert(sub(room, tag::REPLY, &[N(root), N(target)]), entry);
+                self.recount_root(tree, room, root, Some((target, Some((m.deleted, m.ts)))), b)?;
+            }
+        }
+        b.insert(msg_key(room, target), m.encode());
+        Ok(())
+    }
+
+    /// Recounts thread root `root`'s replies (not deleted) and latest reply
+    /// ts from its reply index, with `change` applied, and queues the root's
+    /// new state.
+    fn recount_root(
+        &self,
+        tree: &sled::Tree,
+        room: &str,
+        root: u64,
+        change: Option<ReplyChange>,
+        b: &mut sled::Batch,
+    ) -> Result<()> {
+        let Some(mut r) = self.record(tree, room, root)? else { return Ok(()) };
+        let mut entries = Vec::new();
+        for kv in tree.scan_prefix(sub(room, tag::REPLY, &[N(root)])) {
+            let (k, v) = self.check(kv)?;
+            let Some(seq) = super::keys::tail_u64(&k) else { continue };
+            let ts = super::keys::be_u64(v.get(1..9).unwrap_or_default()).unwrap_or(0);
+            entries.push((seq, (v.first() == Some(&1), ts)));
+        }
+        if let Some((seq, to)) = change {
+            entries.retain(|(s, _)| *s != seq);
+            entries.extend(to.map(|e| (seq, e)));
+        }
+        let live = entries.iter().filter(|(_, (deleted, _))| !deleted);
+        r.replies = live.clone().count() as u64;
+        r.last_reply_ts = live.map(|(_, (_, ts))| *ts).max();
+        b.insert(msg_key(room, root), r.encode());
+        Ok(())
+    }
+}
+
+/// A message's state after `touches` (ascending), from its original text.
+fn fold(old: &Record, touches: &[(u64, Record)]) -> Record {
+    let mut m = old.clone();
+    if let Some((text, mentions)) = &old.orig {
+        m.text = text.clone();
+        m.mentions = mentions.clone();
+    }
+    m.edited_ts = None;
+    m.deleted = false;
+    m.reactions.clear();
+    for (_, e) in touches {
+        match e.kind {
+            1 if !m.deleted && e.from == m.from => {
+                if m.orig.is_none() {
+                    m.orig = Some((m.text.clone(), m.mentions.clone()));
+                }
+                m.text = e.text.clone();
+                m.mentions = e.mentions.clone();
+                m.edited_ts = Some(e.ts);
+            }
+            2 => m.deleted = true,
+            3 if !m.deleted => {
+                toggle(&mut m.reactions, e.emoji.as_deref().unwrap_or(""), &e.from, e.on)
+            }
+            _ => {}
+        }
+    }
+    if m.deleted {
+        m.text.clear();
+        m.mentions.clear();
+        m.orig = None;
+        m.reactions.clear();
+    }
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reactions_keep_first_reaction_order() {
+        let mut rs = Vec::new();
+        toggle(&mut rs, "a", "u1", true);
+        toggle(&mut rs, "b", "u2", true);
+        toggle(&mut rs, "a", "u2", true);
+        toggle(&mut rs, "a", "u1", false);
+        assert_eq!(rs, vec![("a".into(), vec!["u2".into()]), ("b".into(), vec!["u2".into()])]);
+        toggle(&mut rs, "a", "u2", false);
+        toggle(&mut rs, "a", "u3", true);
+        assert_eq!(rs[1], ("a".into(), vec!["u3".into()]), "re-added emoji goes last");
+        for i in 0..30 {
+            toggle(&mut rs, &format!("e{i}"), "u", true);
+        }
+        assert_eq!(rs.len(), MAX_EMOJI);
+    }
+}
