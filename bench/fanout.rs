@@ -5,7 +5,7 @@
 
 use bytes::Bytes;
 use chinwag::{
-    wire::{Encoded, Encoding, ServerFrame},
+    wire::{Encoded, Encoding, Msg, ServerFrame},
     OutQueue,
 };
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
@@ -38,13 +38,9 @@ fn fanout(c: &mut Criterion) {
         let mut seq = 0;
         b.iter(|| {
             seq += 1;
-            let frame = ServerFrame::Message {
-                room: "general",
-                seq,
-                ts: 1_732_250_000_123,
-                from: "alice",
-                text: &text,
-            };
+            let mut frame = Msg::message("general", "alice", text.clone());
+            frame.seq = seq;
+            frame.ts = 1_732_250_000_123;
             let wire = Encoded::encode(&frame, true, false);
             let bytes: &Bytes = wire.get(Encoding::Json).unwrap();
             for q in queues.iter_mut() {
