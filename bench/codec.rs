@@ -12,28 +12,17 @@ fn server_frames(c: &mut Criterion) {
     let limits = Limits { max_text: 4000, max_frame: 65536, rate: 20, burst: 40 };
     let id = json!("c1");
     let history: Vec<Msg> = (1..=50)
-        .map(|s| Msg {
-            room: "general".into(),
-            seq: s,
-            ts: 1_732_250_000_000 + s,
-            from: "alice".into(),
-            text: "x".repeat(100),
+        .map(|s| {
+            let mut m = Msg::message("general", "alice", "x".repeat(100));
+            (m.seq, m.ts) = (s, 1_732_250_000_000 + s);
+            m
         })
         .collect();
-    let text = "x".repeat(100);
+    let mut message = Msg::message("general", "alice", "x".repeat(100));
+    (message.seq, message.ts) = (121, 1_732_250_000_123);
     let members: Vec<String> = (0..20).map(|i| format!("user{i}")).collect();
     let data = json!({"version": 2, "by": "ci"});
     let frames: Vec<(&str, ServerFrame<'_>)> = vec![
-        (
-            "message",
-            ServerFrame::Message {
-                room: "general",
-                seq: 121,
-                ts: 1_732_250_000_123,
-                from: "alice",
-                text: &text,
-            },
-        ),
         (
             "ack",
             ServerFrame::Ack { id: Some(&id), room: "general", seq: 121, ts: 1_732_250_000_123 },
@@ -49,9 +38,16 @@ fn server_frames(c: &mut Criterion) {
             "hello",
             ServerFrame::Hello {
                 user: "alice",
+                name: Some("Alice"),
                 node: "n1",
                 server_time: 1_732_250_000_000,
-                rooms: vec![RoomState { room: "general".into(), seq: 120, read: 117 }],
+                rooms: vec![RoomState {
+                    room: "general".into(),
+                    seq: 120,
+                    read: 117,
+                    unread: 2,
+                    mentions: 1,
+                }],
                 limits: &limits,
             },
         ),
@@ -72,6 +68,7 @@ fn server_frames(c: &mut Criterion) {
                 seq: 120,
                 members: members.clone(),
                 online: members[..5].to_vec(),
+                names: Default::default(),
                 history: history.clone(),
                 more: true,
             },
@@ -101,6 +98,11 @@ fn server_frames(c: &mut Criterion) {
         ),
     ];
     let mut g = c.benchmark_group("encode");
+    for enc in [Encoding::Json, Encoding::MsgPack] {
+        g.bench_function(format!("message/{enc:?}"), |b| {
+            b.iter(|| encode(black_box(&message), enc))
+        });
+    }
     for (name, frame) in &frames {
         for enc in [Encoding::Json, Encoding::MsgPack] {
             g.bench_function(format!("{name}/{enc:?}"), |b| {
@@ -122,6 +124,8 @@ fn client_frames(c: &mut Criterion) {
         ("presence", json!({"type": "presence", "room": "general"})),
         ("ping", json!({"type": "ping", "id": 7})),
         ("history", json!({"type": "history", "room": "general", "before": 100, "limit": 50})),
+        ("edit", json!({"type": "edit", "room": "general", "seq": 120, "text": "x".repeat(100)})),
+        ("react", json!({"type": "react", "room": "general", "seq": 120, "emoji": "👍", "on": true})),
     ];
     let mut g = c.benchmark_group("decode");
     for (name, v) in &frames {
