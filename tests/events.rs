@@ -689,7 +689,7 @@ fn replies_are_one_level_deep_and_threads_page() {
         assert!(absent(&rootm, "reply_to"), "{rootm}");
 
         // A deleted reply shows as deleted and is not counted.
-        del(&mut alice, r, rs[2]);
+        del(&mut bob, r, rs[2]);
         let t = bob.call(json!({"type": "thread", "room": r, "root": root}));
         let m = &t["messages"][2];
         assert_eq!((seq(m), &m["deleted"]), (rs[2], &json!(true)), "{t}");
@@ -851,7 +851,7 @@ fn hello_counts_unread_and_mentions_above_the_read_marker() {
         let a3 = send(&mut alice, r, "@bob look");
         let a4 = send(&mut alice, r, "plain");
         let a5 = send(&mut alice, r, "@bob again");
-        let c1 = send(&mut carol, r, "@bobby nope");
+        send(&mut carol, r, "@bobby nope");
         let a6 = send(&mut alice, r, "@bob and @bob");
         del(&mut alice, r, a3);
         edit(&mut alice, r, a4, "now @bob");
@@ -875,7 +875,6 @@ fn hello_counts_unread_and_mentions_above_the_read_marker() {
         let e = edit(&mut alice, r, a5, "again, quietly");
         let bob3 = conn(&s, "bob", enc);
         assert_eq!(counts(&bob3, r), (seq(&e), a4, 3, 1), "{}", bob3.hello);
-        let _ = c1;
     }
 }
 
@@ -957,7 +956,7 @@ fn search_matches_word_prefixes_in_the_users_rooms_newest_first() {
         };
         let k1 = key(&s1, seq(&a1));
         for query in ["ROCKET launch", "rocket, LAUNCH!", "the rocket", "deploy TODAY"] {
-            assert_eq!(q(&mut alice, json!({"query": query})), [k1.clone()], "{query}");
+            assert_eq!(q(&mut alice, json!({"query": query})), vec![k1.clone()], "{query}");
         }
         let mut launch = q(&mut alice, json!({"query": "launch"}));
         launch.sort();
@@ -1113,8 +1112,11 @@ fn search_pages_with_an_opaque_cursor_until_it_is_absent() {
 // room directory
 // ---------------------------------------------------------------------------------------------
 
-/// `rooms` entries as (room, members, seq, ts), plus the cursor.
-pub(crate) fn dir(c: &mut Client, f: Value) -> (Vec<(String, u64, u64, u64)>, Option<String>) {
+/// A directory entry: (room, members, seq, ts).
+pub(crate) type Entry = (String, u64, u64, u64);
+
+/// `rooms` entries, plus the cursor.
+pub(crate) fn dir(c: &mut Client, f: Value) -> (Vec<Entry>, Option<String>) {
     let mut f = f;
     f["type"] = json!("rooms");
     let r = c.call(f.clone());
@@ -1131,7 +1133,7 @@ pub(crate) fn dir(c: &mut Client, f: Value) -> (Vec<(String, u64, u64, u64)>, Op
     (rooms, r.get("cursor").and_then(Value::as_str).map(str::to_string))
 }
 
-pub(crate) fn names(v: &[(String, u64, u64, u64)]) -> Vec<&str> {
+pub(crate) fn names(v: &[Entry]) -> Vec<&str> {
     v.iter().map(|e| e.0.as_str()).collect()
 }
 
