@@ -1162,7 +1162,10 @@
   function openRoom(name, opts) {
     if (current && current !== name) stopTyping();
     const r = room(name);
-    if (current !== name) r.divider = r.unread > 0 ? r.read : null;
+    if (current !== name) {
+      r.divider = r.unread > 0 ? r.read : null;
+      closeModal('directory');         // however the room was reached, it is what the user wants to see
+    }
     current = name;
     if (!isDm(name) || !r.placeholder) store.set(LS_ROOM, name);
     if (r.loaded === 'none' && !r.placeholder) initialLoad(r);
@@ -1192,7 +1195,7 @@
     const n = ev.target.closest('.message[data-seq]');
     if (!b) {
       // Touch screens have no hover: a tap shows the message's actions.
-      if (n && !ev.target.closest('a') && window.matchMedia('(hover: none)').matches) {
+      if (n && !ev.target.closest('a') && window.matchMedia('(hover: none), (pointer: coarse)').matches) {
         for (const o of document.querySelectorAll('.message.active')) if (o !== n) o.classList.remove('active');
         n.classList.toggle('active');
       }
@@ -1370,7 +1373,6 @@
           const live = t.messages.filter((x) => !x.deleted);
           rootMsg.replies = live.length; rootMsg.extraReplies.clear();
           if (t.messages.length) rootMsg.last_reply_ts = Math.max(rootMsg.last_reply_ts || 0, t.messages[t.messages.length - 1].ts);
-          rootMsg.stateSeq = Math.max(rootMsg.stateSeq, r.seq);
           updateMsg(r, rootMsg);
         }
         renderThread();
