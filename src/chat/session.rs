@@ -101,15 +101,19 @@ pub(crate) fn first_sight(ctx: &Ctx<'_>, user: &str, name: Option<&str>) -> Resu
     if !first {
         return Ok(());
     }
+    let mut joined = false;
     for room in &node.cfg().default_rooms {
         if node.storage().add_member(room, user)? {
             let seq = node.visible_seq(room)?;
             node.presence(room, &Arc::from(user), Presence::Online);
             node.peers().member(room, user, Some(seq));
+            joined = true;
         }
     }
-    // Durable with the next group commit, like a read marker.
-    node.after_flush(AfterFlush::nothing());
+    if joined {
+        // Durable with the next group commit, like a read marker.
+        node.after_flush(AfterFlush::nothing());
+    }
     Ok(())
 }
 
