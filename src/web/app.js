@@ -1163,7 +1163,8 @@
     if (current && current !== name) stopTyping();
     const r = room(name);
     if (current !== name) {
-      r.divider = r.unread > 0 ? r.read : null;
+      // A room joined just now has no "new" part: all of it is new.
+      r.divider = r.unread > 0 && !(opts && opts.fresh) ? r.read : null;
       closeModal('directory');         // however the room was reached, it is what the user wants to see
     }
     current = name;
@@ -1665,6 +1666,7 @@
   function joinFromDirectory(name, b) {
     const r = rooms.get(name);
     if (r && r.loaded !== 'none' && !r.placeholder) { closeModal('directory'); openRoom(name); return; }
+    const fresh = !r;
     b.disabled = true;
     const ok = send({ type: 'join', room: name }, (j, err) => {
       b.disabled = false;
@@ -1672,7 +1674,7 @@
       if (err) { $('directory-status').textContent = `${j.code}: ${j.message}`; return; }
       onJoined(j, false);
       closeModal('directory');
-      openRoom(name);
+      openRoom(name, { fresh });
     });
     if (!ok) { b.disabled = false; $('directory-status').textContent = 'Not connected; try again in a moment.'; }
   }
@@ -1808,11 +1810,12 @@
       return;
     }
     if (rooms.has(name) && rooms.get(name).loaded !== 'none') { input.value = ''; openRoom(name); closeMenu(); return; }
+    const fresh = !rooms.has(name);
     const ok = send({ type: 'join', room: name }, (j, err) => {
       if (!j) { errBox.textContent = 'Connection lost; try again.'; return; }
       if (err) { errBox.textContent = `${j.code}: ${j.message}`; return; }
       onJoined(j, false);
-      openRoom(name);
+      openRoom(name, { fresh });
       closeMenu();
     });
     if (ok) input.value = ''; else errBox.textContent = 'Not connected; try again in a moment.';
