@@ -297,6 +297,10 @@ fn edit_is_author_only_and_becomes_the_current_text() {
         let r = room.as_str();
 
         bob.call_err(json!({"type": "edit", "room": r, "seq": m1, "text": "mine"}), "forbidden");
+        let mut root = admin_conn(&s, "root", enc);
+        root.join(r);
+        let f = json!({"type": "edit", "room": r, "seq": m1, "text": "admin"});
+        root.call_err(f, "forbidden");
         carol.call_err(json!({"type": "edit", "room": r, "seq": m1, "text": "x"}), "not_member");
         alice.call_err(json!({"type": "edit", "room": r, "seq": 999, "text": "x"}), "not_found");
         for bad in [
@@ -731,8 +735,15 @@ fn replies_are_one_level_deep_and_threads_page() {
         bob.call_err(f, "not_found");
         let t = alice.call(json!({"type": "thread", "room": dm_room, "root": seq(&q)}));
         assert_eq!(keys(t["messages"].as_array().unwrap()), [key(&dm_room, seq(&a))]);
-        let f = json!({"type": "thread", "room": dm_room, "root": seq(&q)});
-        carol.call_err(f, "forbidden");
+        for f in [
+            json!({"type": "thread", "room": dm_room, "root": seq(&q)}),
+            json!({"type": "edit", "room": dm_room, "seq": seq(&q), "text": "x"}),
+            json!({"type": "delete", "room": dm_room, "seq": seq(&q)}),
+            json!({"type": "react", "room": dm_room, "seq": seq(&q), "emoji": "👍", "on": true}),
+            json!({"type": "send", "room": dm_room, "text": "x", "reply_to": seq(&q)}),
+        ] {
+            carol.call_err(f, "forbidden");
+        }
     }
 }
 
@@ -1167,6 +1178,7 @@ fn the_room_directory_lists_rooms_by_name_with_counts() {
     assert!(c3.is_none(), "no cursor on the last page");
     assert_eq!(dir(&mut alice, json!({"prefix": "a.", "limit": 5})).0.len(), 1);
     assert_eq!(dir(&mut alice, json!({"prefix": "nomatch"})), (vec![], None));
+    assert_eq!(dir(&mut alice, json!({"prefix": "dm"})), (vec![], None), "no DM rooms");
     for lim in [json!(0), json!(-2), json!("5")] {
         alice.call_err(json!({"type": "rooms", "limit": lim}), "bad_request");
     }
@@ -1325,6 +1337,8 @@ fn display_names_come_from_the_latest_token() {
     let long = "é".repeat(64);
     let c = Client::connect(s.addr, Auth::Bearer(&named("carol", &long)), Enc::Json);
     assert_eq!(c.hello["name"], long.as_str());
+    let j = bob.join("n");
+    assert_eq!(j["names"], json!({"alice": zoe, "bob": "Robert"}), "members only: {j}");
     let too_long = "é".repeat(65);
     for bad in ["", too_long.as_str(), "a\u{1}b", "new\nline", "tab\tx", "\u{7f}"] {
         match Client::try_connect(s.addr, Auth::Bearer(&named("dave", bad)), &[PROTO_JSON]) {
@@ -1493,7 +1507,10 @@ fn http_patch_delete_and_reply_to_answer_with_the_documented_codes() {
     let (st, v) = api(&s, "GET", "/api/rooms/h/messages", Some(&bot), "");
     assert_eq!(st, 200);
     let ms = v["messages"].as_array().unwrap();
-    assert_eq!(ms[0]["deleted"], true, "{v}");
+    assert_eq!((ty(&ms[0]), &ms[0]["deleted"]), ("message", &json!(true)), "{v}");
+    assert!(ms.iter().all(is_event), "items carry their kind: {v}");
+    let (st, v) = post(&bot, json!({"text": "late", "reply_to": s1}));
+    assert_eq!((st, v["error"].as_str()), (404, Some("not_found")), "reply to a deleted root: {v}");
     assert!(!v.to_string().contains("status"), "deleted text still served: {v}");
 }
 
@@ -1703,4 +1720,75 @@ fn a_client_resuming_with_since_ends_in_the_state_of_one_that_stayed() {
     // Nothing else arrives live for carol.
     let extra: Vec<Value> = carol.ping_barrier().into_iter().filter(is_event).collect();
     assert!(extra.is_empty(), "{extra:?}");
+}
+
+#[test]
+fn dm_mentions_count_from_the_first_dm() {
+    let s = server(&[]);
+    for enc in ENCS {
+        let mut alice = conn(&s, "alice", enc);
+        let to = format!("peer{}", tag(enc));
+        let dm = format!("dm:alice:{to}");
+        // The first `dm` makes both users members, so its mention of the recipient counts.
+        let mut got = Vec::new();
+        for text in [format!("hi @{to}"), format!("again @{to}"), "no mention".to_string()] {
+            let a = ok(&mut alice, json!({"type": "dm", "to": to, "text": text}));
+            got.push(mentions(&event(&mut alice, &dm, seq(&a))));
+        }
+        assert_eq!(got, [vec![to.clone()], vec![to.clone()], vec![]], "live DM mentions");
+        let h = all_history(&mut alice, &dm);
+        assert_eq!(mentions(&h[0]), [to.clone()], "history: {}", h[0]);
+        let peer = conn(&s, &to, enc);
+        assert_eq!(counts(&peer, &dm), (3, 0, 3, 2), "{}", peer.hello);
+    }
+}
+
+#[test]
+fn hello_counts_are_capped_at_1000() {
+    let s = server(&[]);
+    let mut alice = conn(&s, "alice", Enc::Json);
+    let mut bob = conn(&s, "bob", Enc::Json);
+    alice.join("busy");
+    bob.join("busy");
+    bob.close();
+    let frames: Vec<Value> = (0..1003)
+        .map(|i| json!({"type": "send", "room": "busy", "text": format!("@bob ping {i}")}))
+        .collect();
+    let acks = pipeline(&mut alice, frames);
+    alice.clear_stash();
+    let last = acks.iter().map(seq).max().unwrap();
+    let bob = conn(&s, "bob", Enc::Json);
+    assert_eq!(counts(&bob, "busy"), (last, 0, 1000, 1000), "{}", bob.hello);
+}
+
+#[test]
+fn deleted_text_leaves_the_data_directory() {
+    let mut s = server(&[]);
+    let mut a = conn(&s, "alice", Enc::Json);
+    a.join("wipe");
+    let secret = format!("zq{}wipe", now_ms());
+    let m = send(&mut a, "wipe", &format!("{secret} first"));
+    edit(&mut a, "wipe", m, &format!("{secret} second"));
+    search_until(&mut a, json!({"query": secret}), "the message indexed", |m| m.len() == 1);
+    del(&mut a, "wipe", m);
+    search_until(&mut a, json!({"query": secret}), "the delete", |m| m.is_empty());
+    drop(a);
+    assert!(s.sigterm().success());
+    let mut holding = Vec::new();
+    let mut dirs = vec![s.dir.clone()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else if std::fs::read(&p)
+                .unwrap()
+                .windows(secret.len())
+                .any(|w| w == secret.as_bytes())
+            {
+                holding.push(p);
+            }
+        }
+    }
+    assert!(holding.is_empty(), "the deleted text is still stored in {holding:?}");
 }
