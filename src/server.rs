@@ -124,7 +124,10 @@ impl Server {
         })
         .map_err(StartError::Other)?;
         let peers = Peers::new(link.as_ref().map(|(l, _)| l.clone()));
+        // Benchmarks compare against a node without the index; not a setting.
+        let search_off = std::env::var("CHINWAG_SEARCH").is_ok_and(|v| v == "off");
         let search = match Search::open(&cfg.data_dir.join("search")) {
+            Ok(_) if search_off => None,
             Ok(s) => {
                 s.start(storage.clone(), fanout.dir_arc()).map_err(StartError::Other)?;
                 Some(s)
