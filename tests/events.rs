@@ -1737,7 +1737,7 @@ fn dm_mentions_count_from_the_first_dm() {
         }
         assert_eq!(got, [vec![to.clone()], vec![to.clone()], vec![]], "live DM mentions");
         let h = all_history(&mut alice, &dm);
-        assert_eq!(mentions(&h[0]), [to.clone()], "history: {}", h[0]);
+        assert_eq!(mentions(&h[0]), vec![to.clone()], "history: {}", h[0]);
         let peer = conn(&s, &to, enc);
         assert_eq!(counts(&peer, &dm), (3, 0, 3, 2), "{}", peer.hello);
     }
