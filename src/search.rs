@@ -121,8 +121,7 @@ impl Search {
                 Index::create_in_dir(dir, schema)?
             }
         };
-        let analyzer =
-            TextAnalyzer::builder(SimpleTokenizer::default()).filter(LowerCaser).build();
+        let analyzer = TextAnalyzer::builder(SimpleTokenizer::default()).filter(LowerCaser).build();
         index.tokenizers().register(TOKENIZER, analyzer);
         let writer = index.writer_with_num_threads(1, WRITER_BYTES)?;
         let marks = index
@@ -136,11 +135,7 @@ impl Search {
     }
 
     /// Starts the indexing thread.
-    pub fn start(
-        self: &Arc<Search>,
-        storage: Storage,
-        dir: Arc<Directory>,
-    ) -> std::io::Result<()> {
+    pub fn start(self: &Arc<Search>, storage: Storage, dir: Arc<Directory>) -> std::io::Result<()> {
         let s = self.clone();
         thread::Builder::new().name("chinwag-search".into()).spawn(move || {
             s.catch_up(&storage);
@@ -275,7 +270,10 @@ impl Search {
         let mut clauses: Vec<(Occur, Box<dyn Query>)> = Vec::new();
         for w in query {
             // Words are letters and digits only: nothing to escape.
-            clauses.push((Occur::Must, Box::new(RegexQuery::from_pattern(&format!("{w}.*"), self.f.text)?)));
+            clauses.push((
+                Occur::Must,
+                Box::new(RegexQuery::from_pattern(&format!("{w}.*"), self.f.text)?),
+            ));
         }
         let room_terms = rooms.iter().map(|r| Term::from_field_text(self.f.room, r));
         let by_room: Box<dyn Query> = match rooms {

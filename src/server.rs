@@ -36,6 +36,29 @@ fn listener(addr: SocketAddr) -> io::Result<TcpListener> {
     Ok(TcpListener::from_std(sock.into()))
 }
 
+/// Opens the search index and starts its thread; without an index (it
+/// cannot open, or `CHINWAG_SEARCH=off` for a benchmark's baseline) the
+/// node runs and `search` answers `unavailable`.
+fn open_search(
+    cfg: &Config,
+    storage: &Storage,
+    fanout: &Fanout,
+) -> Result<Option<Arc<Search>>, StartError> {
+    if std::env::var("CHINWAG_SEARCH").is_ok_and(|v| v == "off") {
+        return Ok(None);
+    }
+    match Search::open(&cfg.data_dir.join("search")) {
+        Ok(s) => {
+            s.start(storage.clone(), fanout.dir_arc()).map_err(StartError::Other)?;
+            Ok(Some(s))
+        }
+        Err(e) => {
+            log::error!("search is off: cannot open its index: {e}");
+            Ok(None)
+        }
+    }
+}
+
 /// A running node.
 #[derive(Debug)]
 pub struct Server {
@@ -124,19 +147,7 @@ impl Server {
         })
         .map_err(StartError::Other)?;
         let peers = Peers::new(link.as_ref().map(|(l, _)| l.clone()));
-        // Benchmarks compare against a node without the index; not a setting.
-        let search_off = std::env::var("CHINWAG_SEARCH").is_ok_and(|v| v == "off");
-        let search = match Search::open(&cfg.data_dir.join("search")) {
-            Ok(_) if search_off => None,
-            Ok(s) => {
-                s.start(storage.clone(), fanout.dir_arc()).map_err(StartError::Other)?;
-                Some(s)
-            }
-            Err(e) => {
-                log::error!("search is off: cannot open its index: {e}");
-                None
-            }
-        };
+        let search = open_search(&cfg, &storage, &fanout)?;
         let parts =
             Parts { cfg, storage, committer, fanout, revoked, metrics, peers, alive, search };
         let node = Arc::new(Node::new(parts));

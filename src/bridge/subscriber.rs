@@ -275,10 +275,10 @@ fn apply_event(link: &Link, node: &Node, e: Event) {
         {
             apply_revocation(node, &Revocation::User { user, before });
         }
-        Event::Name { node: from, user, name } if from != link.node() => {
-            if node.storage().saw_user(&user, name.as_deref()).is_ok() {
-                node.after_flush(AfterFlush::nothing());
-            }
+        Event::Name { node: from, user, name }
+            if from != link.node() && node.storage().saw_user(&user, name.as_deref()).is_ok() =>
+        {
+            node.after_flush(AfterFlush::nothing());
         }
         _ => {} // Our own events: already applied here.
     }

@@ -2,7 +2,7 @@
 //! member (DM rooms excluded), by name, in pages.
 
 use super::Ctx;
-use crate::wire::{RoomInfo, Refusal};
+use crate::wire::{Refusal, RoomInfo};
 
 /// A page of the directory from after `cursor` (a room name), and the
 /// cursor of the next page if there is one.

@@ -162,8 +162,7 @@ fn act(ctx: &mut Ctx<'_>, to: &ReplyTo, user: &Arc<str>, req: Request) -> Result
             Ok(())
         }
         Request::Thread { room, root, after, limit } => {
-            let (messages, more) =
-                thread::query(ctx, Some(conn), user, &room, root, after, limit)?;
+            let (messages, more) = thread::query(ctx, Some(conn), user, &room, root, after, limit)?;
             ctx.frame(conn, &ServerFrame::Thread { id, room: &room, root, messages, more });
             Ok(())
         }
@@ -191,7 +190,12 @@ fn act(ctx: &mut Ctx<'_>, to: &ReplyTo, user: &Arc<str>, req: Request) -> Result
 }
 
 /// Runs the rule for a frame that makes a room event.
-fn act_event(ctx: &mut Ctx<'_>, to: &ReplyTo, user: &Arc<str>, req: Request) -> Result<(), Refusal> {
+fn act_event(
+    ctx: &mut Ctx<'_>,
+    to: &ReplyTo,
+    user: &Arc<str>,
+    req: Request,
+) -> Result<(), Refusal> {
     let conn = Some(to.conn());
     let to = to.clone();
     match req {

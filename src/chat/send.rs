@@ -71,11 +71,8 @@ fn message(
 /// `not_found`.
 pub(crate) fn live(ctx: &Ctx<'_>, room: &str, seq: u64) -> Result<LiveMessage, Refusal> {
     let node = ctx.node;
-    let found = if seq <= node.visible_seq(room)? {
-        node.storage().live_message(room, seq)?
-    } else {
-        None
-    };
+    let found =
+        if seq <= node.visible_seq(room)? { node.storage().live_message(room, seq)? } else { None };
     found.ok_or_else(|| Refusal::new(Code::NotFound, "no such message, or it was deleted"))
 }
 

@@ -21,7 +21,9 @@ pub(crate) fn query(
     let visible = ctx.node.visible_seq(room)?;
     let storage = ctx.node.storage();
     let is_root = root <= visible
-        && storage.event(room, root)?.is_some_and(|m| m.kind == Kind::Message && m.reply_to.is_none());
+        && storage
+            .event(room, root)?
+            .is_some_and(|m| m.kind == Kind::Message && m.reply_to.is_none());
     if !is_root {
         return Err(Refusal::new(Code::NotFound, "no such thread root"));
     }

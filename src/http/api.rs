@@ -145,7 +145,9 @@ pub fn route(
         }
         ("message", _) => message_op(&parts, method, body, node)?,
         ("rooms", _) => Op::Rooms {
-            prefix: super::query_param(query, "prefix").and_then(percent_decode).unwrap_or_default(),
+            prefix: super::query_param(query, "prefix")
+                .and_then(percent_decode)
+                .unwrap_or_default(),
             cursor: super::query_param(query, "cursor").and_then(percent_decode),
             limit: limit_param(query, wire::DEFAULT_HISTORY, wire::MAX_HISTORY)?,
         },
@@ -189,11 +191,10 @@ fn limit_param(query: &str, default: usize, max: usize) -> Result<usize, Bytes> 
 /// `PATCH` (`{"text"}`) or `DELETE /api/rooms/{room}/messages/{seq}`.
 fn message_op(parts: &[&str], method: &str, body: &[u8], node: &Node) -> Result<Op, Bytes> {
     let room = path_room(parts)?;
-    let seq = parts
-        .get(3)
-        .and_then(|s| s.parse::<u64>().ok())
-        .filter(|&s| s > 0)
-        .ok_or_else(|| respond(400, "bad_request", "the message seq must be a positive integer"))?;
+    let seq =
+        parts.get(3).and_then(|s| s.parse::<u64>().ok()).filter(|&s| s > 0).ok_or_else(|| {
+            respond(400, "bad_request", "the message seq must be a positive integer")
+        })?;
     if method == "DELETE" {
         return Ok(Op::Delete { room, seq });
     }
@@ -305,16 +306,19 @@ pub(crate) fn execute(ctx: &mut Ctx<'_>, conn: ConnId, call: Call) {
             })
         }
         Op::Search { q, room, cursor, limit } => {
-            chat::search::run(ctx, None, &user, &q, room.as_deref(), cursor.as_deref(), limit)
-                .map(|(messages, cursor)| {
+            chat::search::run(ctx, None, &user, &q, room.as_deref(), cursor.as_deref(), limit).map(
+                |(messages, cursor)| {
                     let mut body = json!({ "messages": messages });
                     if let Some(c) = cursor {
                         body["cursor"] = json!(c);
                     }
                     Some(json_response(200, &body))
-                })
+                },
+            )
         }
-        Op::Notify { user: who, kind, text, data } => Ok(Some(notify(ctx.node, who, kind, text, data))),
+        Op::Notify { user: who, kind, text, data } => {
+            Ok(Some(notify(ctx.node, who, kind, text, data)))
+        }
         Op::Revoke(r) => revoke(ctx, to(200), r),
     };
     match result {

@@ -169,11 +169,7 @@ fn reply_value(deleted: bool, ts: u64) -> Vec<u8> {
 fn toggle(rs: &mut Vec<(String, Vec<String>)>, emoji: &str, user: &str, on: bool) {
     let i = rs.iter().position(|(e, _)| e == emoji);
     match (i, on) {
-        (Some(i), true) => {
-            if !rs[i].1.iter().any(|u| u == user) {
-                rs[i].1.push(user.to_string());
-            }
-        }
+        (Some(i), true) if !rs[i].1.iter().any(|u| u == user) => rs[i].1.push(user.to_string()),
         (None, true) if rs.len() < MAX_EMOJI => rs.push((emoji.to_string(), vec![user.into()])),
         (Some(i), false) => {
             rs[i].1.retain(|u| u != user);
@@ -288,7 +284,12 @@ impl Storage {
         let m = fold(&old, &touches);
         if m.deleted {
             for (seq, e) in touches.iter().filter(|(_, e)| e.kind == 1 && !e.deleted) {
-                let blank = Record { text: String::new(), mentions: Vec::new(), deleted: true, ..e.clone() };
+                let blank = Record {
+                    text: String::new(),
+                    mentions: Vec::new(),
+                    deleted: true,
+                    ..e.clone()
+                };
                 b.insert(msg_key(room, *seq), blank.encode());
             }
         }

@@ -43,9 +43,10 @@ impl Storage {
     /// Event `seq` of `room` if it is a message that is not deleted.
     pub fn live_message(&self, room: &str, seq: u64) -> Result<Option<LiveMessage>> {
         let t = self.trees()?;
-        Ok(self.record(&t.messages, room, seq)?.filter(Record::is_live_message).map(|r| {
-            LiveMessage { reply_to: r.reply_to(), emoji: r.emoji(), from: r.from }
-        }))
+        Ok(self
+            .record(&t.messages, room, seq)?
+            .filter(Record::is_live_message)
+            .map(|r| LiveMessage { reply_to: r.reply_to(), emoji: r.emoji(), from: r.from }))
     }
 
     /// Up to `limit` events of `room` from `cursor`, ascending, and whether
@@ -79,7 +80,13 @@ impl Storage {
 
     /// Up to `limit` replies to `root` after seq `after`, ascending, in
     /// their current state, and whether more exist.
-    pub fn thread(&self, room: &str, root: u64, after: u64, limit: usize) -> Result<(Vec<Msg>, bool)> {
+    pub fn thread(
+        &self,
+        room: &str,
+        root: u64,
+        after: u64,
+        limit: usize,
+    ) -> Result<(Vec<Msg>, bool)> {
         let t = self.trees()?;
         let start = sub(room, tag::REPLY, &[N(root), N(after.saturating_add(1))]);
         let end = sub(room, tag::REPLY, &[N(root), N(u64::MAX)]);

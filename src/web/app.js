@@ -569,7 +569,7 @@
           if (r.typing.delete(msg.from) && name === current) renderTyping();
           liveAlert(r, msg);
         }
-      } else if (kind !== 'thread') {
+      } else if (kind === 'live') {
         for (const m of applyEvent(r, ev)) changed.add(m);
       }
     }

@@ -195,14 +195,7 @@ fn parse(map: &Map, max_text: usize) -> Result<Request, Refusal> {
             }
             Request::Dm { to, text, reply_to }
         }
-        "edit" => Request::Edit { room: room(map)?, seq: seq(map, "seq")?, text: text(map, max_text)? },
-        "delete" => Request::Delete { room: room(map)?, seq: seq(map, "seq")? },
-        "react" => Request::React {
-            room: room(map)?,
-            seq: seq(map, "seq")?,
-            emoji: emoji(map)?,
-            on: boolean(map, "on")?,
-        },
+        "edit" | "delete" | "react" => parse_event(ty, map, max_text)?,
         "typing" => Request::Typing { room: room(map)?, active: boolean(map, "active")? },
         "history" => {
             let room = room(map)?;
@@ -248,6 +241,16 @@ fn parse(map: &Map, max_text: usize) -> Result<Request, Refusal> {
             let shown: String = other.chars().take(32).collect();
             return Err(bad(format!("unknown type `{shown}`")));
         }
+    })
+}
+
+/// `edit`, `delete` and `react`.
+fn parse_event(ty: &str, map: &Map, max_text: usize) -> Result<Request, Refusal> {
+    let (room, seq) = (room(map)?, seq(map, "seq")?);
+    Ok(match ty {
+        "edit" => Request::Edit { room, seq, text: text(map, max_text)? },
+        "delete" => Request::Delete { room, seq },
+        _ => Request::React { room, seq, emoji: emoji(map)?, on: boolean(map, "on")? },
     })
 }
 
