@@ -290,3 +290,55 @@ fn hello_counts_and_display_names_on_the_other_node() {
         thread::sleep(Duration::from_millis(100));
     }
 }
+
+#[test]
+fn a_node_back_from_kill_9_has_the_events_search_and_threads_it_missed() {
+    let (_redis, mut nodes) = two();
+    let r = "back";
+    let mut alice = conn(&nodes[0], "alice", Enc::Json);
+    alice.join(r);
+    let mut bob = conn(&nodes[1], "bob", Enc::Json);
+    bob.join(r);
+    let root = send(&mut alice, r, "orbit root before");
+    let early = send(&mut bob, r, "orbit early from two");
+    search_until(&mut bob, json!({"query": "orbit"}), "node 2 indexed", |m| m.len() == 2);
+    drop(bob);
+    nodes[1].kill9();
+    // While node 2 is dead.
+    let rp = reply(&mut alice, r, root, "orbit reply while away");
+    edit(&mut alice, r, root, "orbit root edited while away");
+    ok(&mut alice, json!({"type": "react", "room": r, "seq": root, "emoji": "🚀", "on": true}));
+    let gone = send(&mut alice, r, "orbit doomed");
+    ok(&mut alice, json!({"type": "delete", "room": r, "seq": gone}));
+    let last = send(&mut alice, r, "orbit last");
+    nodes[1].restart();
+    wait_for(Duration::from_secs(10), "node 2's redis link", || {
+        nodes[1].health().1["redis"] == "ok"
+    });
+    let mut bob = conn(&nodes[1], "bob", Enc::MsgPack);
+    let reference = all_history(&mut alice, r);
+    assert_eq!(seq(reference.last().unwrap()), last);
+    let start = Instant::now();
+    loop {
+        let h = all_history(&mut bob, r);
+        if h == reference {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "node 2's history never caught up:\n{h:?}\nvs\n{reference:?}"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    // Search and threads on node 2 include what it missed, in current state.
+    let want = vec![key(r, last), key(r, seq(&rp)), key(r, early), key(r, root)];
+    search_until(&mut bob, json!({"query": "orbit"}), "node 2's search to catch up", |m| {
+        keys(m) == want
+    });
+    let t = bob.call(json!({"type": "thread", "room": r, "root": root}));
+    assert_eq!(keys(t["messages"].as_array().unwrap()), [key(r, seq(&rp))], "{t}");
+    let rootm = item(&mut bob, r, root);
+    assert_eq!(rootm["text"], "orbit root edited while away", "{rootm}");
+    assert_eq!(reactions(&rootm), rx(&[("🚀", &["alice"])]));
+    assert_eq!(rootm["replies"], 1);
+}

@@ -758,7 +758,7 @@ fn mentions_follow_the_boundary_rules_and_edits() {
         let room = format!("mn-{}", tag(enc));
         let r = room.as_str();
         let mut alice = conn(&s, "alice", enc);
-        for u in ["bob", "bo", "carol_1"] {
+        for u in ["bob", "bo", "carol_1", "d.e"] {
             conn(&s, u, enc).join(r);
         }
         alice.join(r);
@@ -794,6 +794,9 @@ fn mentions_follow_the_boundary_rules_and_edits() {
             ("@bo,@bob", &["bo", "bob"]),
             ("a@bo @bob", &["bob"]),
             ("@", &[]),
+            ("ask @d.e.", &["d.e"]),
+            ("ask @d.e", &["d.e"]),
+            ("@d.", &[]),
         ];
         let mut sent = Vec::new();
         for (text, want) in cases {
@@ -1791,4 +1794,38 @@ fn deleted_text_leaves_the_data_directory() {
         }
     }
     assert!(holding.is_empty(), "the deleted text is still stored in {holding:?}");
+}
+
+#[test]
+fn acked_events_and_their_search_entries_survive_kill_9() {
+    let mut s = server(&[]);
+    let mut a = conn(&s, "alice", Enc::Json);
+    let mut b = conn(&s, "bob", Enc::MsgPack);
+    a.join("k9");
+    b.join("k9");
+    let m1 = send(&mut a, "k9", "before the crash");
+    let m2 = send(&mut b, "k9", "bob speaks");
+    reply(&mut b, "k9", m1, "a reply");
+    edit(&mut a, "k9", m1, "before the crash, edited @bob");
+    react(&mut b, "k9", m1, "👍", true);
+    react(&mut a, "k9", m1, "🎉", true);
+    react(&mut b, "k9", m1, "👍", false);
+    del(&mut b, "k9", m2);
+    // The last ack arrives right before the kill: it must be searchable after the restart.
+    send(&mut a, "k9", "crashword lastone");
+    let before = all_history(&mut a, "k9");
+    drop((a, b));
+    s.kill9();
+    s.restart();
+    let mut a = conn(&s, "alice", Enc::Json);
+    assert_eq!(all_history(&mut a, "k9"), before, "every acked event survives kill -9");
+    search_until(&mut a, json!({"query": "crashword"}), "the last message in search", |m| {
+        m.len() == 1
+    });
+    let r = search_until(&mut a, json!({"query": "crash"}), "both in search", |m| m.len() == 2);
+    let texts: Vec<&str> =
+        r["messages"].as_array().unwrap().iter().map(|m| m["text"].as_str().unwrap()).collect();
+    assert_eq!(texts, ["crashword lastone", "before the crash, edited @bob"]);
+    let gone = a.call(json!({"type": "search", "query": "speaks"}));
+    assert_eq!(gone["messages"], json!([]), "a deleted message stays out of search: {gone}");
 }
