@@ -36,6 +36,17 @@ fn listener(addr: SocketAddr) -> io::Result<TcpListener> {
     Ok(TcpListener::from_std(sock.into()))
 }
 
+/// The watched threads: the reactors by index, then the commit thread,
+/// then (cluster only) the bridge's two.
+fn watched(threads: usize, cluster: bool) -> Vec<String> {
+    let mut names: Vec<String> = (0..threads).map(|i| format!("loop-{i}")).collect();
+    names.push("commit".into());
+    if cluster {
+        names.extend(["redis-pub".into(), "redis-sub".into()]);
+    }
+    names
+}
+
 /// Opens the search index and starts its thread; without an index (it
 /// cannot open, or `CHINWAG_SEARCH=off` for a benchmark's baseline) the
 /// node runs and `search` answers `unavailable`.
@@ -127,14 +138,7 @@ impl Server {
             }
             None => None,
         };
-        // Watched threads: the reactors by index, then the commit thread,
-        // then (cluster only) the bridge's two.
-        let mut names: Vec<String> = (0..cfg.threads).map(|i| format!("loop-{i}")).collect();
-        names.push("commit".into());
-        if link.is_some() {
-            names.extend(["redis-pub".into(), "redis-sub".into()]);
-        }
-        let alive = Alive::new(names);
+        let alive = Alive::new(watched(cfg.threads, link.is_some()));
         let fanout = Fanout::new(Arc::new(Directory::new()), mailboxes.clone());
         let commit_slot = cfg.threads;
         let (committer, commit) = Committer::start(Worker {

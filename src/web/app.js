@@ -569,7 +569,7 @@
           if (r.typing.delete(msg.from) && name === current) renderTyping();
           liveAlert(r, msg);
         }
-      } else if (kind === 'live') {
+      } else if (kind !== 'thread') {
         for (const m of applyEvent(r, ev)) changed.add(m);
       }
     }

@@ -197,18 +197,11 @@ fn parse(map: &Map, max_text: usize) -> Result<Request, Refusal> {
         }
         "edit" | "delete" | "react" => parse_event(ty, map, max_text)?,
         "typing" => Request::Typing { room: room(map)?, active: boolean(map, "active")? },
-        "history" => {
-            let room = room(map)?;
-            let before = opt_u64(map, "before")?;
-            let after = opt_u64(map, "after")?;
-            let cursor = match (before, after) {
-                (None, None) => Cursor::Latest,
-                (Some(b), None) => Cursor::Before(b),
-                (None, Some(a)) => Cursor::After(a),
-                (Some(_), Some(_)) => return Err(bad("give `before` or `after`, not both")),
-            };
-            Request::History { room, cursor, limit: limit(map, DEFAULT_HISTORY, MAX_HISTORY)? }
-        }
+        "history" => Request::History {
+            room: room(map)?,
+            cursor: cursor(map)?,
+            limit: limit(map, DEFAULT_HISTORY, MAX_HISTORY)?,
+        },
         "thread" => Request::Thread {
             room: room(map)?,
             root: seq(map, "root")?,
@@ -241,6 +234,16 @@ fn parse(map: &Map, max_text: usize) -> Result<Request, Refusal> {
             let shown: String = other.chars().take(32).collect();
             return Err(bad(format!("unknown type `{shown}`")));
         }
+    })
+}
+
+/// A history query's `before` or `after` (not both).
+fn cursor(map: &Map) -> Result<Cursor, Refusal> {
+    Ok(match (opt_u64(map, "before")?, opt_u64(map, "after")?) {
+        (None, None) => Cursor::Latest,
+        (Some(b), None) => Cursor::Before(b),
+        (None, Some(a)) => Cursor::After(a),
+        (Some(_), Some(_)) => return Err(bad("give `before` or `after`, not both")),
     })
 }
 
