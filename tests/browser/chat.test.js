@@ -818,6 +818,30 @@ test('web client: reactions, edit, delete, threads, mentions, search, directory,
     await P.context().close();
   }, 20_000);
 
+  await step('missed edits and deletes apply on resume (server restart)', async () => {
+    await openRoom(B, 'general');
+    await waitTexts(B, general);
+    assert.deepEqual(await server.stop(), { code: 0, sig: null });
+    for (const p of [A, B]) await waitFor(p, () => document.querySelector('#status').dataset.state === 'reconnecting');
+    // Changes the pages cannot see live: made through the same data dir on another port.
+    const side = new Server(await freePort(), server.dataDir, server.logFile);
+    side.env = server.env;
+    await side.start();
+    const hist = await side.api('GET', '/api/rooms/general/messages?limit=100', tokC);
+    const seqOf = (text) => hist.messages.find((m) => m.type !== 'edit' && m.text === text).seq;
+    await side.api('PATCH', `/api/rooms/general/messages/${seqOf('no needle here, just hay')}`, tokC, { text: 'no needle here, only hay' });
+    await side.api('DELETE', `/api/rooms/general/messages/${seqOf(general[0])}`, tokC);
+    assert.deepEqual(await side.stop(), { code: 0, sig: null });
+    await server.start();
+    general[0] = 'message deleted';
+    general[1] = 'no needle here, only hay';
+    for (const p of [A, B]) {
+      await waitFor(p, () => document.querySelector('#status').dataset.state === 'online', null, 15_000);
+      await waitTexts(p, general, 15_000);
+      await row(p, 'no needle here, only hay').locator('.edited').waitFor();
+    }
+  }, 40_000);
+
   await step('reload: the stored, refreshed token signs in', async () => {
     const stored = await A.evaluate(() => localStorage.getItem('chinwag.token'));
     assert.notEqual(stored, tokA);
