@@ -17,6 +17,7 @@
 //!   threads, mentions, hello counts, search, the room directory, default rooms, display names,
 //!   refresh, `limit` rules, the new HTTP rows, and recovery with `since`.
 //! * `cluster_events` — room events, search, threads, hello counts and names across two nodes.
+//! * `search_index` — the search index catches up after `kill -9`, a lost index, an upgrade.
 
 mod support;
 
@@ -29,5 +30,6 @@ mod events;
 mod integrity;
 mod limits;
 mod load;
+mod search_index;
 mod storage;
 mod ws;
