@@ -96,12 +96,18 @@ fn edits_deletes_and_reactions_cross_nodes_in_seq_order() {
     let mut bob = conn(&nodes[1], "bob", Enc::MsgPack);
     let mut w1 = conn(&nodes[0], "w1", Enc::MsgPack);
     let mut w2 = conn(&nodes[1], "w2", Enc::Json);
-    for c in [&mut alice, &mut bob, &mut w1, &mut w2] {
+    // A client acts on a message once it has seen it: `sync1`/`sync2` tell when a node has
+    // delivered (so holds) an event.
+    let mut sync1 = conn(&nodes[0], "sync1", Enc::Json);
+    let mut sync2 = conn(&nodes[1], "sync2", Enc::Json);
+    for c in [&mut alice, &mut bob, &mut w1, &mut w2, &mut sync1, &mut sync2] {
         c.join(r);
     }
     let mut acks = Vec::new();
     let m1 = ok(&mut alice, json!({"type": "send", "room": r, "text": "one @bob"}));
+    event(&mut sync2, r, seq(&m1));
     let m2 = ok(&mut bob, json!({"type": "send", "room": r, "text": "two @alice"}));
+    event(&mut sync1, r, seq(&m2));
     acks.push(m1.clone());
     acks.push(m2.clone());
     acks.push(edit(&mut alice, r, seq(&m1), "one, edited @w2"));
@@ -122,6 +128,7 @@ fn edits_deletes_and_reactions_cross_nodes_in_seq_order() {
     // The rules hold for writes arriving on the other node.
     let f = json!({"type": "edit", "room": r, "seq": seq(&m1), "text": "hijack"});
     bob.call_err(f, "forbidden");
+    event(&mut sync1, r, seq(&acks[6]));
     let f = json!({"type": "react", "room": r, "seq": seq(&m2), "emoji": "👍", "on": true});
     alice.call_err(f, "not_found");
 
@@ -202,6 +209,7 @@ fn search_threads_and_the_directory_answer_alike_on_either_node() {
     alice.join(r);
     bob.join(r);
     let root = send(&mut alice, r, "cluster rocket root");
+    event(&mut bob, r, root);
     let rb = reply(&mut bob, r, root, "rocket reply from two");
     let ra = reply(&mut alice, r, root, "rocket reply from one");
     let want = vec![key(r, seq(&ra)), key(r, seq(&rb)), key(r, root)];

@@ -1070,6 +1070,10 @@ fn search_pages_with_an_opaque_cursor_until_it_is_absent() {
         assert!(start.elapsed() < SETTLE, "search never found all 55 messages: {p}");
         thread::sleep(Duration::from_millis(100));
     }
+    // An edit keeps the message's place (newest first is by the message's ts).
+    let oldest = *all.last().unwrap();
+    edit(&mut alice, "pg", oldest, "paging item 0, edited");
+    search_until(&mut alice, json!({"query": "edited"}), "the edit indexed", |m| m.len() == 1);
     // Default 20, capped at 50.
     let d = alice.call(json!({"type": "search", "query": "paging"}));
     assert_eq!(d["messages"].as_array().unwrap().len(), 20, "default limit: {d}");
@@ -1083,6 +1087,7 @@ fn search_pages_with_an_opaque_cursor_until_it_is_absent() {
     // Pages of 11: five pages, the cursor absent exactly on the last; the cursor works on
     // another connection (and encoding) of the same user.
     let mut got = Vec::new();
+    let mut newer = Vec::new();
     let mut cursor: Option<String> = None;
     for page in 0..5 {
         let mut f = json!({"type": "search", "query": "paging", "limit": 11});
@@ -1097,16 +1102,26 @@ fn search_pages_with_an_opaque_cursor_until_it_is_absent() {
         got.extend(ms.iter().map(seq));
         cursor = r.get("cursor").and_then(Value::as_str).map(str::to_string);
         assert_eq!(cursor.is_some(), page < 4, "cursor on page {page}: {r}");
+        if page == 0 {
+            // Newer matches arriving meanwhile do not shift the pages that follow.
+            let fresh: Vec<Value> = (0..3)
+                .map(|i| json!({"type": "send", "room": "pg", "text": format!("paging fresh {i}")}))
+                .collect();
+            let acks = pipeline(&mut alice, fresh);
+            newer = acks.iter().rev().map(seq).collect();
+            search_until(&mut alice, json!({"query": "fresh"}), "fresh indexed", |m| m.len() == 3);
+        }
     }
     assert_eq!(got, all, "the pages are every result once, newest first");
+    let all: Vec<u64> = newer.into_iter().chain(all).collect();
     // Over HTTP, the same.
     let t = tok("alice", json!({}));
-    let (st, v) = api(&s, "GET", "/api/search?q=paging&limit=30", Some(&t), "");
+    let (st, v) = api(&s, "GET", "/api/search?q=paging&limit=40", Some(&t), "");
     assert_eq!(st, 200, "{v}");
     let mut hs: Vec<u64> = v["messages"].as_array().unwrap().iter().map(seq).collect();
     let c = v["cursor"].as_str().unwrap_or_else(|| panic!("cursor: {v}")).to_string();
     let (st, v) =
-        api(&s, "GET", &format!("/api/search?q=paging&limit=30&cursor={}", pct(&c)), Some(&t), "");
+        api(&s, "GET", &format!("/api/search?q=paging&limit=40&cursor={}", pct(&c)), Some(&t), "");
     assert_eq!(st, 200, "{v}");
     hs.extend(v["messages"].as_array().unwrap().iter().map(seq));
     assert!(absent(&v, "cursor"), "{v}");
@@ -1174,11 +1189,14 @@ fn the_room_directory_lists_rooms_by_name_with_counts() {
     let (p1, c1) = dir(&mut bob, json!({"prefix": "a", "limit": 2, "id": 1}));
     assert_eq!(names(&p1), ["a-b", "a.b"]);
     let c1 = c1.expect("a cursor after the first page");
+    // A room created before the cursor's position does not shift the next page.
+    alice.join("a--");
     let (p2, c2) = dir(&mut alice, json!({"prefix": "a", "limit": 2, "cursor": c1}));
     assert_eq!(names(&p2), ["a0", "a_b"]);
     let (p3, c3) = dir(&mut bob, json!({"prefix": "a", "limit": 2, "cursor": c2.expect("cursor")}));
     assert_eq!(names(&p3), ["ab"]);
     assert!(c3.is_none(), "no cursor on the last page");
+    ok_left(&mut alice, "a--");
     assert_eq!(dir(&mut alice, json!({"prefix": "a.", "limit": 5})).0.len(), 1);
     assert_eq!(dir(&mut alice, json!({"prefix": "nomatch"})), (vec![], None));
     assert_eq!(dir(&mut alice, json!({"prefix": "dm"})), (vec![], None), "no DM rooms");
