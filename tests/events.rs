@@ -1135,6 +1135,14 @@ fn search_pages_with_an_opaque_cursor_until_it_is_absent() {
     assert_eq!(st, 401);
     let (st, v) = api(&s, "GET", "/api/search?q=paging&room=elsewhere", Some(&t), "");
     assert_eq!((st, v["error"].as_str()), (403, Some("not_member")), "{v}");
+    let (st, v) = api(&s, "GET", "/api/search?q=paging&limit=1000", Some(&t), "");
+    assert_eq!((st, v["messages"].as_array().map(Vec::len)), (200, Some(50)), "capped: {v}");
+    assert!(v["cursor"].is_string(), "{v}");
+    let mut bob = conn(&s, "bob", Enc::Json);
+    ok(&mut bob, json!({"type": "dm", "to": "carol", "text": "secret stuff"}));
+    let path = format!("/api/search?q=secret&room={}", pct("dm:bob:carol"));
+    let (st, v) = api(&s, "GET", &path, Some(&t), "");
+    assert_eq!((st, v["error"].as_str()), (403, Some("forbidden")), "another pair's DM: {v}");
 }
 
 // ---------------------------------------------------------------------------------------------
