@@ -1336,6 +1336,41 @@ fn default_rooms_are_joined_on_the_first_connection_ever_only() {
     assert_eq!(sorted_strs(&j["members"]), ["bob", "carol"]);
 }
 
+/// `chinwag serve ARGS` must be refused: exit 2 and one stderr line naming `setting` (any of
+/// `|`-separated alternatives).
+fn refused(args: &[&str], setting: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = command();
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"]).arg(dir.path());
+    cmd.args(args).env("CHINWAG_SECRET", SECRET);
+    let f = run_bounded(cmd, Duration::from_secs(15));
+    assert!(f.status.is_some(), "{args:?}: still running after 15 s instead of refusing");
+    assert_eq!(f.code(), 2, "{args:?}: exit status; stderr: {}", f.stderr);
+    let lines: Vec<&str> = f.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{args:?}: exactly one stderr line, got {lines:#?}");
+    assert!(
+        setting.split('|').any(|name| lines[0].contains(name)),
+        "{args:?}: the line must name `{setting}`: {lines:?}"
+    );
+}
+
+#[test]
+fn default_rooms_come_from_toml_arrays_and_bad_names_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("chinwag.toml");
+    std::fs::write(&cfg, "default_rooms = [\"lobby\", \"help\"]\n").unwrap();
+    let s = server(&["--config", cfg.to_str().unwrap()]);
+    let c = conn(&s, "alice", Enc::MsgPack);
+    let rooms: Vec<Value> =
+        c.hello["rooms"].as_array().unwrap().iter().map(|r| r["room"].clone()).collect();
+    assert_eq!(sorted_strs(&json!(rooms)), ["help", "lobby"], "{}", c.hello);
+    refused(&["--default-rooms", "ok,Bad!"], "default");
+    refused(&["--default-rooms", "dm:alice:bob"], "default");
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "default_rooms = \"lobby\"\n").unwrap();
+    refused(&["--config", bad.to_str().unwrap()], "default_rooms|config");
+}
+
 #[test]
 fn display_names_come_from_the_latest_token() {
     let s = server(&[]);
@@ -1854,4 +1889,49 @@ fn acked_events_and_their_search_entries_survive_kill_9() {
     assert_eq!(texts, ["crashword lastone", "before the crash, edited @bob"]);
     let gone = a.call(json!({"type": "search", "query": "speaks"}));
     assert_eq!(gone["messages"], json!([]), "a deleted message stays out of search: {gone}");
+}
+
+#[test]
+fn concurrent_reactions_reduce_to_the_stored_state_and_never_pass_20_emoji() {
+    let s = server(&[]);
+    let mut alice = conn(&s, "alice", Enc::Json);
+    let mut watch = conn(&s, "watcher", Enc::MsgPack);
+    alice.join("busy");
+    watch.join("busy");
+    let m = send(&mut alice, "busy", "react hard");
+    let workers: Vec<_> = (0..4)
+        .map(|k| {
+            let mut c =
+                conn(&s, &format!("u{k}"), if k % 2 == 0 { Enc::Json } else { Enc::MsgPack });
+            c.join("busy");
+            thread::spawn(move || {
+                for i in 0..40 {
+                    let emoji = format!("x{}", (k * 7 + i) % 25);
+                    let f = json!({"type": "react", "room": "busy", "seq": m, "emoji": emoji,
+                                   "on": i % 3 != 0, "id": format!("r{i}")});
+                    c.send_json(f);
+                }
+                let mut acked = Vec::new();
+                for i in 0..40 {
+                    let r = c.recv_where(|v| v["id"] == format!("r{i}"));
+                    match ty(&r) {
+                        "ack" => acked.push(seq(&r)),
+                        _ => assert_eq!(r["code"], "limit_reached", "{r}"),
+                    }
+                }
+                acked
+            })
+        })
+        .collect();
+    let mut acked: Vec<u64> = workers.into_iter().flat_map(|w| w.join().unwrap()).collect();
+    acked.sort_unstable();
+    let last = *acked.last().unwrap();
+    assert_eq!(acked, (m + 1..=last).collect::<Vec<_>>(), "every accepted react is one event");
+    let mut st = Room::new();
+    for ev in drain(&mut watch, "busy", last) {
+        apply(&mut st, &ev);
+        let distinct = st[&m].reactions.len();
+        assert!(distinct <= 20, "{distinct} distinct emoji after seq {}", seq(&ev));
+    }
+    assert_eq!(reactions(&item(&mut alice, "busy", m)), st[&m].reactions);
 }
