@@ -818,9 +818,11 @@ test('web client: reactions, edit, delete, threads, mentions, search, directory,
     await P.context().close();
   }, 20_000);
 
-  await step('missed edits and deletes apply on resume (server restart)', async () => {
+  await step('missed edits, deletes and mentions apply on resume (server restart)', async () => {
     await openRoom(B, 'general');
     await waitTexts(B, general);
+    await openRoom(B, 'archive');      // bob is elsewhere: the mention below counts in his hello
+    await B.waitForSelector('#room-list li[data-room="general"][data-mentions="0"][data-unread="0"]');
     assert.deepEqual(await server.stop(), { code: 0, sig: null });
     for (const p of [A, B]) await waitFor(p, () => document.querySelector('#status').dataset.state === 'reconnecting');
     // Changes the pages cannot see live: made through the same data dir on another port.
@@ -831,10 +833,16 @@ test('web client: reactions, edit, delete, threads, mentions, search, directory,
     const seqOf = (text) => hist.messages.find((m) => m.type !== 'edit' && m.text === text).seq;
     await side.api('PATCH', `/api/rooms/general/messages/${seqOf('no needle here, just hay')}`, tokC, { text: 'no needle here, only hay' });
     await side.api('DELETE', `/api/rooms/general/messages/${seqOf(general[0])}`, tokC);
+    await side.api('POST', '/api/rooms/general/messages', tokC, { text: '@bob ping while you were away' });
     assert.deepEqual(await side.stop(), { code: 0, sig: null });
     await server.start();
     general[0] = 'message deleted';
     general[1] = 'no needle here, only hay';
+    general.push('@bob ping while you were away');
+    await waitFor(B, () => document.querySelector('#status').dataset.state === 'online', null, 15_000);
+    await B.waitForSelector('#room-list li[data-room="general"][data-mentions="1"][data-unread="1"] .mention-badge');
+    await openRoom(B, 'general');
+    await B.waitForSelector('#room-list li[data-room="general"][data-mentions="0"]');
     for (const p of [A, B]) {
       await waitFor(p, () => document.querySelector('#status').dataset.state === 'online', null, 15_000);
       await waitTexts(p, general, 15_000);
