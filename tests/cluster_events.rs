@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::events::{
-    absent, all_history, dir, drain, edit, event, is_event, item, key, keys, mentions, ok,
-    reactions, reply, rx, search_until, send, seq, tok, ts,
+    absent, all_history, apply, dir, drain, edit, event, is_event, item, key, keys, mentions, ok,
+    reactions, reply, rx, search_until, send, seq, tok, ts, Room,
 };
 use crate::support::{hello_room, ty, Auth, Client, Enc, Opts, Server};
 
@@ -349,4 +349,127 @@ fn a_node_back_from_kill_9_has_the_events_search_and_threads_it_missed() {
     assert_eq!(rootm["text"], "orbit root edited while away", "{rootm}");
     assert_eq!(reactions(&rootm), rx(&[("🚀", &["alice"])]));
     assert_eq!(rootm["replies"], 1);
+}
+
+#[test]
+fn nothing_lands_on_a_message_after_its_delete_on_another_node() {
+    let (_redis, nodes) = two();
+    let r = "race";
+    for round in 0..5 {
+        let mut a1 = conn(&nodes[0], "alice", Enc::Json);
+        let mut b1 = conn(&nodes[0], "bob", Enc::MsgPack);
+        let mut a2 = conn(&nodes[1], "alice", Enc::Json);
+        let mut watch = conn(&nodes[1], "watcher", Enc::Json);
+        for c in [&mut a1, &mut b1, &mut watch] {
+            c.join(r);
+        }
+        let m = send(&mut a1, r, &format!("contested {round}"));
+        event(&mut a2, r, m);
+        let burst = |mut c: Client, frames: Vec<Value>| {
+            thread::spawn(move || {
+                let n = frames.len();
+                for (i, mut f) in frames.into_iter().enumerate() {
+                    f["id"] = json!(format!("b{i}"));
+                    c.send_json(f);
+                }
+                let mut acked = Vec::new();
+                for i in 0..n {
+                    let r = c.recv_where(|v| v["id"] == format!("b{i}"));
+                    match ty(&r) {
+                        "ack" => acked.push(seq(&r)),
+                        _ => assert_eq!(r["code"], "not_found", "{r}"),
+                    }
+                }
+                acked
+            })
+        };
+        let edits: Vec<Value> = (0..30)
+            .map(|i| json!({"type": "edit", "room": r, "seq": m, "text": format!("v{i}")}))
+            .collect();
+        let mut bobs: Vec<Value> = Vec::new();
+        for i in 0..15 {
+            bobs.push(
+                json!({"type": "react", "room": r, "seq": m, "emoji": "👍", "on": i % 2 == 0}),
+            );
+            bobs.push(json!({"type": "send", "room": r, "text": format!("re {i}"), "reply_to": m}));
+        }
+        let t1 = burst(a1, edits);
+        let t2 = burst(b1, bobs);
+        let d = ok(&mut a2, json!({"type": "delete", "room": r, "seq": m}));
+        let mut acked: Vec<u64> =
+            t1.join().unwrap().into_iter().chain(t2.join().unwrap()).collect();
+        acked.push(seq(&d));
+        acked.sort_unstable();
+        let last = *acked.last().unwrap();
+        assert_eq!(acked, (m + 1..=last).collect::<Vec<_>>(), "accepted writes are gap-free");
+        let evs = drain(&mut watch, r, last);
+        let late: Vec<&Value> = evs
+            .iter()
+            .filter(|e| seq(e) > seq(&d) && (e["target"] == m || e["reply_to"] == m))
+            .collect();
+        // The deleted message's text is gone from both nodes' history.
+        let mut c1 = conn(&nodes[0], "watcher", Enc::Json);
+        for (i, c) in [&mut watch, &mut c1].into_iter().enumerate() {
+            let h = all_history(c, r);
+            let gone = h.iter().find(|e| seq(e) == m).unwrap();
+            assert_eq!(gone["deleted"], true, "round {round}, node {}: {gone}", i + 1);
+            let texts: Vec<&Value> =
+                h.iter().filter(|e| e["target"] == m && !absent(e, "text")).collect();
+            assert!(texts.is_empty(), "round {round}, node {}: edits keep text: {texts:?}", i + 1);
+        }
+        assert!(
+            late.is_empty(),
+            "round {round}: accepted after the delete (seq {}): {late:?}",
+            seq(&d)
+        );
+    }
+}
+
+#[test]
+fn the_20_emoji_limit_holds_across_nodes() {
+    let (_redis, nodes) = two();
+    let r = "emoji";
+    let mut alice = conn(&nodes[0], "alice", Enc::Json);
+    let mut watch = conn(&nodes[1], "watcher", Enc::Json);
+    alice.join(r);
+    watch.join(r);
+    let m = send(&mut alice, r, "pile on");
+    let first = event(&mut watch, r, m);
+    let workers: Vec<_> = (0..4)
+        .map(|k| {
+            let mut c = conn(&nodes[k % 2], &format!("u{k}"), Enc::Json);
+            c.join(r);
+            thread::spawn(move || {
+                for i in 0..15 {
+                    let f = json!({"type": "react", "room": "emoji", "seq": m,
+                                   "emoji": format!("k{k}e{i}"), "on": true, "id": format!("r{i}")});
+                    c.send_json(f);
+                }
+                let mut acked = Vec::new();
+                for i in 0..15 {
+                    let r = c.recv_where(|v| v["id"] == format!("r{i}"));
+                    match ty(&r) {
+                        "ack" => acked.push(seq(&r)),
+                        _ => assert_eq!(r["code"], "limit_reached", "{r}"),
+                    }
+                }
+                acked
+            })
+        })
+        .collect();
+    let mut acked: Vec<u64> = workers.into_iter().flat_map(|w| w.join().unwrap()).collect();
+    acked.sort_unstable();
+    let last = *acked.last().unwrap();
+    let mut st = Room::new();
+    apply(&mut st, &first);
+    for ev in drain(&mut watch, r, last) {
+        apply(&mut st, &ev);
+    }
+    let stored = reactions(&item(&mut alice, r, m));
+    assert_eq!(
+        (acked.len(), st[&m].reactions.len(), stored.len()),
+        (20, 20, 20),
+        "(accepted reacts, distinct emoji from the events, distinct emoji stored)"
+    );
+    assert_eq!(stored, st[&m].reactions);
 }

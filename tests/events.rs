@@ -1584,20 +1584,20 @@ fn http_patch_delete_and_reply_to_answer_with_the_documented_codes() {
 
 /// A message's state as a client derives it from events.
 #[derive(Debug, Clone, PartialEq, Default)]
-struct MsgState {
+pub(crate) struct MsgState {
     from: String,
     text: Option<String>,
     deleted: bool,
     edited_ts: Option<u64>,
     reply_to: Option<u64>,
     mentions: Vec<String>,
-    reactions: Reactions,
+    pub(crate) reactions: Reactions,
 }
 
-type Room = BTreeMap<u64, MsgState>;
+pub(crate) type Room = BTreeMap<u64, MsgState>;
 
 /// Applies one room event (idempotently).
-fn apply(st: &mut Room, ev: &Value) {
+pub(crate) fn apply(st: &mut Room, ev: &Value) {
     let target = || ev["target"].as_u64().unwrap_or_else(|| panic!("no target: {ev}"));
     match ty(ev) {
         // Live, a message is new; in joined.history it shows its current state.
@@ -1934,4 +1934,58 @@ fn concurrent_reactions_reduce_to_the_stored_state_and_never_pass_20_emoji() {
         assert!(distinct <= 20, "{distinct} distinct emoji after seq {}", seq(&ev));
     }
     assert_eq!(reactions(&item(&mut alice, "busy", m)), st[&m].reactions);
+}
+
+#[test]
+fn nothing_lands_on_a_message_after_its_delete_even_when_racing() {
+    let s = server(&[]);
+    let mut a1 = conn(&s, "alice", Enc::Json);
+    let mut a2 = conn(&s, "alice", Enc::MsgPack);
+    let mut bob = conn(&s, "bob", Enc::Json);
+    let mut watch = conn(&s, "watcher", Enc::Json);
+    for c in [&mut a1, &mut bob, &mut watch] {
+        c.join("race");
+    }
+    let m = send(&mut a1, "race", "contested");
+    /// Sends `frames` pipelined; returns the acked seqs (refusals must be `not_found`).
+    fn burst(mut c: Client, frames: Vec<Value>) -> Vec<u64> {
+        let n = frames.len();
+        for (i, mut f) in frames.into_iter().enumerate() {
+            f["id"] = json!(format!("b{i}"));
+            c.send_json(f);
+        }
+        let mut acked = Vec::new();
+        for i in 0..n {
+            let r = c.recv_where(|v| v["id"] == format!("b{i}"));
+            match ty(&r) {
+                "ack" => acked.push(seq(&r)),
+                _ => assert_eq!(r["code"], "not_found", "{r}"),
+            }
+        }
+        acked
+    }
+    let edits: Vec<Value> = (0..30)
+        .map(|i| json!({"type": "edit", "room": "race", "seq": m, "text": format!("v{i}")}))
+        .collect();
+    let mut bobs: Vec<Value> = Vec::new();
+    for i in 0..30 {
+        bobs.push(json!({"type": "react", "room": "race", "seq": m, "emoji": format!("e{}", i % 5), "on": true}));
+        bobs.push(
+            json!({"type": "send", "room": "race", "text": format!("re {i}"), "reply_to": m}),
+        );
+    }
+    let t1 = thread::spawn(move || burst(a1, edits));
+    let t2 = thread::spawn(move || burst(bob, bobs));
+    let d = del(&mut a2, "race", m);
+    let mut acked: Vec<u64> = t1.join().unwrap().into_iter().chain(t2.join().unwrap()).collect();
+    acked.push(seq(&d));
+    acked.sort_unstable();
+    let last = *acked.last().unwrap();
+    assert_eq!(acked, (m + 1..=last).collect::<Vec<_>>(), "accepted writes are gap-free");
+    let evs = drain(&mut watch, "race", last);
+    let late: Vec<&Value> = evs
+        .iter()
+        .filter(|e| seq(e) > seq(&d) && (e["target"] == m || e["reply_to"] == m))
+        .collect();
+    assert!(late.is_empty(), "accepted after the delete (seq {}): {late:?}", seq(&d));
 }
