@@ -3,7 +3,9 @@
 //! `unread`/`mentions`, `search`, the room directory (`rooms`), `default_rooms`, display names,
 //! `refresh`, the `limit` rules of section 4, the new HTTP rows of section 5, and recovery: a
 //! client that was away and resumes with `join` + `since` ends in exactly the state of one that
-//! stayed (both reduce the events they saw; both equal a fresh `history`).
+//! stayed (both reduce the events they saw; both equal a fresh `history`). Also: events and
+//! their search entries survive `kill -9`, deleted text leaves the data directory, and racing
+//! writes keep the rules (nothing lands on a message after its delete; at most 20 emoji).
 //!
 //! Frames are exercised in JSON and in MessagePack where that is cheap. Search is eventually
 //! consistent (within 2 s): its checks poll with a bounded wait and never assert on time.

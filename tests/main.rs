@@ -15,8 +15,9 @@
 //!   a node killed and restarted, Redis stopped and restarted.
 //! * `events`  — revision 2's room events on one node: edit, delete, reactions, replies and
 //!   threads, mentions, hello counts, search, the room directory, default rooms, display names,
-//!   refresh, `limit` rules, the new HTTP rows, and recovery with `since`.
-//! * `cluster_events` — room events, search, threads, hello counts and names across two nodes.
+//!   refresh, `limit` rules, the new HTTP rows, recovery with `since`, `kill -9`, racing writes.
+//! * `cluster_events` — room events, search, threads, hello counts and names across two nodes,
+//!   a node back from `kill -9`, and the rules under writes racing on both nodes.
 //! * `search_index` — the search index catches up after `kill -9`, a lost index, an upgrade.
 
 mod support;
