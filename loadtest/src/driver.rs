@@ -3,7 +3,10 @@
 //! history, churning and receiving, step after step, until the run's end.
 //!
 //! Owns: the per-connection state machine (chinwag and Socket.IO dialects),
-//! the open-loop schedules (sends, history requests), storm's drop and
+//! the open-loop schedules (sends, history requests), what each send is in
+//! the `mixed` scenario (a message, a reply, an edit or a reaction, on
+//! targets the publisher saw acked) and what text it carries (the stamp, or
+//! made-up words for the search load), storm's drop and
 //! reconnect timers and its catch-up after a reconnect, reading in batches
 //! (one shared scratch buffer per thread, so a connection keeps memory only
 //! for a partial frame), and the per-message bookkeeping (latency,
@@ -16,7 +19,7 @@ use std::collections::{BinaryHeap, VecDeque};
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
@@ -25,7 +28,8 @@ use serde_json::Value;
 
 use crate::stats::{bump, Stats};
 use crate::track::{Seen, SeqSet, Window};
-use crate::wire::{self, Cursor, Frame, Proto};
+use crate::vocab::Vocab;
+use crate::wire::{self, Cursor, Frame, Kind, Proto};
 use crate::{net, sio, sys, ws};
 
 /// Largest server frame accepted (the server's own default `max_frame` is
@@ -47,6 +51,24 @@ const CATCH_UP_PAGE: u64 = 100;
 const CATCH_UP_ID: u64 = 0;
 /// Wait before retrying a storm reconnect that failed.
 const RETRY: Duration = Duration::from_millis(20);
+/// How many recent targets (room messages, own messages, roots) a mixed
+/// publisher keeps to pick from: "recent" messages, as people react to and
+/// edit what is on their screen.
+const RECENT: usize = 32;
+/// The emoji mixed publishers toggle (one is two scalar values, as many
+/// real ones are).
+const EMOJI: [&str; 4] = ["\u{1f44d}", "\u{1f389}", "\u{2764}\u{fe0f}", "\u{1f602}"];
+
+/// What one send of a mixed publisher is; in mixed runs its code is the low
+/// two bits of the frame's id (the rest is the send instant), so an `ack` or
+/// `error` says which kind it answers.
+pub const K_MESSAGE: usize = 0;
+/// A `send` with `reply_to`.
+pub const K_REPLY: usize = 1;
+/// An `edit` of one of the publisher's own messages.
+pub const K_EDIT: usize = 2;
+/// A `react` toggle.
+pub const K_REACT: usize = 3;
 
 /// What to run; the same for every thread and every step.
 pub struct Plan {
@@ -81,6 +103,53 @@ pub struct Plan {
     /// The highest frame rate one connection will send (checked against
     /// the server's advertised limit).
     pub conn_rate: f64,
+    /// `mixed`: part of the sends are replies, edits and reactions.
+    pub mix: Option<Mix>,
+    /// Message text of made-up words instead of the stamp (search load).
+    pub words: Option<Arc<Words>>,
+}
+
+/// The share of each kind of send in a mixed run.
+#[derive(Clone, Copy, Debug)]
+pub struct Mix {
+    /// Fraction of sends that are not plain messages.
+    pub fraction: f64,
+    /// Relative weights of reactions, edits and replies among those.
+    pub react: f64,
+    /// See `react`.
+    pub edit: f64,
+    /// See `react`.
+    pub reply: f64,
+}
+
+/// Text of made-up words: `min..=max` Zipf words from `vocab` per message.
+pub struct Words {
+    /// The vocabulary.
+    pub vocab: Vocab,
+    /// Fewest words in a message.
+    pub min: usize,
+    /// Most words in a message.
+    pub max: usize,
+}
+
+/// What a mixed publisher may act on: seqs it saw acked (every live
+/// delivery comes after durability, so after the ack).
+#[derive(Default)]
+struct Targets {
+    /// Recent messages of the room, and which of `EMOJI` (bits) this
+    /// publisher has on each: the next reaction there toggles one.
+    recent: VecDeque<(u64, u8)>,
+    /// Recent messages of the room that are not replies (thread roots).
+    roots: VecDeque<u64>,
+    /// This publisher's own recent messages (edit targets).
+    own: VecDeque<u64>,
+}
+
+fn push_capped<T>(q: &mut VecDeque<T>, x: T) {
+    if q.len() == RECENT {
+        q.pop_front();
+    }
+    q.push_back(x);
 }
 
 /// How storm clients come and go.
@@ -232,7 +301,8 @@ impl Timeline {
         Timeline { rate: spec.rate, read_rate: spec.read_rate, start, warm_end, end, drain_end }
     }
 
-    fn in_window(&self, t: u64) -> bool {
+    /// Whether instant `t` is in the measured window.
+    pub fn in_window(&self, t: u64) -> bool {
         (self.warm_end..self.end).contains(&t)
     }
 
@@ -407,6 +477,8 @@ struct Client {
     paging: bool,
     /// Reader: where its history walks are.
     hist: Paging,
+    /// Mixed publisher: what its replies, edits and reactions may target.
+    targets: Option<Box<Targets>>,
 }
 
 /// What a timer does when it fires.
@@ -491,6 +563,7 @@ pub fn run(tid: usize, plan: &Plan, shared: &Shared) {
             seqs: None,
             paging: false,
             hist: Paging::default(),
+            targets: (plan.mix.is_some() && plan.role(index) == Role::Publisher).then(Box::default),
         })
         .collect();
     let schedule = |role: Role, first: usize| -> Vec<(usize, u64)> {
@@ -693,27 +766,102 @@ impl Worker<'_> {
         }
     }
 
-    /// Writes one `send` (or `dm`) whose text and id carry the send instant.
+    /// Writes one `send` (or `dm`, reply, edit, reaction) whose id carries
+    /// the send instant, as its text does unless the text is made-up words
+    /// (a reaction has no text).
     fn send(&mut self, slot: usize, due: u64, tl: Timeline) {
         let t = self.shared.now_ns();
         self.stats.send_lag.saturating_record(t.saturating_sub(due) / 1000);
-        wire::text(t, self.plan.size, &mut self.text);
+        let plan = self.plan;
+        let (kind, target) = self.pick_kind(slot);
+        match &plan.words {
+            Some(w) => w.vocab.sentence(&mut self.seed, w.min, w.max, &mut self.text),
+            None => wire::text(t, plan.size, &mut self.text),
+        }
+        let id = if plan.mix.is_some() { t << 2 | kind as u64 } else { t };
+        let (emoji, on) = if kind == K_REACT { self.toggle(slot, target) } else { (0, false) };
         self.payload.clear();
         let c = &self.clients[slot];
-        match self.plan.proto {
-            Proto::Chinwag(enc) if self.plan.dm => {
-                wire::dm(enc, t, &c.peer, &self.text, &mut self.payload)
-            }
-            Proto::Chinwag(enc) => wire::send(enc, t, &c.room_name, &self.text, &mut self.payload),
-            Proto::SocketIo => sio::send(t, &c.room_name, &self.text, &mut self.payload),
+        let (text, out) = (&self.text, &mut self.payload);
+        match plan.proto {
+            Proto::Chinwag(enc) if plan.dm => wire::dm(enc, id, &c.peer, text, out),
+            Proto::Chinwag(enc) => match kind {
+                K_REPLY => wire::reply(enc, id, &c.room_name, text, target, out),
+                K_EDIT => wire::edit(enc, id, &c.room_name, target, text, out),
+                K_REACT => wire::react(enc, id, &c.room_name, target, EMOJI[emoji], on, out),
+                _ => wire::send(enc, id, &c.room_name, text, out),
+            },
+            Proto::SocketIo => sio::send(t, &c.room_name, text, out),
         }
         self.queue_payload(slot);
         self.delta[D_SENT] += 1;
+        self.stats.sent_step += 1;
+        let audience = plan.audience(self.clients[slot].index);
+        if kind == K_REACT {
+            // Receivers cannot tell when a reaction was sent (no text):
+            // reactions are accounted for over the whole step.
+            self.stats.react_sent += 1;
+            self.stats.react_expected += audience;
+        }
         if tl.in_window(t) {
             self.stats.sent += 1;
-            self.stats.expected += self.plan.audience(self.clients[slot].index);
+            self.stats.sent_kind[kind] += 1;
+            if kind != K_REACT {
+                self.stats.expected += audience;
+            }
         }
         self.flush(slot);
+    }
+
+    /// What a mixed publisher sends next, and on which seq (0: none): a
+    /// plain message unless the draw says otherwise and there is a target.
+    fn pick_kind(&mut self, slot: usize) -> (usize, u64) {
+        let Some(mix) = self.plan.mix else { return (K_MESSAGE, 0) };
+        if self.clients[slot].targets.is_none() || self.unit() >= mix.fraction {
+            return (K_MESSAGE, 0);
+        }
+        let draw = self.unit() * (mix.react + mix.edit + mix.reply);
+        let kind = if draw < mix.react {
+            K_REACT
+        } else if draw < mix.react + mix.edit {
+            K_EDIT
+        } else {
+            K_REPLY
+        };
+        let pick = ws::xorshift(&mut self.seed) as usize;
+        let Some(t) = self.clients[slot].targets.as_deref() else { return (K_MESSAGE, 0) };
+        let choice = match kind {
+            K_REACT => t.recent.get(pick % t.recent.len().max(1)).map(|r| r.0),
+            K_EDIT => t.own.get(pick % t.own.len().max(1)).copied(),
+            _ => t.roots.get(pick % t.roots.len().max(1)).copied(),
+        };
+        match choice {
+            Some(seq) => (kind, seq),
+            None => {
+                // Nothing acked yet to act on (the first sends of a run).
+                self.stats.mix_fallback += 1;
+                (K_MESSAGE, 0)
+            }
+        }
+    }
+
+    /// Picks an emoji for a reaction on `seq` and flips this publisher's
+    /// state of it: on if it was off, off if it was on.
+    fn toggle(&mut self, slot: usize, seq: u64) -> (usize, bool) {
+        let e = (ws::xorshift(&mut self.seed) % EMOJI.len() as u64) as usize;
+        let Some(t) = self.clients[slot].targets.as_deref_mut() else { return (e, true) };
+        match t.recent.iter_mut().find(|r| r.0 == seq) {
+            Some(r) => {
+                r.1 ^= 1 << e;
+                (e, r.1 & 1 << e != 0)
+            }
+            None => (e, true),
+        }
+    }
+
+    /// A uniform draw in [0, 1).
+    fn unit(&mut self) -> f64 {
+        (ws::xorshift(&mut self.seed) >> 11) as f64 / (1u64 << 53) as f64
     }
 
     /// Writes a reader's next `history` request; its id is the send instant
@@ -1022,7 +1170,13 @@ impl Worker<'_> {
             return Ok(());
         }
         match wire::peek(enc, payload) {
-            Ok(Frame::Message { room, seq, stamp }) => self.message(slot, room, seq, stamp, now),
+            Ok(Frame::Message { kind, room, seq, stamp }) => {
+                // Only a mixed publisher needs to know (to pick thread roots).
+                let reply = kind == Kind::Message
+                    && self.clients[slot].targets.is_some()
+                    && wire::is_reply(enc, payload);
+                self.message(slot, kind, room, seq, stamp, reply, now)
+            }
             Ok(Frame::Ack { id, seq }) => self.ack(slot, id, Some(seq), now),
             Ok(Frame::Other(b"joined")) if state == State::Joining => {
                 self.joined(slot, &wire::decode(enc, payload)?, now)?
@@ -1254,7 +1408,7 @@ impl Worker<'_> {
             Ok(sio::Packet::Closed) => return Err("Socket.IO session closed by the server".into()),
             Ok(sio::Packet::Ping) => sio::pong(&mut reply),
             Ok(sio::Packet::Message { room, seq, stamp }) => {
-                self.message(slot, room, seq, stamp, now)
+                self.message(slot, Kind::Message, room, seq, stamp, false, now)
             }
             Ok(sio::Packet::Ack { id: sio::JOIN_ID, body }) if state == State::Joining => {
                 let c = &mut self.clients[slot];
@@ -1275,7 +1429,17 @@ impl Worker<'_> {
         Ok(())
     }
 
-    fn message(&mut self, slot: usize, room: &[u8], seq: u64, stamp: Option<u64>, now: u64) {
+    #[allow(clippy::too_many_arguments)]
+    fn message(
+        &mut self,
+        slot: usize,
+        kind: Kind,
+        room: &[u8],
+        seq: u64,
+        stamp: Option<u64>,
+        reply: bool,
+        now: u64,
+    ) {
         let c = &mut self.clients[slot];
         if room != c.room_name.as_bytes() {
             self.stats.foreign += 1;
@@ -1297,6 +1461,22 @@ impl Worker<'_> {
             }
         }
         self.delta[D_DELIVERED] += 1;
+        if self.timeline.is_some_and(|tl| tl.in_window(now)) {
+            // By arrival: what the server did during the window, whatever
+            // the event (reactions carry no send instant).
+            self.stats.rx_window += 1;
+            self.stats.rx_kind[kind as usize] += 1;
+        }
+        if let (Some(t), Kind::Message) = (c.targets.as_deref_mut(), kind) {
+            push_capped(&mut t.recent, (seq, 0));
+            if !reply {
+                push_capped(&mut t.roots, seq);
+            }
+        }
+        if kind == Kind::Reaction {
+            self.stats.react_delivered += 1;
+            return;
+        }
         let Some(t) = stamp else {
             self.stats.unstamped += 1;
             return;
@@ -1304,7 +1484,21 @@ impl Worker<'_> {
         if self.timeline.is_some_and(|tl| tl.in_window(t)) {
             self.stats.delivered += 1;
             bump(&mut self.stats.by_target, c.target, 1, false);
-            self.stats.latency.saturating_record(now.saturating_sub(t) / 1000);
+            let us = now.saturating_sub(t) / 1000;
+            self.stats.latency.saturating_record(us);
+            if kind == Kind::Edit {
+                self.stats.edit_latency.saturating_record(us);
+            }
+        }
+    }
+
+    /// A frame id as (send instant, send kind): mixed runs keep the kind in
+    /// the low two bits.
+    fn split_id(&self, id: u64) -> (u64, usize) {
+        if self.plan.mix.is_some() {
+            (id >> 2, (id & 3) as usize)
+        } else {
+            (id, K_MESSAGE)
         }
     }
 
@@ -1313,10 +1507,18 @@ impl Worker<'_> {
         if let Some(seq) = seq {
             bump(&mut self.stats.room_last, self.clients[slot].room, seq, true);
         }
-        if let (Some(t), Some(tl)) = (id, self.timeline) {
+        let Some((t, kind)) = id.map(|id| self.split_id(id)) else { return };
+        if let (Some(seq), Some(targets)) = (seq, self.clients[slot].targets.as_deref_mut()) {
+            if kind == K_MESSAGE || kind == K_REPLY {
+                push_capped(&mut targets.own, seq);
+            }
+        }
+        if let Some(tl) = self.timeline {
             if tl.in_window(t) {
+                let us = now.saturating_sub(t) / 1000;
                 self.stats.acked += 1;
-                self.stats.ack_latency.saturating_record(now.saturating_sub(t) / 1000);
+                self.stats.ack_latency.saturating_record(us);
+                self.stats.ack_kind[kind].saturating_record(us);
             }
         }
     }
@@ -1325,10 +1527,17 @@ impl Worker<'_> {
         self.delta[D_ERRORS] += 1;
         let code = v["code"].as_str().unwrap_or("?");
         *self.stats.errors.entry(code.to_string()).or_default() += 1;
-        if let (Some(t), Some(tl)) = (v["id"].as_u64(), self.timeline) {
+        let Some((t, kind)) = v["id"].as_u64().map(|id| self.split_id(id)) else { return };
+        let audience = self.plan.audience(self.clients[slot].index);
+        if kind == K_REACT {
+            self.stats.react_refused_expected += audience;
+        }
+        if let Some(tl) = self.timeline {
             if tl.in_window(t) {
                 self.stats.refused += 1;
-                self.stats.refused_expected += self.plan.audience(self.clients[slot].index);
+                if kind != K_REACT {
+                    self.stats.refused_expected += audience;
+                }
             }
         }
     }
@@ -1452,6 +1661,8 @@ mod tests {
             dm,
             churn: None,
             conn_rate: 0.0,
+            mix: None,
+            words: None,
         }
     }
 

@@ -3,18 +3,22 @@
 //! Owns: the command line (one subcommand per scenario, their flags and
 //! defaults) and turning it into a checked run: loopback targets and
 //! sources, open-files limit. The scenarios' runs and reports live in
-//! `scenario`, the main thread's timeline in `run`, the client loops in
-//! `driver`.
+//! `scenario` (`mixed` in `mixed`, `search` and `ingest` in `search`), the
+//! main thread's timeline in `run`, the client loops in `driver`.
 
+mod conn;
 mod driver;
+mod mixed;
 mod net;
 mod plot;
 mod run;
 mod scenario;
+mod search;
 mod sio;
 mod stats;
 mod sys;
 mod track;
+mod vocab;
 mod wire;
 mod ws;
 
@@ -76,6 +80,20 @@ enum Scenario {
     /// started with --redis): clients spread round-robin within each room,
     /// every message must reach every member on every node once, in order.
     Cluster(FanoutArgs),
+    /// Fan-out where --mix of the sends are reactions (toggles on recent
+    /// messages of the room), edits (of the publisher's own messages) and
+    /// thread replies; every event must reach every member once. Reports
+    /// CPU per delivery of any event (compare with --mix 0).
+    Mixed(MixedArgs),
+    /// Loads --messages messages of made-up words into --rooms rooms, waits
+    /// for the search index to catch up, then times one- and two-word
+    /// `search` queries of a user in (--member-of) those rooms; with
+    /// --data-dir, the index's size per message.
+    Search(SearchArgs),
+    /// Messages of made-up words at a fixed rate: ack latency and server
+    /// CPU per message, with the search index or without (a server started
+    /// with CHINWAG_SEARCH=off), and how long until all of it is searchable.
+    Ingest(IngestArgs),
 }
 
 /// The dialect spoken to the server.
@@ -275,6 +293,147 @@ struct DmArgs {
     drain: Duration,
 }
 
+#[derive(Args)]
+struct MixedArgs {
+    #[command(flatten)]
+    fanout: FanoutArgs,
+    /// Fraction of the sends that are reactions, edits or replies.
+    #[arg(long, default_value_t = 0.1)]
+    mix: f64,
+    /// Relative weight of reactions among those.
+    #[arg(long, default_value_t = 2.0)]
+    react_weight: f64,
+    /// Relative weight of edits.
+    #[arg(long, default_value_t = 1.0)]
+    edit_weight: f64,
+    /// Relative weight of replies.
+    #[arg(long, default_value_t = 1.0)]
+    reply_weight: f64,
+}
+
+/// The made-up text of the search benchmarks.
+#[derive(Args)]
+struct TextArgs {
+    /// Words in the vocabulary.
+    #[arg(long, default_value_t = 20_000)]
+    vocab: usize,
+    /// Zipf exponent: word of rank r drawn with weight 1/r^zipf.
+    #[arg(long, default_value_t = 1.0)]
+    zipf: f64,
+    /// Fewest words in a message.
+    #[arg(long, default_value_t = 4)]
+    min_words: usize,
+    /// Most words in a message.
+    #[arg(long, default_value_t = 16)]
+    max_words: usize,
+}
+
+#[derive(Args)]
+struct SearchArgs {
+    /// Server address, loopback only.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    target: SocketAddr,
+    /// Server process to sample CPU time (and RSS) from.
+    #[arg(long, value_delimiter = ',')]
+    server_pid: Vec<u32>,
+    /// The server's --data-dir: the size of DATA_DIR/search is reported.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Messages to load first (0: query what is there).
+    #[arg(long, default_value_t = 1_000_000)]
+    messages: u64,
+    /// Rooms r0..r<rooms>, one loader connection each.
+    #[arg(long, default_value_t = 1000)]
+    rooms: usize,
+    /// Messages per second while loading (open loop, evenly paced).
+    #[arg(long, default_value_t = 10_000.0)]
+    load_rate: f64,
+    /// Waiting for the last acks after the load.
+    #[arg(long, value_parser = parse_duration, default_value = "5s")]
+    drain: Duration,
+    /// The searcher is a member of rooms r0..r<member-of> (default: all).
+    #[arg(long)]
+    member_of: Option<usize>,
+    /// Queries to time, one at a time, alternately one- and two-word.
+    #[arg(long, default_value_t = 2000)]
+    queries: usize,
+    /// `limit` of each query (results per page).
+    #[arg(long, default_value_t = 20)]
+    limit: u64,
+    /// Give up if the index has not caught up by then.
+    #[arg(long, value_parser = parse_duration, default_value = "10m")]
+    catchup_timeout: Duration,
+    /// Seed of the query words.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    #[command(flatten)]
+    text: TextArgs,
+    /// Wire encoding.
+    #[arg(long, value_enum, default_value_t = Encoding::Json)]
+    encoding: Encoding,
+    /// Harness event-loop threads of the load.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Loaders are <prefix><i>, the searcher <prefix>searcher.
+    #[arg(long, default_value = "s")]
+    user_prefix: String,
+    /// Give up if not every loader has joined by then.
+    #[arg(long, value_parser = parse_duration, default_value = "60s")]
+    setup_timeout: Duration,
+    /// Print one JSON line (instead of a table) on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct IngestArgs {
+    /// Server address, loopback only.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    target: SocketAddr,
+    /// Server process to sample CPU time from.
+    #[arg(long, value_delimiter = ',')]
+    server_pid: Vec<u32>,
+    /// Rooms, one publishing connection each.
+    #[arg(long, default_value_t = 100)]
+    rooms: usize,
+    /// Aggregate messages per second.
+    #[arg(long, default_value_t = 10_000.0)]
+    rate: f64,
+    /// Sending before the measured window.
+    #[arg(long, value_parser = parse_duration, default_value = "2s")]
+    warmup: Duration,
+    /// Measured window.
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    duration: Duration,
+    /// Waiting for the last acks after the window.
+    #[arg(long, value_parser = parse_duration, default_value = "2s")]
+    drain: Duration,
+    /// After the run, wait until every room's last message is searchable
+    /// and count the server's CPU up to then (false: skip).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    index_wait: bool,
+    /// Give up if the index has not caught up by then.
+    #[arg(long, value_parser = parse_duration, default_value = "5m")]
+    catchup_timeout: Duration,
+    #[command(flatten)]
+    text: TextArgs,
+    /// Wire encoding.
+    #[arg(long, value_enum, default_value_t = Encoding::Json)]
+    encoding: Encoding,
+    /// Harness event-loop threads.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Publishers are <prefix><i>, the checker <prefix>check.
+    #[arg(long, default_value = "i")]
+    user_prefix: String,
+    /// Give up if not every publisher has joined by then.
+    #[arg(long, value_parser = parse_duration, default_value = "60s")]
+    setup_timeout: Duration,
+    /// Print one JSON line (instead of a table) on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
 /// `10s`, `500ms`, `2m`, `1h`, or a bare number of seconds.
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
@@ -302,6 +461,9 @@ fn main() -> ExitCode {
         Scenario::Storm(a) => scenario::storm(&a),
         Scenario::History(a) => scenario::history(&a),
         Scenario::Dm(a) => scenario::dm(&a),
+        Scenario::Mixed(a) => mixed::mixed(&a),
+        Scenario::Search(a) => search::search(&a),
+        Scenario::Ingest(a) => search::ingest(&a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -31,7 +31,8 @@ pub struct Snapshot {
     pub harness_cpu: f64,
 }
 
-fn snapshot(pids: &[u32]) -> Snapshot {
+/// CPU seconds of the servers and the harness now.
+pub fn snapshot(pids: &[u32]) -> Snapshot {
     let server_cpu = (!pids.is_empty())
         .then(|| pids.iter().map(|&p| sys::proc_cpu_s(p).ok()).sum::<Option<f64>>())
         .flatten();
@@ -51,6 +52,9 @@ pub struct StepResult {
     pub stats: Stats,
     /// At the start and the end of the measured window.
     pub window: (Snapshot, Snapshot),
+    /// When the step started (before its warm-up): for costs that run on
+    /// past the window (search indexing), measured from the first send.
+    pub start: Snapshot,
     /// Server RSS (KiB) at the start and the end of the window.
     pub rss: (Option<u64>, Option<u64>),
 }
@@ -130,9 +134,10 @@ fn conduct(
             *s = Some(tl);
         }
         shared.step_gen.fetch_add(1, Relaxed);
+        let start = snapshot(&opts.server_pids);
         let (window, rss) = watch_step(plan, opts, shared, tl)?;
         let stats = collect(plan, shared)?;
-        steps.push(StepResult { spec, stats, window, rss });
+        steps.push(StepResult { spec, stats, window, start, rss });
     }
     Ok(Run { setup, steps })
 }

@@ -19,7 +19,7 @@ use crate::{net, plot};
 use crate::{Common, DmArgs, FanoutArgs, HistoryArgs, IdleArgs, StormArgs, SweepArgs, Traffic};
 
 /// A plan with `c`'s clients and nothing to send; scenarios fill in the rest.
-fn base_plan(c: &Common) -> Plan {
+pub(crate) fn base_plan(c: &Common) -> Plan {
     Plan {
         targets: c.target.clone(),
         sources: c.sources(),
@@ -36,21 +36,27 @@ fn base_plan(c: &Common) -> Plan {
         dm: false,
         churn: None,
         conn_rate: 0.0,
+        mix: None,
+        words: None,
     }
 }
 
-fn opts(c: &Common) -> Opts {
+pub(crate) fn opts(c: &Common) -> Opts {
     Opts { server_pids: c.server_pid.clone(), setup_timeout: c.setup_timeout }
 }
 
 /// Runs `plan` for exactly one step.
-fn run_once(plan: &Plan, c: &Common, spec: StepSpec) -> Result<(Run, StepResult), String> {
+pub(crate) fn run_once(
+    plan: &Plan,
+    c: &Common,
+    spec: StepSpec,
+) -> Result<(Run, StepResult), String> {
     let mut run = run::execute(plan, &opts(c), &mut |done| done.is_empty().then_some(spec))?;
     let step = run.steps.pop().ok_or("the run ended before its step")?;
     Ok((run, step))
 }
 
-fn chinwag_only(c: &Common, scenario: &str) -> Result<(), String> {
+pub(crate) fn chinwag_only(c: &Common, scenario: &str) -> Result<(), String> {
     match c.proto() {
         Proto::Chinwag(_) => Ok(()),
         Proto::SocketIo => Err(format!(
@@ -60,7 +66,7 @@ fn chinwag_only(c: &Common, scenario: &str) -> Result<(), String> {
     }
 }
 
-fn positive(name: &str, x: f64) -> Result<(), String> {
+pub(crate) fn positive(name: &str, x: f64) -> Result<(), String> {
     if x.is_finite() && x > 0.0 {
         Ok(())
     } else {
@@ -68,7 +74,7 @@ fn positive(name: &str, x: f64) -> Result<(), String> {
     }
 }
 
-fn check_traffic(c: &Common, t: &Traffic, duration: Duration) -> Result<(), String> {
+pub(crate) fn check_traffic(c: &Common, t: &Traffic, duration: Duration) -> Result<(), String> {
     if t.publishers == 0 || t.publishers > c.conns {
         return Err("--publishers must be between 1 and --conns".into());
     }
@@ -78,7 +84,7 @@ fn check_traffic(c: &Common, t: &Traffic, duration: Duration) -> Result<(), Stri
     Ok(())
 }
 
-fn traffic_plan(c: &Common, t: &Traffic, rate: f64) -> Plan {
+pub(crate) fn traffic_plan(c: &Common, t: &Traffic, rate: f64) -> Plan {
     Plan {
         publishers: t.publishers,
         size: t.size.max(1),
@@ -88,7 +94,7 @@ fn traffic_plan(c: &Common, t: &Traffic, rate: f64) -> Plan {
 }
 
 /// The rows every traffic report starts with: what ran, and its setup.
-fn traffic_rows(
+pub(crate) fn traffic_rows(
     r: &mut Report,
     scenario: &'static str,
     step: Option<usize>,
@@ -121,13 +127,13 @@ fn traffic_rows(
 }
 
 /// Lost messages of a step (negative would be a harness bug).
-fn lost(res: &StepResult) -> i64 {
+pub(crate) fn lost(res: &StepResult) -> i64 {
     let s = &res.stats;
     (s.expected - s.refused_expected) as i64 - s.delivered as i64
 }
 
 /// Sends, deliveries, their accounting and latency.
-fn delivery_rows(r: &mut Report, res: &StepResult) {
+pub(crate) fn delivery_rows(r: &mut Report, res: &StepResult) {
     let s = &res.stats;
     let window = res.window_s();
     r.add("sent", s.sent);
@@ -158,7 +164,7 @@ fn delivery_rows(r: &mut Report, res: &StepResult) {
 }
 
 /// Server and harness CPU over the window: which side was the limit.
-fn cpu_rows(r: &mut Report, res: &StepResult) {
+pub(crate) fn cpu_rows(r: &mut Report, res: &StepResult) {
     let window = res.window_s();
     let delivered = res.stats.delivered;
     match res.server_cpu_s() {
@@ -182,7 +188,7 @@ fn cpu_rows(r: &mut Report, res: &StepResult) {
     r.add_f("harness_busiest_thread_pct", 100.0 * res.stats.busiest_thread_cpu_s / window);
 }
 
-fn print_report(r: &Report, json: bool) {
+pub(crate) fn print_report(r: &Report, json: bool) {
     if json {
         println!("{}", r.json());
     } else {

@@ -17,6 +17,8 @@ use crate::track::SeqSet;
 pub struct Stats {
     /// `send` (or `dm`) frames written in the window.
     pub sent: u64,
+    /// Sends of every kind over the whole step (warm-up included).
+    pub sent_step: u64,
     /// `ack`s for window messages.
     pub acked: u64,
     /// `error` replies to window sends (nothing to deliver for those).
@@ -82,6 +84,28 @@ pub struct Stats {
     pub busiest_thread_cpu_s: f64,
     /// Each storm client's index, room index and complete record of seqs seen.
     pub seqsets: Vec<(usize, usize, SeqSet)>,
+    /// Window sends by send kind (`driver::KIND_NAMES`; mixed runs).
+    pub sent_kind: [u64; 4],
+    /// Send to ack, µs, by send kind (window sends).
+    pub ack_kind: [Histogram<u64>; 4],
+    /// Send to delivery of `edit` events, µs (also in `latency`).
+    pub edit_latency: Histogram<u64>,
+    /// Reactions sent over the whole step (warm-up and window).
+    pub react_sent: u64,
+    /// Sum over those of the connections that should get each.
+    pub react_expected: u64,
+    /// Part of `react_expected` that belongs to refused reactions.
+    pub react_refused_expected: u64,
+    /// `reaction` events first delivered over the whole step.
+    pub react_delivered: u64,
+    /// Room events of any kind first delivered while the window was open
+    /// (by arrival, not by send instant): the deliveries the server CPU of
+    /// the window paid for.
+    pub rx_window: u64,
+    /// `rx_window` by event kind (message, edit, delete, reaction).
+    pub rx_kind: [u64; 4],
+    /// Mixed sends that became plain messages: nothing acked yet to target.
+    pub mix_fallback: u64,
 }
 
 /// A histogram of microseconds from 1 µs to one hour, 3 significant digits.
@@ -93,6 +117,7 @@ impl Default for Stats {
     fn default() -> Self {
         Stats {
             sent: 0,
+            sent_step: 0,
             acked: 0,
             refused: 0,
             expected: 0,
@@ -125,6 +150,16 @@ impl Default for Stats {
             hist_latency: histogram(),
             busiest_thread_cpu_s: 0.0,
             seqsets: Vec::new(),
+            sent_kind: [0; 4],
+            ack_kind: [histogram(), histogram(), histogram(), histogram()],
+            edit_latency: histogram(),
+            react_sent: 0,
+            react_expected: 0,
+            react_refused_expected: 0,
+            react_delivered: 0,
+            rx_window: 0,
+            rx_kind: [0; 4],
+            mix_fallback: 0,
         }
     }
 }
@@ -152,6 +187,7 @@ impl Stats {
     pub fn merge(&mut self, o: Stats) -> Result<(), String> {
         for (mine, theirs) in [
             (&mut self.sent, o.sent),
+            (&mut self.sent_step, o.sent_step),
             (&mut self.acked, o.acked),
             (&mut self.refused, o.refused),
             (&mut self.expected, o.expected),
@@ -173,6 +209,12 @@ impl Stats {
             (&mut self.hist_ok, o.hist_ok),
             (&mut self.hist_msgs, o.hist_msgs),
             (&mut self.hist_bad, o.hist_bad),
+            (&mut self.react_sent, o.react_sent),
+            (&mut self.react_expected, o.react_expected),
+            (&mut self.react_refused_expected, o.react_refused_expected),
+            (&mut self.react_delivered, o.react_delivered),
+            (&mut self.rx_window, o.rx_window),
+            (&mut self.mix_fallback, o.mix_fallback),
         ] {
             *mine += theirs;
         }
@@ -186,8 +228,16 @@ impl Stats {
             (&mut self.join, &o.join),
             (&mut self.send_lag, &o.send_lag),
             (&mut self.hist_latency, &o.hist_latency),
+            (&mut self.edit_latency, &o.edit_latency),
         ] {
             mine.add(theirs).map_err(|e| format!("merging histograms: {e:?}"))?;
+        }
+        for k in 0..4 {
+            self.sent_kind[k] += o.sent_kind[k];
+            self.rx_kind[k] += o.rx_kind[k];
+            self.ack_kind[k]
+                .add(&o.ack_kind[k])
+                .map_err(|e| format!("merging histograms: {e:?}"))?;
         }
         merge_vec(&mut self.by_target, &o.by_target, false);
         merge_vec(&mut self.room_last, &o.room_last, true);

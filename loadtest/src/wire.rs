@@ -1,11 +1,13 @@
 //! The chinwag frames the harness writes and reads (PROTOCOL.md sections 2-4).
 //!
 //! Owns: the choice of dialect ([`Proto`]), encoding `join`, `leave`,
-//! `send`, `dm` and `history` in JSON or MessagePack straight into a reusable
-//! buffer, the timestamped message text, and the hot-path reader that pulls
-//! only `type`, `room`, `seq` and the send timestamp out of a `message` frame
-//! (and `id`, `seq` out of an `ack`) without allocating. Rare frames (hello,
-//! joined, history, error) are decoded fully into a `serde_json::Value` by
+//! `send` (with `reply_to`), `dm`, `edit`, `react`, `history` and `search`
+//! in JSON or MessagePack straight into a reusable buffer, the timestamped
+//! message text, and the hot-path reader that pulls only `type`, `room`,
+//! `seq` and the send timestamp out of a room event frame (`message`,
+//! `edit`, `delete`, `reaction`; PROTOCOL.md section 3.1) and `id`, `seq`
+//! out of an `ack`, without allocating. Rare frames (hello, joined, history,
+//! search_results, error) are decoded fully into a `serde_json::Value` by
 //! [`decode`].
 
 use serde_json::Value;
@@ -105,6 +107,70 @@ pub fn leave(enc: Encoding, room: &str, out: &mut Vec<u8>) {
 /// Appends `{"type":"send","id":ID,"room":ROOM,"text":TEXT}`.
 pub fn send(enc: Encoding, id: u64, room: &str, text: &[u8], out: &mut Vec<u8>) {
     id_text_frame(enc, "send", id, ("room", room), text, out)
+}
+
+/// Appends `{"type":"send","id":ID,"room":ROOM,"text":TEXT,"reply_to":ROOT}`:
+/// a thread reply (`text` as for [`send`]).
+pub fn reply(enc: Encoding, id: u64, room: &str, text: &[u8], root: u64, out: &mut Vec<u8>) {
+    let mut f = Fields::start(enc, out, 5);
+    f.str("type", "send");
+    f.uint("id", id);
+    f.str("room", room);
+    f.raw_str("text", text);
+    f.uint("reply_to", root);
+    f.end();
+}
+
+/// Appends `{"type":"edit","id":ID,"room":ROOM,"seq":SEQ,"text":TEXT}`
+/// (`text` as for [`send`]).
+pub fn edit(enc: Encoding, id: u64, room: &str, seq: u64, text: &[u8], out: &mut Vec<u8>) {
+    let mut f = Fields::start(enc, out, 5);
+    f.str("type", "edit");
+    f.uint("id", id);
+    f.str("room", room);
+    f.uint("seq", seq);
+    f.raw_str("text", text);
+    f.end();
+}
+
+/// Appends `{"type":"react","id":ID,"room":ROOM,"seq":SEQ,"emoji":E,"on":B}`.
+pub fn react(
+    enc: Encoding,
+    id: u64,
+    room: &str,
+    seq: u64,
+    emoji: &str,
+    on: bool,
+    out: &mut Vec<u8>,
+) {
+    let mut f = Fields::start(enc, out, 6);
+    f.str("type", "react");
+    f.uint("id", id);
+    f.str("room", room);
+    f.uint("seq", seq);
+    f.str("emoji", emoji);
+    f.bool("on", on);
+    f.end();
+}
+
+/// Appends `{"type":"search","id":ID,"query":Q,["cursor":C,]"limit":L}`.
+pub fn search(
+    enc: Encoding,
+    id: u64,
+    query: &str,
+    cursor: Option<&str>,
+    limit: u64,
+    out: &mut Vec<u8>,
+) {
+    let mut f = Fields::start(enc, out, 4 + usize::from(cursor.is_some()));
+    f.str("type", "search");
+    f.uint("id", id);
+    f.str("query", query);
+    if let Some(c) = cursor {
+        f.str("cursor", c);
+    }
+    f.uint("limit", limit);
+    f.end();
 }
 
 /// Appends `{"type":"dm","id":ID,"to":USER,"text":TEXT}`.
@@ -211,6 +277,16 @@ impl<'a> Fields<'a> {
         }
     }
 
+    fn bool(&mut self, key: &str, b: bool) {
+        self.key(key);
+        match (self.enc, b) {
+            (Encoding::Json, true) => self.out.extend_from_slice(b"true"),
+            (Encoding::Json, false) => self.out.extend_from_slice(b"false"),
+            (Encoding::Msgpack, true) => self.out.push(0xc3),
+            (Encoding::Msgpack, false) => self.out.push(0xc2),
+        }
+    }
+
     fn end(self) {
         if self.enc == Encoding::Json {
             self.out.push(b'}');
@@ -261,12 +337,38 @@ fn mp_str(out: &mut Vec<u8>, s: &[u8]) {
     out.extend_from_slice(s);
 }
 
+/// The kind of a live room event frame (PROTOCOL.md section 3.1): its `type`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// `message` (a thread reply too).
+    Message,
+    /// `edit`: carries the new text, so our stamp when we wrote it.
+    Edit,
+    /// `delete`: no text.
+    Delete,
+    /// `reaction`: no text.
+    Reaction,
+}
+
+impl Kind {
+    fn of(t: &[u8]) -> Option<Kind> {
+        match t {
+            b"message" => Some(Kind::Message),
+            b"edit" => Some(Kind::Edit),
+            b"delete" => Some(Kind::Delete),
+            b"reaction" => Some(Kind::Reaction),
+            _ => None,
+        }
+    }
+}
+
 /// What the hot path pulled out of a server frame.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Frame<'a> {
-    /// A chat `message`: its room, seq and the send stamp of our text
-    /// (`None` when the text is not one of ours).
-    Message { room: &'a [u8], seq: u64, stamp: Option<u64> },
+    /// A room event (every kind takes a seq of the room): its kind, room,
+    /// seq and the send stamp of our text (`None` when there is no text or
+    /// it is not one of ours).
+    Message { kind: Kind, room: &'a [u8], seq: u64, stamp: Option<u64> },
     /// An `ack`: the id we gave the send (`None` if not a number) and the
     /// seq the message got.
     Ack { id: Option<u64>, seq: u64 },
@@ -291,12 +393,13 @@ fn peek_json(p: &[u8]) -> Result<Frame<'_>, String> {
         return Err("JSON frame does not start with its type".into());
     };
     let end = rest.iter().position(|&b| b == b'"').ok_or("unterminated type")?;
-    match &rest[..end] {
-        b"message" => {
-            let body = &rest[end..];
-            let (room, seq, stamp) = message_fields(body).ok_or("message without room or seq")?;
-            Ok(Frame::Message { room, seq, stamp })
-        }
+    let kind = &rest[..end];
+    if let Some(kind) = Kind::of(kind) {
+        let body = &rest[end..];
+        let (room, seq, stamp) = message_fields(body).ok_or("event without room or seq")?;
+        return Ok(Frame::Message { kind, room, seq, stamp });
+    }
+    match kind {
         b"ack" => {
             let id = json_after(p, b"\"id\":").and_then(|s| digits(s).map(|(n, _)| n));
             let seq = json_after(p, b"\"seq\":").and_then(|s| digits(s).map(|(n, _)| n));
@@ -363,14 +466,17 @@ fn peek_msgpack(p: &[u8]) -> Result<Frame<'_>, String> {
         }
         // The type comes first; stop early for frames the hot path ignores.
         if let Some(k) = kind {
-            if k != b"message" && k != b"ack" {
+            if k != b"ack" && Kind::of(k).is_none() {
                 return Ok(Frame::Other(k));
             }
         }
     }
     match (kind, room, seq) {
-        (Some(b"message"), Some(room), Some(seq)) => Ok(Frame::Message { room, seq, stamp }),
         (Some(b"ack"), _, Some(seq)) => Ok(Frame::Ack { id, seq }),
+        (Some(k), Some(room), Some(seq)) => match Kind::of(k) {
+            Some(kind) => Ok(Frame::Message { kind, room, seq, stamp }),
+            None => Err("MessagePack frame of an unknown type".into()),
+        },
         _ => Err("MessagePack frame without type, room or seq".into()),
     }
 }
@@ -470,6 +576,17 @@ impl<'a> MpReader<'a> {
     }
 }
 
+/// Whether a `message` frame is a thread reply (has `reply_to`). Off the
+/// hot path: only publishers that pick reply roots ask.
+pub fn is_reply(enc: Encoding, payload: &[u8]) -> bool {
+    match enc {
+        // A raw `"` only ends a string in JSON, so the key cannot match
+        // inside the text.
+        Encoding::Json => json_after(payload, b"\"reply_to\":").is_some(),
+        Encoding::Msgpack => decode(enc, payload).is_ok_and(|v| !v["reply_to"].is_null()),
+    }
+}
+
 /// Decodes a whole (rare) server frame into a JSON value.
 pub fn decode(enc: Encoding, payload: &[u8]) -> Result<Value, String> {
     match enc {
@@ -489,18 +606,18 @@ mod tests {
         let p = br#"{"type":"message","room":"r3","seq":121,"ts":1732250000123,"from":"u1","text":"t=987654;xxxx"}"#;
         assert_eq!(
             peek(Encoding::Json, p),
-            Ok(Frame::Message { room: b"r3", seq: 121, stamp: Some(987654) })
+            Ok(Frame::Message { kind: Kind::Message, room: b"r3", seq: 121, stamp: Some(987654) })
         );
         let p = br#"{"type":"message","room":"r3","seq":1,"ts":1,"from":"u1","text":"hello"}"#;
         assert_eq!(
             peek(Encoding::Json, p),
-            Ok(Frame::Message { room: b"r3", seq: 1, stamp: None })
+            Ok(Frame::Message { kind: Kind::Message, room: b"r3", seq: 1, stamp: None })
         );
         // Another field order still parses (the slow path).
         let p = br#"{"type":"message","seq":9,"text":"t=5;","room":"r3"}"#;
         assert_eq!(
             peek(Encoding::Json, p),
-            Ok(Frame::Message { room: b"r3", seq: 9, stamp: Some(5) })
+            Ok(Frame::Message { kind: Kind::Message, room: b"r3", seq: 9, stamp: Some(5) })
         );
         let p = br#"{"type":"presence","room":"r3","user":"u1","state":"online"}"#;
         assert_eq!(peek(Encoding::Json, p), Ok(Frame::Other(b"presence")));
@@ -518,7 +635,7 @@ mod tests {
         let p = rmp_serde::to_vec_named(&v).unwrap();
         assert_eq!(
             peek(Encoding::Msgpack, &p),
-            Ok(Frame::Message { room: b"r3", seq: 70000, stamp: Some(42) })
+            Ok(Frame::Message { kind: Kind::Message, room: b"r3", seq: 70000, stamp: Some(42) })
         );
         let v = serde_json::json!({"type":"joined","room":"r3","seq":5,"members":["a","b"],
             "online":[],"history":[{"room":"r3","seq":1,"ts":2,"from":"a","text":"x"}],"more":false});
@@ -575,6 +692,61 @@ mod tests {
             out.clear();
             leave(enc, "a\"b", &mut out);
             assert_eq!(decode(enc, &out).unwrap()["room"], "a\"b");
+        }
+    }
+
+    #[test]
+    fn event_frames_are_peeked() {
+        let p = br#"{"type":"edit","room":"r3","seq":12,"ts":1,"from":"u1","text":"t=77;x","target":5}"#;
+        let want = Frame::Message { kind: Kind::Edit, room: &b"r3"[..], seq: 12, stamp: Some(77) };
+        assert_eq!(peek(Encoding::Json, p), Ok(want));
+        let p = br#"{"type":"reaction","room":"r3","seq":13,"ts":1,"from":"u1","target":5,"emoji":"x","on":true}"#;
+        let want = Frame::Message { kind: Kind::Reaction, room: &b"r3"[..], seq: 13, stamp: None };
+        assert_eq!(peek(Encoding::Json, p), Ok(want));
+        let v = serde_json::json!({"type":"reaction","room":"r3","seq":14,"ts":1,"from":"u1",
+            "target":5,"emoji":"\u{1f44d}","on":false});
+        let m = rmp_serde::to_vec_named(&v).unwrap();
+        let want = Frame::Message { kind: Kind::Reaction, room: &b"r3"[..], seq: 14, stamp: None };
+        assert_eq!(peek(Encoding::Msgpack, &m), Ok(want));
+        let v =
+            serde_json::json!({"type":"delete","room":"r3","seq":15,"ts":1,"from":"u1","target":5});
+        let m = rmp_serde::to_vec_named(&v).unwrap();
+        assert!(matches!(
+            peek(Encoding::Msgpack, &m),
+            Ok(Frame::Message { kind: Kind::Delete, .. })
+        ));
+        let r = br#"{"type":"message","room":"r3","seq":16,"ts":1,"from":"u1","text":"t=1;","reply_to":3}"#;
+        assert!(is_reply(Encoding::Json, r));
+        assert!(!is_reply(
+            Encoding::Json,
+            br#"{"type":"message","room":"r3","seq":1,"text":"reply_to"}"#
+        ));
+        let v: Value = serde_json::from_slice(r).unwrap();
+        assert!(is_reply(Encoding::Msgpack, &rmp_serde::to_vec_named(&v).unwrap()));
+    }
+
+    #[test]
+    fn event_requests_decode_as_the_server_would() {
+        for enc in [Encoding::Json, Encoding::Msgpack] {
+            let mut out = Vec::new();
+            reply(enc, 3, "r1", b"t=9;", 7, &mut out);
+            let want =
+                serde_json::json!({"type":"send","id":3,"room":"r1","text":"t=9;","reply_to":7});
+            assert_eq!(decode(enc, &out).unwrap(), want);
+            out.clear();
+            edit(enc, 4, "r1", 7, b"t=10;", &mut out);
+            let want = serde_json::json!({"type":"edit","id":4,"room":"r1","seq":7,"text":"t=10;"});
+            assert_eq!(decode(enc, &out).unwrap(), want);
+            out.clear();
+            react(enc, 5, "r1", 7, "\u{2764}\u{fe0f}", false, &mut out);
+            let want = serde_json::json!({"type":"react","id":5,"room":"r1","seq":7,
+                "emoji":"\u{2764}\u{fe0f}","on":false});
+            assert_eq!(decode(enc, &out).unwrap(), want);
+            out.clear();
+            search(enc, 6, "ka lo", Some("1.2.r3"), 20, &mut out);
+            let want = serde_json::json!({"type":"search","id":6,"query":"ka lo",
+                "cursor":"1.2.r3","limit":20});
+            assert_eq!(decode(enc, &out).unwrap(), want);
         }
     }
 }

@@ -1,8 +1,10 @@
 //! Smoke tests of chinwag-load against a real chinwag server: each scenario
 //! runs for a couple of seconds with small numbers, and its `--json` report
 //! must account for every message (nothing lost, duplicated or out of order,
-//! every send acked, every client's seqs complete). Nothing here measures
-//! speed: limits are set so that no timing can fail a run.
+//! every send acked, every client's seqs complete); `mixed` for every
+//! reaction, edit and reply too, `search` and `ingest` must find what they
+//! loaded and report sane numbers. Nothing here measures speed: limits are
+//! set so that no timing can fail a run.
 //!
 //! Builds nothing. The server is `CHINWAG_BIN`, or `<workspace>/target/debug/chinwag`
 //! (`cargo build -p chinwag`); without one each test says so on stderr and
@@ -67,6 +69,11 @@ struct Server {
 
 impl Server {
     fn start(bin: &PathBuf, extra: &[&str]) -> Server {
+        Server::start_env(bin, extra, &[])
+    }
+
+    /// A server with extra environment (`CHINWAG_SEARCH=off`).
+    fn start_env(bin: &PathBuf, extra: &[&str], env: &[(&str, &str)]) -> Server {
         let dir = temp_dir("server");
         let child = Command::new(bin)
             .args(["serve", "--listen", "127.0.0.1:0", "--open", "--threads", "1"])
@@ -76,6 +83,7 @@ impl Server {
             .env("RUST_LOG", "info")
             // Cluster nodes must share one secret (payloads are sealed with it).
             .env("CHINWAG_SECRET", "chinwag-load-smoke-test-shared-secret-0001")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -100,6 +108,10 @@ impl Server {
 
     fn pid(&self) -> String {
         self.proc.child.id().to_string()
+    }
+
+    fn data_dir(&self) -> String {
+        self.proc.dir.join("data").display().to_string()
     }
 }
 
@@ -333,4 +345,107 @@ fn healthy(addr: &str) -> bool {
     s.write_all(req.as_bytes()).is_ok()
         && s.read_to_string(&mut body).is_ok()
         && body.contains("\"redis\":\"ok\"")
+}
+
+fn f(v: &Value, key: &str) -> f64 {
+    v[key].as_f64().unwrap_or_else(|| panic!("no number {key} in {v}"))
+}
+
+#[test]
+fn mixed_accounts_for_every_reaction_edit_and_reply() {
+    let Some(bin) = server_bin() else { return };
+    let s = Server::start(&bin, &[]);
+    let pid = s.pid();
+    let mut args = vec!["mixed", "--target", &s.addr, "--server-pid", &pid];
+    args.extend(["--conns", "60", "--rooms", "3", "--publishers", "3", "--rate", "100"]);
+    // A large mix so that a 2 s window holds every kind many times.
+    args.extend(["--mix", "0.4", "--warmup", "300ms", "--duration", "2s", "--drain", "1s"]);
+    let lines = load(&args);
+    let v = &lines[0];
+    assert_eq!(v["scenario"], "mixed");
+    assert_accounted(v);
+    for kind in ["sent_message", "sent_reply", "sent_edit", "sent_react"] {
+        assert!(n(v, kind) > 0, "no {kind}: {v}");
+    }
+    let kinds: i64 =
+        ["sent_message", "sent_reply", "sent_edit", "sent_react"].iter().map(|k| n(v, k)).sum();
+    assert_eq!(kinds, n(v, "sent"), "{v}");
+    // Each reaction reaches its room's 20 members, over the whole step.
+    assert!(n(v, "react_sent_step") > 0);
+    assert_eq!(n(v, "react_expected"), 20 * n(v, "react_sent_step"), "{v}");
+    assert_eq!(n(v, "react_delivered"), n(v, "react_expected"), "{v}");
+    assert!(n(v, "rx_edit") > 0 && n(v, "rx_reaction") > 0, "{v}");
+    assert_eq!(n(v, "rx_delete"), 0);
+    let rx: i64 =
+        ["rx_message", "rx_edit", "rx_delete", "rx_reaction"].iter().map(|k| n(v, k)).sum();
+    assert_eq!(rx, n(v, "events_in_window"));
+    assert!(f(v, "deliveries_per_s") > 0.0);
+    assert!(n(v, "lat_p99_us") > 0 && n(v, "lat_edit_p50_us") > 0, "{v}");
+    assert!(n(v, "ack_react_p50_us") > 0 && n(v, "ack_edit_p50_us") > 0, "{v}");
+    assert!(f(v, "server_cpu_us_per_delivery") > 0.0, "{v}");
+    assert!(f(v, "harness_cpu_s") > 0.0, "{v}");
+}
+
+#[test]
+fn mixed_without_mix_is_plain_fanout() {
+    let Some(bin) = server_bin() else { return };
+    let s = Server::start(&bin, &[]);
+    let mut args = vec!["mixed", "--target", &s.addr, "--conns", "20", "--rooms", "2"];
+    args.extend(["--publishers", "2", "--rate", "50", "--mix", "0"]);
+    args.extend(SHORT);
+    let lines = load(&args);
+    let v = &lines[0];
+    assert_accounted(v);
+    assert_eq!(n(v, "sent_message"), n(v, "sent"));
+    assert_eq!(n(v, "react_sent_step") + n(v, "rx_edit") + n(v, "rx_reaction"), 0, "{v}");
+    assert_eq!(n(v, "events_in_window"), n(v, "rx_message"));
+    assert_eq!(v["server_cpu_us_per_delivery"], Value::Null, "no --server-pid given");
+}
+
+#[test]
+fn search_loads_catches_up_and_answers() {
+    let Some(bin) = server_bin() else { return };
+    let s = Server::start(&bin, &[]);
+    let (pid, data) = (s.pid(), s.data_dir());
+    let mut args = vec!["search", "--target", &s.addr, "--server-pid", &pid, "--data-dir", &data];
+    args.extend(["--messages", "2000", "--rooms", "20", "--load-rate", "500", "--drain", "5s"]);
+    args.extend(["--queries", "20", "--catchup-timeout", "20s"]);
+    let lines = load(&args);
+    let v = &lines[0];
+    assert_eq!(v["scenario"], "search");
+    assert_eq!(v["load_errors"], serde_json::json!({}), "{v}");
+    assert_eq!(n(v, "load_sent"), 2000, "{v}");
+    // Every message and the marker in each room.
+    assert_eq!(n(v, "messages_in_rooms"), 2000 + 20, "{v}");
+    // The marker was found in every room: the index caught up.
+    assert!(f(v, "catchup_s") >= 0.0, "{v}");
+    assert_eq!(n(v, "one_word_queries") + n(v, "two_word_queries"), 20, "{v}");
+    assert_eq!(n(v, "one_word_errors") + n(v, "two_word_errors"), 0, "{v}");
+    // Half the queries are one word, some of them frequent ones.
+    assert!(f(v, "one_word_mean_results") > 0.0, "{v}");
+    assert!(n(v, "one_word_p50_us") > 0 && n(v, "two_word_p99_us") > 0, "{v}");
+    assert!(n(v, "index_bytes") > 0, "{v}");
+    assert!(f(v, "index_bytes_per_message") > 0.0, "{v}");
+}
+
+#[test]
+fn ingest_with_and_without_the_index() {
+    let Some(bin) = server_bin() else { return };
+    for (env, search) in [(vec![], "on"), (vec![("CHINWAG_SEARCH", "off")], "off")] {
+        let s = Server::start_env(&bin, &[], &env);
+        let pid = s.pid();
+        let mut args = vec!["ingest", "--target", &s.addr, "--server-pid", &pid];
+        args.extend(["--rooms", "10", "--rate", "200", "--catchup-timeout", "20s"]);
+        args.extend(SHORT);
+        let lines = load(&args);
+        let v = &lines[0];
+        assert_eq!((v["scenario"].as_str(), v["search"].as_str()), (Some("ingest"), Some(search)));
+        assert!(n(v, "sent") > 0, "{v}");
+        assert_eq!(n(v, "acked"), n(v, "sent"), "{v}");
+        assert_eq!(v["errors"], serde_json::json!({}), "{v}");
+        assert!(n(v, "ack_p99_us") > 0, "{v}");
+        assert!(f(v, "server_cpu_us_per_msg") > 0.0, "{v}");
+        assert!(f(v, "server_cpu_us_per_msg_to_indexed") > 0.0, "{v}");
+        assert_eq!(v["index_catchup_s"].is_null(), search == "off", "{v}");
+    }
 }
