@@ -14,12 +14,34 @@
 # JSON lines, logs and SVGs go to target/bench-results/ (BENCH_OUT), and a
 # summary table to stdout and summary.txt. About 5 minutes after the build.
 # RUNS=N changes the number of fanout runs; NO_BUILD=1 skips the build.
+#
+# Suite `events` (team chat: PROTOCOL.md revision 2), chinwag only, same
+# pinning, a fresh server per group:
+#
+#   mixed   1000 conns / 10 rooms / 10 publishers / 200 msg/s (20,000
+#           deliveries/s), pure messages (--mix 0) and 10% reactions and
+#           edits (--mix 0.1 --reply-weight 0), alternating, EVENT_RUNS each
+#   ingest  INGEST_RATE (10,000) msg/s of word text into 100 rooms, server with the search
+#           index and with CHINWAG_SEARCH=off, alternating, EVENT_RUNS each
+#   search  SEARCH_MESSAGES (1,000,000) messages into 1,000 rooms at
+#           SEARCH_RATE (10,000/s), then 2,000 queries of a member of all
+#
+# Summary in events-summary.txt. About 10 minutes after the build.
+#
+#   loadtest/bench.sh                 both suites
+#   loadtest/bench.sh classic         the first one only
+#   loadtest/bench.sh events          the team chat one only
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 trap cw_cleanup EXIT
 
 OUT=${BENCH_OUT:-$CW_ROOT/target/bench-results}
 RUNS=${RUNS:-3}
+SUITES=" ${*:-classic events} "
+want() { [[ $SUITES == *" $1 "* ]]; }
+for s in $SUITES; do
+    [[ $s == classic || $s == events ]] || { cw_log "unknown suite $s (classic, events)"; exit 2; }
+done
 mkdir -p "$OUT"
 rm -f "$OUT"/*.jsonl "$OUT"/*.log "$OUT"/*.svg "$OUT"/summary.txt
 if (($(nproc) < 2)); then
@@ -33,7 +55,9 @@ fi
 
 PEER="$CW_ROOT/loadtest/peers/socketio"
 SIO=0
-if command -v node >/dev/null && command -v npm >/dev/null; then
+if ! want classic; then
+    : # The Socket.IO peer is only in the classic suite.
+elif command -v node >/dev/null && command -v npm >/dev/null; then
     if [[ ! -d $PEER/node_modules ]]; then
         cw_log "installing the Socket.IO peer"
         (cd "$PEER" && { npm ci --no-audit --no-fund --loglevel=error || npm install --no-audit --no-fund --loglevel=error; }) >&2
@@ -44,6 +68,26 @@ else
 fi
 
 LOAD="$(cw_pin 1) $CW_LOAD"
+
+# --- summary (plain awk over the JSON lines: no jq or python needed) ---
+
+# field FILE NAME [SCENARIO]: the values of NAME, one a line (lines of
+# SCENARIO only, if given).
+field() {
+    [[ -f $1 ]] || return 0
+    { grep -h "\"scenario\":\"${3:-}" "$1" || true; } | { grep -o "\"$2\":[^,}]*" || true; } |
+        cut -d: -f2- | tr -d '"'
+}
+median() {
+    sort -g | awk '{a[NR] = $1} END {
+        if (NR == 0) print "-"; else if (NR % 2) print a[(NR + 1) / 2];
+        else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'
+}
+sum() { awk '{s += $1} END {print NR ? s : "-"}'; }
+ms() { awk '{print ($1 == "-" || $1 == "") ? "-" : sprintf("%.2f", $1 / 1000)}'; }
+cell() { local v; v=$(cat); echo "${v:--}"; }
+
+if want classic; then
 SHAPE=(--conns 1000 --rooms 10 --publishers 10)
 
 # start_server SIDE NAME: a fresh server of SIDE (chinwag|socketio) as NAME.
@@ -117,24 +161,6 @@ if cw_need_redis; then
     cw_stop "$REDIS_PID"
 fi
 
-# --- summary (plain awk over the JSON lines: no jq or python needed) ---
-
-# field FILE NAME [SCENARIO]: the values of NAME, one a line (lines of
-# SCENARIO only, if given).
-field() {
-    [[ -f $1 ]] || return 0
-    { grep -h "\"scenario\":\"${3:-}" "$1" || true; } | { grep -o "\"$2\":[^,}]*" || true; } |
-        cut -d: -f2- | tr -d '"'
-}
-median() {
-    sort -g | awk '{a[NR] = $1} END {
-        if (NR == 0) print "-"; else if (NR % 2) print a[(NR + 1) / 2];
-        else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'
-}
-sum() { awk '{s += $1} END {print NR ? s : "-"}'; }
-ms() { awk '{print ($1 == "-" || $1 == "") ? "-" : sprintf("%.2f", $1 / 1000)}'; }
-cell() { local v; v=$(cat); echo "${v:--}"; }
-
 row() {
     local label=$1 c s=-
     c=$($2 chinwag | cell)
@@ -199,3 +225,80 @@ i_disc() { field "$OUT/idle-$1.jsonl" disconnects; }
     fi
     echo "results: $OUT"
 } | tee "$OUT/summary.txt"
+fi
+
+# --- team chat: events and search ---
+if want events; then
+    EVENT_RUNS=${EVENT_RUNS:-3}
+    SEARCH_MESSAGES=${SEARCH_MESSAGES:-1000000}
+    SEARCH_RATE=${SEARCH_RATE:-10000}
+    INGEST_RATE=${INGEST_RATE:-10000}
+
+    cw_log "events: mixed, pure and 10% reactions+edits, x$EVENT_RUNS each"
+    cw_start_chinwag SRV 0
+    for ((i = 1; i <= EVENT_RUNS; i++)); do
+        for mix in 0 0.1; do
+            $LOAD mixed --target "$SRV_ADDR" --server-pid "$SRV_PID" --json "${SHAPE[@]}" \
+                --rate 200 --warmup 2s --duration 10s --drain 2s --mix "$mix" --reply-weight 0 \
+                >>"$OUT/mixed-$mix.jsonl" 2>>"$OUT/mixed-$mix.log" ||
+                cw_log "mixed --mix $mix failed: see $OUT/mixed-$mix.log"
+        done
+    done
+    cw_stop "$SRV_PID"
+
+    cw_log "events: ingest at $INGEST_RATE msg/s, search on and off, x$EVENT_RUNS each"
+    for ((i = 1; i <= EVENT_RUNS; i++)); do
+        for side in on off; do
+            if [[ $side == off ]]; then
+                CHINWAG_SEARCH=off cw_start_chinwag SRV 0
+            else
+                cw_start_chinwag SRV 0
+            fi
+            $LOAD ingest --target "$SRV_ADDR" --server-pid "$SRV_PID" --json --rooms 100 \
+                --rate "$INGEST_RATE" --warmup 2s --duration 10s --drain 2s --catchup-timeout 120s \
+                >>"$OUT/ingest-$side.jsonl" 2>>"$OUT/ingest-$side.log" ||
+                cw_log "ingest (search $side) failed: see $OUT/ingest-$side.log"
+            cw_stop "$SRV_PID"
+        done
+    done
+
+    cw_log "events: search, $SEARCH_MESSAGES messages in 1000 rooms at $SEARCH_RATE/s"
+    cw_start_chinwag SRV 0 --max-rooms-per-user 1000000
+    $LOAD search --target "$SRV_ADDR" --server-pid "$SRV_PID" --data-dir "$SRV_DATA" --json \
+        --messages "$SEARCH_MESSAGES" --rooms 1000 --load-rate "$SEARCH_RATE" --drain 10s \
+        --queries 2000 --catchup-timeout 300s \
+        >>"$OUT/search.jsonl" 2>>"$OUT/search.log" ||
+        cw_log "search failed: see $OUT/search.log"
+    cw_stop "$SRV_PID"
+
+    med() { field "$OUT/$1.jsonl" "$2" | median; }
+    two() { printf '  %-40s %16s %16s\n' "$1" "$(med "$2" "$4" | $5 | cell)" "$(med "$3" "$4" | $5 | cell)"; }
+    asis() { cat; }
+    {
+        printf '%-42s %16s %16s\n' "" "pure" "10% react+edit"
+        echo "mixed 1000 conns/10 rooms/10 pubs/200 msg/s, median of $EVENT_RUNS"
+        two "deliveries/s (all events)" mixed-0 mixed-0.1 deliveries_per_s asis
+        two "server CPU us per delivery" mixed-0 mixed-0.1 server_cpu_us_per_delivery asis
+        two "harness CPU us per delivery" mixed-0 mixed-0.1 harness_cpu_us_per_delivery asis
+        two "p50 latency ms (messages, edits)" mixed-0 mixed-0.1 lat_p50_us ms
+        two "p99 latency ms (messages, edits)" mixed-0 mixed-0.1 lat_p99_us ms
+        two "ack p99 ms" mixed-0 mixed-0.1 ack_p99_us ms
+        printf '  %-40s %16s %16s\n' "lost (all runs)" "$(field "$OUT/mixed-0.jsonl" lost | sum)" "$(field "$OUT/mixed-0.1.jsonl" lost | sum)"
+        printf '%-42s %16s %16s\n' "" "search on" "search off"
+        echo "ingest $INGEST_RATE msg/s, 100 rooms, median of $EVENT_RUNS"
+        two "acked/s" ingest-on ingest-off acked_per_s asis
+        two "ack p50 ms" ingest-on ingest-off ack_p50_us ms
+        two "ack p99 ms" ingest-on ingest-off ack_p99_us ms
+        two "server CPU us per message (window)" ingest-on ingest-off server_cpu_us_per_msg asis
+        two "server CPU us per message (to indexed)" ingest-on ingest-off server_cpu_us_per_msg_to_indexed asis
+        two "harness CPU us per message" ingest-on ingest-off harness_cpu_us_per_msg asis
+        two "index catch-up s" ingest-on ingest-off index_catchup_s asis
+        echo "search: $SEARCH_MESSAGES messages, 1000 rooms, member of all"
+        for k in loaded load_ack_p99_us catchup_s one_word_p50_us one_word_p99_us two_word_p50_us \
+            two_word_p99_us one_word_mean_results two_word_mean_results index_bytes_per_message \
+            server_cpu_us_per_query; do
+            printf '  %-40s %16s\n' "$k" "$(field "$OUT/search.jsonl" "$k" | cell)"
+        done
+        echo "results: $OUT"
+    } | tee "$OUT/events-summary.txt"
+fi

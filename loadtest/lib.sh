@@ -78,7 +78,9 @@ cw_wait_listening() {
 }
 
 # cw_start_chinwag NAME CORE [chinwag serve flags...]: a node on a free port
-# with a fresh data dir, pinned to CORE; sets NAME_PID and NAME_ADDR.
+# with a fresh data dir, pinned to CORE; sets NAME_PID, NAME_ADDR and
+# NAME_DATA (the data dir). Environment set for the call (e.g.
+# CHINWAG_SEARCH=off cw_start_chinwag ...) reaches the server.
 cw_start_chinwag() {
     local name=$1 core=$2
     shift 2
@@ -96,6 +98,7 @@ cw_start_chinwag() {
     local pid=$!
     CW_PIDS+=("$pid")
     printf -v "${name}_PID" '%s' "$pid"
+    printf -v "${name}_DATA" '%s' "$dir/data"
     printf -v "${name}_ADDR" '%s' "$(cw_wait_listening "$dir/log")"
 }
 
