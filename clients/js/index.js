@@ -367,7 +367,16 @@ export class ChinwagClient {
       else conn.encoding = 'json';
     };
     ws.onmessage = (e) => { if (conn === this._conn) this._onData(conn, e.data); };
-    ws.onerror = () => { /* a close event follows */ };
+    ws.onerror = () => {
+      // A close event follows, except in some runtimes (Node 20's WebSocket
+      // after a refused upgrade): then the socket is given up here.
+      setTimeout(() => {
+        if (conn !== this._conn || (conn.opened && ws.readyState < 2)) return;
+        this._detach(ws);
+        try { ws.close(); } catch (_) { /* not open */ }
+        this._socketGone(conn, { code: 1006, reason: 'connection failed', wasClean: false });
+      }, 250);
+    };
     ws.onclose = (e) => {
       if (conn !== this._conn) return;
       this._socketGone(conn, { code: e.code, reason: e.reason || '', wasClean: !!e.wasClean });

@@ -9,4 +9,4 @@ flags=""
 if ! node -e 'process.exit(typeof WebSocket === "function" ? 0 : 1)' 2>/dev/null; then
   flags="--experimental-websocket"
 fi
-exec node $flags --test --test-reporter=spec test/
+exec node $flags --test --test-reporter=spec test/*.test.js

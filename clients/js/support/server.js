@@ -95,7 +95,9 @@ export class Server {
     if (!proc || proc.exitCode !== null || proc.signalCode !== null) return null;
     const done = new Promise((r) => proc.once('exit', (code, sig) => r({ code, sig })));
     proc.kill('SIGTERM');
-    const res = await Promise.race([done, sleep(7000).then(() => null)]);
+    let timer;
+    const res = await Promise.race([done, new Promise((r) => { timer = setTimeout(() => r(null), 7000); })]);
+    clearTimeout(timer);
     if (!res) { proc.kill('SIGKILL'); await done; throw new Error('server did not exit within 7 s of SIGTERM'); }
     this.proc = null;
     return res;
