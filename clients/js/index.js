@@ -185,8 +185,9 @@ export class ChinwagClient {
     this._rooms = new Map();
     /** This user's room events seen while event frames are unacknowledged: room -> events. */
     this._own = new Map();
-    /** `${room}\u0000${seq}` of events acknowledged to this client. */
-    this._claimed = new Set();
+    /** Seqs of events acknowledged to this client while event frames are out: room -> Set. */
+    this._claimed = new Map();
+    this._settled = 0;
 
     /** Counters, for logs and tests. */
     this.stats = { connects: 0, reconnects: 0, resent: 0, recovered: 0, resumedEvents: 0, duplicatesDropped: 0 };
@@ -516,7 +517,7 @@ export class ChinwagClient {
     switch (t) {
       case 'ack':
         if (typeof frame.room === 'string' && typeof frame.seq === 'number') {
-          this._claimed.add(`${frame.room}\u0000${frame.seq}`);
+          this._claim(frame.room, frame.seq);
         }
         break;
       case 'token':
@@ -709,7 +710,39 @@ export class ChinwagClient {
     if (!p.counted) return;
     p.counted = false;
     this._eventOut -= 1;
-    if (this._eventOut === 0) { this._own.clear(); this._claimed.clear(); }
+    if (this._eventOut === 0) { this._own.clear(); this._claimed.clear(); return; }
+    if (++this._settled % 256 === 0) this._pruneOwn();
+  }
+
+  _claim(room, seq) {
+    let set = this._claimed.get(room);
+    if (!set) this._claimed.set(room, (set = new Set()));
+    set.add(seq);
+  }
+
+  _isClaimed(room, seq) {
+    const set = this._claimed.get(room);
+    return set !== undefined && set.has(seq);
+  }
+
+  /** Forgets own events and claims that no pending frame can match any more. */
+  _pruneOwn() {
+    const minBase = new Map(); // room -> lowest baseSeq of a pending event frame
+    for (const p of this._pending.values()) {
+      if (!p.counted) continue;
+      const room = this._roomOf(p.frame);
+      minBase.set(room, Math.min(minBase.get(room) ?? Infinity, p.baseSeq));
+    }
+    for (const [room, list] of this._own) {
+      const base = minBase.get(room) ?? Infinity;
+      const keep = list.filter((ev) => ev.seq > base);
+      if (keep.length) this._own.set(room, keep); else this._own.delete(room);
+    }
+    for (const [room, set] of this._claimed) {
+      const base = minBase.get(room) ?? Infinity;
+      for (const seq of set) if (seq <= base) set.delete(seq);
+      if (set.size === 0) this._claimed.delete(room);
+    }
   }
 
   /**
@@ -724,9 +757,9 @@ export class ChinwagClient {
       p.inDoubt = false;
       const room = this._roomOf(p.frame);
       const list = (room && this._own.get(room)) || [];
-      const hit = list.find((ev) => ev.seq > p.baseSeq && !this._claimed.has(`${room}\u0000${ev.seq}`) && eventMatches(p.frame, ev));
+      const hit = list.find((ev) => ev.seq > p.baseSeq && !this._isClaimed(room, ev.seq) && eventMatches(p.frame, ev));
       if (hit) {
-        this._claimed.add(`${room}\u0000${hit.seq}`);
+        this._claim(room, hit.seq);
         this._pending.delete(p.id);
         this._eventFrameSettled(p);
         this.stats.recovered += 1;
@@ -738,13 +771,7 @@ export class ChinwagClient {
         p.resent = (p.resent || 0) + 1;
       }
     }
-    // Forget own events no pending frame can match any more.
-    let minBase = Infinity;
-    for (const p of this._pending.values()) if (p.counted) minBase = Math.min(minBase, p.baseSeq);
-    for (const [room, list] of this._own) {
-      const keep = list.filter((ev) => ev.seq > minBase);
-      if (keep.length) this._own.set(room, keep); else this._own.delete(room);
-    }
+    this._pruneOwn();
   }
 
   _roomOf(frame) {
