@@ -19,6 +19,10 @@ export const BIN = process.env.CHINWAG_BIN || path.join(REPO, 'target', 'debug',
 const SECRET = process.env.CHINWAG_SECRET || crypto.randomBytes(32).toString('hex');
 if (Buffer.byteLength(SECRET) < 32) throw new Error('CHINWAG_SECRET must be at least 32 bytes');
 
+if (typeof globalThis.WebSocket !== 'function') {
+  throw new Error('no global WebSocket: use Node >= 22, or Node 20 with --experimental-websocket (clients/js/test.sh does that)');
+}
+
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 export function freePort() {
