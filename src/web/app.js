@@ -144,7 +144,7 @@
   function loaded(r) { r.loaded = 'loaded'; }
   function fireLoaded(r) {
     const cbs = r.whenLoaded; r.whenLoaded = [];
-    for (const cb of cbs) try { cb(); } catch (e) { console.error(e); }
+    for (const cb of cbs) try { cb(); } catch (e) { console.error('chinwag: after-load step failed', e); }
   }
 
   // ---- tokens: stay signed in ------------------------------------------------

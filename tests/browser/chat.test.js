@@ -518,12 +518,20 @@ test('web client: reactions, edit, delete, threads, mentions, search, directory,
     page.setDefaultTimeout(STEP_MS);
     page.on('dialog', (d) => { dialogs.push(d.message()); d.dismiss().catch(() => {}); });
     page.on('pageerror', (e) => pageErrors.push(String(e)));
-    page.on('console', (m) => { if (/Content.Security.Policy/i.test(m.text())) cspViolations.push(m.text()); });
+    page.on('console', (m) => {
+      if (/Content.Security.Policy/i.test(m.text())) cspViolations.push(m.text());
+      if (m.type() === 'error' && /^chinwag:/.test(m.text())) pageErrors.push(m.text());
+    });
     return page;
   };
   const online = (p) => waitFor(p, () => document.querySelector('#status').dataset.state === 'online');
   const A = await newPage({}, notificationStub);
   const B = await newPage();
+  const bobFrames = [];               // bob's last WebSocket frames, printed if a step about him fails
+  B.on('websocket', (ws) => {
+    ws.on('framesent', (f) => bobFrames.push('> ' + String(f.payload).slice(0, 160)));
+    ws.on('framereceived', (f) => bobFrames.push('< ' + String(f.payload).slice(0, 160)));
+  });
 
   await step('the room directory opens by itself for a user with no rooms', async () => {
     await A.goto(`${server.base}/#token=${tokA}`);
@@ -762,7 +770,12 @@ test('web client: reactions, edit, delete, threads, mentions, search, directory,
     assert.deepEqual(await B.$$eval('#search-results mark', (ms) => ms.map((m) => m.textContent)), ['needle', 'needle']);
     await shot(B, 'team-09-search');
     await B.click('#search-results .search-group[data-room="archive"] .search-hit');
-    await B.waitForSelector('#messages .message[data-seq="2"].flash');
+    try {
+      await B.waitForSelector('#messages .message[data-seq="2"].flash');
+    } catch (e) {
+      const seqs = await B.$$eval('#messages .message[data-seq]', (ns) => ns.map((n) => Number(n.dataset.seq)));
+      throw new Error(`${e.message}\nshown seqs ${JSON.stringify(seqs)}\nlast frames:\n${bobFrames.slice(-10).join('\n')}`);
+    }
     assert.equal(await B.textContent('#messages .message[data-seq="2"] .text'), 'an old needle in the haystack');
     const inView = await B.$eval('#messages', (box) => {
       const n = box.querySelector('.message[data-seq="2"]');
@@ -778,7 +791,7 @@ test('web client: reactions, edit, delete, threads, mentions, search, directory,
       const t = [...document.querySelectorAll('#messages .message[data-seq] .text')].map((n) => n.textContent);
       return t[t.length - 1] === 'archive filler 70' && !document.querySelector('#messages .newer');
     });
-  });
+  }, 20_000); // search, two screenshots and two history round trips: room to spare on a busy machine
 
   await step('phone: thread full screen, actions by tap, search, directory', async () => {
     const P = await newPage({ viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true, deviceScaleFactor: 2 });
