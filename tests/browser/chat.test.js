@@ -786,7 +786,8 @@ test('web client: reactions, edit, delete, threads, mentions, search, directory,
     await shot(B, 'team-10-search-jump');
     // and back to the latest messages
     await B.click('#search-close');
-    await B.click('#messages .newer');
+    // (a DOM click: scrolling down to the button would load the newer messages by itself)
+    await B.$eval('#messages .newer', (b) => b.click());
     await waitFor(B, () => {
       const t = [...document.querySelectorAll('#messages .message[data-seq] .text')].map((n) => n.textContent);
       return t[t.length - 1] === 'archive filler 70' && !document.querySelector('#messages .newer');
