@@ -21,10 +21,12 @@
 #   mixed   1000 conns / 10 rooms / 10 publishers / 200 msg/s (20,000
 #           deliveries/s), pure messages (--mix 0) and 10% reactions and
 #           edits (--mix 0.1 --reply-weight 0), alternating, EVENT_RUNS each
-#   ingest  INGEST_RATE (10,000) msg/s of word text into 100 rooms, server with the search
-#           index and with CHINWAG_SEARCH=off, alternating, EVENT_RUNS each
+#   ingest  word text into 100 rooms at each of INGEST_RATES (10,000 and
+#           2,000 msg/s), server with the search index and with
+#           CHINWAG_SEARCH=off, alternating, INGEST_RUNS (2) each
 #   search  SEARCH_MESSAGES (1,000,000) messages into 1,000 rooms at
-#           SEARCH_RATE (10,000/s), then 2,000 queries of a member of all
+#           SEARCH_RATE (2,500/s: what one core stores with the index
+#           without falling behind), then 2,000 queries of a member of all
 #
 # Summary in events-summary.txt. About 10 minutes after the build.
 #
@@ -231,8 +233,9 @@ fi
 if want events; then
     EVENT_RUNS=${EVENT_RUNS:-3}
     SEARCH_MESSAGES=${SEARCH_MESSAGES:-1000000}
-    SEARCH_RATE=${SEARCH_RATE:-10000}
-    INGEST_RATE=${INGEST_RATE:-10000}
+    SEARCH_RATE=${SEARCH_RATE:-2500}
+    INGEST_RATES=${INGEST_RATES:-10000 2000}
+    INGEST_RUNS=${INGEST_RUNS:-2}
 
     cw_log "events: mixed, pure and 10% reactions+edits, x$EVENT_RUNS each"
     cw_start_chinwag SRV 0
@@ -246,27 +249,29 @@ if want events; then
     done
     cw_stop "$SRV_PID"
 
-    cw_log "events: ingest at $INGEST_RATE msg/s, search on and off, x$EVENT_RUNS each"
-    for ((i = 1; i <= EVENT_RUNS; i++)); do
-        for side in on off; do
-            if [[ $side == off ]]; then
-                CHINWAG_SEARCH=off cw_start_chinwag SRV 0
-            else
-                cw_start_chinwag SRV 0
-            fi
-            $LOAD ingest --target "$SRV_ADDR" --server-pid "$SRV_PID" --json --rooms 100 \
-                --rate "$INGEST_RATE" --warmup 2s --duration 10s --drain 2s --catchup-timeout 120s \
-                >>"$OUT/ingest-$side.jsonl" 2>>"$OUT/ingest-$side.log" ||
-                cw_log "ingest (search $side) failed: see $OUT/ingest-$side.log"
-            cw_stop "$SRV_PID"
+    for rate in $INGEST_RATES; do
+        cw_log "events: ingest at $rate msg/s, search on and off, x$INGEST_RUNS each"
+        for ((i = 1; i <= INGEST_RUNS; i++)); do
+            for side in on off; do
+                if [[ $side == off ]]; then
+                    CHINWAG_SEARCH=off cw_start_chinwag SRV 0
+                else
+                    cw_start_chinwag SRV 0
+                fi
+                $LOAD ingest --target "$SRV_ADDR" --server-pid "$SRV_PID" --json --rooms 100 \
+                    --rate "$rate" --warmup 2s --duration 10s --drain 2s --catchup-timeout 120s \
+                    >>"$OUT/ingest-$rate-$side.jsonl" 2>>"$OUT/ingest-$rate-$side.log" ||
+                    cw_log "ingest at $rate (search $side) failed: see $OUT/ingest-$rate-$side.log"
+                cw_stop "$SRV_PID"
+            done
         done
     done
 
-    cw_log "events: search, $SEARCH_MESSAGES messages in 1000 rooms at $SEARCH_RATE/s"
+    cw_log "events: search, $SEARCH_MESSAGES messages in 1000 rooms at $SEARCH_RATE/s (progress in $OUT/search.log)"
     cw_start_chinwag SRV 0 --max-rooms-per-user 1000000
     $LOAD search --target "$SRV_ADDR" --server-pid "$SRV_PID" --data-dir "$SRV_DATA" --json \
         --messages "$SEARCH_MESSAGES" --rooms 1000 --load-rate "$SEARCH_RATE" --drain 10s \
-        --queries 2000 --catchup-timeout 300s \
+        --queries 2000 --catchup-timeout 180s \
         >>"$OUT/search.jsonl" 2>>"$OUT/search.log" ||
         cw_log "search failed: see $OUT/search.log"
     cw_stop "$SRV_PID"
@@ -285,16 +290,19 @@ if want events; then
         two "ack p99 ms" mixed-0 mixed-0.1 ack_p99_us ms
         printf '  %-40s %16s %16s\n' "lost (all runs)" "$(field "$OUT/mixed-0.jsonl" lost | sum)" "$(field "$OUT/mixed-0.1.jsonl" lost | sum)"
         printf '%-42s %16s %16s\n' "" "search on" "search off"
-        echo "ingest $INGEST_RATE msg/s, 100 rooms, median of $EVENT_RUNS"
-        two "acked/s" ingest-on ingest-off acked_per_s asis
-        two "ack p50 ms" ingest-on ingest-off ack_p50_us ms
-        two "ack p99 ms" ingest-on ingest-off ack_p99_us ms
-        two "server CPU us per message (window)" ingest-on ingest-off server_cpu_us_per_msg asis
-        two "server CPU us per message (to indexed)" ingest-on ingest-off server_cpu_us_per_msg_to_indexed asis
-        two "harness CPU us per message" ingest-on ingest-off harness_cpu_us_per_msg asis
-        two "index catch-up s" ingest-on ingest-off index_catchup_s asis
+        for rate in $INGEST_RATES; do
+            echo "ingest $rate msg/s, 100 rooms, median of $INGEST_RUNS"
+            two "acked/s" "ingest-$rate-on" "ingest-$rate-off" acked_per_s asis
+            two "ack p50 ms" "ingest-$rate-on" "ingest-$rate-off" ack_p50_us ms
+            two "ack p99 ms" "ingest-$rate-on" "ingest-$rate-off" ack_p99_us ms
+            two "server CPU %" "ingest-$rate-on" "ingest-$rate-off" server_cpu_pct asis
+            two "server CPU us per message (window)" "ingest-$rate-on" "ingest-$rate-off" server_cpu_us_per_msg asis
+            two "server CPU us per message (to indexed)" "ingest-$rate-on" "ingest-$rate-off" server_cpu_us_per_msg_to_indexed asis
+            two "harness CPU us per message" "ingest-$rate-on" "ingest-$rate-off" harness_cpu_us_per_msg asis
+            two "index catch-up s" "ingest-$rate-on" "ingest-$rate-off" index_catchup_s asis
+        done
         echo "search: $SEARCH_MESSAGES messages, 1000 rooms, member of all"
-        for k in loaded load_ack_p99_us catchup_s one_word_p50_us one_word_p99_us two_word_p50_us \
+        for k in loaded load_ack_p50_us load_ack_p99_us load_server_cpu_us_per_msg catchup_s one_word_p50_us one_word_p99_us two_word_p50_us \
             two_word_p99_us one_word_mean_results two_word_mean_results index_bytes_per_message \
             server_cpu_us_per_query; do
             printf '  %-40s %16s\n' "$k" "$(field "$OUT/search.jsonl" "$k" | cell)"

@@ -1508,6 +1508,7 @@ impl Worker<'_> {
             bump(&mut self.stats.room_last, self.clients[slot].room, seq, true);
         }
         let Some((t, kind)) = id.map(|id| self.split_id(id)) else { return };
+        self.stats.acked_step += 1;
         if let (Some(seq), Some(targets)) = (seq, self.clients[slot].targets.as_deref_mut()) {
             if kind == K_MESSAGE || kind == K_REPLY {
                 push_capped(&mut targets.own, seq);

@@ -21,6 +21,8 @@ pub struct Stats {
     pub sent_step: u64,
     /// `ack`s for window messages.
     pub acked: u64,
+    /// `ack`s of our sends over the whole step, whenever sent.
+    pub acked_step: u64,
     /// `error` replies to window sends (nothing to deliver for those).
     pub refused: u64,
     /// Sum over window sends of the number of connections that should get it.
@@ -119,6 +121,7 @@ impl Default for Stats {
             sent: 0,
             sent_step: 0,
             acked: 0,
+            acked_step: 0,
             refused: 0,
             expected: 0,
             refused_expected: 0,
@@ -189,6 +192,7 @@ impl Stats {
             (&mut self.sent, o.sent),
             (&mut self.sent_step, o.sent_step),
             (&mut self.acked, o.acked),
+            (&mut self.acked_step, o.acked_step),
             (&mut self.refused, o.refused),
             (&mut self.expected, o.expected),
             (&mut self.refused_expected, o.refused_expected),

@@ -153,19 +153,23 @@ pub fn react(
     f.end();
 }
 
-/// Appends `{"type":"search","id":ID,"query":Q,["cursor":C,]"limit":L}`.
+/// Appends `{"type":"search","id":ID,"query":Q,["room":R,]["cursor":C,]"limit":L}`.
 pub fn search(
     enc: Encoding,
     id: u64,
     query: &str,
-    cursor: Option<&str>,
+    (room, cursor): (Option<&str>, Option<&str>),
     limit: u64,
     out: &mut Vec<u8>,
 ) {
-    let mut f = Fields::start(enc, out, 4 + usize::from(cursor.is_some()));
+    let n = 4 + usize::from(room.is_some()) + usize::from(cursor.is_some());
+    let mut f = Fields::start(enc, out, n);
     f.str("type", "search");
     f.uint("id", id);
     f.str("query", query);
+    if let Some(r) = room {
+        f.str("room", r);
+    }
     if let Some(c) = cursor {
         f.str("cursor", c);
     }
@@ -743,9 +747,9 @@ mod tests {
                 "emoji":"\u{2764}\u{fe0f}","on":false});
             assert_eq!(decode(enc, &out).unwrap(), want);
             out.clear();
-            search(enc, 6, "ka lo", Some("1.2.r3"), 20, &mut out);
+            search(enc, 6, "ka lo", (Some("r3"), Some("1.2.r3")), 20, &mut out);
             let want = serde_json::json!({"type":"search","id":6,"query":"ka lo",
-                "cursor":"1.2.r3","limit":20});
+                "room":"r3","cursor":"1.2.r3","limit":20});
             assert_eq!(decode(enc, &out).unwrap(), want);
         }
     }
