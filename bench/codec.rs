@@ -125,7 +125,10 @@ fn client_frames(c: &mut Criterion) {
         ("ping", json!({"type": "ping", "id": 7})),
         ("history", json!({"type": "history", "room": "general", "before": 100, "limit": 50})),
         ("edit", json!({"type": "edit", "room": "general", "seq": 120, "text": "x".repeat(100)})),
-        ("react", json!({"type": "react", "room": "general", "seq": 120, "emoji": "👍", "on": true})),
+        (
+            "react",
+            json!({"type": "react", "room": "general", "seq": 120, "emoji": "👍", "on": true}),
+        ),
     ];
     let mut g = c.benchmark_group("decode");
     for (name, v) in &frames {

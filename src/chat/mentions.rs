@@ -9,6 +9,11 @@ pub(crate) fn of_members(node: &Node, room: &str, text: &str) -> Result<Vec<Stri
     if !text.contains('@') {
         return Ok(Vec::new());
     }
+    // A DM room's two users are its members from its first message on,
+    // before that message stores them.
+    if let Some((a, b)) = crate::wire::dm_users(room) {
+        return Ok(find(text, &[a.to_string(), b.to_string()]));
+    }
     Ok(find(text, &node.storage().members(room)?))
 }
 
