@@ -9,7 +9,7 @@ use chinwag::{
     storage::Storage,
 };
 use clap::Parser;
-use std::process::ExitCode;
+use std::{path::Path, process::ExitCode};
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
@@ -28,6 +28,11 @@ fn serve(flags: ServeFlags) -> ExitCode {
     unsafe {
         libc::umask(0o077);
     }
+    // The hint names the settings that located the data directory, so
+    // the token it makes is signed with this server's secret.
+    let dir_flag =
+        flags.data_dir.clone().or_else(|| std::env::var_os("CHINWAG_DATA_DIR").map(Into::into));
+    let hint_config = flags.config.clone();
     let cfg = match config::resolve(flags) {
         Ok(c) => c,
         Err(bad) => {
@@ -54,10 +59,11 @@ fn serve(flags: ServeFlags) -> ExitCode {
     };
     log::info!(
         "chinwag {} listening on http://{} (node {node}, {threads} loops, data in {}); \
-         get a token with: chinwag token USER --link",
+         get a token with: {}",
         env!("CARGO_PKG_VERSION"),
         server.addr,
-        data_dir.display()
+        data_dir.display(),
+        token_hint(hint_config.as_deref(), dir_flag.as_ref().map(|_| data_dir.as_path())),
     );
     server.notify_systemd();
     if let Some(sig) = signals.forever().next() {
@@ -104,7 +110,7 @@ fn backup(flags: config::BackupFlags) -> ExitCode {
 }
 
 fn token(flags: config::TokenFlags) -> ExitCode {
-    let (secret, listen, ttl) = match config::resolve_token(&flags) {
+    let t = match config::resolve_token(&flags) {
         Ok(v) => v,
         Err(bad) => {
             eprintln!("chinwag: {bad}");
@@ -112,23 +118,61 @@ fn token(flags: config::TokenFlags) -> ExitCode {
         }
     };
     let now = chinwag::wire::now_ms() / 1000;
-    let exp = now + ttl;
     let jti = hex::encode(rand::random::<[u8; 8]>());
     let claims = Claims {
         sub: flags.user.clone(),
-        exp,
-        name: None,
+        exp: now + t.ttl,
+        name: t.name,
         admin: flags.admin,
         jti: Some(jti),
         iat: Some(now),
     };
-    match Keys::new(&secret).sign(&claims) {
-        Ok(t) if flags.link => println!("http://{listen}/#token={t}"),
-        Ok(t) => println!("{t}"),
+    match Keys::new(&t.secret).sign(&claims) {
+        Ok(token) if flags.link => println!("{}/#token={token}", t.origin),
+        Ok(token) => println!("{token}"),
         Err(e) => {
             eprintln!("chinwag: cannot sign: {e}");
             return ExitCode::from(1);
         }
     }
     ExitCode::SUCCESS
+}
+
+/// The `chinwag token` command line that works for the server being
+/// started: this very binary (as `chinwag` when that is what PATH finds,
+/// else its path, relative to the working directory when under it, as
+/// after `cargo run`), with the `--config` and `--data-dir` that found the
+/// server's settings.
+fn token_hint(config: Option<&Path>, data_dir: Option<&Path>) -> String {
+    let exe = std::env::current_exe().ok();
+    let on_path = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths).map(|d| d.join("chinwag")).find(|p| p.is_file())
+    });
+    let same = |a: &Path, b: &Path| a.canonicalize().ok() == b.canonicalize().ok();
+    let program = match (&exe, &on_path) {
+        (Some(e), Some(p)) if same(e, p) => "chinwag".to_string(),
+        (Some(e), _) => {
+            let cwd = std::env::current_dir().unwrap_or_default();
+            shell_word(e.strip_prefix(&cwd).unwrap_or(e))
+        }
+        (None, _) => "chinwag".to_string(),
+    };
+    let mut hint = format!("{program} token USER --link");
+    for (flag, path) in [("--config", config), ("--data-dir", data_dir)] {
+        if let Some(p) = path {
+            let abs = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+            hint.push_str(&format!(" {flag} {}", shell_word(&abs)));
+        }
+    }
+    hint
+}
+
+/// A path as one shell word: quoted when it holds anything unusual.
+fn shell_word(p: &Path) -> String {
+    let s = p.display().to_string();
+    if s.chars().all(|c| c.is_ascii_alphanumeric() || "/._-+:=@".contains(c)) {
+        s
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
 }
