@@ -48,12 +48,11 @@ fn serve(flags: ServeFlags) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let (listen, data_dir, node, threads) =
-        (cfg.listen, cfg.data_dir.clone(), cfg.node_id.clone(), cfg.threads);
+    let (data_dir, node, threads) = (cfg.data_dir.clone(), cfg.node_id.clone(), cfg.threads);
     let server = match Server::start(cfg) {
         Ok(s) => s,
         Err(e) => {
-            log::error!("{e} ({listen})");
+            log::error!("{e}");
             return ExitCode::from(1);
         }
     };

@@ -361,3 +361,38 @@ fn version_flag_prints_the_version() {
     assert_eq!(f.code(), 0, "{f:?}");
     assert_eq!(f.stdout.trim(), format!("chinwag {}", env!("CARGO_PKG_VERSION")));
 }
+
+/// `chinwag serve --listen ADDR` that must be refused because ADDR is taken: exit 1 and one
+/// stderr line naming ADDR.
+fn refused_in_use(addr: std::net::SocketAddr) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = command();
+    cmd.args(["serve", "--listen", &addr.to_string(), "--data-dir"]).arg(dir.path());
+    cmd.env("CHINWAG_SECRET", SECRET);
+    let f = run_bounded(cmd, Duration::from_secs(15));
+    assert!(f.status.is_some(), "a second server on {addr} kept running");
+    assert_eq!(f.code(), 1, "{f:?}");
+    let lines: Vec<&str> = f.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one stderr line: {lines:#?}");
+    assert!(lines[0].contains(&addr.to_string()), "the line names {addr}: {lines:?}");
+}
+
+#[test]
+fn a_second_server_on_a_used_address_refuses_to_start() {
+    let mut s = Server::open(&[]);
+    refused_in_use(s.addr);
+    // The first server still has every connection.
+    s.assert_healthy(true);
+    // Any other process holding the address counts too.
+    let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    refused_in_use(other.local_addr().unwrap());
+    // A stopped server's address (with connections just closed) is free again.
+    let addr = s.addr;
+    let c = s.client("a");
+    assert!(s.sigterm().success());
+    drop(c);
+    let mut o = Opts::new(&["--listen", &addr.to_string()]);
+    o.listen_flag = false;
+    let again = Server::start_with(o);
+    assert_eq!(again.addr, addr);
+}
