@@ -6,7 +6,6 @@ use chinwag::{
     config::{self, Cli, Command, ServeFlags},
     control,
     server::Server,
-    storage::Storage,
 };
 use clap::Parser;
 use std::{path::Path, process::ExitCode};
@@ -84,15 +83,12 @@ fn backup(flags: config::BackupFlags) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    // A running server holds the database: ask it. Otherwise open it here.
-    let result = match control::request_backup(&dir, &flags.dest) {
-        Ok(Some(n)) => Ok(n),
-        Ok(None) => Storage::open(&dir)
-            .map_err(|e| e.to_string())
-            .and_then(|s| control::backup(&s, &dir, &flags.dest)),
-        Err(e) => Err(e),
-    };
-    match result {
+    // The copy holds the secret: private from its first byte.
+    // SAFETY: umask(2) only sets this process's file mode mask.
+    unsafe {
+        libc::umask(0o077);
+    }
+    match control::backup(&dir, &flags.dest) {
         Ok(n) => {
             println!(
                 "backup of {} ({n} records) written to {}",

@@ -11,6 +11,8 @@
 //!   `wss://`, `chinwag backup` and the systemd unit.
 //! * `integrity` — delivery follows durability: `kill -9` under traffic, a
 //!   dead commit thread.
+//! * `ops`     — `chinwag backup` written by the command, SIGHUP, `/metrics` series, the
+//!   Grafana dashboard, log lines.
 //! * `cluster` — three nodes and a real `redis-server`: one chat, presence,
 //!   a node killed and restarted, Redis stopped and restarted.
 
@@ -23,5 +25,6 @@ mod errors;
 mod integrity;
 mod limits;
 mod load;
+mod ops;
 mod storage;
 mod ws;

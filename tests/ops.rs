@@ -1,0 +1,138 @@
+//! The operator's side of PROTOCOL.md sections 1 and 5 beyond the basics in `cli` and `api`:
+//! `chinwag backup` written by the command itself (relative DEST, private modes, a server that
+//! may not write there, one-line failures), SIGHUP reloading the TLS certificate, `/metrics`
+//! as classic Prometheus text with process, build, HTTP, WebSocket and refusal series, the
+//! Grafana dashboard's queries, and the log lines operators read.
+
+use crate::support::{self, *};
+use serde_json::json;
+use std::{
+    fs,
+    os::unix::fs::{MetadataExt, PermissionsExt},
+    path::Path,
+    process::{Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+/// Runs `chinwag backup ARGS` in `cwd`.
+fn backup_cmd(cwd: &Path, args: &[&str]) -> Finished {
+    let mut cmd = command();
+    cmd.current_dir(cwd).arg("backup").args(args);
+    run_bounded(cmd, Duration::from_secs(60))
+}
+
+/// Every file of `dir` is 0600 and every directory 0700 (`dir` included).
+fn assert_private(dir: &Path) {
+    let mode = fs::metadata(dir).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700, "{}", dir.display());
+    for e in fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            assert_private(&p);
+        } else {
+            let mode = fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{}", p.display());
+        }
+    }
+}
+
+/// The texts of room `room` on a node started on `dir`.
+fn texts_in(dir: &Path, room: &str) -> Vec<String> {
+    let mut o = Opts::new(&["--open"]);
+    o.dir = Some(dir.to_path_buf());
+    let s = Server::start_with(o);
+    let mut c = s.client("a");
+    let r = c.call(json!({"type": "history", "room": room, "limit": 100}));
+    r["messages"].as_array().unwrap().iter().map(|m| m["text"].as_str().unwrap().into()).collect()
+}
+
+#[test]
+fn backup_dest_is_the_commands_own_and_private() {
+    let s = Server::open(&[]);
+    let mut a = s.client("a");
+    a.join("r");
+    for i in 0..5 {
+        a.send_msg("r", &format!("m{i}"));
+    }
+    let cwd = tempfile::tempdir().unwrap();
+    let data = s.dir.to_str().unwrap();
+    let f = backup_cmd(cwd.path(), &["nested/copy", "--data-dir", data]);
+    assert_eq!(f.code(), 0, "{f:?}");
+    let copy = cwd.path().join("nested/copy");
+    assert!(copy.join("db").is_dir(), "DEST is relative to the command's directory");
+    assert!(!Path::new("nested").exists(), "nothing written relative to the server's");
+    assert_private(&copy);
+    assert_eq!(fs::read(copy.join("secret")).ok(), fs::read(s.dir.join("secret")).ok());
+    assert_eq!(texts_in(&copy, "r"), ["m0", "m1", "m2", "m3", "m4"]);
+
+    // Cannot write: non-zero, one line, nothing on stdout.
+    let file = cwd.path().join("plain-file");
+    fs::write(&file, "x").unwrap();
+    let f = backup_cmd(cwd.path(), &["plain-file/copy", "--data-dir", data]);
+    assert_ne!(f.code(), 0, "{f:?}");
+    assert_eq!(f.stderr.lines().filter(|l| !l.trim().is_empty()).count(), 1, "{f:?}");
+    assert!(f.stdout.trim().is_empty(), "{f:?}");
+    // Into a copy already there: refused, the copy untouched.
+    let f = backup_cmd(cwd.path(), &["nested/copy", "--data-dir", data]);
+    assert_ne!(f.code(), 0, "{f:?}");
+    assert_eq!(f.stderr.lines().count(), 1, "{f:?}");
+}
+
+#[test]
+fn backup_of_a_stopped_server_reads_its_database() {
+    let mut s = Server::open(&[]);
+    let mut a = s.client("a");
+    a.join("r");
+    a.send_msg("r", "kept");
+    drop(a);
+    assert!(s.sigterm().success());
+    let cwd = tempfile::tempdir().unwrap();
+    let f = backup_cmd(cwd.path(), &["c", "--data-dir", s.dir.to_str().unwrap()]);
+    assert_eq!(f.code(), 0, "{f:?}");
+    assert_eq!(texts_in(&cwd.path().join("c"), "r"), ["kept"]);
+}
+
+/// As under the systemd unit: the server runs as another user that may not write where the
+/// copy goes (here `nobody`, and a directory only root may enter), and the copy is made anyway.
+#[test]
+fn backup_lands_where_only_the_command_may_write() {
+    // SAFETY: geteuid(2) has no preconditions.
+    if unsafe { libc::geteuid() } != 0 || Command::new("setpriv").arg("--help").output().is_err() {
+        eprintln!("skipped: needs root and setpriv to run the server as another user");
+        return;
+    }
+    let _w = watchdog(Duration::from_secs(120));
+    let data = tempfile::tempdir().unwrap();
+    std::os::unix::fs::chown(data.path(), Some(65534), Some(65534)).unwrap();
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--reuid", "65534", "--regid", "65534", "--clear-groups"]).arg(support::bin());
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"]).arg(data.path());
+    cmd.env("CHINWAG_SECRET", SECRET).stdout(Stdio::null()).stderr(Stdio::null());
+    let mut server = ChildGuard(cmd.spawn().unwrap());
+    let sock = data.path().join("control.sock");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !sock.exists() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert!(sock.exists(), "the server (as nobody) did not start");
+    let root_only = tempfile::tempdir().unwrap();
+    fs::set_permissions(root_only.path(), fs::Permissions::from_mode(0o700)).unwrap();
+    let dest = root_only.path().join("copy");
+    let f = backup_cmd(root_only.path(), &["copy", "--data-dir", data.path().to_str().unwrap()]);
+    assert_eq!(f.code(), 0, "{f:?}");
+    assert!(dest.join("db").is_dir());
+    assert_eq!(fs::metadata(&dest).unwrap().uid(), 0, "written by the command, not the server");
+    assert!(server.0.try_wait().unwrap().is_none(), "the server keeps running");
+    server.0.kill().unwrap();
+}
+
+/// Kills its child on drop (a failed assertion leaves no server behind).
+struct ChildGuard(std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
