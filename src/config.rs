@@ -238,6 +238,8 @@ pub struct Config {
     pub max_output: usize,
     /// TLS server settings when `tls_cert` and `tls_key` are set.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Their certificate, reloaded on SIGHUP.
+    pub certs: Option<Arc<CertStore>>,
     /// Free bytes below which writes are refused (0: no guard).
     pub min_free: u64,
     /// Connection caps.
@@ -261,8 +263,37 @@ pub struct Caps {
     pub per_user: u32,
 }
 
-/// Loads the certificate chain and key into a rustls server config.
-fn load_tls(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, BadSetting> {
+/// The TLS certificate and key in use, read from their files at start and
+/// again on SIGHUP. rustls asks it for the certificate on every handshake,
+/// so a reload takes effect for the next connection without touching the
+/// server config that every reactor holds.
+#[derive(Debug)]
+pub struct CertStore {
+    cert: PathBuf,
+    key: PathBuf,
+    current: parking_lot::RwLock<Arc<rustls::sign::CertifiedKey>>,
+}
+
+impl CertStore {
+    /// Loads both files once more; on any failure the old pair stays.
+    pub fn reload(&self) -> Result<(), BadSetting> {
+        let fresh = load_pair(&self.cert, &self.key)?;
+        *self.current.write() = Arc::new(fresh);
+        Ok(())
+    }
+}
+
+impl rustls::server::ResolvesServerCert for CertStore {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.current.read().clone())
+    }
+}
+
+/// Reads a certificate chain and its key, checking that they match.
+fn load_pair(cert: &Path, key: &Path) -> Result<rustls::sign::CertifiedKey, BadSetting> {
     use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
     let certs = CertificateDer::pem_file_iter(cert)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
@@ -272,15 +303,29 @@ fn load_tls(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, BadSet
     }
     let key = PrivateKeyDer::from_pem_file(key)
         .map_err(|e| bad("tls_key", format!("cannot read {}: {e}", key.display())))?;
+    rustls::sign::CertifiedKey::from_der(certs, key, &rustls::crypto::ring::default_provider())
+        .map_err(|e| bad("tls_key", format!("does not match the certificate: {e}")))
+}
+
+/// Loads the certificate chain and key into a rustls server config whose
+/// certificate [`CertStore::reload`] can replace.
+fn load_tls(
+    cert: &Path,
+    key: &Path,
+) -> Result<(Arc<rustls::ServerConfig>, Arc<CertStore>), BadSetting> {
+    let store = Arc::new(CertStore {
+        current: parking_lot::RwLock::new(Arc::new(load_pair(cert, key)?)),
+        cert: cert.to_path_buf(),
+        key: key.to_path_buf(),
+    });
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| bad("tls_cert", e.to_string()))?
         .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| bad("tls_key", format!("does not match the certificate: {e}")))?;
+        .with_cert_resolver(store.clone());
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(cfg))
+    Ok((Arc::new(cfg), store))
 }
 
 fn read_file(path: Option<&Path>) -> Result<FileLayer, BadSetting> {
@@ -396,7 +441,8 @@ pub fn resolve(flags: ServeFlags) -> Result<Config, BadSetting> {
         max_text: max_text as usize,
         max_frame: max_frame as usize,
         max_output: max_output as usize,
-        tls,
+        certs: tls.as_ref().map(|(_, store)| store.clone()),
+        tls: tls.map(|(cfg, _)| cfg),
         min_free,
         caps: guards.caps,
         allowed_origins: guards.allowed_origins,

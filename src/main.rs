@@ -3,11 +3,12 @@
 
 use chinwag::{
     auth::{Claims, Keys},
-    config::{self, Cli, Command, ServeFlags},
+    config::{self, CertStore, Cli, Command, ServeFlags},
     control,
     server::Server,
 };
 use clap::Parser;
+use signal_hook::iterator::Signals;
 use std::{path::Path, process::ExitCode};
 
 fn main() -> ExitCode {
@@ -40,7 +41,7 @@ fn serve(flags: ServeFlags) -> ExitCode {
         }
     };
     // Block the signals in every thread; one thread waits for them.
-    let mut signals = match signal_hook::iterator::Signals::new([libc::SIGTERM, libc::SIGINT]) {
+    let signals = match Signals::new([libc::SIGTERM, libc::SIGINT, libc::SIGHUP]) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("chinwag: cannot install signal handlers: {e}");
@@ -48,6 +49,7 @@ fn serve(flags: ServeFlags) -> ExitCode {
         }
     };
     let (data_dir, node, threads) = (cfg.data_dir.clone(), cfg.node_id.clone(), cfg.threads);
+    let certs = cfg.certs.clone();
     let server = match Server::start(cfg) {
         Ok(s) => s,
         Err(e) => {
@@ -64,15 +66,29 @@ fn serve(flags: ServeFlags) -> ExitCode {
         token_hint(hint_config.as_deref(), dir_flag.as_ref().map(|_| data_dir.as_path())),
     );
     server.notify_systemd();
-    if let Some(sig) = signals.forever().next() {
-        log::info!("signal {sig}: closing connections and flushing storage");
-    }
+    wait_for_stop(signals, certs.as_deref());
     if !server.shutdown() {
         log::error!("stopped, but the last flush failed");
         return ExitCode::from(1);
     }
     log::info!("stopped");
     ExitCode::SUCCESS
+}
+
+/// Waits for SIGTERM or SIGINT; SIGHUP reloads the TLS certificate and
+/// key meanwhile (and never stops the server, whatever it finds).
+fn wait_for_stop(mut signals: Signals, certs: Option<&CertStore>) {
+    for sig in signals.forever() {
+        if sig != libc::SIGHUP {
+            log::info!("signal {sig}: closing connections and flushing storage");
+            return;
+        }
+        match certs.map(CertStore::reload) {
+            None => log::info!("SIGHUP: no TLS certificate to reload"),
+            Some(Ok(())) => log::info!("SIGHUP: TLS certificate and key reloaded"),
+            Some(Err(e)) => log::error!("SIGHUP: {e}; the certificate in use stays"),
+        }
+    }
 }
 
 fn backup(flags: config::BackupFlags) -> ExitCode {

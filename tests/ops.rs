@@ -8,9 +8,11 @@ use crate::support::{self, *};
 use serde_json::json;
 use std::{
     fs,
+    io::{Read, Write},
     os::unix::fs::{MetadataExt, PermissionsExt},
     path::Path,
     process::{Command, Stdio},
+    sync::Arc,
     thread,
     time::{Duration, Instant},
 };
@@ -135,4 +137,84 @@ impl Drop for ChildGuard {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// `GET /health` over TLS trusting exactly `cert_der`: the status line, or why it failed.
+fn tls_health(addr: std::net::SocketAddr, cert_der: &[u8]) -> Result<String, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(rustls::pki_types::CertificateDer::from(cert_der.to_vec())).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let conn = rustls::ClientConnection::new(Arc::new(cfg), name).unwrap();
+    let tcp = std::net::TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    tcp.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
+    let mut t = rustls::StreamOwned::new(conn, tcp);
+    t.write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .map_err(|e| e.to_string())?;
+    let mut resp = String::new();
+    t.read_to_string(&mut resp).map_err(|e| e.to_string())?;
+    Ok(resp.lines().next().unwrap_or_default().to_string())
+}
+
+/// Writes a fresh self-signed certificate for localhost to `cert` and `key`; returns its DER.
+fn new_cert(cert: &Path, key: &Path) -> Vec<u8> {
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    fs::write(cert, ck.cert.pem()).unwrap();
+    fs::write(key, ck.key_pair.serialize_pem()).unwrap();
+    ck.cert.der().to_vec()
+}
+
+/// Polls `f` until it is true (at most 10 s).
+fn eventually(mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+#[test]
+fn sighup_reloads_the_certificate_and_never_stops_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let old = new_cert(&cert, &key);
+    let mut s =
+        Server::open(&["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()]);
+    assert_eq!(tls_health(s.addr, &old).as_deref(), Ok("HTTP/1.1 200 OK"));
+
+    let new = new_cert(&cert, &key);
+    s.signal(libc::SIGHUP);
+    assert!(eventually(|| tls_health(s.addr, &new).is_ok()), "new cert after SIGHUP");
+    assert!(tls_health(s.addr, &old).is_err(), "the old certificate is no longer served");
+
+    // Files that do not load: the server says so and keeps the certificate it has.
+    fs::write(&key, "not a key").unwrap();
+    s.signal(libc::SIGHUP);
+    assert!(
+        eventually(|| s.log_text().lines().any(|l| l.contains("SIGHUP") && l.contains("stays"))),
+        "a failed reload is logged:\n{}",
+        s.log_text()
+    );
+    assert!(s.has_exited().is_none(), "SIGHUP never stops the server");
+    assert_eq!(tls_health(s.addr, &new).as_deref(), Ok("HTTP/1.1 200 OK"));
+}
+
+#[test]
+fn sighup_without_tls_keeps_serving() {
+    let mut s = Server::open(&[]);
+    // One at a time: signals that arrive together count once.
+    for n in 1..=3 {
+        s.signal(libc::SIGHUP);
+        assert!(eventually(|| s.log_text().matches("SIGHUP").count() >= n), "{}", s.log_text());
+    }
+    assert!(s.has_exited().is_none(), "SIGHUP never stops the server");
+    s.assert_healthy(true);
 }
