@@ -7,6 +7,7 @@
 use crate::support::{self, *};
 use serde_json::json;
 use std::{
+    collections::{BTreeMap, HashSet},
     fs,
     io::{Read, Write},
     os::unix::fs::{MetadataExt, PermissionsExt},
@@ -217,4 +218,97 @@ fn sighup_without_tls_keeps_serving() {
     }
     assert!(s.has_exited().is_none(), "SIGHUP never stops the server");
     s.assert_healthy(true);
+}
+
+/// A scrape: the content type and every sample as `name{labels}` → value, after checking that
+/// it is classic Prometheus text: every sample's family announced by `# TYPE` (under the very
+/// name its samples use) and `# HELP`, no OpenMetrics-only lines.
+fn scrape(addr: std::net::SocketAddr) -> (String, BTreeMap<String, f64>) {
+    let r = http_request(addr, "GET", "/metrics", &[], "");
+    assert_eq!(r.status, 200);
+    let (mut types, mut helps, mut samples) = (BTreeMap::new(), HashSet::new(), BTreeMap::new());
+    for line in r.body.lines() {
+        assert!(!line.starts_with("# EOF") && !line.starts_with("# UNIT"), "{line}");
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap();
+            assert!(types.insert(name.to_string(), kind.to_string()).is_none(), "twice: {line}");
+        } else if let Some(rest) = line.strip_prefix("# HELP ") {
+            helps.insert(rest.split(' ').next().unwrap().to_string());
+        } else if !line.is_empty() {
+            let (series, value) = line.rsplit_once(' ').unwrap();
+            let name = series.split('{').next().unwrap();
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .filter_map(|s| name.strip_suffix(s))
+                .find(|f| types.get(*f).is_some_and(|k| k == "histogram"))
+                .unwrap_or(name);
+            let kind = types.get(family).unwrap_or_else(|| panic!("no # TYPE for {line}"));
+            assert!(helps.contains(family), "no # HELP for {line}");
+            assert_eq!(kind == "counter", name.ends_with("_total"), "{line}: {kind}");
+            samples.insert(series.to_string(), value.parse().unwrap());
+        }
+    }
+    (r.header("content-type").unwrap_or_default().to_string(), samples)
+}
+
+/// Scrapes until every series reaches its value (each loop folds its counts in once a second).
+fn scrape_until(addr: std::net::SocketAddr, want: &[(&str, f64)]) -> BTreeMap<String, f64> {
+    let mut last = BTreeMap::new();
+    let reached = |m: &BTreeMap<String, f64>, (series, at_least): &(&str, f64)| {
+        m.get(*series).is_some_and(|v| v >= at_least)
+    };
+    eventually(|| {
+        last = scrape(addr).1;
+        want.iter().all(|w| reached(&last, w))
+    });
+    for w in want {
+        assert!(reached(&last, w), "{} < {}: {last:#?}", w.0, w.1);
+    }
+    last
+}
+
+#[test]
+fn metrics_are_classic_text_with_process_http_websocket_and_refusal_series() {
+    let s = Server::open(&["--max-frame", "128", "--max-conns-per-user", "1"]);
+    let (content_type, m) = scrape(s.addr);
+    assert_eq!(content_type, "text/plain; version=0.0.4; charset=utf-8");
+    let version = format!("chinwag_build_info{{version=\"{}\"}}", env!("CARGO_PKG_VERSION"));
+    assert_eq!(m.get(&version), Some(&1.0), "{m:#?}");
+    let now = now_s() as f64;
+    let start = m["process_start_time_seconds"];
+    assert!(start > now - 3600.0 && start <= now + 1.0, "start time {start} vs now {now}");
+    assert!(m["process_resident_memory_bytes"] > 1e6, "{m:#?}");
+    assert!(m["process_open_fds"] >= 3.0 && m["process_max_fds"] >= m["process_open_fds"]);
+    assert!(m.contains_key("process_cpu_seconds_total"));
+    assert_eq!(m.get("chinwag_storage_up"), Some(&1.0));
+
+    // HTTP by route and status; a 401 is a refusal.
+    http_get(s.addr, "/health", &[]);
+    http_get(s.addr, "/no/such/page", &[]);
+    http_request(s.addr, "POST", "/api/rooms/r/join", &[], "");
+    // WebSockets: one the client closes, one the server closes (1009), one refused (quota).
+    let a = s.client("a");
+    let mut b = s.client("b");
+    assert!(matches!(
+        Client::try_connect(s.addr, Auth::Open("b"), &[]),
+        Err(ConnectError::Http(429, _))
+    ));
+    b.send_text(&"x".repeat(300));
+    assert_eq!(b.expect_close(), 1009);
+    a.close();
+    scrape_until(
+        s.addr,
+        &[
+            ("chinwag_http_requests_total{route=\"/health\",status=\"200\"}", 1.0),
+            ("chinwag_http_requests_total{route=\"other\",status=\"404\"}", 1.0),
+            ("chinwag_http_requests_total{route=\"/api/rooms/{room}/join\",status=\"401\"}", 1.0),
+            ("chinwag_http_requests_total{route=\"/ws\",status=\"101\"}", 2.0),
+            ("chinwag_http_requests_total{route=\"/ws\",status=\"429\"}", 1.0),
+            ("chinwag_ws_opens_total", 2.0),
+            ("chinwag_ws_closes_total{code=\"1009\",by=\"server\"}", 1.0),
+            ("chinwag_refusals_total{reason=\"unauthorized\"}", 1.0),
+            ("chinwag_refusals_total{reason=\"too_many_connections\"}", 1.0),
+            ("chinwag_ws_closes_total{code=\"1005\",by=\"client\"}", 1.0),
+        ],
+    );
 }

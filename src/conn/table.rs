@@ -12,6 +12,19 @@ use mio::{net::TcpStream, Interest, Registry, Token};
 use slab::Slab;
 use std::{io, sync::Arc, time::Instant};
 
+/// The refusal an HTTP response stands for, by its status and (for 429)
+/// its error code. Those decided with more to say are counted where they
+/// are decided: an origin's 403, the connection caps' 429 (the node).
+fn refusal(status: u16, response: &[u8]) -> Option<&'static str> {
+    let has = |code: &str| response.windows(code.len()).any(|w| w == code.as_bytes());
+    match status {
+        401 => Some("unauthorized"),
+        429 if has("\"rate_limited\"") => Some("rate_limited"),
+        413 | 431 => Some("too_large"),
+        _ => None,
+    }
+}
+
 /// One reactor's connections.
 #[derive(Debug)]
 pub struct ConnTable {
@@ -129,10 +142,22 @@ impl ConnTable {
         }
     }
 
-    /// Queues a complete HTTP response and closes after it.
+    /// Queues a complete HTTP response and closes after it. Every HTTP
+    /// answer but the 101 passes here, whichever rule produced it, so this
+    /// is where they are counted: by route and status, and the refusals
+    /// by reason.
     pub fn respond(&mut self, id: ConnId, bytes: Bytes, now: Instant) {
+        let status = std::str::from_utf8(bytes.get(9..12).unwrap_or_default())
+            .ok()
+            .and_then(|s| s.parse::<u16>().ok())
+            .unwrap_or(0);
         if let Some(c) = self.get_mut(id) {
-            c.respond(bytes, now);
+            let route = c.route();
+            c.respond(bytes.clone(), now);
+            self.counts.http.push((route, status));
+            if let Some(reason) = refusal(status, &bytes) {
+                self.counts.refusals.push(reason);
+            }
             self.mark_dirty(id);
         }
     }
