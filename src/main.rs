@@ -12,7 +12,7 @@ use signal_hook::iterator::Signals;
 use std::{path::Path, process::ExitCode};
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    chinwag::logs::init();
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Serve(Box::default())) {
         Command::Serve(flags) => serve(*flags),

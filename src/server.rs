@@ -252,6 +252,9 @@ impl Server {
     /// last flush. False if that flush failed (or the thread had died).
     pub fn shutdown(mut self) -> bool {
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+        if let Some(node) = &self.node {
+            node.alive().stopping();
+        }
         for mb in &self.mailboxes {
             mb.send(Cmd::Shutdown);
         }

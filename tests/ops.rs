@@ -312,3 +312,82 @@ fn metrics_are_classic_text_with_process_http_websocket_and_refusal_series() {
         ],
     );
 }
+
+#[test]
+fn refused_logins_are_logged_with_the_reason_never_the_token_and_rate_limited() {
+    let s = Server::start(&[]);
+    let foreign = sign(&json!({"sub": "mallory", "exp": now_s() + 600}), &"x".repeat(40));
+    match Client::try_connect(s.addr, Auth::Bearer(&foreign), &[]) {
+        Err(ConnectError::Http(401, _)) => {}
+        other => panic!("a foreign token: {other:?}"),
+    }
+    let line =
+        |s: &Server| s.log_text().lines().find(|l| l.contains("refused login")).map(str::to_string);
+    assert!(eventually(|| line(&s).is_some()), "no refused login line:\n{}", s.log_text());
+    let l = line(&s).unwrap();
+    assert!(l.contains("INFO") && l.contains("401") && l.contains("127.0.0.1"), "{l}");
+    assert!(!l.contains(&foreign) && !l.contains(foreign.split('.').nth(1).unwrap()), "{l}");
+    // A client that keeps trying cannot fill the log.
+    for _ in 0..100 {
+        let _ = Client::try_connect(s.addr, Auth::Bearer("not-a-token"), &[]);
+    }
+    s.assert_healthy(false);
+    let n = s.log_text().matches("refused login").count();
+    assert!(n < 101, "101 refused logins, {n} lines: the log is not rate-limited");
+}
+
+#[test]
+fn server_closes_are_logged_with_their_code() {
+    let s = Server::open(&["--max-frame", "128"]);
+    let mut c = s.client("bigmouth");
+    c.send_text(&"x".repeat(300));
+    assert_eq!(c.expect_close(), 1009);
+    let found = || s.log_text().lines().any(|l| l.contains("bigmouth") && l.contains("1009"));
+    assert!(eventually(found), "{}", s.log_text());
+}
+
+/// Runs `chinwag ARGS` with stderr into a file that `JOURNAL_STREAM` names, as systemd does.
+fn under_journald(args: &[&str]) -> (std::process::Child, std::path::PathBuf, tempfile::TempDir) {
+    let tmp = tempfile::tempdir().unwrap();
+    let err = tmp.path().join("stderr");
+    let file = fs::File::create(&err).unwrap();
+    let meta = file.metadata().unwrap();
+    let mut cmd = command();
+    cmd.args(args).env("CHINWAG_SECRET", SECRET);
+    cmd.env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()));
+    cmd.stdout(Stdio::null()).stderr(file);
+    (cmd.spawn().unwrap(), err, tmp)
+}
+
+#[test]
+fn under_journald_lines_carry_a_priority_and_no_timestamp() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().to_str().unwrap();
+    let (child, err, _tmp) =
+        under_journald(&["serve", "--listen", "127.0.0.1:0", "--data-dir", dir]);
+    let mut child = ChildGuard(child);
+    let text = || fs::read_to_string(&err).unwrap_or_default();
+    assert!(eventually(|| text().contains("listening on")), "{}", text());
+    let listening = text().lines().find(|l| l.contains("listening on")).unwrap().to_string();
+    assert!(listening.starts_with("<6>chinwag "), "info is <6>, no timestamp: {listening}");
+    let addr = listening.split("http://").nth(1).unwrap().split_whitespace().next().unwrap();
+    // An error is <3>: a second server on the same address.
+    let other = tempfile::tempdir().unwrap();
+    let other = other.path().to_str().unwrap();
+    let (second, err2, _tmp2) = under_journald(&["serve", "--listen", addr, "--data-dir", other]);
+    let mut second = ChildGuard(second);
+    assert_eq!(
+        wait_timeout(&mut second.0, Duration::from_secs(15)).and_then(|s| s.code()),
+        Some(1)
+    );
+    let line = fs::read_to_string(&err2).unwrap();
+    assert!(line.starts_with("<3>") && line.contains(addr), "{line}");
+    // A clean stop logs its steps at info and nothing at error.
+    // SAFETY: plain kill(2) on our own child's pid.
+    unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) };
+    let status = wait_timeout(&mut child.0, Duration::from_secs(15));
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", text());
+    let log = text();
+    assert!(log.lines().any(|l| l == "<6>stopped"), "{log}");
+    assert!(!log.lines().any(|l| l.starts_with("<3>") || l.starts_with("<4>")), "{log}");
+}

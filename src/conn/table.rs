@@ -25,6 +25,31 @@ fn refusal(status: u16, response: &[u8]) -> Option<&'static str> {
     }
 }
 
+/// Logs an HTTP error answer: the route, the status, the error code and
+/// its words (a 401's say what was wrong with the token, never its text),
+/// and the client's address. Rate-limited: clients choose how many.
+fn log_refusal(c: &Conn, route: u8, status: u16, response: &[u8]) {
+    let kind = match status {
+        401 => "refused login",
+        s if s >= 500 => "request failed",
+        _ => "request refused",
+    };
+    let Some(left_out) = crate::logs::allow(kind) else { return };
+    let body = response.windows(4).position(|w| w == b"\r\n\r\n").map(|i| &response[i + 4..]);
+    let err: serde_json::Value =
+        body.and_then(|b| serde_json::from_slice(b).ok()).unwrap_or_default();
+    let (code, words) =
+        (err["error"].as_str().unwrap_or("-"), err["message"].as_str().unwrap_or(""));
+    let route = crate::metrics::ROUTES[route as usize % crate::metrics::ROUTES.len()];
+    let peer = c.peer_ip().map_or_else(|| "?".to_string(), |ip| ip.to_string());
+    let more = crate::logs::left_out(left_out);
+    if status >= 500 {
+        log::warn!("{kind}: {status} {code} on {route} for {peer}: {words}{more}");
+    } else {
+        log::info!("{kind}: {status} {code} on {route} from {peer}: {words}{more}");
+    }
+}
+
 /// One reactor's connections.
 #[derive(Debug)]
 pub struct ConnTable {
@@ -153,6 +178,9 @@ impl ConnTable {
             .unwrap_or(0);
         if let Some(c) = self.get_mut(id) {
             let route = c.route();
+            if status >= 400 {
+                log_refusal(c, route, status, &bytes);
+            }
             c.respond(bytes.clone(), now);
             self.counts.http.push((route, status));
             if let Some(reason) = refusal(status, &bytes) {

@@ -305,8 +305,21 @@ impl Reactor {
     /// close frame `code` if given (none when the peer closed first) and
     /// lingers until flushed and the peer's EOF. Once only.
     fn close(&mut self, id: ConnId, code: Option<Close>) {
+        // Who, before the session ends. 1001 (shutdown, idle) is routine.
+        let user = self.conns.session(id).map(|s| (s.user.clone(), s.ip));
         if !self.end_session(id) {
             return;
+        }
+        if let (Some(code), Some((user, ip))) = (code.filter(|c| *c != Close::Away), user) {
+            if let Some(n) = crate::logs::allow("server close") {
+                let ip = ip.map_or_else(|| "?".into(), |ip| ip.to_string());
+                let more = crate::logs::left_out(n);
+                log::info!(
+                    "closing {user}'s WebSocket ({ip}) with {} ({}){more}",
+                    code.code(),
+                    code.reason()
+                );
+            }
         }
         if let (Some(code), Some(conn)) = (code, self.conns.get_mut(id)) {
             conn.begin_close(code);
