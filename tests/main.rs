@@ -13,6 +13,7 @@
 //!   dead commit thread.
 //! * `ops`     — `chinwag backup` written by the command, SIGHUP, `/metrics` series, the
 //!   Grafana dashboard, log lines.
+//! * `proxy`   — nginx and Caddy from docs/ in front of the server (TLS at the proxy).
 //! * `cluster` — three nodes and a real `redis-server`: one chat, presence,
 //!   a node killed and restarted, Redis stopped and restarted.
 
@@ -26,5 +27,6 @@ mod integrity;
 mod limits;
 mod load;
 mod ops;
+mod proxy;
 mod storage;
 mod ws;
