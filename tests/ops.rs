@@ -391,3 +391,95 @@ fn under_journald_lines_carry_a_priority_and_no_timestamp() {
     assert!(log.lines().any(|l| l == "<6>stopped"), "{log}");
     assert!(!log.lines().any(|l| l.starts_with("<3>") || l.starts_with("<4>")), "{log}");
 }
+
+/// The metric names an expression reads (`chinwag_*` and `process_*` identifiers).
+fn metric_names(expr: &str) -> Vec<String> {
+    expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+        .filter(|w| w.starts_with("chinwag_") || w.starts_with("process_"))
+        .map(String::from)
+        .collect()
+}
+
+#[test]
+fn every_metric_the_grafana_dashboard_queries_is_served() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/grafana/chinwag.json");
+    let dash: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(path).unwrap()).expect("the dashboard is JSON");
+    let vars: Vec<&str> = dash["templating"]["list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v["name"].as_str())
+        .collect();
+    assert!(vars.contains(&"instance"), "an `instance` variable picks nodes: {vars:?}");
+    let mut exprs: Vec<String> = Vec::new();
+    for p in dash["panels"].as_array().unwrap() {
+        for t in p["targets"].as_array().into_iter().flatten() {
+            let e = t["expr"].as_str().expect("every target has an expr");
+            assert!(e.contains("$instance"), "panel `{}` ignores the node picker: {e}", p["title"]);
+            exprs.push(e.to_string());
+        }
+    }
+    for v in dash["templating"]["list"].as_array().unwrap() {
+        if let Some(q) = v["definition"].as_str() {
+            exprs.push(q.to_string());
+        }
+    }
+    assert!(exprs.len() >= 10, "{exprs:?}");
+
+    let s = Server::open(&[]);
+    // Histograms and labelled families show their series once something happened.
+    let mut c = s.client("a");
+    c.join("r");
+    c.send_msg("r", "x");
+    c.close();
+    let _ = Client::try_connect(s.addr, Auth::Bearer("bad"), &[]);
+    let served: HashSet<String> = scrape_until(
+        s.addr,
+        &[
+            ("chinwag_ack_latency_seconds_count", 1.0),
+            ("chinwag_refusals_total{reason=\"unauthorized\"}", 1.0),
+            ("chinwag_ws_closes_total{code=\"1005\",by=\"client\"}", 1.0),
+        ],
+    )
+    .keys()
+    .map(|k| k.split('{').next().unwrap().to_string())
+    .collect();
+    let names: std::collections::BTreeSet<String> =
+        exprs.iter().flat_map(|e| metric_names(e)).collect();
+    for name in &names {
+        assert!(served.contains(name), "the dashboard queries {name}, which /metrics lacks");
+    }
+    for must in ["chinwag_connections", "chinwag_messages_total", "chinwag_deliveries_total"] {
+        assert!(names.contains(must), "the dashboard shows {must}");
+    }
+}
+
+/// The status of a WebSocket upgrade on `/ws?user=a` with these extra headers.
+fn upgrade_status(addr: std::net::SocketAddr, headers: &[(&str, &str)]) -> u16 {
+    let mut t = tcp(addr);
+    let mut req = String::from(
+        "GET /ws?user=a HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    t.write_all(req.as_bytes()).unwrap();
+    let mut head = [0u8; 12];
+    t.read_exact(&mut head).unwrap();
+    String::from_utf8_lossy(&head[9..12]).parse().unwrap()
+}
+
+#[test]
+fn behind_a_tls_proxy_the_page_origin_is_https() {
+    // What a browser sends through a TLS proxy on 443: no port in Host, an https Origin.
+    let page = [("Host", "chat.example.org"), ("Origin", "https://chat.example.org")];
+    let proto = ("X-Forwarded-Proto", "https");
+    let proxied = Server::open(&["--trusted-proxies", "127.0.0.1"]);
+    assert_eq!(upgrade_status(proxied.addr, &[page[0], page[1], proto]), 101);
+    assert_eq!(upgrade_status(proxied.addr, &page), 403, "without X-Forwarded-Proto");
+    let direct = Server::open(&[]);
+    assert_eq!(upgrade_status(direct.addr, &[page[0], page[1], proto]), 403, "no proxy trusted");
+}
