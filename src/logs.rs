@@ -60,8 +60,11 @@ fn stderr_is_journal() -> bool {
     ok && st.st_dev as u64 == dev && st.st_ino as u64 == ino
 }
 
-/// Per kind: when its window began, lines logged in it, lines left out.
-static KINDS: Mutex<Option<HashMap<&'static str, (Instant, u32, u64)>>> = Mutex::new(None);
+/// One kind's window: when it began, lines logged in it, lines left out.
+type Window = (Instant, u32, u64);
+
+/// Every kind's window.
+static KINDS: Mutex<Option<HashMap<&'static str, Window>>> = Mutex::new(None);
 
 /// Whether a line of this kind may be logged now. `Some(n)`: yes, and `n`
 /// lines of the kind were left out before it (say so in the line).
