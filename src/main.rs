@@ -169,6 +169,10 @@ fn token_hint(config: Option<&Path>, data_dir: Option<&Path>) -> String {
         (None, _) => "chinwag".to_string(),
     };
     let mut hint = format!("{program} token USER --link");
+    // Under systemd the config may be a credential only the service reads
+    // (LoadCredential): the data directory alone then finds the secret.
+    let credentials = std::env::var_os("CREDENTIALS_DIRECTORY").map(std::path::PathBuf::from);
+    let config = config.filter(|c| credentials.as_ref().is_none_or(|d| !c.starts_with(d)));
     for (flag, path) in [("--config", config), ("--data-dir", data_dir)] {
         if let Some(p) = path {
             let abs = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());

@@ -47,8 +47,14 @@ struct Proxy {
 
 impl Drop for Proxy {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        // SIGTERM, not SIGKILL: nginx's master then stops its workers, which
+        // would otherwise outlive it.
+        // SAFETY: plain kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        if wait_timeout(&mut self.child, Duration::from_secs(10)).is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
         if thread::panicking() {
             let log = fs::read_to_string(&self.log).unwrap_or_default();
             eprintln!("---- proxy log ----\n{log}");

@@ -24,6 +24,9 @@ trap 'rc=$?; if [ "$rc" -ne 0 ]; then echo "tests/run.sh: failed; logs kept in $
 
 if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
 apt_updated=""
+apt_update() {
+  [ -n "$apt_updated" ] || { $SUDO apt-get update -qq; apt_updated=1; }
+}
 # apt_install PACKAGE...: installs those not installed yet, naming them.
 apt_install() {
   local want=()
@@ -32,11 +35,8 @@ apt_install() {
   done
   [ "${#want[@]}" -gt 0 ] || return 0
   echo "tests/run.sh: installing with apt-get: ${want[*]}"
-  if [ -z "$apt_updated" ]; then
-    $SUDO apt-get update -qq
-    apt_updated=1
-  fi
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${want[@]}" \
+  apt_update
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${want[@]}" \
     >"$tmp/apt.log" 2>&1 || { cat "$tmp/apt.log" >&2; exit 1; }
   echo "tests/run.sh: installed ${want[*]}"
 }
@@ -48,13 +48,13 @@ command -v chromium >/dev/null 2>&1 || pkgs+=(chromium)
 command -v npm >/dev/null 2>&1 || pkgs+=(npm)
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || pkgs+=(nginx)
 command -v lintian >/dev/null 2>&1 || pkgs+=(lintian)
-command -v dpkg-deb >/dev/null 2>&1 || pkgs+=(dpkg)
 if ! command -v caddy >/dev/null 2>&1; then
   # Caddy is optional: only where the distribution has a candidate.
+  apt_update
   if apt-cache policy caddy 2>/dev/null | grep -q 'Candidate: [0-9]'; then
     pkgs+=(caddy)
   else
-    echo "tests/run.sh: caddy has no apt candidate here; tests/proxy.sh tests nginx only"
+    echo "tests/run.sh: caddy has no apt candidate here; the proxy tests cover nginx only"
   fi
 fi
 [ "${#pkgs[@]}" -eq 0 ] || apt_install "${pkgs[@]}"
