@@ -210,6 +210,7 @@ impl Metrics {
             "storage_up", "1 while storage takes writes, 0 while it refuses them", m.storage_up;
         }
         m.build.get_or_create(&BuildLabel { version: env!("CARGO_PKG_VERSION") }).set(1);
+        std::sync::LazyLock::force(&process::FIRST_RUN);
         Metrics { registry, ..m }
     }
 
@@ -352,9 +353,17 @@ mod process {
         let fds = std::fs::read_dir("/proc/self/fd").ok().map(|d| d.count() as f64);
         put("process_open_fds", "gauge", "Open file descriptors.", fds);
         put("process_max_fds", "gauge", "The open file descriptor limit.", max_fds());
-        let start = boot_time().zip(field(22)).map(|(boot, t)| boot + t / ticks);
+        // /proc/stat is hidden under the unit's ProcSubset=pid: then the
+        // time this module first ran stands in (within a few milliseconds).
+        let start = boot_time().zip(field(22)).map(|(boot, t)| boot + t / ticks).or(*FIRST_RUN);
         put("process_start_time_seconds", "gauge", "Start time, seconds since the epoch.", start);
     }
+
+    /// When the process first rendered or registered metrics.
+    pub static FIRST_RUN: std::sync::LazyLock<Option<f64>> = std::sync::LazyLock::new(|| {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).ok();
+        now.map(|d| d.as_secs_f64())
+    });
 
     fn max_fds() -> Option<f64> {
         let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
