@@ -27,6 +27,9 @@ struct Slot {
 pub struct Alive {
     started: Instant,
     slots: Vec<Slot>,
+    /// Set by the teardown: from then on a thread that exits is done, not
+    /// dead (and says so at info, not as an error `journalctl -p err` shows).
+    stopping: AtomicBool,
 }
 
 /// Marks its slot dead when dropped (the thread returned or unwound).
@@ -40,7 +43,11 @@ impl Drop for Guard {
     fn drop(&mut self) {
         if let Some(s) = self.alive.slots.get(self.slot) {
             s.dead.store(true, Ordering::SeqCst);
-            log::error!("thread {} stopped", s.name);
+            if self.alive.stopping.load(Ordering::SeqCst) {
+                log::debug!("thread {} finished", s.name);
+            } else {
+                log::error!("thread {} stopped", s.name);
+            }
         }
     }
 }
@@ -52,7 +59,12 @@ impl Alive {
             .into_iter()
             .map(|name| Slot { name, beat: AtomicU64::new(0), dead: AtomicBool::new(false) })
             .collect();
-        Arc::new(Alive { started: Instant::now(), slots })
+        Arc::new(Alive { started: Instant::now(), slots, stopping: AtomicBool::new(false) })
+    }
+
+    /// The node is shutting down: threads that exit now are expected to.
+    pub fn stopping(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
     }
 
     /// The slot named `name`, if any.

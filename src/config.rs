@@ -127,13 +127,16 @@ pub struct TokenFlags {
     /// Grant the admin claim.
     #[arg(long)]
     pub admin: bool,
+    /// Display name (the `name` claim).
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
     /// Lifetime: 90s, 15m, 12h, 30d.
     #[arg(long, default_value = "30d")]
     pub ttl: String,
-    /// Data directory holding the secret.
+    /// Data directory holding the secret (as for `serve`).
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
-    /// TOML config file.
+    /// TOML config file (the server's).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Print a sign-in link for the web page instead.
@@ -144,17 +147,18 @@ pub struct TokenFlags {
 /// Flags of `chinwag backup`.
 #[derive(Debug, Args)]
 pub struct BackupFlags {
-    /// Where to write the copy (a new directory).
+    /// Where to write the copy (a new directory; relative to the current one).
     pub dest: PathBuf,
-    /// Data directory to copy.
+    /// Data directory to copy (as for `serve`).
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
-    /// TOML config file.
+    /// TOML config file (the server's).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
 }
 
-/// The data directory `chinwag backup` copies.
+/// The data directory `chinwag backup` copies: the same flag, environment,
+/// file and default as `serve`.
 pub fn resolve_backup(flags: &BackupFlags) -> Result<PathBuf, BadSetting> {
     let file = read_file(flags.config.as_deref())?;
     Ok(data_dir(flags.data_dir.clone(), file.data_dir))
@@ -239,6 +243,8 @@ pub struct Config {
     pub max_output: usize,
     /// TLS server settings when `tls_cert` and `tls_key` are set.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Their certificate, reloaded on SIGHUP.
+    pub certs: Option<Arc<CertStore>>,
     /// Free bytes below which writes are refused (0: no guard).
     pub min_free: u64,
     /// Connection caps.
@@ -264,8 +270,37 @@ pub struct Caps {
     pub per_user: u32,
 }
 
-/// Loads the certificate chain and key into a rustls server config.
-fn load_tls(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, BadSetting> {
+/// The TLS certificate and key in use, read from their files at start and
+/// again on SIGHUP. rustls asks it for the certificate on every handshake,
+/// so a reload takes effect for the next connection without touching the
+/// server config that every reactor holds.
+#[derive(Debug)]
+pub struct CertStore {
+    cert: PathBuf,
+    key: PathBuf,
+    current: parking_lot::RwLock<Arc<rustls::sign::CertifiedKey>>,
+}
+
+impl CertStore {
+    /// Loads both files once more; on any failure the old pair stays.
+    pub fn reload(&self) -> Result<(), BadSetting> {
+        let fresh = load_pair(&self.cert, &self.key)?;
+        *self.current.write() = Arc::new(fresh);
+        Ok(())
+    }
+}
+
+impl rustls::server::ResolvesServerCert for CertStore {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.current.read().clone())
+    }
+}
+
+/// Reads a certificate chain and its key, checking that they match.
+fn load_pair(cert: &Path, key: &Path) -> Result<rustls::sign::CertifiedKey, BadSetting> {
     use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
     let certs = CertificateDer::pem_file_iter(cert)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
@@ -275,15 +310,29 @@ fn load_tls(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, BadSet
     }
     let key = PrivateKeyDer::from_pem_file(key)
         .map_err(|e| bad("tls_key", format!("cannot read {}: {e}", key.display())))?;
+    rustls::sign::CertifiedKey::from_der(certs, key, &rustls::crypto::ring::default_provider())
+        .map_err(|e| bad("tls_key", format!("does not match the certificate: {e}")))
+}
+
+/// Loads the certificate chain and key into a rustls server config whose
+/// certificate [`CertStore::reload`] can replace.
+fn load_tls(
+    cert: &Path,
+    key: &Path,
+) -> Result<(Arc<rustls::ServerConfig>, Arc<CertStore>), BadSetting> {
+    let store = Arc::new(CertStore {
+        current: parking_lot::RwLock::new(Arc::new(load_pair(cert, key)?)),
+        cert: cert.to_path_buf(),
+        key: key.to_path_buf(),
+    });
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| bad("tls_cert", e.to_string()))?
         .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| bad("tls_key", format!("does not match the certificate: {e}")))?;
+        .with_cert_resolver(store.clone());
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(cfg))
+    Ok((Arc::new(cfg), store))
 }
 
 fn read_file(path: Option<&Path>) -> Result<FileLayer, BadSetting> {
@@ -399,7 +448,8 @@ pub fn resolve(flags: ServeFlags) -> Result<Config, BadSetting> {
         max_text: max_text as usize,
         max_frame: max_frame as usize,
         max_output: max_output as usize,
-        tls,
+        certs: tls.as_ref().map(|(_, store)| store.clone()),
+        tls: tls.map(|(cfg, _)| cfg),
         min_free,
         caps: guards.caps,
         allowed_origins: guards.allowed_origins,
@@ -606,24 +656,75 @@ fn kept_value(
     Ok(value)
 }
 
-/// What `chinwag token` needs: the secret and the address for `--link`.
-pub fn resolve_token(flags: &TokenFlags) -> Result<(Vec<u8>, String, u64), BadSetting> {
+/// What `chinwag token` needs, resolved from the same `--config`,
+/// environment and defaults as `serve`.
+#[derive(Debug)]
+pub struct TokenSettings {
+    /// The server's secret.
+    pub secret: Vec<u8>,
+    /// `SCHEME://HOST:PORT` of the server's web page, for `--link`.
+    pub origin: String,
+    /// Lifetime, in seconds.
+    pub ttl: u64,
+    /// The `name` claim.
+    pub name: Option<String>,
+}
+
+/// Resolves `chinwag token`. It never makes up a secret that no server
+/// uses: a data directory that exists without one is refused, because the
+/// server there either keeps its secret elsewhere (`CHINWAG_SECRET`, the
+/// config file) or has not created it yet, and a fresh one would sign
+/// tokens that server refuses.
+pub fn resolve_token(flags: &TokenFlags) -> Result<TokenSettings, BadSetting> {
     let file = read_file(flags.config.as_deref())?;
     let ttl = crate::auth::parse_ttl(&flags.ttl)
         .ok_or_else(|| bad("ttl", format!("`{}` is not like 90s, 15m, 12h or 30d", flags.ttl)))?;
     if !crate::wire::valid_user(&flags.user) {
         return Err(bad("user", format!("`{}` must match [A-Za-z0-9_.-]{{1,64}}", flags.user)));
     }
-    let listen = env("CHINWAG_LISTEN").or(file.listen).unwrap_or_else(|| "127.0.0.1:8080".into());
+    if let Some(n) = &flags.name {
+        if n.chars().count() == 0 || n.chars().count() > 64 || n.chars().any(char::is_control) {
+            return Err(bad("name", "must be 1 to 64 characters, none of them control"));
+        }
+    }
+    let listen = env("CHINWAG_LISTEN").or(file.listen.clone());
+    let tls = file.tls_cert.is_some() && file.tls_key.is_some();
+    let origin = link_origin(listen.as_deref().unwrap_or("127.0.0.1:8080"), tls)?;
     let dir = data_dir(flags.data_dir.clone(), file.data_dir);
     let secret = match env("CHINWAG_SECRET").or(file.secret) {
         Some(s) => strong(s)?,
+        None if dir.exists() => match fs::read_to_string(dir.join("secret")) {
+            Ok(s) if !s.trim().is_empty() => strong(s.trim().to_string())?,
+            _ => {
+                return Err(bad(
+                    "secret",
+                    format!(
+                        "{} exists but holds no secret file; start the server once, \
+                         or give the server's --config / CHINWAG_SECRET",
+                        dir.display()
+                    ),
+                ))
+            }
+        },
         None => {
             prepare_dir(&dir)?;
             secret(&dir, None)?
         }
     };
-    Ok((secret, listen, ttl))
+    Ok(TokenSettings { secret, origin, ttl, name: flags.name.clone() })
+}
+
+/// `SCHEME://HOST:PORT` for a listen address: an unspecified address
+/// (`0.0.0.0`, `[::]`) is reachable from this host as 127.0.0.1.
+fn link_origin(listen: &str, tls: bool) -> Result<String, BadSetting> {
+    let scheme = if tls { "https" } else { "http" };
+    let host = match listen.parse::<SocketAddr>() {
+        Ok(a) if a.ip().is_unspecified() => format!("127.0.0.1:{}", a.port()),
+        Ok(a) => a.to_string(),
+        // A host name: keep it as written, once it resolves.
+        Err(_) => parse_listen(listen).map(|_| listen.to_string())?,
+    };
+    Ok(format!("{scheme}://{host}"))
 }
 
 #[cfg(test)]
@@ -638,6 +739,14 @@ mod tests {
         assert_eq!(positive("rate", Some("0"), None, 20).unwrap_err().key, "rate");
         assert!(positive("rate", Some("-1"), None, 20).is_err());
         assert!(positive("rate", None, Some(-3), 20).is_err());
+    }
+
+    #[test]
+    fn link_origins() {
+        assert_eq!(link_origin("0.0.0.0:80", false).unwrap(), "http://127.0.0.1:80");
+        assert_eq!(link_origin("[::]:443", true).unwrap(), "https://127.0.0.1:443");
+        assert_eq!(link_origin("[::1]:8080", false).unwrap(), "http://[::1]:8080");
+        assert_eq!(link_origin("127.0.0.2:8080", true).unwrap(), "https://127.0.0.2:8080");
     }
 
     #[test]

@@ -11,6 +11,8 @@
 //!     config     flags, environment and TOML → a validated Config
 //!     auth       HS256 tokens and revocations
 //!     metrics    Prometheus counters; takes numbers, not the node
+//!     logs       the log line format (plain or journald) and a limiter for
+//!                lines that clients cause
 //! L1  conn/      one connection (socket, output queue, phase, rate bucket,
 //!                close codes) and ConnTable, a reactor's slab and outbox
 //!     storage/   sled, and nothing else: messages, members, reads, revocations
@@ -64,6 +66,7 @@ pub(crate) mod durable;
 pub(crate) mod fanout;
 pub(crate) mod http;
 pub(crate) mod local;
+pub mod logs;
 pub(crate) mod metrics;
 pub(crate) mod node;
 pub(crate) mod reactor;

@@ -3,16 +3,16 @@
 
 use chinwag::{
     auth::{Claims, Keys},
-    config::{self, Cli, Command, ServeFlags},
+    config::{self, CertStore, Cli, Command, ServeFlags},
     control,
     server::Server,
-    storage::Storage,
 };
 use clap::Parser;
-use std::process::ExitCode;
+use signal_hook::iterator::Signals;
+use std::{path::Path, process::ExitCode};
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    chinwag::logs::init();
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Serve(Box::default())) {
         Command::Serve(flags) => serve(*flags),
@@ -28,6 +28,11 @@ fn serve(flags: ServeFlags) -> ExitCode {
     unsafe {
         libc::umask(0o077);
     }
+    // The hint names the settings that located the data directory, so
+    // the token it makes is signed with this server's secret.
+    let dir_flag =
+        flags.data_dir.clone().or_else(|| std::env::var_os("CHINWAG_DATA_DIR").map(Into::into));
+    let hint_config = flags.config.clone();
     let cfg = match config::resolve(flags) {
         Ok(c) => c,
         Err(bad) => {
@@ -36,39 +41,54 @@ fn serve(flags: ServeFlags) -> ExitCode {
         }
     };
     // Block the signals in every thread; one thread waits for them.
-    let mut signals = match signal_hook::iterator::Signals::new([libc::SIGTERM, libc::SIGINT]) {
+    let signals = match Signals::new([libc::SIGTERM, libc::SIGINT, libc::SIGHUP]) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("chinwag: cannot install signal handlers: {e}");
             return ExitCode::from(1);
         }
     };
-    let (listen, data_dir, node, threads) =
-        (cfg.listen, cfg.data_dir.clone(), cfg.node_id.clone(), cfg.threads);
+    let (data_dir, node, threads) = (cfg.data_dir.clone(), cfg.node_id.clone(), cfg.threads);
+    let certs = cfg.certs.clone();
     let server = match Server::start(cfg) {
         Ok(s) => s,
         Err(e) => {
-            log::error!("{e} ({listen})");
+            log::error!("{e}");
             return ExitCode::from(1);
         }
     };
     log::info!(
         "chinwag {} listening on http://{} (node {node}, {threads} loops, data in {}); \
-         get a token with: chinwag token USER --link",
+         get a token with: {}",
         env!("CARGO_PKG_VERSION"),
         server.addr,
-        data_dir.display()
+        data_dir.display(),
+        token_hint(hint_config.as_deref(), dir_flag.as_ref().map(|_| data_dir.as_path())),
     );
     server.notify_systemd();
-    if let Some(sig) = signals.forever().next() {
-        log::info!("signal {sig}: closing connections and flushing storage");
-    }
+    wait_for_stop(signals, certs.as_deref());
     if !server.shutdown() {
         log::error!("stopped, but the last flush failed");
         return ExitCode::from(1);
     }
     log::info!("stopped");
     ExitCode::SUCCESS
+}
+
+/// Waits for SIGTERM or SIGINT; SIGHUP reloads the TLS certificate and
+/// key meanwhile (and never stops the server, whatever it finds).
+fn wait_for_stop(mut signals: Signals, certs: Option<&CertStore>) {
+    for sig in signals.forever() {
+        if sig != libc::SIGHUP {
+            log::info!("signal {sig}: closing connections and flushing storage");
+            return;
+        }
+        match certs.map(CertStore::reload) {
+            None => log::info!("SIGHUP: no TLS certificate to reload"),
+            Some(Ok(())) => log::info!("SIGHUP: TLS certificate and key reloaded"),
+            Some(Err(e)) => log::error!("SIGHUP: {e}; the certificate in use stays"),
+        }
+    }
 }
 
 fn backup(flags: config::BackupFlags) -> ExitCode {
@@ -79,15 +99,12 @@ fn backup(flags: config::BackupFlags) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    // A running server holds the database: ask it. Otherwise open it here.
-    let result = match control::request_backup(&dir, &flags.dest) {
-        Ok(Some(n)) => Ok(n),
-        Ok(None) => Storage::open(&dir)
-            .map_err(|e| e.to_string())
-            .and_then(|s| control::backup(&s, &dir, &flags.dest)),
-        Err(e) => Err(e),
-    };
-    match result {
+    // The copy holds the secret: private from its first byte.
+    // SAFETY: umask(2) only sets this process's file mode mask.
+    unsafe {
+        libc::umask(0o077);
+    }
+    match control::backup(&dir, &flags.dest) {
         Ok(n) => {
             println!(
                 "backup of {} ({n} records) written to {}",
@@ -104,7 +121,7 @@ fn backup(flags: config::BackupFlags) -> ExitCode {
 }
 
 fn token(flags: config::TokenFlags) -> ExitCode {
-    let (secret, listen, ttl) = match config::resolve_token(&flags) {
+    let t = match config::resolve_token(&flags) {
         Ok(v) => v,
         Err(bad) => {
             eprintln!("chinwag: {bad}");
@@ -112,23 +129,65 @@ fn token(flags: config::TokenFlags) -> ExitCode {
         }
     };
     let now = chinwag::wire::now_ms() / 1000;
-    let exp = now + ttl;
     let jti = hex::encode(rand::random::<[u8; 8]>());
     let claims = Claims {
         sub: flags.user.clone(),
-        exp,
-        name: None,
+        exp: now + t.ttl,
+        name: t.name,
         admin: flags.admin,
         jti: Some(jti),
         iat: Some(now),
     };
-    match Keys::new(&secret).sign(&claims) {
-        Ok(t) if flags.link => println!("http://{listen}/#token={t}"),
-        Ok(t) => println!("{t}"),
+    match Keys::new(&t.secret).sign(&claims) {
+        Ok(token) if flags.link => println!("{}/#token={token}", t.origin),
+        Ok(token) => println!("{token}"),
         Err(e) => {
             eprintln!("chinwag: cannot sign: {e}");
             return ExitCode::from(1);
         }
     }
     ExitCode::SUCCESS
+}
+
+/// The `chinwag token` command line that works for the server being
+/// started: this very binary (as `chinwag` when that is what PATH finds,
+/// else its path, relative to the working directory when under it, as
+/// after `cargo run`), with the `--config` and `--data-dir` that found the
+/// server's settings.
+fn token_hint(config: Option<&Path>, data_dir: Option<&Path>) -> String {
+    let exe = std::env::current_exe().ok();
+    let on_path = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths).map(|d| d.join("chinwag")).find(|p| p.is_file())
+    });
+    let same = |a: &Path, b: &Path| a.canonicalize().ok() == b.canonicalize().ok();
+    let program = match (&exe, &on_path) {
+        (Some(e), Some(p)) if same(e, p) => "chinwag".to_string(),
+        (Some(e), _) => {
+            let cwd = std::env::current_dir().unwrap_or_default();
+            shell_word(e.strip_prefix(&cwd).unwrap_or(e))
+        }
+        (None, _) => "chinwag".to_string(),
+    };
+    let mut hint = format!("{program} token USER --link");
+    // Under systemd the config may be a credential only the service reads
+    // (LoadCredential): the data directory alone then finds the secret.
+    let credentials = std::env::var_os("CREDENTIALS_DIRECTORY").map(std::path::PathBuf::from);
+    let config = config.filter(|c| credentials.as_ref().is_none_or(|d| !c.starts_with(d)));
+    for (flag, path) in [("--config", config), ("--data-dir", data_dir)] {
+        if let Some(p) = path {
+            let abs = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+            hint.push_str(&format!(" {flag} {}", shell_word(&abs)));
+        }
+    }
+    hint
+}
+
+/// A path as one shell word: quoted when it holds anything unusual.
+fn shell_word(p: &Path) -> String {
+    let s = p.display().to_string();
+    if s.chars().all(|c| c.is_ascii_alphanumeric() || "/._-+:=@".contains(c)) {
+        s
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
 }

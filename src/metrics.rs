@@ -4,6 +4,14 @@
 //! each reactor counts into its own [`LocalCounts`] and folds them into the
 //! shared counters once per turn ([`Metrics::absorb`]). Takes numbers, never
 //! the node: whoever renders passes the gauges it reads.
+//!
+//! `/metrics` is the classic Prometheus text format (version 0.0.4), the
+//! content type Prometheus and most scrapers expect: prometheus-client
+//! writes OpenMetrics, whose counters are announced without their `_total`
+//! suffix, so a 0.0.4 parser would lose their type and help
+//! (prometheus/client_rust#194). [`classic`] renames them and drops the
+//! OpenMetrics-only lines. Process series (`process_*`, from `/proc/self`)
+//! follow the names every Prometheus client uses.
 
 use prometheus_client::{
     encoding::{text::encode, EncodeLabelSet},
@@ -22,6 +30,63 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 pub struct ReasonLabel {
     /// Why (the error code the client got).
     pub reason: &'static str,
+}
+
+/// Label of build information.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabel {
+    /// The package version.
+    pub version: &'static str,
+}
+
+/// Labels of HTTP requests.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabel {
+    /// The route, with its variable parts named (`/api/rooms/{room}/join`).
+    pub route: &'static str,
+    /// The response's status code.
+    pub status: u16,
+}
+
+/// Labels of WebSocket closes.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CloseLabel {
+    /// The close code (1005: the peer's close frame had none; 1006: no
+    /// close frame at all, the connection just ended).
+    pub code: u16,
+    /// Who closed: `server`, `client`, or `none` (the connection dropped).
+    pub by: &'static str,
+}
+
+/// The routes counted by `chinwag_http_requests_total`, a fixed list so
+/// that no request can add a series. Index 0 is everything else.
+pub const ROUTES: [&str; 13] = [
+    "other",
+    "/",
+    "/app.js",
+    "/app.css",
+    "/health",
+    "/metrics",
+    "/ws",
+    "/api/rooms",
+    "/api/rooms/{room}/join",
+    "/api/rooms/{room}/messages",
+    "/api/rooms/{room}/messages/{seq}",
+    "/api/notify",
+    "/api/revoke",
+];
+
+/// The index in [`ROUTES`] of a request target (path and query).
+pub fn route_index(target: &str) -> u8 {
+    let path = target.split('?').next().unwrap_or("");
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let name = match parts.as_slice() {
+        ["api", "rooms", _, "join"] => "/api/rooms/{room}/join",
+        ["api", "rooms", _, "messages"] => "/api/rooms/{room}/messages",
+        ["api", "rooms", _, "messages", _] => "/api/rooms/{room}/messages/{seq}",
+        _ => path,
+    };
+    ROUTES.iter().position(|r| *r == name).unwrap_or(0) as u8
 }
 
 /// Label of per-loop series.
@@ -46,6 +111,14 @@ pub struct LocalCounts {
     pub slow_closes: u64,
     /// Frames refused by the rate limit.
     pub rate_limited: u64,
+    /// HTTP responses: route index ([`ROUTES`]) and status.
+    pub http: Vec<(u8, u16)>,
+    /// WebSockets opened.
+    pub ws_opens: u64,
+    /// WebSockets closed: code and who closed.
+    pub ws_closes: Vec<(u16, &'static str)>,
+    /// Refusals by reason, besides the rate-limited frames.
+    pub refusals: Vec<&'static str>,
 }
 
 /// The node's metrics.
@@ -69,6 +142,11 @@ pub struct Metrics {
     redis_up: Gauge,
     cluster_rejected: Counter,
     refusals: Family<ReasonLabel, Counter>,
+    build: Family<BuildLabel, Gauge>,
+    http: Family<HttpLabel, Counter>,
+    ws_opens: Counter,
+    ws_closes: Family<CloseLabel, Counter>,
+    storage_up: Gauge,
 }
 
 impl Default for Metrics {
@@ -96,6 +174,11 @@ impl Metrics {
             redis_up: Gauge::default(),
             cluster_rejected: Counter::default(),
             refusals: Family::default(),
+            build: Family::default(),
+            http: Family::default(),
+            ws_opens: Counter::default(),
+            ws_closes: Family::default(),
+            storage_up: Gauge::default(),
             registry: Registry::default(),
         };
         // One line per metric: name, help, the metric (registered as a clone).
@@ -119,8 +202,15 @@ impl Metrics {
             "redis_up", "1 when the Redis link is up, 0 when down or off", m.redis_up;
             "cluster_payloads_rejected", "Cluster payloads dropped: unverified, replayed, nonsense",
                 m.cluster_rejected;
-            "refusals", "Connections and requests refused by a limit, by reason", m.refusals;
+            "refusals", "Connections, requests and frames refused, by reason", m.refusals;
+            "build_info", "The running version (always 1)", m.build;
+            "http_requests", "HTTP responses by route and status", m.http;
+            "ws_opens", "WebSockets opened", m.ws_opens;
+            "ws_closes", "WebSockets closed, by close code and who closed", m.ws_closes;
+            "storage_up", "1 while storage takes writes, 0 while it refuses them", m.storage_up;
         }
+        m.build.get_or_create(&BuildLabel { version: env!("CARGO_PKG_VERSION") }).set(1);
+        std::sync::LazyLock::force(&process::FIRST_RUN);
         Metrics { registry, ..m }
     }
 
@@ -133,7 +223,30 @@ impl Metrics {
         self.deliveries.inc_by(c.deliveries);
         self.slow_closes.inc_by(c.slow_closes);
         self.rate_limited.inc_by(c.rate_limited);
-        *c = LocalCounts::default();
+        if c.rate_limited > 0 {
+            self.refusals
+                .get_or_create(&ReasonLabel { reason: "rate_limited" })
+                .inc_by(c.rate_limited);
+        }
+        self.ws_opens.inc_by(c.ws_opens);
+        // The lists keep their capacity: no allocation per turn.
+        for (route, status) in c.http.drain(..) {
+            let route = ROUTES[route as usize % ROUTES.len()];
+            self.http.get_or_create(&HttpLabel { route, status }).inc();
+        }
+        for (code, by) in c.ws_closes.drain(..) {
+            self.ws_closes.get_or_create(&CloseLabel { code, by }).inc();
+        }
+        for reason in c.refusals.drain(..) {
+            self.refuse(reason);
+        }
+        c.frames_in = 0;
+        c.frames_out = 0;
+        c.messages = 0;
+        c.deliveries = 0;
+        c.slow_closes = 0;
+        c.rate_limited = 0;
+        c.ws_opens = 0;
     }
 
     /// Sets a reactor's connection gauge (on open, close and the 1 s sweep:
@@ -163,14 +276,136 @@ impl Metrics {
         self.ack_seconds.observe(seconds);
     }
 
+    /// Storage's state, set by whoever renders (it reads the node).
+    pub fn set_storage_up(&self, up: bool) {
+        self.storage_up.set(up as i64);
+    }
+
     /// The text exposition, with the live connection count and the Redis link state.
     pub fn render(&self, connections: usize, redis_up: bool) -> String {
         self.connections.set(connections as i64);
         self.redis_up.set(redis_up as i64);
-        let mut out = String::new();
-        if encode(&mut out, &self.registry).is_err() {
-            out.clear();
+        let mut open_metrics = String::new();
+        if encode(&mut open_metrics, &self.registry).is_err() {
+            open_metrics.clear();
         }
+        let mut out = classic(&open_metrics);
+        process::render(&mut out);
         out
+    }
+}
+
+/// OpenMetrics text → classic Prometheus text: a counter's `# HELP` and
+/// `# TYPE` carry the `_total` its samples have, `# UNIT` and `# EOF` go.
+pub fn classic(open_metrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = open_metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(open_metrics.len() + 512);
+    for line in open_metrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|p| {
+            let rest = line.strip_prefix(p)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters.contains(name).then(|| format!("{p}{name}_total {tail}"))
+        });
+        out.push_str(renamed.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
+}
+
+/// The `process_*` series, read from `/proc/self` at each scrape.
+mod process {
+    use std::fmt::Write;
+
+    /// Appends CPU seconds, resident memory, open and maximum file
+    /// descriptors and the start time; a series whose source cannot be read
+    /// is left out rather than reported as 0.
+    pub fn render(out: &mut String) {
+        let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+        // Fields after the command name (which may hold spaces), from field 3.
+        let fields: Vec<&str> =
+            stat.rsplit_once(')').map_or(vec![], |(_, rest)| rest.split_whitespace().collect());
+        let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<f64>().ok());
+        // SAFETY: sysconf(3) has no preconditions.
+        let (ticks, page) = unsafe {
+            (libc::sysconf(libc::_SC_CLK_TCK) as f64, libc::sysconf(libc::_SC_PAGESIZE) as f64)
+        };
+        let mut put = |name: &str, kind: &str, help: &str, v: Option<f64>| {
+            if let Some(v) = v {
+                let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n");
+            }
+        };
+        let cpu = field(14).zip(field(15)).map(|(u, s)| (u + s) / ticks);
+        put("process_cpu_seconds_total", "counter", "User and system CPU time, seconds.", cpu);
+        put(
+            "process_resident_memory_bytes",
+            "gauge",
+            "Resident memory, bytes.",
+            field(24).map(|p| p * page),
+        );
+        put("process_virtual_memory_bytes", "gauge", "Virtual memory, bytes.", field(23));
+        let fds = std::fs::read_dir("/proc/self/fd").ok().map(|d| d.count() as f64);
+        put("process_open_fds", "gauge", "Open file descriptors.", fds);
+        put("process_max_fds", "gauge", "The open file descriptor limit.", max_fds());
+        // /proc/stat is hidden under the unit's ProcSubset=pid: then the
+        // time this module first ran stands in (within a few milliseconds).
+        let start = boot_time().zip(field(22)).map(|(boot, t)| boot + t / ticks).or(*FIRST_RUN);
+        put("process_start_time_seconds", "gauge", "Start time, seconds since the epoch.", start);
+    }
+
+    /// When the process first rendered or registered metrics.
+    pub static FIRST_RUN: std::sync::LazyLock<Option<f64>> = std::sync::LazyLock::new(|| {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).ok();
+        now.map(|d| d.as_secs_f64())
+    });
+
+    fn max_fds() -> Option<f64> {
+        let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: getrlimit(2) fills the struct it is given.
+        let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0;
+        ok.then_some(lim.rlim_cur as f64)
+    }
+
+    /// Boot time, seconds since the epoch (`btime` of `/proc/stat`).
+    fn boot_time() -> Option<f64> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        stat.lines().find_map(|l| l.strip_prefix("btime ")).and_then(|v| v.trim().parse().ok())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_keep_their_type_in_classic_text() {
+        let m = Metrics::new();
+        let text = m.render(3, false);
+        assert!(text.contains("# TYPE chinwag_messages_total counter\nchinwag_messages_total 0\n"));
+        assert!(text.contains("# HELP chinwag_messages_total Messages accepted."));
+        assert!(text.contains("# TYPE chinwag_connections gauge\nchinwag_connections 3\n"));
+        assert!(!text.contains("# EOF") && !text.contains("# UNIT"));
+        assert!(text.contains("chinwag_build_info{version=\""));
+        assert!(text.contains("process_open_fds "));
+    }
+
+    #[test]
+    fn routes_are_a_fixed_list() {
+        assert_eq!(
+            ROUTES[route_index("/api/rooms/ops/messages?limit=2") as usize],
+            "/api/rooms/{room}/messages"
+        );
+        assert_eq!(
+            ROUTES[route_index("/api/rooms/ops/messages/7") as usize],
+            "/api/rooms/{room}/messages/{seq}"
+        );
+        assert_eq!(ROUTES[route_index("/ws?user=a") as usize], "/ws");
+        assert_eq!(ROUTES[route_index("/wp-login.php") as usize], "other");
     }
 }

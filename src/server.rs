@@ -70,6 +70,86 @@ fn open_search(
     }
 }
 
+/// Binds one listener per reactor on `addr`, refusing an address that any
+/// other process holds.
+///
+/// SO_REUSEPORT, which gives each reactor its own accept queue, also lets
+/// a second process of the same user join the group silently: the kernel
+/// would then split new connections between two servers. So first a probe
+/// socket without SO_REUSEPORT binds the address: the kernel refuses it
+/// while any socket (ours or anyone's, with or without SO_REUSEPORT) is
+/// listening there. A lock file would not do: its place differs per data
+/// directory and per private /tmp, while the port is one per host. The
+/// probe leaves a window until our own sockets are bound, which
+/// [`others_listening`] closes: if another process joined in that window,
+/// both of us see it and refuse.
+fn listeners(addr: SocketAddr, n: usize) -> Result<(Vec<TcpListener>, SocketAddr), StartError> {
+    let in_use = |e: io::Error| match e.kind() {
+        io::ErrorKind::AddrInUse => StartError::InUse(addr),
+        _ => StartError::Listen(addr, e),
+    };
+    if addr.port() != 0 {
+        let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+            .map_err(|e| StartError::Listen(addr, e))?;
+        // SO_REUSEADDR: TIME_WAIT leftovers of a stopped server are no owner.
+        probe.set_reuse_address(true).map_err(|e| StartError::Listen(addr, e))?;
+        probe.bind(&addr.into()).map_err(in_use)?;
+    }
+    let first = listener(addr).map_err(in_use)?;
+    let bound = first.local_addr().map_err(|e| StartError::Listen(addr, e))?;
+    let mut all = vec![first];
+    for _ in 1..n {
+        all.push(listener(bound).map_err(in_use)?);
+    }
+    if others_listening(bound, &all) {
+        return Err(StartError::InUse(bound));
+    }
+    Ok((all, bound))
+}
+
+/// Whether a listening TCP socket on `addr`'s port that is not one of
+/// `ours` exists (from `/proc/self/net/tcp{,6}`; false if unreadable).
+fn others_listening(addr: SocketAddr, ours: &[TcpListener]) -> bool {
+    use std::os::{fd::AsRawFd, unix::fs::MetadataExt};
+    let inodes: Vec<u64> = ours
+        .iter()
+        .filter_map(|l| std::fs::metadata(format!("/proc/self/fd/{}", l.as_raw_fd())).ok())
+        .map(|m| m.ino())
+        .collect();
+    let port = format!("{:04X}", addr.port());
+    ["/proc/self/net/tcp", "/proc/self/net/tcp6"]
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(f).ok())
+        .flat_map(|t| t.lines().skip(1).map(str::to_owned).collect::<Vec<_>>())
+        .any(|line| {
+            // sl local_address rem_address st ... inode: LISTEN is state 0A.
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let listening = f.get(3) == Some(&"0A");
+            let same_port = f.get(1).and_then(|a| a.rsplit(':').next()) == Some(port.as_str());
+            let inode = f.get(9).and_then(|i| i.parse::<u64>().ok());
+            listening
+                && same_port
+                && inode.is_some_and(|i| i != 0 && !inodes.contains(&i))
+                && same_host(f[1], addr)
+        })
+}
+
+/// Whether a `/proc/net/tcp` local address (hex) can clash with `addr`:
+/// the same address, or either side unspecified.
+fn same_host(hex: &str, addr: SocketAddr) -> bool {
+    let ip = hex.rsplit_once(':').map_or("", |(ip, _)| ip);
+    let unspecified = ip.bytes().all(|b| b == b'0');
+    let ours = match addr.ip() {
+        std::net::IpAddr::V4(v4) => format!("{:08X}", u32::from_ne_bytes(v4.octets())),
+        std::net::IpAddr::V6(v6) => v6
+            .octets()
+            .chunks(4)
+            .map(|c| format!("{:08X}", u32::from_ne_bytes([c[0], c[1], c[2], c[3]])))
+            .collect(),
+    };
+    unspecified || addr.ip().is_unspecified() || ip == ours
+}
+
 /// A running node.
 #[derive(Debug)]
 pub struct Server {
@@ -84,8 +164,10 @@ pub struct Server {
 /// Why the node could not start.
 #[derive(Debug)]
 pub enum StartError {
+    /// Another process listens on this address.
+    InUse(SocketAddr),
     /// The listen address could not be bound.
-    Listen(io::Error),
+    Listen(SocketAddr, io::Error),
     /// The data directory could not be opened.
     Storage(String),
     /// The Redis URL is unusable.
@@ -97,7 +179,8 @@ pub enum StartError {
 impl std::fmt::Display for StartError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            StartError::Listen(e) => write!(f, "cannot listen: {e}"),
+            StartError::InUse(a) => write!(f, "{a} is already in use by another process"),
+            StartError::Listen(a, e) => write!(f, "cannot listen on {a}: {e}"),
             StartError::Storage(e) => write!(f, "cannot open storage: {e}"),
             StartError::Redis(e) => write!(f, "bad redis URL: {e}"),
             StartError::Other(e) => write!(f, "cannot start: {e}"),
@@ -108,16 +191,13 @@ impl std::fmt::Display for StartError {
 impl Server {
     /// Opens storage, binds the listeners and starts every thread.
     pub fn start(cfg: Config) -> Result<Server, StartError> {
+        // The address first: a second server on it is refused before it
+        // touches the data directory (and its control socket).
+        let (listeners, addr) = listeners(cfg.listen, cfg.threads)?;
         let storage = Storage::open(&cfg.data_dir).map_err(|e| StartError::Storage(e.0))?;
         let revoked =
             Revocations::new(storage.revocations().map_err(|e| StartError::Storage(e.0))?);
         crate::control::serve(storage.clone(), cfg.data_dir.clone()).map_err(StartError::Other)?;
-        let first = listener(cfg.listen).map_err(StartError::Listen)?;
-        let addr = first.local_addr().map_err(StartError::Listen)?;
-        let mut listeners = vec![first];
-        for _ in 1..cfg.threads {
-            listeners.push(listener(addr).map_err(StartError::Listen)?);
-        }
         let mut polls = Vec::new();
         let mut mailboxes = Vec::new();
         let mut inboxes = Vec::new();
@@ -202,6 +282,9 @@ impl Server {
     /// last flush. False if that flush failed (or the thread had died).
     pub fn shutdown(mut self) -> bool {
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+        if let Some(node) = &self.node {
+            node.alive().stopping();
+        }
         for mb in &self.mailboxes {
             mb.send(Cmd::Shutdown);
         }

@@ -346,7 +346,7 @@ fn systemd_unit_verifies() {
             .unwrap();
     let dir = tempfile::tempdir().unwrap();
     // verify checks that ExecStart exists: point it at the binary under test.
-    let unit = unit.replace("/usr/local/bin/chinwag", support::bin().to_str().unwrap());
+    let unit = unit.replace("/usr/bin/chinwag", support::bin().to_str().unwrap());
     let path = dir.path().join("chinwag.service");
     std::fs::write(&path, unit).unwrap();
     let out = Command::new("systemd-analyze")

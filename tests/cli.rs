@@ -265,3 +265,134 @@ fn weak_secrets_are_refused_and_the_data_dir_is_private() {
         assert_eq!(mode(&path) & 0o077, 0, "{} is readable by others", path.display());
     }
 }
+
+#[test]
+fn token_reads_the_servers_config_and_links_to_its_page() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (cert, key) = (tmp.path().join("cert.pem"), tmp.path().join("key.pem"));
+    fs::write(&cert, ck.cert.pem()).unwrap();
+    fs::write(&key, ck.key_pair.serialize_pem()).unwrap();
+    let cfg = tmp.path().join("chinwag.toml");
+    fs::write(
+        &cfg,
+        format!(
+            "listen = \"0.0.0.0:0\"\ndata_dir = {:?}\ntls_cert = {:?}\ntls_key = {:?}\n",
+            data.to_str().unwrap(),
+            cert.to_str().unwrap(),
+            key.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    // The server makes its secret in the config's data dir on first start.
+    let mut o = Opts::new(&["--config", cfg.to_str().unwrap(), "--open"]);
+    (o.secret, o.listen_flag, o.data_dir_flag) = (false, false, false);
+    let s = Server::start_with(o);
+    let secret = fs::read_to_string(data.join("secret")).expect("the server's secret");
+    let cfg = cfg.to_str().unwrap();
+    let link = one_line(&token_cmd(&["alice", "--config", cfg, "--link"], None));
+    let tok = link
+        .strip_prefix("https://127.0.0.1:0/#token=")
+        .unwrap_or_else(|| panic!("https, 127.0.0.1 for 0.0.0.0, the port: {link}"));
+    assert_eq!(verify(tok, secret.trim())["sub"], "alice");
+    let t = one_line(&token_cmd(&["bob", "--config", cfg, "--name", "Bob B."], None));
+    let claims = verify(&t, secret.trim());
+    assert_eq!((claims["sub"].as_str(), claims["name"].as_str()), (Some("bob"), Some("Bob B.")));
+    drop(s);
+    // CHINWAG_LISTEN counts for the link as it does for `serve`.
+    let mut cmd = command();
+    cmd.args(["token", "carol", "--config", cfg, "--link"]).env("CHINWAG_LISTEN", "[::]:9");
+    let link = one_line(&run_bounded(cmd, Duration::from_secs(15)));
+    assert!(link.starts_with("https://127.0.0.1:9/#token="), "{link}");
+}
+
+#[test]
+fn token_never_invents_a_secret_for_an_existing_data_dir() {
+    let tmp = tempfile::tempdir().unwrap();
+    // An existing data dir without a secret: refused, nothing written.
+    let dir = tmp.path().to_str().unwrap();
+    let f = token_cmd(&["alice", "--data-dir", dir], None);
+    assert_eq!(f.code(), 2, "{f:?}");
+    assert!(f.stdout.trim().is_empty(), "no token: {f:?}");
+    assert_eq!(f.stderr.lines().filter(|l| !l.trim().is_empty()).count(), 1, "{f:?}");
+    assert!(f.stderr.contains("secret"), "{f:?}");
+    assert!(!tmp.path().join("secret").exists(), "no secret made up");
+    // A data dir that does not exist yet: created (0700) with its secret (0600),
+    // which the server then uses.
+    let fresh = tmp.path().join("new");
+    let t = one_line(&token_cmd(&["alice", "--data-dir", fresh.to_str().unwrap()], None));
+    let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!((mode(&fresh), mode(&fresh.join("secret"))), (0o700, 0o600));
+    let mut o = Opts::new(&[]);
+    (o.secret, o.dir) = (false, Some(fresh));
+    let s = Server::start_with(o);
+    let c = Client::connect(s.addr, Auth::Bearer(&t), Enc::Json);
+    assert_eq!(c.hello["user"], "alice");
+}
+
+#[test]
+fn the_startup_hint_is_a_token_command_that_works() {
+    let mut o = Opts::new(&[]);
+    o.secret = false;
+    let s = Server::start_with(o);
+    let logs = s.log_text();
+    let hint = logs
+        .lines()
+        .find_map(|l| l.split_once("get a token with: ").map(|(_, h)| h.trim().to_string()))
+        .unwrap_or_else(|| panic!("no hint in {logs}"));
+    let words: Vec<String> =
+        hint.replace("USER", "alice").split_whitespace().map(String::from).collect();
+    assert!(words.iter().any(|w| w == "--link"), "{hint}");
+    // Run from the server's working directory (the test's), as an operator would.
+    let mut cmd = std::process::Command::new(&words[0]);
+    cmd.args(&words[1..]).env_remove("CHINWAG_SECRET").env_remove("CHINWAG_DATA_DIR");
+    let link = one_line(&run_bounded(cmd, Duration::from_secs(15)));
+    let (_, t) = link.split_once("/#token=").unwrap_or_else(|| panic!("{link}"));
+    let c = Client::connect(s.addr, Auth::Bearer(t), Enc::Json);
+    assert_eq!(c.hello["user"], "alice");
+}
+
+#[test]
+fn version_flag_prints_the_version() {
+    let mut cmd = command();
+    cmd.arg("--version");
+    let f = run_bounded(cmd, Duration::from_secs(15));
+    assert_eq!(f.code(), 0, "{f:?}");
+    assert_eq!(f.stdout.trim(), format!("chinwag {}", env!("CARGO_PKG_VERSION")));
+}
+
+/// `chinwag serve --listen ADDR` that must be refused because ADDR is taken: exit 1 and one
+/// stderr line naming ADDR.
+fn refused_in_use(addr: std::net::SocketAddr) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = command();
+    cmd.args(["serve", "--listen", &addr.to_string(), "--data-dir"]).arg(dir.path());
+    cmd.env("CHINWAG_SECRET", SECRET);
+    let f = run_bounded(cmd, Duration::from_secs(15));
+    assert!(f.status.is_some(), "a second server on {addr} kept running");
+    assert_eq!(f.code(), 1, "{f:?}");
+    let lines: Vec<&str> = f.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one stderr line: {lines:#?}");
+    assert!(lines[0].contains(&addr.to_string()), "the line names {addr}: {lines:?}");
+}
+
+#[test]
+fn a_second_server_on_a_used_address_refuses_to_start() {
+    let mut s = Server::open(&[]);
+    refused_in_use(s.addr);
+    // The first server still has every connection.
+    s.assert_healthy(true);
+    // Any other process holding the address counts too.
+    let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    refused_in_use(other.local_addr().unwrap());
+    // A stopped server's address (with connections just closed) is free again.
+    let addr = s.addr;
+    let c = s.client("a");
+    assert!(s.sigterm().success());
+    drop(c);
+    let mut o = Opts::new(&["--listen", &addr.to_string()]);
+    o.listen_flag = false;
+    let again = Server::start_with(o);
+    assert_eq!(again.addr, addr);
+}

@@ -11,6 +11,9 @@
 //!   `wss://`, `chinwag backup` and the systemd unit.
 //! * `integrity` — delivery follows durability: `kill -9` under traffic, a
 //!   dead commit thread.
+//! * `ops`     — `chinwag backup` written by the command, SIGHUP, `/metrics` series, the
+//!   Grafana dashboard, log lines.
+//! * `proxy`   — nginx and Caddy from docs/ in front of the server (TLS at the proxy).
 //! * `cluster` — three nodes and a real `redis-server`: one chat, presence,
 //!   a node killed and restarted, Redis stopped and restarted.
 //! * `events`  — revision 2's room events on one node: edit, delete, reactions, replies and
@@ -31,6 +34,8 @@ mod events;
 mod integrity;
 mod limits;
 mod load;
+mod ops;
+mod proxy;
 mod search_index;
 mod storage;
 mod ws;

@@ -36,7 +36,8 @@ impl Close {
         }
     }
 
-    fn reason(self) -> &'static str {
+    /// The words sent with the code.
+    pub fn reason(self) -> &'static str {
         match self {
             Close::Away => "going away",
             Close::Protocol => "protocol error",

@@ -138,7 +138,7 @@ pub enum WsRead {
     /// Nothing more to read now.
     Blocked,
     /// The peer sent a close frame; our reply is queued.
-    PeerClosed,
+    PeerClosed(u16),
     /// A protocol fault: close with this code.
     Fail(Close),
     /// Reset, EOF without a close frame: drop it quietly.
@@ -172,6 +172,8 @@ pub struct Conn {
     seen: Instant,
     /// Queued in the table's dirty list this turn.
     dirty: bool,
+    /// The request's route, an index in `metrics::ROUTES` (0 until known).
+    route: u8,
 }
 
 impl Conn {
@@ -184,6 +186,7 @@ impl Conn {
             born: now,
             seen: now,
             dirty: false,
+            route: 0,
         }
     }
 
@@ -275,6 +278,16 @@ impl Conn {
         }
     }
 
+    /// Remembers the request's route (for the metrics of its response).
+    pub fn set_route(&mut self, route: u8) {
+        self.route = route;
+    }
+
+    /// The request's route (an index in `metrics::ROUTES`).
+    pub fn route(&self) -> u8 {
+        self.route
+    }
+
     /// Queues a complete HTTP response and closes after it.
     pub fn respond(&mut self, bytes: Bytes, now: Instant) {
         self.out.push(bytes);
@@ -299,10 +312,10 @@ impl Conn {
                     match msg {
                         Message::Text(_) | Message::Binary(_) => WsRead::Message(msg),
                         Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => WsRead::Control,
-                        Message::Close(_) => {
+                        Message::Close(frame) => {
                             // tungstenite queues its reply on the next flush.
                             let _ = session.ws.flush(&mut io);
-                            WsRead::PeerClosed
+                            WsRead::PeerClosed(frame.map_or(1005, |f| f.code.into()))
                         }
                     }
                 }

@@ -12,6 +12,44 @@ use mio::{net::TcpStream, Interest, Registry, Token};
 use slab::Slab;
 use std::{io, sync::Arc, time::Instant};
 
+/// The refusal an HTTP response stands for, by its status and (for 429)
+/// its error code. Those decided with more to say are counted where they
+/// are decided: an origin's 403, the connection caps' 429 (the node).
+fn refusal(status: u16, response: &[u8]) -> Option<&'static str> {
+    let has = |code: &str| response.windows(code.len()).any(|w| w == code.as_bytes());
+    match status {
+        401 => Some("unauthorized"),
+        429 if has("\"rate_limited\"") => Some("rate_limited"),
+        413 | 431 => Some("too_large"),
+        _ => None,
+    }
+}
+
+/// Logs an HTTP error answer: the route, the status, the error code and
+/// its words (a 401's say what was wrong with the token, never its text),
+/// and the client's address. Rate-limited: clients choose how many.
+fn log_refusal(c: &Conn, route: u8, status: u16, response: &[u8]) {
+    let kind = match status {
+        401 => "refused login",
+        s if s >= 500 => "request failed",
+        _ => "request refused",
+    };
+    let Some(left_out) = crate::logs::allow(kind) else { return };
+    let body = response.windows(4).position(|w| w == b"\r\n\r\n").map(|i| &response[i + 4..]);
+    let err: serde_json::Value =
+        body.and_then(|b| serde_json::from_slice(b).ok()).unwrap_or_default();
+    let (code, words) =
+        (err["error"].as_str().unwrap_or("-"), err["message"].as_str().unwrap_or(""));
+    let route = crate::metrics::ROUTES[route as usize % crate::metrics::ROUTES.len()];
+    let peer = c.peer_ip().map_or_else(|| "?".to_string(), |ip| ip.to_string());
+    let more = crate::logs::left_out(left_out);
+    if status >= 500 {
+        log::warn!("{kind}: {status} {code} on {route} for {peer}: {words}{more}");
+    } else {
+        log::info!("{kind}: {status} {code} on {route} from {peer}: {words}{more}");
+    }
+}
+
 /// One reactor's connections.
 #[derive(Debug)]
 pub struct ConnTable {
@@ -129,10 +167,25 @@ impl ConnTable {
         }
     }
 
-    /// Queues a complete HTTP response and closes after it.
+    /// Queues a complete HTTP response and closes after it. Every HTTP
+    /// answer but the 101 passes here, whichever rule produced it, so this
+    /// is where they are counted: by route and status, and the refusals
+    /// by reason.
     pub fn respond(&mut self, id: ConnId, bytes: Bytes, now: Instant) {
+        let status = std::str::from_utf8(bytes.get(9..12).unwrap_or_default())
+            .ok()
+            .and_then(|s| s.parse::<u16>().ok())
+            .unwrap_or(0);
         if let Some(c) = self.get_mut(id) {
-            c.respond(bytes, now);
+            let route = c.route();
+            if status >= 400 {
+                log_refusal(c, route, status, &bytes);
+            }
+            c.respond(bytes.clone(), now);
+            self.counts.http.push((route, status));
+            if let Some(reason) = refusal(status, &bytes) {
+                self.counts.refusals.push(reason);
+            }
             self.mark_dirty(id);
         }
     }

@@ -89,11 +89,11 @@ pub fn handle(buf: &[u8], node: &Node) -> Outcome {
     match path {
         "/ws" if method == "GET" => upgrade::upgrade(&req, query, &buf[head_len..], node),
         "/health" if method == "GET" => health(node),
-        "/metrics" if method == "GET" => Outcome::Respond(response(
-            200,
-            crate::metrics::CONTENT_TYPE,
-            node.render_metrics().as_bytes(),
-        )),
+        "/metrics" if method == "GET" => {
+            node.metrics().set_storage_up(node.storage_ok());
+            let text = node.render_metrics();
+            Outcome::Respond(response(200, crate::metrics::CONTENT_TYPE, text.as_bytes()))
+        }
         "/" if method == "GET" => {
             Outcome::Respond(response_with(200, "text/html; charset=utf-8", CSP, INDEX.as_bytes()))
         }
@@ -119,6 +119,14 @@ pub fn handle(buf: &[u8], node: &Node) -> Outcome {
         }
         _ => Outcome::Respond(error(404, "not_found", "unknown path")),
     }
+}
+
+/// The route of a whole request head, an index in `metrics::ROUTES`.
+pub fn route_index(head: &[u8]) -> u8 {
+    // The target is the request line's second word.
+    let line = head.split(|b| *b == b'\n').next().unwrap_or_default();
+    let target = line.split(|b| *b == b' ').nth(1).unwrap_or_default();
+    crate::metrics::route_index(std::str::from_utf8(target).unwrap_or(""))
 }
 
 /// Whether the request head in `buf` is still incomplete, looking for its

@@ -82,7 +82,13 @@ pub(super) fn upgrade(
         return Outcome::Respond(error(400, "bad_request", "not a WebSocket upgrade"));
     };
     if let Some(origin) = header(req, "origin") {
-        let tls = node.cfg().tls.is_some();
+        // Behind a TLS proxy the page was https though this hop is plain.
+        // `X-Forwarded-Proto` counts only where proxies are configured; a
+        // cross-site page cannot set it anyway (a browser sends no custom
+        // headers with a WebSocket handshake).
+        let forwarded_https = !node.cfg().trusted_proxies.is_empty()
+            && header(req, "x-forwarded-proto").is_some_and(|p| p.eq_ignore_ascii_case("https"));
+        let tls = node.cfg().tls.is_some() || forwarded_https;
         if !origin_allowed(origin, header(req, "host"), tls, &node.cfg().allowed_origins) {
             node.metrics().refuse("forbidden_origin");
             let why = "this page's origin may not open a WebSocket here";

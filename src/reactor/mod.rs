@@ -243,6 +243,9 @@ impl Reactor {
         let head_whole = head_was_whole || !http::head_pending(&scratch, kept);
         let outcome =
             if head_whole { http::handle(&scratch, &self.node) } else { Outcome::Partial };
+        if head_whole {
+            conn.set_route(http::route_index(&scratch));
+        }
         if let Outcome::Partial = outcome {
             conn.keep_partial(&scratch, head_whole);
         }
@@ -255,6 +258,8 @@ impl Reactor {
                 let ws_config = self.ws_config;
                 chat::session::open(&mut self.ctx(), id, up, ws_config);
                 if self.conns.session(id).is_some() {
+                    self.conns.counts.ws_opens += 1;
+                    self.conns.counts.http.push((crate::metrics::route_index("/ws"), 101));
                     // Bytes that came with the upgrade request are already buffered.
                     self.carry.push(id);
                 }
@@ -275,11 +280,16 @@ impl Reactor {
                 WsRead::Message(Message::Binary(b)) => (&b[..], Encoding::MsgPack),
                 WsRead::Message(_) | WsRead::Control => continue,
                 WsRead::Blocked => return,
-                WsRead::PeerClosed => return self.close(id, None),
+                WsRead::PeerClosed(code) => {
+                    self.conns.counts.ws_closes.push((*code, "client"));
+                    return self.close(id, None);
+                }
                 WsRead::Fail(code) => return self.close(id, Some(*code)),
                 WsRead::Gone => {
                     // Reset, or EOF without a close: quiet disconnect.
-                    self.end_session(id);
+                    if self.end_session(id) {
+                        self.conns.counts.ws_closes.push((1006, "none"));
+                    }
                     self.reap.push(id);
                     return;
                 }
@@ -295,11 +305,25 @@ impl Reactor {
     /// close frame `code` if given (none when the peer closed first) and
     /// lingers until flushed and the peer's EOF. Once only.
     fn close(&mut self, id: ConnId, code: Option<Close>) {
+        // Who, before the session ends. 1001 (shutdown, idle) is routine.
+        let user = self.conns.session(id).map(|s| (s.user.clone(), s.ip));
         if !self.end_session(id) {
             return;
         }
+        if let (Some(code), Some((user, ip))) = (code.filter(|c| *c != Close::Away), user) {
+            if let Some(n) = crate::logs::allow("server close") {
+                let ip = ip.map_or_else(|| "?".into(), |ip| ip.to_string());
+                let more = crate::logs::left_out(n);
+                log::info!(
+                    "closing {user}'s WebSocket ({ip}) with {} ({}){more}",
+                    code.code(),
+                    code.reason()
+                );
+            }
+        }
         if let (Some(code), Some(conn)) = (code, self.conns.get_mut(id)) {
             conn.begin_close(code);
+            self.conns.counts.ws_closes.push((code.code(), "server"));
         }
         self.conns.mark_dirty(id);
     }
@@ -324,7 +348,9 @@ impl Reactor {
 
     fn flush_dirty(&mut self) {
         for id in self.conns.flush_dirty() {
-            self.end_session(id);
+            if self.end_session(id) {
+                self.conns.counts.ws_closes.push((1006, "none"));
+            }
             self.reap.push(id);
         }
     }
@@ -332,7 +358,9 @@ impl Reactor {
     /// Frees the connections reaped this turn.
     fn reap_closed(&mut self) {
         while let Some(id) = self.reap.pop() {
-            self.end_session(id);
+            if self.end_session(id) {
+                self.conns.counts.ws_closes.push((1006, "none"));
+            }
             self.conns.remove(self.poll.registry(), id);
         }
     }

@@ -229,27 +229,68 @@ impl Storage {
     /// durable when the backup began (a message's state may be newer than
     /// the events copied before it changed).
     pub fn backup_to(&self, dest: &Path) -> Result<u64> {
+        let mut copy = Copy::create(dest)?;
+        let n = self.each_record(|tree, k, v| copy.insert(tree, k, v))?;
+        copy.finish()?;
+        Ok(n)
+    }
+
+    /// Calls `f(tree, key, value)` for every record of every tree, tree by
+    /// tree, and gives the count. Generic over trees and record kinds, so a
+    /// backup carries whatever the database holds.
+    pub fn each_record(&self, mut f: impl FnMut(&[u8], &[u8], &[u8]) -> Result<()>) -> Result<u64> {
+        let t = self.trees()?;
+        let mut n = 0;
+        for name in t.db.tree_names() {
+            for kv in t.db.open_tree(&name)?.iter() {
+                let (k, v) = kv?;
+                f(&name, &k, &v)?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// A new database that a backup writes, record by record: in this process
+/// or in `chinwag backup`'s, which receives the records over the control
+/// socket.
+#[derive(Debug)]
+pub struct Copy {
+    db: sled::Db,
+    /// The tree the last record went to (records come tree by tree).
+    tree: Option<(Vec<u8>, sled::Tree)>,
+}
+
+impl Copy {
+    /// Creates the database under `dest/db`; refused if one is there.
+    pub fn create(dest: &Path) -> Result<Copy> {
         let path = dest.join("db");
         if path.exists() {
             return Err(StorageError(format!("{} already exists", path.display())));
         }
-        let copy = sled::Config::new()
+        let db = sled::Config::new()
             .path(&path)
             .cache_capacity(CACHE_BYTES)
             .flush_every_ms(None)
             .open()?;
-        let t = self.trees()?;
-        let mut n = 0;
-        for name in t.db.tree_names() {
-            let (src, dst) = (t.db.open_tree(&name)?, copy.open_tree(&name)?);
-            for kv in src.iter() {
-                let (k, v) = kv?;
-                dst.insert(k, v)?;
-                n += 1;
-            }
-        }
-        copy.flush()?;
-        Ok(n)
+        Ok(Copy { db, tree: None })
+    }
+
+    /// Adds one record to `tree`.
+    pub fn insert(&mut self, tree: &[u8], key: &[u8], value: &[u8]) -> Result<()> {
+        let t = match &self.tree {
+            Some((name, t)) if name.as_slice() == tree => t,
+            _ => &self.tree.insert((tree.to_vec(), self.db.open_tree(tree)?)).1,
+        };
+        t.insert(key, value)?;
+        Ok(())
+    }
+
+    /// Makes the copy durable.
+    pub fn finish(self) -> Result<()> {
+        self.db.flush()?;
+        Ok(())
     }
 }
 
