@@ -67,6 +67,9 @@ cargo test --workspace
 
 tests/deb.sh
 
+# The JS client library (clients/js) against the real binary; no npm install.
+CHINWAG_BIN="$PWD/target/debug/chinwag" clients/js/test.sh
+
 export SCREENSHOT_DIR="${SCREENSHOT_DIR:-$PWD/target/screenshots}"
 CHINWAG_BIN="$PWD/target/debug/chinwag" TMPDIR="$tmp" tests/browser/run.sh
 echo "tests/run.sh: browser screenshots are in $SCREENSHOT_DIR"
