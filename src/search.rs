@@ -46,6 +46,9 @@ const STEP: usize = 1000;
 /// Extra hits fetched past a page, so ties on ts sort exactly.
 const SLACK: usize = 64;
 
+/// The most hits one page may fetch while widening past a tie on ts.
+const MAX_FETCH: usize = 1 << 20;
+
 /// Where a search result sorts: newest first by ts, then room, then seq.
 pub type Rank = (u64, String, u64);
 
@@ -289,24 +292,38 @@ impl Search {
             clauses.push((Occur::Must, Box::new(RangeQuery::new(Bound::Unbounded, hi))));
         }
         let searcher = self.reader.searcher();
-        let fetch = want + SLACK;
-        let top = TopDocs::with_limit(fetch).order_by_fast_field::<u64>("ts", Order::Desc);
-        let hits = searcher.search(&BooleanQuery::new(clauses), &top)?;
-        let full = hits.len() == fetch;
-        let mut out = Vec::with_capacity(hits.len());
-        for (_, addr) in hits {
-            let doc: TantivyDocument = searcher.doc(addr)?;
-            let room = doc.get_first(self.f.room).and_then(|v| v.as_str()).unwrap_or_default();
-            let seq = doc.get_first(self.f.seq).and_then(|v| v.as_u64()).unwrap_or(0);
-            let ts = doc.get_first(self.f.ts).and_then(|v| v.as_u64()).unwrap_or(0);
-            out.push((ts, room.to_string(), seq));
+        let query = BooleanQuery::new(clauses);
+        let mut fetch = want + SLACK;
+        loop {
+            let top = TopDocs::with_limit(fetch).order_by_fast_field::<u64>("ts", Order::Desc);
+            let hits = searcher.search(&query, &top)?;
+            let full = hits.len() == fetch;
+            let mut out = Vec::with_capacity(hits.len());
+            for (_, addr) in hits {
+                let doc: TantivyDocument = searcher.doc(addr)?;
+                let room = doc.get_first(self.f.room).and_then(|v| v.as_str()).unwrap_or_default();
+                let seq = doc.get_first(self.f.seq).and_then(|v| v.as_u64()).unwrap_or(0);
+                let ts = doc.get_first(self.f.ts).and_then(|v| v.as_u64()).unwrap_or(0);
+                out.push((ts, room.to_string(), seq));
+            }
+            out.sort_by(|a, b| b.cmp(a));
+            if full {
+                // Hits that share the last ts may have been cut anywhere
+                // in their (room, seq) order: keep only the ts above it,
+                // and fetch more when that leaves too few.
+                let floor = out.last().map_or(0, |r| r.0);
+                out.retain(|r| r.0 > floor);
+            }
+            if let Some(before) = before {
+                out.retain(|r| r < before);
+            }
+            if full && out.len() <= want && fetch < MAX_FETCH {
+                fetch *= 4;
+                continue;
+            }
+            let more = full || out.len() > want;
+            out.truncate(want);
+            return Ok((out, more));
         }
-        out.sort_by(|a, b| b.cmp(a));
-        if let Some(before) = before {
-            out.retain(|r| r < before);
-        }
-        let more = full || out.len() > want;
-        out.truncate(want);
-        Ok((out, more))
     }
 }

@@ -63,6 +63,9 @@ pub(crate) fn run(
         let (hits, more) = index
             .query(&words, &rooms, before.as_ref(), limit + 1)
             .map_err(|e| internal(&e.to_string()))?;
+        if hits.is_empty() {
+            break;
+        }
         before = hits.last().cloned();
         for rank in hits {
             if let Some(m) = shown(ctx, &rank, &words)? {
