@@ -8,8 +8,8 @@ use super::{mentions, Ctx};
 use crate::{
     durable::{AfterFlush, Message},
     fanout::ReplyTo,
-    storage::LiveMessage,
-    wire::{self, Code, Msg, Refusal},
+    storage::{LiveMessage, Storage, MAX_EMOJI},
+    wire::{self, Code, Kind, Msg, Refusal},
 };
 use std::sync::Arc;
 
@@ -76,6 +76,23 @@ pub(crate) fn live(ctx: &Ctx<'_>, room: &str, seq: u64) -> Result<LiveMessage, R
     found.ok_or_else(|| Refusal::new(Code::NotFound, "no such message, or it was deleted"))
 }
 
+/// The target (or thread root) of `ev` is still a live message, and a
+/// reaction still fits under [`MAX_EMOJI`], as of the events applied so far.
+fn recheck(storage: &Storage, room: &str, ev: &Msg) -> Result<(), Refusal> {
+    let target = if ev.kind == Kind::Message { ev.reply_to } else { ev.target };
+    let Some(t) = target else { return Ok(()) };
+    let Some(m) = storage.live_message(room, t)? else {
+        return Err(Refusal::new(Code::NotFound, "no such message, or it was deleted"));
+    };
+    let emoji = ev.emoji.as_deref().unwrap_or_default();
+    let adds = ev.on == Some(true) && !m.emoji.iter().any(|e| e == emoji);
+    if ev.kind == Kind::Reaction && adds && m.emoji.len() >= MAX_EMOJI {
+        let why = format!("a message carries at most {MAX_EMOJI} different emoji");
+        return Err(Refusal::new(Code::LimitReached, why));
+    }
+    Ok(())
+}
+
 /// Publishes room event `ev` (its rules already checked). `known`: both
 /// members of a DM room are already members (no membership to write).
 pub(crate) fn publish(
@@ -102,6 +119,9 @@ pub(crate) fn publish(
             storage.add_member(room, a)?;
             storage.add_member(room, b)?;
         }
+        // Checked again under the lock: another reactor's event for the
+        // same target may have been applied since the first check.
+        recheck(storage, room, &ev)?;
         let seq = e.seq + 1;
         ev.seq = seq;
         storage.apply(room, seq, &ev)?;
