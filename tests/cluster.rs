@@ -6,7 +6,7 @@
 //! restarted empty (sends work, nothing lost or duplicated), and Redis
 //! command errors and killed connections healing within 10 s.
 
-use crate::support::{self, ty, Auth, Client, Enc, Opts, Server};
+use crate::support::{self, ty, wait_for, Auth, Client, Enc, Opts, Server};
 use serde_json::{json, Value};
 use std::{
     collections::BTreeMap,
@@ -81,14 +81,6 @@ impl Drop for Redis {
 }
 
 /// Polls `cond` until it holds; panics after `limit` (a bound, not a timing assertion).
-fn wait_for(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < limit, "gave up waiting for {what}");
-        thread::sleep(Duration::from_millis(50));
-    }
-}
-
 fn node(redis: &Redis, id: &str) -> Server {
     let mut o = Opts::new(&["--open", "--rate", "100000", "--burst", "100000", "--node-id", id]);
     o.args.push("--redis".into());

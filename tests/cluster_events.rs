@@ -17,7 +17,7 @@ use crate::events::{
     absent, all_history, apply, dir, drain, edit, event, is_event, item, key, keys, mentions, ok,
     reactions, reply, rx, search_until, send, seq, tok, ts, Room,
 };
-use crate::support::{hello_room, ty, Auth, Client, Enc, Opts, Server};
+use crate::support::{hello_room, ty, wait_for, Auth, Client, Enc, Opts, Server};
 
 /// A `redis-server` child on a free loopback port, without persistence.
 struct Redis {
@@ -50,14 +50,6 @@ impl Drop for Redis {
 }
 
 /// Polls `cond` until it holds; panics after `limit` (a bound, not a timing assertion).
-fn wait_for(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < limit, "gave up waiting for {what}");
-        thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// A token-mode node of the cluster.
 fn node(redis: &Redis, id: &str) -> Server {
     let mut o = Opts::new(&["--rate", "100000", "--burst", "100000", "--node-id", id]);

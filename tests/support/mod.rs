@@ -1091,3 +1091,12 @@ pub const UPGRADE_HEADERS: &[(&str, &str)] = &[
     ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
     ("Sec-WebSocket-Version", "13"),
 ];
+
+/// Polls `cond` every 50 ms until it holds; fails naming `what` after `limit`.
+pub fn wait_for(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < limit, "gave up waiting for {what}");
+        thread::sleep(Duration::from_millis(50));
+    }
+}
