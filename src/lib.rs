@@ -28,7 +28,8 @@
 //! L5  chat/      one file per rule (join, leave, send, events, read,
 //!                typing, presence, history, thread, search, directory,
 //!                refresh, session), run on a small context
-//!     bridge/    the Redis publisher and subscriber threads
+//!     bridge/    the Redis publisher and subscriber threads, and the seq
+//!                script that re-checks room rules where the order is decided
 //! L6  http/      request heads, the upgrade, the API (calls chat's rules)
 //! L7  reactor/   the loop with named phases: accept, read, inbox, timers, reap
 //! L8  server     wiring: startup and teardown

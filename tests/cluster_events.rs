@@ -40,6 +40,15 @@ impl Redis {
         });
         Redis { port, child }
     }
+
+    /// Makes Redis forget everything, as a restart without persistence does.
+    fn flush(&self) {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string(), "FLUSHALL"])
+            .output()
+            .expect("redis-cli comes with redis-server");
+        assert!(out.status.success(), "FLUSHALL: {out:?}");
+    }
 }
 
 impl Drop for Redis {
@@ -49,7 +58,6 @@ impl Drop for Redis {
     }
 }
 
-/// Polls `cond` until it holds; panics after `limit` (a bound, not a timing assertion).
 /// A token-mode node of the cluster.
 fn node(redis: &Redis, id: &str) -> Server {
     let mut o = Opts::new(&["--rate", "100000", "--burst", "100000", "--node-id", id]);
@@ -346,7 +354,6 @@ fn a_node_back_from_kill_9_has_the_events_search_and_threads_it_missed() {
 }
 
 #[test]
-#[ignore = "known bug: edit/react/reply validated against each node's own copy; needs the check in the seq script (issue 10 open)"]
 fn nothing_lands_on_a_message_after_its_delete_on_another_node() {
     let (_redis, nodes) = two();
     let r = "race";
@@ -421,7 +428,6 @@ fn nothing_lands_on_a_message_after_its_delete_on_another_node() {
 }
 
 #[test]
-#[ignore = "known bug: edit/react/reply validated against each node's own copy; needs the check in the seq script (issue 10 open)"]
 fn the_20_emoji_limit_holds_across_nodes() {
     let (_redis, nodes) = two();
     let r = "emoji";
@@ -468,4 +474,71 @@ fn the_20_emoji_limit_holds_across_nodes() {
         "(accepted reacts, distinct emoji from the events, distinct emoji stored)"
     );
     assert_eq!(stored, st[&m].reactions);
+}
+
+#[test]
+fn a_redis_that_forgot_everything_still_enforces_deletes_and_the_emoji_limit() {
+    let (redis, nodes) = two();
+    let r = "forget";
+    let mut alice = conn(&nodes[0], "alice", Enc::Json);
+    let mut bob = conn(&nodes[1], "bob", Enc::MsgPack);
+    alice.join(r);
+    bob.join(r);
+    let full = send(&mut alice, r, "eighteen emoji");
+    let gone = send(&mut alice, r, "deleted before the flush");
+    for i in 0..18 {
+        let f =
+            json!({"type": "react", "room": r, "seq": full, "emoji": format!("e{i}"), "on": true});
+        ok(&mut alice, f);
+    }
+    let d = ok(&mut alice, json!({"type": "delete", "room": r, "seq": gone}));
+    drain(&mut bob, r, seq(&d));
+    redis.flush();
+    // The deleted message stays deleted.
+    let edit = json!({"type": "edit", "room": r, "seq": gone, "text": "back?"});
+    let e = wait_for_reply(&mut bob, edit);
+    assert_eq!(e["code"], "not_found", "{e}");
+    bob.call_err(
+        json!({"type": "react", "room": r, "seq": gone, "emoji": "x", "on": true}),
+        "not_found",
+    );
+    // Redis counts the 18 again from the nodes' own copies: of 20 new emoji
+    // racing from both nodes, exactly 2 land.
+    let workers: Vec<_> = (0..4)
+        .map(|k| {
+            let mut c = conn(&nodes[k % 2], &format!("u{k}"), Enc::Json);
+            c.join(r);
+            thread::spawn(move || {
+                for i in 0..5 {
+                    c.send_json(json!({"type": "react", "room": "forget", "seq": full,
+                                       "emoji": format!("k{k}n{i}"), "on": true, "id": format!("n{i}")}));
+                }
+                (0..5)
+                    .filter(|i| {
+                        let a = c.recv_where(|v| v["id"] == format!("n{i}"));
+                        assert!(ty(&a) == "ack" || a["code"] == "limit_reached", "{a}");
+                        ty(&a) == "ack"
+                    })
+                    .count()
+            })
+        })
+        .collect();
+    let landed: usize = workers.into_iter().map(|w| w.join().unwrap()).sum();
+    assert_eq!(landed, 2, "new emoji accepted past 18");
+    let last = alice.call(json!({"type": "history", "room": r, "limit": 1}));
+    let last = seq(&last["messages"][0]);
+    drain(&mut bob, r, last);
+    assert_eq!(reactions(&item(&mut alice, r, full)).len(), 20);
+    assert_eq!(reactions(&item(&mut bob, r, full)).len(), 20);
+}
+
+/// Sends `frame` until the cluster gives an answer other than
+/// `unavailable` (the nodes notice the flushed Redis at their own pace).
+fn wait_for_reply(c: &mut Client, frame: Value) -> Value {
+    let mut answer = Value::Null;
+    wait_for(Duration::from_secs(10), "an answer other than unavailable", || {
+        answer = c.call(frame.clone());
+        answer["code"] != "unavailable"
+    });
+    answer
 }

@@ -21,6 +21,7 @@
 //! Never touches a connection or a room index: it emits `Cmd`s. Both
 //! threads stop once the link is stopped (`Peers::stop`).
 
+mod guard;
 mod publisher;
 mod subscriber;
 

@@ -3,9 +3,13 @@
 //! event comes back with its seq and is applied here (after the local
 //! flush), or here with `unavailable` if Redis refused or failed it.
 
-use super::{backoff, connect, SNAPSHOT_EVERY};
+use super::{
+    backoff, connect,
+    guard::{self, Outcome, SEQ_SCRIPT},
+    SNAPSHOT_EVERY,
+};
 use crate::{
-    cluster::{log_key, seq_key, Event, Link, Outbound, CHANNEL, REVOKED_KEY},
+    cluster::{Event, Link, Outbound, CHANNEL, REVOKED_KEY},
     fanout::{Cmd, Reply},
     node::Node,
 };
@@ -16,25 +20,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-/// Entries kept in each room's log stream (approximately).
-const LOG_LEN: usize = 10_000;
 /// Most requests pipelined in one round trip.
 const BATCH: usize = 512;
-
-/// Allocates a room's next seq, logs and publishes the message, atomically.
-/// KEYS[1] seq counter, KEYS[2] log stream; ARGV[1] the message body
-/// (MessagePack without seq), ARGV[2] this node's last seq of the room (a
-/// Redis that came back empty must not reuse seqs), ARGV[3] log length.
-const SEQ_SCRIPT: &str = r#"
-local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
-local floor = tonumber(ARGV[2])
-if cur < floor then cur = floor end
-local seq = cur + 1
-redis.call('SET', KEYS[1], seq)
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], seq .. '-1', 'm', ARGV[1])
-redis.call('PUBLISH', 'chinwag:events', 'M' .. seq .. ' ' .. ARGV[1])
-return seq
-"#;
 
 /// Keeps a revocation in the hash (the larger value wins) and publishes it.
 /// KEYS[1] the hash; ARGV[1] field, ARGV[2] value, ARGV[3] the event.
@@ -132,15 +119,8 @@ impl Publisher {
         let mut pipe = redis::pipe();
         for o in &batch {
             match o {
-                Outbound::Send { room, body, floor, .. } => {
-                    pipe.cmd("EVALSHA")
-                        .arg(&self.sha)
-                        .arg(2)
-                        .arg(seq_key(room))
-                        .arg(log_key(room))
-                        .arg(body.as_slice())
-                        .arg(*floor)
-                        .arg(LOG_LEN);
+                Outbound::Send { room, body, floor, guard, .. } => {
+                    pipe.add_command(guard::command(&self.sha, room, body, *floor, guard, None));
                 }
                 Outbound::Event(payload) => {
                     pipe.cmd("PUBLISH").arg(CHANNEL).arg(payload.as_slice());
@@ -166,22 +146,73 @@ impl Publisher {
         };
         let mut replies = replies.into_iter();
         let mut error = None;
+        let mut unseeded = Vec::new();
         for o in batch {
-            match (&o, replies.next()) {
-                (Outbound::Send { .. }, Some(Value::Int(seq))) if seq > 0 => {}
-                (Outbound::Send { .. }, other) => {
-                    error = Some(format!("unexpected reply {other:?}"));
-                    fail_batch(link, node, vec![o]);
-                }
+            let reply = replies.next();
+            match (&o, reply) {
+                (Outbound::Send { n, .. }, reply) => match guard::outcome(node, reply) {
+                    Outcome::Taken => {}
+                    Outcome::Refused(r) => answer(link, node, *n, r),
+                    Outcome::NeedSeed => unseeded.push(o),
+                    Outcome::Failed(why) => {
+                        error = Some(why);
+                        fail_batch(link, node, vec![o]);
+                    }
+                },
                 // Events are best effort; a revocation is kept in our
                 // storage and pushed again on the next resync.
                 (_, Some(Value::ServerError(e))) => error = Some(format!("{e:?}")),
                 _ => {}
             }
         }
+        if error.is_none() {
+            error = unseeded.drain(..).find_map(|o| self.send_seeded(link, node, o).err());
+        }
+        fail_batch(link, node, unseeded);
         if let Some(why) = error {
             self.fail(link, &why);
         }
+    }
+
+    /// Sends a reaction again with this node's reactions of its target,
+    /// which Redis had none of (its first since Redis forgot them).
+    fn send_seeded(&mut self, link: &Link, node: &Node, o: Outbound) -> Result<(), String> {
+        let (Some(c), Outbound::Send { room, body, floor, guard, n }) = (self.con.as_mut(), &o)
+        else {
+            return Ok(());
+        };
+        let seed = match guard::seed(node, room, guard) {
+            Ok(seed) => seed,
+            Err(r) => {
+                answer(link, node, *n, r);
+                return Ok(());
+            }
+        };
+        let cmd = guard::command(&self.sha, room, body, *floor, guard, Some(&seed));
+        let reply = cmd.query::<Value>(c).map_err(|e| e.to_string());
+        match reply.map(|v| guard::outcome(node, Some(v))) {
+            Ok(Outcome::Taken) => Ok(()),
+            Ok(Outcome::Refused(r)) => {
+                answer(link, node, *n, r);
+                Ok(())
+            }
+            Ok(Outcome::NeedSeed) => Err(fail_with(link, node, o, "seeded twice".into())),
+            Ok(Outcome::Failed(why)) | Err(why) => Err(fail_with(link, node, o, why)),
+        }
+    }
+}
+
+/// Fails one room event; returns why, for the connection's failure.
+fn fail_with(link: &Link, node: &Node, o: Outbound, why: String) -> String {
+    fail_batch(link, node, vec![o]);
+    why
+}
+
+/// Answers this node's room event number `n` with `reply`, unless it was
+/// answered already.
+fn answer(link: &Link, node: &Node, n: u64, reply: Reply) {
+    if let Some(to) = link.take_pending(n) {
+        node.send_to(to.reactor(), Cmd::Reply { to, reply });
     }
 }
 
@@ -190,15 +221,11 @@ impl Publisher {
 /// like typing).
 fn fail_batch(link: &Link, node: &Node, batch: Vec<Outbound>) {
     for o in batch {
-        if let Some(reply) = match o {
-            Outbound::Send { n, .. } => link.take_pending(n),
-            _ => None,
-        } {
-            let down = reply.down();
-            node.send_to(
-                reply.reactor(),
-                Cmd::Reply { to: reply, reply: Reply::Unavailable(down) },
-            );
+        if let Outbound::Send { n, .. } = o {
+            if let Some(to) = link.take_pending(n) {
+                let down = to.down();
+                node.send_to(to.reactor(), Cmd::Reply { to, reply: Reply::Unavailable(down) });
+            }
         }
     }
 }

@@ -5,7 +5,7 @@
 use super::{may_use, mentions, send, Ctx};
 use crate::{
     fanout::ReplyTo,
-    storage::MAX_EMOJI,
+    storage,
     wire::{Code, Kind, Msg, Refusal},
 };
 
@@ -61,10 +61,9 @@ pub(crate) fn react(
 ) -> Result<(), Refusal> {
     may_use(ctx, ws(&to), user, room)?;
     let m = send::live(ctx, room, seq)?;
-    if on && m.emoji.len() >= MAX_EMOJI && !m.emoji.contains(&emoji) {
+    if on && m.over_limit(&emoji) {
         ctx.node.metrics().refuse("limit_reached");
-        let why = format!("a message carries at most {MAX_EMOJI} different emoji");
-        return Err(Refusal::new(Code::LimitReached, why));
+        return Err(storage::emoji_limit());
     }
     let mut ev = Msg::on_target(Kind::Reaction, room, user, seq);
     ev.emoji = Some(emoji);

@@ -8,7 +8,7 @@ use super::{mentions, Ctx};
 use crate::{
     durable::{AfterFlush, Message},
     fanout::ReplyTo,
-    storage::{LiveMessage, Storage, MAX_EMOJI},
+    storage::{self, LiveMessage, Storage},
     wire::{self, Code, Kind, Msg, Refusal},
 };
 use std::sync::Arc;
@@ -73,22 +73,18 @@ pub(crate) fn live(ctx: &Ctx<'_>, room: &str, seq: u64) -> Result<LiveMessage, R
     let node = ctx.node;
     let found =
         if seq <= node.visible_seq(room)? { node.storage().live_message(room, seq)? } else { None };
-    found.ok_or_else(|| Refusal::new(Code::NotFound, "no such message, or it was deleted"))
+    found.ok_or_else(crate::storage::not_found)
 }
 
 /// The target (or thread root) of `ev` is still a live message, and a
-/// reaction still fits under [`MAX_EMOJI`], as of the events applied so far.
+/// reaction still fits under [`MAX_EMOJI`](storage::MAX_EMOJI), as of the events applied so far.
 fn recheck(storage: &Storage, room: &str, ev: &Msg) -> Result<(), Refusal> {
     let target = if ev.kind == Kind::Message { ev.reply_to } else { ev.target };
     let Some(t) = target else { return Ok(()) };
-    let Some(m) = storage.live_message(room, t)? else {
-        return Err(Refusal::new(Code::NotFound, "no such message, or it was deleted"));
-    };
-    let emoji = ev.emoji.as_deref().unwrap_or_default();
-    let adds = ev.on == Some(true) && !m.emoji.iter().any(|e| e == emoji);
-    if ev.kind == Kind::Reaction && adds && m.emoji.len() >= MAX_EMOJI {
-        let why = format!("a message carries at most {MAX_EMOJI} different emoji");
-        return Err(Refusal::new(Code::LimitReached, why));
+    let Some(m) = storage.live_message(room, t)? else { return Err(crate::storage::not_found()) };
+    let adds = ev.kind == Kind::Reaction && ev.on == Some(true);
+    if adds && m.over_limit(ev.emoji.as_deref().unwrap_or_default()) {
+        return Err(storage::emoji_limit());
     }
     Ok(())
 }

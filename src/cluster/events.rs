@@ -32,6 +32,59 @@ pub fn log_key(room: &str) -> String {
     format!("chinwag:log:{room}")
 }
 
+/// The Redis key of a room's recently deleted messages (a set of seqs).
+pub fn gone_key(room: &str) -> String {
+    format!("chinwag:gone:{room}")
+}
+
+/// The Redis key of message `seq`'s reactions, as the seq script counts
+/// them.
+pub fn reactions_key(room: &str, seq: u64) -> String {
+    format!("chinwag:rx:{room}:{seq}")
+}
+
+/// What the seq script checks before it gives a room event a seq. Each
+/// node checks the rules against its own copy first, but that copy can
+/// lag the others by the events in flight, so the rules that another
+/// node's event can break are checked again where the order is decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Guard {
+    /// A plain message: nothing to check.
+    None,
+    /// An edit, or a reply: its target (or thread root) is not deleted.
+    Live(u64),
+    /// A delete: its target is not deleted yet, and is from now on.
+    Delete(u64),
+    /// A reaction: its target is not deleted, and an added emoji fits
+    /// under the limit.
+    React { target: u64, emoji: String, user: String, on: bool },
+}
+
+impl Guard {
+    /// The guard of room event `ev`.
+    pub fn of(ev: &Msg) -> Guard {
+        match (ev.kind, ev.target) {
+            (Kind::Edit, Some(t)) => Guard::Live(t),
+            (Kind::Delete, Some(t)) => Guard::Delete(t),
+            (Kind::Reaction, Some(target)) => Guard::React {
+                target,
+                emoji: ev.emoji.clone().unwrap_or_default(),
+                user: ev.from.clone(),
+                on: ev.on.unwrap_or(true),
+            },
+            _ => ev.reply_to.map_or(Guard::None, Guard::Live),
+        }
+    }
+
+    /// The message it checks, if any.
+    pub fn target(&self) -> Option<u64> {
+        match self {
+            Guard::None => None,
+            Guard::Live(t) | Guard::Delete(t) | Guard::React { target: t, .. } => Some(*t),
+        }
+    }
+}
+
 /// A room event as published (its seq travels in front of it). The
 /// fields past `text` came with room events; a node of an older release
 /// sends none of them (a plain message).
@@ -224,8 +277,9 @@ impl Event {
 pub enum Outbound {
     /// A room event to allocate a seq for: `body` is the published form,
     /// `floor` this node's last seq of the room, `n` the body's counter
-    /// (its sender waits under it in the link's pending answers).
-    Send { room: String, body: Vec<u8>, floor: u64, n: u64 },
+    /// (its sender waits under it in the link's pending answers), `guard`
+    /// what the seq script checks first.
+    Send { room: String, body: Vec<u8>, floor: u64, n: u64, guard: Guard },
     /// An event payload (`E` + MessagePack) to publish.
     Event(Vec<u8>),
     /// A revocation to keep in the [`REVOKED_KEY`] hash (`field` →

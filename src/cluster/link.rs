@@ -4,7 +4,7 @@
 //! are handed the node when they start.
 
 use super::{
-    events::{revocation_field, Body, Envelope, Event, Outbound},
+    events::{revocation_field, Body, Envelope, Event, Guard, Outbound},
     seal::Seal,
 };
 use crate::{
@@ -233,7 +233,8 @@ impl Link {
             .map_err(|e| Refusal::new(Code::Internal, e.to_string()))?;
         let body = self.seal.seal(&body);
         self.pending.lock().insert(n, reply);
-        let out = Outbound::Send { room: room.into(), body, floor: floor(), n };
+        let guard = Guard::of(ev);
+        let out = Outbound::Send { room: room.into(), body, floor: floor(), n, guard };
         self.tx.send(out).map_err(|_| {
             self.pending.lock().remove(&n);
             Refusal::new(Code::Unavailable, "cluster link stopped")

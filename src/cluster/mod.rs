@@ -8,7 +8,8 @@ mod link;
 mod seal;
 
 pub use events::{
-    log_key, revocation_field, seq_key, Body, Envelope, Event, Outbound, CHANNEL, REVOKED_KEY,
+    gone_key, log_key, reactions_key, revocation_field, seq_key, Body, Envelope, Event, Guard,
+    Outbound, CHANNEL, REVOKED_KEY,
 };
 pub use link::Link;
 pub use seal::Replays;

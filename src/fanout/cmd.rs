@@ -4,7 +4,7 @@
 
 use crate::{
     auth::Revocation,
-    wire::{self, http, Encoded, Encoding, ServerFrame},
+    wire::{self, http, Encoded, Encoding, Refusal, ServerFrame},
 };
 use bytes::Bytes;
 use serde_json::{json, Value};
@@ -47,6 +47,9 @@ pub enum Reply {
     Revoked(Revocation),
     /// Nothing was accepted: `unavailable`, or 503, with this message.
     Unavailable(&'static str),
+    /// A rule refused it where the cluster decides the order (another
+    /// node's event got there first): the refusal's error, or its status.
+    Refused(Refusal),
 }
 
 impl ReplyTo {
@@ -94,6 +97,10 @@ impl ReplyTo {
                 },
                 *enc,
             ),
+            (ReplyTo::Ws { enc, .. }, Reply::Refused(r)) => {
+                let (code, message) = (r.code, r.message.as_str());
+                wire::encode(&ServerFrame::Error { id, code, message, retry_after_ms: None }, *enc)
+            }
             (ReplyTo::Ws { enc, .. }, Reply::Revoked(_)) => {
                 // No frame revokes a token; answer like a refused write.
                 let message = "not a WebSocket request";
@@ -109,6 +116,7 @@ impl ReplyTo {
             (ReplyTo::Http { .. }, Reply::Revoked(Revocation::User { user, before })) => {
                 http::json(200, &json!({ "revoked_user": user, "before": before }))
             }
+            (ReplyTo::Http { .. }, Reply::Refused(r)) => http::refused(r),
             (ReplyTo::Http { .. }, Reply::Unavailable(message)) => {
                 http::error(503, "unavailable", message)
             }

@@ -95,9 +95,10 @@ impl Record {
         self.reply_to
     }
 
-    /// The distinct emoji on it now.
-    pub fn emoji(&self) -> Vec<String> {
-        self.reactions.iter().map(|(e, _)| e.clone()).collect()
+    /// Its reactions now: each emoji, in first-reaction order, with its
+    /// users.
+    pub fn reactions(&self) -> Vec<(String, Vec<String>)> {
+        self.reactions.clone()
     }
 
     pub(super) fn encode(&self) -> Vec<u8> {

@@ -6,7 +6,7 @@ use super::{
     keys::{be_u64, msg_key, prefix, sub, tag, tail_u64, Part::*},
     Result, Storage,
 };
-use crate::wire::{Cursor, Msg};
+use crate::wire::{Code, Cursor, Msg, Refusal};
 
 /// Unread and mention counts stop at this many.
 pub const COUNT_CAP: u64 = 1000;
@@ -43,10 +43,9 @@ impl Storage {
     /// Event `seq` of `room` if it is a message that is not deleted.
     pub fn live_message(&self, room: &str, seq: u64) -> Result<Option<LiveMessage>> {
         let t = self.trees()?;
-        Ok(self
-            .record(&t.messages, room, seq)?
-            .filter(Record::is_live_message)
-            .map(|r| LiveMessage { reply_to: r.reply_to(), emoji: r.emoji(), from: r.from }))
+        Ok(self.record(&t.messages, room, seq)?.filter(Record::is_live_message).map(|r| {
+            LiveMessage { reply_to: r.reply_to(), reactions: r.reactions(), from: r.from }
+        }))
     }
 
     /// Up to `limit` events of `room` from `cursor`, ascending, and whether
@@ -145,6 +144,26 @@ pub struct LiveMessage {
     pub from: String,
     /// Its thread root, if it is a reply.
     pub reply_to: Option<u64>,
-    /// The distinct emoji on it now.
-    pub emoji: Vec<String>,
+    /// Its reactions now: each emoji with its users.
+    pub reactions: Vec<(String, Vec<String>)>,
+}
+
+/// The refusal of an event whose target (or thread root) is missing or
+/// deleted.
+pub fn not_found() -> Refusal {
+    Refusal::new(Code::NotFound, "no such message, or it was deleted")
+}
+
+/// The refusal of a reaction that would pass [`MAX_EMOJI`](super::MAX_EMOJI).
+pub fn emoji_limit() -> Refusal {
+    let why = format!("a message carries at most {} different emoji", super::MAX_EMOJI);
+    Refusal::new(Code::LimitReached, why)
+}
+
+impl LiveMessage {
+    /// Whether reacting with `emoji` adds one more distinct emoji than
+    /// [`MAX_EMOJI`](super::MAX_EMOJI) allows.
+    pub fn over_limit(&self, emoji: &str) -> bool {
+        self.reactions.len() >= super::MAX_EMOJI && !self.reactions.iter().any(|(e, _)| e == emoji)
+    }
 }

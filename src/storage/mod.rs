@@ -27,7 +27,7 @@ mod messages;
 mod migrate;
 
 pub use events::MAX_EMOJI;
-pub use messages::{LiveMessage, COUNT_CAP};
+pub use messages::{emoji_limit, not_found, LiveMessage, COUNT_CAP};
 
 use parking_lot::RwLock;
 use std::{
