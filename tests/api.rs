@@ -231,14 +231,19 @@ fn web_client_is_served_at_root() {
     let r = http_request(s.addr, "GET", "/", &[], "");
     assert_eq!(r.status, 200);
     assert!(r.header("content-type").is_some_and(|c| c.starts_with("text/html")));
-    // The script is its own file (the page's CSP allows no inline script).
+    // The script is its own file (the page's CSP allows no inline script),
+    // an ES module that speaks the protocol through the client library
+    // (clients/js), served from here too: /chinwag.js imports ./msgpack.js.
     let script = http_request(s.addr, "GET", "/app.js", &[], "");
+    let lib = http_request(s.addr, "GET", "/chinwag.js", &[], "");
+    let msgpack = http_request(s.addr, "GET", "/msgpack.js", &[], "");
     assert!(
-        r.body.contains("<html")
-            && r.body.contains("src=\"/app.js\"")
-            && script.body.contains("chinwag.v1.json"),
-        "the page speaks the protocol"
+        r.body.contains("<html") && r.body.contains("<script type=\"module\" src=\"/app.js\">")
     );
+    assert!(script.body.contains("from '/chinwag.js'"), "app.js imports the library");
+    assert_eq!(lib.body, include_str!("../clients/js/index.js"));
+    assert!(lib.body.contains("chinwag.v1.json") && lib.body.contains("from './msgpack.js'"));
+    assert_eq!(msgpack.body, include_str!("../clients/js/msgpack.js"));
 }
 
 /// A rustls client stream that trusts exactly `cert`.
@@ -421,7 +426,13 @@ fn http_edges_big_heads_disagreeing_lengths_safe_headers_and_plain_401s() {
         assert!(csp.contains(directive), "{csp}");
     }
     assert!(!page.body.contains("<script>") && !page.body.contains("<style>"));
-    for (path, kind) in [("/app.js", "text/javascript"), ("/app.css", "text/css")] {
+    let assets = [
+        ("/app.js", "text/javascript"),
+        ("/chinwag.js", "text/javascript"),
+        ("/msgpack.js", "text/javascript"),
+        ("/app.css", "text/css"),
+    ];
+    for (path, kind) in assets {
         let r = http_request(s.addr, "GET", path, &[], "");
         assert_eq!(r.status, 200, "{path}");
         assert!(r.header("Content-Type").is_some_and(|t| t.starts_with(kind)), "{path}");

@@ -367,6 +367,22 @@ export interface ClientEventMap {
 
 export type ClientEventType = keyof ClientEventMap;
 
+/**
+ * The second argument of every listener of a room event (`message`, `edit`,
+ * `delete`, `reaction`); undefined for other events.
+ */
+export type RoomEventMeta =
+  /** The event arrived live, as it happened. */
+  | { resumed: false }
+  /**
+   * Fetched while catching up (`history` after a reconnect or a gap, `join`
+   * with `since`): a `message` shows its current state, which already counts
+   * every room event up to `asOf` (edits, reactions, deletion, replies).
+   */
+  | { resumed: true; asOf: number };
+
+export type ClientListener<K extends ClientEventType> = (payload: ClientEventMap[K], meta?: RoomEventMeta) => void;
+
 // ---- the client ------------------------------------------------------------------------------
 
 /** The WebSocket constructor the client needs (the WHATWG one, or a compatible one such as `ws`). */
@@ -398,8 +414,10 @@ export interface ReconnectOptions {
 export interface ClientOptions {
   /** `ws(s)://host:port/ws`, or `http(s)://host:port` (then `/ws` is added). */
   url: string;
-  /** An HS256 JWT (PROTOCOL.md section 2); sent as `?token=`. */
-  token: string;
+  /** An HS256 JWT (PROTOCOL.md section 2); sent as `?token=`. Required unless `user` is given. */
+  token?: string;
+  /** Open mode only (a server started with `--open`): the user id, sent as `?user=`, when there is no token. */
+  user?: string;
   /** Default 'json'. */
   encoding?: 'json' | 'msgpack';
   /** A WebSocket constructor for runtimes without a global one (Node < 22). */
@@ -470,8 +488,8 @@ export declare class ChinwagClient {
   constructor(options: ClientOptions);
 
   readonly state: ClientState;
-  /** The current token (the latest one from refresh). */
-  readonly token: string;
+  /** The current token (the latest one from refresh); null in open mode. */
+  readonly token: string | null;
   /** The user id from the last hello (null before it). */
   readonly user: string | null;
   readonly hello: HelloFrame | null;
@@ -489,15 +507,17 @@ export declare class ChinwagClient {
   /** A token for the next connections (after an auth_error, say; then call connect()). */
   setToken(token: string): void;
 
-  on<K extends ClientEventType>(type: K, fn: (payload: ClientEventMap[K]) => void): () => void;
-  off<K extends ClientEventType>(type: K, fn: (payload: ClientEventMap[K]) => void): void;
-  once<K extends ClientEventType>(type: K, fn: (payload: ClientEventMap[K]) => void): () => void;
+  on<K extends ClientEventType>(type: K, fn: ClientListener<K>): () => void;
+  off<K extends ClientEventType>(type: K, fn: ClientListener<K>): void;
+  once<K extends ClientEventType>(type: K, fn: ClientListener<K>): () => void;
   once<K extends ClientEventType>(type: K): Promise<ClientEventMap[K]>;
 
   /** Connects, and keeps reconnecting until close(); resolves once open and caught up. */
   connect(): Promise<HelloFrame>;
   /** Closes for good (until connect()); pending requests reject with code 'closed'. */
   close(code?: number, reason?: string): void;
+  /** While waiting to reconnect: tries at once, with the backoff started afresh. */
+  retryNow(): void;
 
   /** Any client frame; resolves with its reply (typing, read: once written). */
   request<K extends ClientFrameType>(frame: { type: K } & Omit<Extract<ClientFrame, { type: K }>, 'id'>): Promise<ReplyMap[K]>;

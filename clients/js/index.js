@@ -44,6 +44,8 @@ const EVENT_FRAMES = new Set(['send', 'dm', 'edit', 'delete', 'react']);
 const ROOM_EVENTS = new Set(ROOM_EVENT_TYPES);
 const HISTORY_PAGE = 100;
 const MAX_TIMER_MS = 0x7fffffff;
+/** The second argument of a room event's listeners when the event arrived live. */
+const LIVE = Object.freeze({ resumed: false });
 
 /** An error from the server (`code` is the protocol's error code) or from the client. */
 export class ChinwagError extends Error {
@@ -139,11 +141,15 @@ export class ChinwagClient {
    */
   constructor(options) {
     if (!options || !options.url) throw new TypeError('ChinwagClient: options.url is required');
-    if (!options.token) throw new TypeError('ChinwagClient: options.token is required');
+    if (!options.token && !options.user) {
+      throw new TypeError('ChinwagClient: options.token (or options.user, on a server in open mode) is required');
+    }
     const encoding = options.encoding || 'json';
     if (!SUBPROTOCOLS[encoding]) throw new TypeError(`ChinwagClient: unknown encoding ${encoding}`);
     this._url = wsUrl(options.url);
-    this._token = options.token;
+    this._token = options.token || null;
+    /** Open mode (PROTOCOL.md section 2): the user id sent as `?user=` while there is no token. */
+    this._openUser = options.user || null;
     this._tokenSeenAt = Date.now() / 1000;
     this._encoding = encoding;
     this._WebSocket = options.WebSocket || null;
@@ -187,6 +193,8 @@ export class ChinwagClient {
     this._own = new Map();
     /** Seqs of events acknowledged to this client while event frames are out: room -> Set. */
     this._claimed = new Map();
+    /** Room events fetched while catching up (history, join `since`) -> the seq their state is as of. */
+    this._fetched = new WeakMap();
     this._settled = 0;
 
     /** Counters, for logs and tests. */
@@ -198,7 +206,7 @@ export class ChinwagClient {
   /** 'idle' | 'connecting' | 'open' | 'reconnecting' | 'closed' */
   get state() { return this._state; }
 
-  /** The current token (the latest one from `refresh`). */
+  /** The current token (the latest one from `refresh`); null in open mode. */
   get token() { return this._token; }
 
   /** The user id from the last `hello` (null before the first one). */
@@ -261,11 +269,11 @@ export class ChinwagClient {
     return off;
   }
 
-  _emit(type, payload) {
+  _emit(type, payload, meta) {
     const set = this._listeners.get(type);
     if (!set || set.size === 0) return;
     for (const fn of [...set]) {
-      try { fn(payload); } catch (e) { reportError(e); }
+      try { fn(payload, meta); } catch (e) { reportError(e); }
     }
   }
 
@@ -307,6 +315,17 @@ export class ChinwagClient {
     if (wasOpen) this._emit('close', { code, reason, wasClean: true, byClient: true });
   }
 
+  /**
+   * While waiting to reconnect, tries at once and starts the backoff afresh
+   * (a browser page calls it on the window's `online` event).
+   */
+  retryNow() {
+    if (!this._want || !this._reconnectTimer) return;
+    clearTimeout(this._reconnectTimer);
+    this._attempt = 0;
+    this._open();
+  }
+
   _clearTimers() {
     clearTimeout(this._reconnectTimer); this._reconnectTimer = null;
     clearTimeout(this._refreshTimer); this._refreshTimer = null;
@@ -325,6 +344,7 @@ export class ChinwagClient {
   _serverNow() { return Date.now() + this._skewMs; }
 
   _claims() {
+    if (!this._token) return {};
     try { return decodeJwt(this._token); } catch (_) { return {}; }
   }
 
@@ -345,7 +365,8 @@ export class ChinwagClient {
       return;
     }
     const url = new URL(this._url.href);
-    url.searchParams.set('token', this._token);
+    if (this._token) url.searchParams.set('token', this._token);
+    else url.searchParams.set('user', this._openUser);
     this._state = this._state === 'idle' || this._state === 'closed' ? 'connecting' : 'reconnecting';
     const conn = { ws: null, hello: false, opened: false };
     this._conn = conn;
@@ -437,7 +458,8 @@ export class ChinwagClient {
       return;
     }
     this._scheduleReconnect(info);
-    if (!conn.hello && this._probeAuth) this._probe();
+    // Open mode has no token to ask about.
+    if (!conn.hello && this._probeAuth && this._token) this._probe();
   }
 
   _scheduleReconnect(info) {
@@ -623,7 +645,10 @@ export class ChinwagClient {
     let st = this._rooms.get(joined.room);
     if (typeof req.since === 'number') {
       if (!st) st = this._newRoom(joined.room, req.since);
-      for (const ev of joined.history || []) this._onRoomEvent(ev, true);
+      for (const ev of joined.history || []) {
+        this._fetched.set(ev, joined.seq);
+        this._onRoomEvent(ev, true);
+      }
       if (joined.more) this._resync(joined.room).catch(() => {});
     } else if (!st) {
       this._newRoom(joined.room, joined.seq);
@@ -649,7 +674,8 @@ export class ChinwagClient {
       if (!list) this._own.set(ev.room, (list = []));
       list.push(ev);
     }
-    this._emit(ev.type, ev);
+    const asOf = this._fetched.get(ev);
+    this._emit(ev.type, ev, asOf === undefined ? LIVE : { resumed: true, asOf });
   }
 
   /** Delivers the buffered events that follow on. */
@@ -678,8 +704,11 @@ export class ChinwagClient {
         const before = st.last;
         const h = await this._request({ type: 'history', room, after: st.last, limit: HISTORY_PAGE }, { internal: true });
         if (conn !== this._conn || this._rooms.get(room) !== st) return;
-        for (const m of h.messages || []) {
-          if (m.seq > st.last) { this.stats.resumedEvents += 1; this._deliver(st, m); }
+        const page = h.messages || [];
+        // Each item shows its message as of (at least) the page's last seq.
+        const asOf = page.reduce((max, m) => Math.max(max, m.seq), 0);
+        for (const m of page) {
+          if (m.seq > st.last) { this.stats.resumedEvents += 1; this._fetched.set(m, asOf); this._deliver(st, m); }
         }
         this._drain(st);
         if (h.more) continue;
@@ -1003,7 +1032,10 @@ export class ChinwagClient {
     if (typeof f !== 'function') throw new ChinwagError('no_fetch', 'no fetch on this runtime: pass options.fetch');
     const r = await f(this.httpBase + path, {
       method,
-      headers: { authorization: `Bearer ${this._token}`, ...(body !== undefined ? { 'content-type': 'application/json' } : {}) },
+      headers: {
+        ...(this._token ? { authorization: `Bearer ${this._token}` } : {}),
+        ...(body !== undefined ? { 'content-type': 'application/json' } : {}),
+      },
       body: body !== undefined ? JSON.stringify(body) : undefined,
     });
     const text = await r.text();

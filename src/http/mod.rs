@@ -22,6 +22,12 @@ const INDEX: &str = include_str!("../web/index.html");
 /// inline script or style at all.
 const APP_JS: &str = include_str!("../web/app.js");
 const APP_CSS: &str = include_str!("../web/app.css");
+/// The client library (`clients/js`), which app.js imports as an ES module:
+/// `/chinwag.js` is its index.js, which imports `./msgpack.js`.
+const LIB_JS: &str = include_str!("../../clients/js/index.js");
+const LIB_MSGPACK_JS: &str = include_str!("../../clients/js/msgpack.js");
+/// The content type of every script above.
+const JS: &str = "text/javascript; charset=utf-8";
 /// The page's Content-Security-Policy: scripts, styles, images and
 /// connections (the WebSocket, the API) from its own origin only; never framed.
 const CSP: &str = "Content-Security-Policy: default-src 'none'; script-src 'self'; \
@@ -97,15 +103,16 @@ pub fn handle(buf: &[u8], node: &Node) -> Outcome {
         "/" if method == "GET" => {
             Outcome::Respond(response_with(200, "text/html; charset=utf-8", CSP, INDEX.as_bytes()))
         }
-        "/app.js" if method == "GET" => {
-            Outcome::Respond(response(200, "text/javascript; charset=utf-8", APP_JS.as_bytes()))
+        "/app.js" if method == "GET" => Outcome::Respond(response(200, JS, APP_JS.as_bytes())),
+        "/chinwag.js" if method == "GET" => Outcome::Respond(response(200, JS, LIB_JS.as_bytes())),
+        "/msgpack.js" if method == "GET" => {
+            Outcome::Respond(response(200, JS, LIB_MSGPACK_JS.as_bytes()))
         }
         "/app.css" if method == "GET" => {
             Outcome::Respond(response(200, "text/css; charset=utf-8", APP_CSS.as_bytes()))
         }
-        "/ws" | "/health" | "/metrics" | "/" | "/app.js" | "/app.css" => {
-            Outcome::Respond(error(405, "method_not_allowed", "use GET"))
-        }
+        "/ws" | "/health" | "/metrics" | "/" | "/app.js" | "/chinwag.js" | "/msgpack.js"
+        | "/app.css" => Outcome::Respond(error(405, "method_not_allowed", "use GET")),
         _ if path.starts_with("/api/") => {
             if buf.len() < head_len + body_len {
                 return Outcome::Partial;

@@ -1,11 +1,20 @@
-// The chinwag web client: one file, no dependencies, served under a strict CSP
-// (no inline script or style, no eval), so every piece of user text goes into
-// the page through textContent, never innerHTML.
+// The chinwag web client: one file plus the client library (clients/js,
+// served as /chinwag.js), served under a strict CSP (no inline script or
+// style, no eval), so every piece of user text goes into the page through
+// textContent, never innerHTML.
 //
-// Sections: utilities · sign-in · state · tokens · connection · frames ·
-// room events · message rendering · timeline · read markers · sidebar ·
-// actions (edit, delete, react) · threads · mentions · search · directory ·
-// sending · typing · notifications.
+// The library owns the connection: it reconnects with backoff, resumes every
+// room after the last seq it delivered (each room event reaches the page once,
+// in seq order per room), retries sends across reconnects without doubling
+// them, paces frames by the server's rate limit and refreshes the token. This
+// file is the page: what to show, what to ask for and when.
+//
+// Sections: utilities · sign-in · state · tokens · connection · hello and
+// rooms · room events · message rendering · timeline · read markers ·
+// sidebar · actions (edit, delete, react) · threads · mentions · search ·
+// directory · sending · typing · notifications.
+import { ChinwagClient, decodeJwt, dmRoom } from '/chinwag.js';
+
 (() => {
   'use strict';
   const ROOM_RE = /^[a-z0-9][a-z0-9_.-]{0,63}$/;
@@ -50,11 +59,12 @@
 
   function credentials() {
     const token = store.get(LS_TOKEN);
-    if (token) return { q: 'token=' + encodeURIComponent(token), token };
+    if (token) return { token };
     const user = store.get(LS_USER);
-    if (user) return { q: 'user=' + encodeURIComponent(user) };
+    if (user) return { user };
     return null;
   }
+
 
   function showSignin(msg) {
     $('app').classList.add('hidden');
@@ -73,22 +83,19 @@
   });
   $('signout').addEventListener('click', () => {
     store.del(LS_TOKEN); store.del(LS_USER); store.del(LS_ROOM);
-    stopped = true;
-    if (ws) try { ws.close(1000); } catch (_) {}
+    if (client) client.close(1000, 'signed out');
     location.reload();
   });
 
   // ---- state ---------------------------------------------------------------
-  let ws = null, connId = 0, stopped = false, everOnline = false;
-  let backoff = 500, retryTimer = null, authSuspect = 0;
+  let client = null;                   // the ChinwagClient of the current sign-in
+  let everOnline = false;
+  let hellos = 0;                      // connections so far (for presence freshness)
   let me = null;
-  let nextId = 1;
-  const pending = new Map();           // request id -> handler(frame, isError)
   const rooms = new Map();             // name -> room
   const names = new Map();             // user id -> display name (hello.name, joined.names)
   let current = null;                  // room name
-  let outbox = [];                     // {key, id, room, to, text, reply_to, floor, state, conn}
-  let resyncing = 0;
+  let outbox = [];                     // messages sent and not acked yet: {key, room, to, text, reply_to, ts}
 
   function isDm(name) { return name.startsWith('dm:'); }
   function dmPeer(name) {
@@ -96,7 +103,7 @@
     if (parts.length !== 3) return name;
     return parts[1] === me ? parts[2] : parts[1];
   }
-  function dmRoomFor(user) { return me < user ? `dm:${me}:${user}` : `dm:${user}:${me}`; }
+  function dmRoomFor(user) { return dmRoom(me, user); }
   function displayName(u) { return names.get(u) || u; }
   function label(name) { return isDm(name) ? displayName(dmPeer(name)) : name; }
   function roomTitle(name) { return isDm(name) ? '@ ' + label(name) : '# ' + name; }
@@ -130,15 +137,6 @@
   function sortedSeen(r) { return [...r.seen].sort((a, b) => a - b); }
   function lowSeen(r) { let m = Infinity; for (const s of r.seen) if (s < m) m = s; return m === Infinity ? 0 : m; }
   function highSeen(r) { let m = 0; for (const s of r.seen) if (s > m) m = s; return m; }
-  // Highest seq up to which the loaded events are gap-free (from the lowest loaded one):
-  // the `since` of a resume.
-  function contiguous(r) {
-    const s = sortedSeen(r);
-    if (!s.length) return r.loaded === 'loaded' ? Math.max(0, r.seq0 || 0) : 0;
-    let c = s[0];
-    for (let i = 1; i < s.length && s[i] === c + 1; i++) c = s[i];
-    return c;
-  }
   // `loaded` marks a room's first load done; callbacks waiting for it (a jump
   // to a search hit) run once its events are in (so after ingest()).
   function loaded(r) { r.loaded = 'loaded'; }
@@ -148,44 +146,24 @@
   }
 
   // ---- tokens: stay signed in ------------------------------------------------
-  // The server closes a connection whose token expires (4001). The page asks for
-  // a fresh token (`refresh`) once less than half of the token's lifetime is
-  // left, or at connect when it expires within 10 minutes, and keeps it in
-  // localStorage for the next connection.
+  // The server closes a connection whose token expires (4001). The library asks
+  // for a fresh token once less than half of its lifetime is left, and the page
+  // keeps each new one (`token` event) in localStorage for the next visit. The
+  // page also asks at connect when the token expires within 10 minutes, and
+  // when the tab comes back (timers sleep in background tabs).
   let clockSkew = 0;                   // server_time - Date.now(), from hello
-  let refreshTimer = null, refreshing = false;
-  function jwtClaims(t) {
-    try {
-      let p = t.split('.')[1].replace(/-/g, '+').replace(/_/g, '/');
-      while (p.length % 4) p += '=';
-      const bin = atob(p);
-      const bytes = Uint8Array.from(bin, (c) => c.charCodeAt(0));
-      return JSON.parse(new TextDecoder().decode(bytes));
-    } catch (_) { return null; }
-  }
-  function scheduleRefresh(atConnect) {
-    clearTimeout(refreshTimer);
-    const tok = store.get(LS_TOKEN);
-    const c = tok && jwtClaims(tok);
-    if (!c || typeof c.exp !== 'number' || !ws || !ws.chinwagReady) return;
+  let refreshing = false;
+  function refreshIfDue(atConnect) {
+    if (!online() || !client.token || refreshing) return;
+    let c;
+    try { c = decodeJwt(client.token); } catch (_) { return; }
+    if (typeof c.exp !== 'number') return;
     const exp = c.exp * 1000;
     const life = Math.max(1000, exp - (typeof c.iat === 'number' ? c.iat * 1000 : exp - 30 * 86400e3));
     const left = exp - (Date.now() + clockSkew);
-    if (left < life / 2 || (atConnect && left < 10 * 60e3)) { refreshNow(); return; }
-    // Timers sleep in background tabs; visibilitychange re-checks too.
-    refreshTimer = setTimeout(() => scheduleRefresh(false), Math.max(1000, Math.min(left - life / 2, 6 * 3600e3)));
-  }
-  function refreshNow() {
-    if (refreshing) return;
+    if (left >= life / 2 && !(atConnect && left < 10 * 60e3)) return;
     refreshing = true;
-    const ok = send({ type: 'refresh' }, (f, err) => {
-      refreshing = false;
-      if (!f) return;                  // connection lost: the next hello reschedules
-      if (err || typeof f.token !== 'string') { refreshTimer = setTimeout(() => scheduleRefresh(false), 60e3); return; }
-      store.set(LS_TOKEN, f.token);
-      scheduleRefresh(false);
-    });
-    if (!ok) refreshing = false;
+    client.refresh().catch(() => {}).finally(() => { refreshing = false; });
   }
 
   // ---- connection ----------------------------------------------------------
@@ -200,70 +178,54 @@
     if (!canSend && everOnline) $('notice').textContent = 'Connection lost — reconnecting. Messages you send now will go out once back online.';
   }
 
-  function send(frame, handler) {
-    if (handler) {
-      frame.id = nextId++;
-      pending.set(frame.id, handler);
-    }
-    if (ws && ws.readyState === WebSocket.OPEN && ws.chinwagReady) {
-      ws.send(JSON.stringify(frame));
-      return true;
-    }
-    if (handler) pending.delete(frame.id);
-    return false;
-  }
+  /** Connected and caught up: requests go out now. */
+  function online() { return !!client && client.state === 'open'; }
+
+  /**
+   * A request while online: `make(client)` returns the library's Promise of
+   * the reply. Null while offline (nothing is sent): only messages wait for
+   * the connection (the outbox); other actions say "not connected".
+   */
+  function ask(make) { return online() ? make(client) : null; }
+  const OFFLINE = { code: 'offline', message: 'Not connected; try again in a moment.' };
 
   function connect() {
-    clearTimeout(retryTimer);
     const cred = credentials();
     if (!cred) { showSignin(); return; }
     $('signin').classList.add('hidden');
     $('app').classList.remove('hidden');
-    const proto = location.protocol === 'https:' ? 'wss:' : 'ws:';
-    const url = `${proto}//${location.host}/ws?${cred.q}`;
     setStatus(everOnline ? 'reconnecting' : 'connecting');
-    let sock;
-    try { sock = new WebSocket(url, 'chinwag.v1.json'); } catch (e) { scheduleReconnect(false); return; }
-    ws = sock;
-    sock.chinwagToken = cred.token || null;
-    const myConn = ++connId;
-    let opened = false;
-    sock.onopen = () => { opened = true; sock.chinwagReady = true; };
-    sock.onmessage = (ev) => {
-      if (ws !== sock) return;
-      let f;
-      try { f = JSON.parse(ev.data); } catch (_) { return; }
-      try { onFrame(f, myConn); } catch (e) { console.error('chinwag: frame handling failed', e, f); }
-    };
-    sock.onclose = (ev) => {
-      if (ws !== sock) return;
-      ws = null;
-      onDisconnect();
-      if (stopped) return;
-      if (ev.code === 4001) {
-        // Expired or revoked. If a refresh (ours or another tab's) stored a newer
-        // token since this connection opened, reconnect with it.
-        const stored = store.get(LS_TOKEN);
-        const c = stored && jwtClaims(stored);
-        if (stored && stored !== sock.chinwagToken && c && c.exp * 1000 > Date.now() + clockSkew) { scheduleReconnect(true); return; }
-        store.del(LS_TOKEN);
-        showSignin('Your session ended (token expired or revoked). Please sign in again.');
-        return;
-      }
-      scheduleReconnect(opened);
-    };
-    sock.onerror = () => {};
+    if (client) client.close(1000, 'signed in again');
+    const c = new ChinwagClient({ url: location.origin, ...cred, reconnect: { maxDelayMs: 10000 } });
+    client = c;
+    // Listeners of a client that was replaced hear nothing.
+    const on = (type, fn) => c.on(type, (f, meta) => {
+      if (client !== c) return;
+      try { fn(f, meta); } catch (e) { console.error('chinwag: handling a frame failed', e, f); }
+    });
+    on('hello', onHello);
+    on('open', onOpen);
+    on('close', onDisconnect);
+    on('reconnecting', onReconnecting);
+    on('auth_error', onAuthError);
+    for (const t of ['message', 'edit', 'delete', 'reaction']) {
+      on(t, (f, meta) => ingest(f.room, [f], meta && meta.resumed ? 'resumed' : 'live', meta && meta.asOf));
+    }
+    on('presence', onPresence);
+    on('typing', onTyping);
+    on('read', (f) => {
+      const r = rooms.get(f.room);
+      if (r && f.seq > r.read) { r.read = f.seq; recount(r); renderRooms(); }
+    });
+    on('left', (f) => onLeft(f.room));
+    on('token', (f) => store.set(LS_TOKEN, f.token));
+    on('error', (f) => showError(f));
+    on('notification', (f) => showError({ code: f.kind, message: f.text }, true));
+    c.connect().catch(() => {});       // a refused token arrives as auth_error
   }
 
   function onDisconnect() {
-    for (const [, h] of pending) try { h(null, true); } catch (_) {}
-    pending.clear();
-    resyncing = 0;
-    refreshing = false;
-    clearTimeout(refreshTimer);
     for (const r of rooms.values()) {
-      if (r.loaded === 'loading') r.loaded = r.msgs.size ? 'loaded' : 'none';
-      r.loadingOlder = false; r.loadingNewer = false;
       for (const t of r.typing.values()) clearTimeout(t);
       r.typing.clear();
     }
@@ -272,67 +234,54 @@
     setStatus(everOnline ? 'reconnecting' : 'connecting');
   }
 
-  async function scheduleReconnect(opened) {
-    if (!opened) {
-      // The browser hides the HTTP status of a refused upgrade; if the server
-      // answers /health but refuses us, the credentials are most likely bad.
-      try {
-        const r = await fetch('/health', { cache: 'no-store' });
-        if (r.ok) authSuspect++; else authSuspect = 0;
-      } catch (_) { authSuspect = 0; }
-      if (authSuspect >= (everOnline ? 5 : 3)) {
-        authSuspect = 0;
-        const hadToken = !!store.get(LS_TOKEN);
-        store.del(LS_TOKEN); store.del(LS_USER);
-        showSignin(hadToken ? 'The server refused this token (bad, expired or revoked).' :
-          'The server refused this user name (it may not be in open mode: use a token link).');
-        return;
-      }
-    } else {
-      authSuspect = 0;
-    }
-    const delay = Math.min(backoff, 10000) * (0.75 + Math.random() * 0.5);
-    backoff = Math.min(backoff * 2, 10000);
-    retryTimer = setTimeout(connect, delay);
+  // Open mode (`?user=`): the browser hides the HTTP status of a refused
+  // upgrade, and there is no token for the library to ask the API about. If
+  // the server answers /health but never lets us in, the user name is refused.
+  let suspect = 0, helloSinceFailure = false;
+  async function onReconnecting() {
+    const c = client;
+    if (c.token) return;
+    if (helloSinceFailure) { helloSinceFailure = false; suspect = 0; return; }
+    let up = false;
+    try { up = (await fetch('/health', { cache: 'no-store' })).ok; } catch (_) { up = false; }
+    if (c !== client) return;
+    suspect = up ? suspect + 1 : 0;
+    if (suspect < (everOnline ? 5 : 3)) return;
+    suspect = 0;
+    c.close(1000, 'user name refused');
+    store.del(LS_USER);
+    showSignin('The server refused this user name (it may not be in open mode: use a token link).');
   }
 
-  // ---- frames ----------------------------------------------------------------
-  function onFrame(f, conn) {
-    if (f.id !== undefined && f.id !== null && pending.has(f.id)) {
-      const h = pending.get(f.id);
-      pending.delete(f.id);
-      h(f, f.type === 'error');
+  // The token was refused (401), revoked or expired (4001, token_expired). If a
+  // refresh (another tab's) stored a newer token meanwhile, go on with that one.
+  function onAuthError(info) {
+    const c = client;
+    const stored = store.get(LS_TOKEN);
+    let exp = 0;
+    try { exp = decodeJwt(stored).exp * 1000; } catch (_) { exp = 0; }
+    if (info.code !== 401 && stored && stored !== c.token && exp > Date.now() + clockSkew) {
+      c.setToken(stored);
+      c.connect().catch(() => {});
       return;
     }
-    switch (f.type) {
-      case 'hello': onHello(f, conn); break;
-      case 'message': case 'edit': case 'delete': case 'reaction':
-        ingest(f.room, [f], 'live'); break;
-      case 'presence': onPresence(f); break;
-      case 'typing': onTyping(f); break;
-      case 'read': {
-        const r = rooms.get(f.room);
-        if (r && f.seq > r.read) { r.read = f.seq; recount(r); renderRooms(); }
-        break;
-      }
-      case 'left': onLeft(f.room); break;
-      case 'joined': onJoined(f, false); break;
-      case 'presence_list': onPresenceList(f); break;
-      case 'ack': onAck(f); break;
-      case 'token': if (typeof f.token === 'string') store.set(LS_TOKEN, f.token); break;
-      case 'error': showError(f); break;
-      case 'notification': showError({ code: f.kind, message: f.text }, true); break;
-      default: break;
-    }
+    store.del(LS_TOKEN);
+    if (info.code === 401) {
+      store.del(LS_USER);
+      showSignin('The server refused this token (bad, expired or revoked).');
+    } else showSignin('Your session ended (token expired or revoked). Please sign in again.');
   }
 
-  function onHello(f, conn) {
-    const firstTime = !everOnline;
+  // ---- hello and rooms ------------------------------------------------------
+  // `hello` comes first; then the library delivers what each room missed while
+  // we were away (as room events), then `open`.
+  function onHello(f) {
     if (me !== null && me !== f.user) { rooms.clear(); current = null; outbox = []; }
     me = f.user;
+    hellos++;
+    helloSinceFailure = true;
     if (typeof f.name === 'string' && f.name) names.set(me, f.name);
     if (typeof f.server_time === 'number') clockSkew = f.server_time - Date.now();
-    everOnline = true; backoff = 500; authSuspect = 0;
     const meName = $('me-name');
     meName.textContent = 'signed in as ' + displayName(me);
     meName.title = me;
@@ -356,85 +305,60 @@
       if (saved && rooms.has(saved)) current = saved;
       else if (f.rooms && f.rooms.length) current = [...rooms.keys()].filter((n) => !isDm(n))[0] || f.rooms[0].room;
     }
+  }
+
+  function onOpen({ reconnected }) {
+    const firstTime = !everOnline;
+    everOnline = true;
+    suspect = 0;
     setStatus('online');
-    scheduleRefresh(true);
-    // Resume every room we hold messages for, then the open one.
-    for (const r of rooms.values()) {
-      if (r.placeholder) continue;
-      if (r.loaded === 'loaded') resync(r);
-    }
+    refreshIfDue(true);
+    // Who is in and online in the rooms we show may have changed meanwhile.
+    if (reconnected) for (const r of rooms.values()) if (r.loaded === 'loaded' && !r.placeholder) refreshRoomInfo(r);
     if (current) openRoom(current, { keepScroll: !firstTime });
     else render();
-    if (resyncing === 0) flushOutbox();
     if (thread.root !== null && rooms.has(thread.room)) loadThread();
     // Nothing to show yet: the room directory is the way in.
-    if (!f.rooms || !f.rooms.length) { if (firstTime) openDirectory(true); }
+    if (!rooms.size && firstTime) openDirectory(true);
   }
 
-  function resyncDone() {
-    resyncing = Math.max(0, resyncing - 1);
-    if (resyncing === 0) flushOutbox();
-  }
-
-  // Fetch everything after the last gap-free seq (join+since for rooms, history
-  // after for DM rooms, which cannot be joined), following `more`.
-  function resync(r) {
-    const since = contiguous(r);
-    resyncing++;
-    const follow = (after) => {
-      send({ type: 'history', room: r.name, after, limit: 100 }, (h, err) => {
-        if (!h || err) { if (h) showError(h); resyncDone(); return; }
-        ingest(r.name, h.messages, 'newer');
-        if (h.more && h.messages.length) follow(h.messages[h.messages.length - 1].seq);
-        else { r.detached = false; resyncDone(); }
-      }) || resyncDone();
-    };
-    if (r.dm) {
-      follow(since);
-      send({ type: 'presence', room: r.name }, (p, err) => { if (p && !err) onPresenceList(p); });
-    } else {
-      const ok = send({ type: 'join', room: r.name, since }, (j, err) => {
-        if (!j || err) { if (j) showError(j); resyncDone(); return; }
-        onJoined(j, true);
-        const last = j.history.length ? j.history[j.history.length - 1].seq : since;
-        if (j.more) follow(last); else { r.detached = false; resyncDone(); }
-      });
-      if (!ok) resyncDone();
-    }
-  }
-
-  // Members and names of a room we are in, e.g. after someone new came online
-  // (presence carries no display name): a join with `since` is cheap.
-  const infoTimers = new Map();
+  // Members, who is online and display names of a room we hold: a join with
+  // `since` the library's last seq (any events in it reach us as room events),
+  // or for a DM room (which cannot be joined) its presence.
   function refreshRoomInfo(r) {
+    const p = ask((c) => (r.dm ? c.presence(r.name) : c.join(r.name, { since: c.lastSeq(r.name) ?? r.seq })));
+    if (p) p.then((f) => (r.dm ? onPresenceList(f) : onJoined(f, true)), () => {});
+  }
+  // Someone new came online (presence carries no display name): once, shortly.
+  const infoTimers = new Map();
+  function refreshRoomInfoSoon(r) {
     if (r.dm || r.loaded !== 'loaded' || infoTimers.has(r.name)) return;
     infoTimers.set(r.name, setTimeout(() => {
       infoTimers.delete(r.name);
-      if (r.loaded !== 'loaded' || !rooms.has(r.name)) return;
-      send({ type: 'join', room: r.name, since: contiguous(r) }, (j, err) => {
-        if (j && !err) onJoined(j, true);
-      });
+      if (r.loaded === 'loaded' && rooms.has(r.name)) refreshRoomInfo(r);
     }, 300));
   }
 
   function initialLoad(r) {
-    r.loaded = 'loading';
+    const fail = (e) => { r.loaded = r.msgs.size ? 'loaded' : 'none'; showError(e); };
     if (r.dm) {
-      send({ type: 'history', room: r.name, limit: 50 }, (h, err) => {
-        if (!h || err) { r.loaded = r.msgs.size ? 'loaded' : 'none'; if (h) showError(h); return; }
+      const p = ask((c) => c.history(r.name, { limit: 50 }));
+      if (!p) return;
+      r.loaded = 'loading';
+      p.then((h) => {
         r.moreOlder = h.more;
         loaded(r);
         if (!h.messages.length) r.seq0 = r.seq;
         ingest(r.name, h.messages, 'older');
         if (r.name === current) renderAllMessages();
         fireLoaded(r);
-      }) || (r.loaded = 'none');
-      send({ type: 'presence', room: r.name }, (p, err) => { if (p && !err) onPresenceList(p); });
+      }, fail);
+      refreshRoomInfo(r);
     } else {
-      send({ type: 'join', room: r.name }, (j, err) => {
-        if (!j || err) { r.loaded = r.msgs.size ? 'loaded' : 'none'; if (j) showError(j); return; }
-        onJoined(j, false);
-      }) || (r.loaded = 'none');
+      const p = ask((c) => c.join(r.name));
+      if (!p) return;
+      r.loaded = 'loading';
+      p.then((j) => onJoined(j, false), fail);
     }
   }
 
@@ -443,7 +367,7 @@
     if (!r) return;
     r.online = new Set(p.online);
     for (const u of p.online) r.members.add(u);
-    r.presenceConn = connId;
+    r.presenceConn = hellos;
     if (p.room === current) renderOnline();
   }
 
@@ -462,7 +386,7 @@
     r.placeholder = false;
     r.members = new Set(j.members);
     r.online = new Set(j.online);
-    r.presenceConn = connId;
+    r.presenceConn = hellos;
     r.seq = Math.max(r.seq, j.seq);
     mergeNames(j.names);
     if (!isResync) {
@@ -470,7 +394,8 @@
       if (!j.history.length) r.seq0 = j.seq;
     }
     if (!wasLoaded) loaded(r);
-    ingest(j.room, j.history, isResync ? 'newer' : 'older');
+    // A join with `since`: the library delivers its events as room events.
+    if (!isResync) ingest(j.room, j.history, 'older');
     if (!isResync && j.room === current && !wasLoaded) renderAllMessages();
     renderRooms();
     if (j.room === current) { renderOnline(); renderHeader(); }
@@ -492,7 +417,7 @@
     if (f.state === 'online') {
       const known = r.members.has(f.user);
       r.online.add(f.user); r.members.add(f.user);
-      if (!known && !names.has(f.user)) refreshRoomInfo(r);
+      if (!known && !names.has(f.user)) refreshRoomInfoSoon(r);
     } else r.online.delete(f.user);
     if (f.room === current) renderOnline();
   }
@@ -507,30 +432,26 @@
     if (f.room === current) renderTyping();
   }
 
-  function onAck(f) {
-    const i = outbox.findIndex((o) => o.id === f.id);
-    if (i < 0) return;
-    onAckFor(outbox[i], f);
-  }
 
   // ---- room events -----------------------------------------------------------
   // Everything that reaches a room's state goes through ingest(). `kind`:
-  //   live   a frame as it happens          older  history below what we have
-  //   newer  a resume (join since, after)   mine   our own message, from its ack
-  //   thread a `thread` reply (replies only, not timeline coverage)
+  //   live    a frame as it happens        older  history below what we have
+  //   resumed missed while away, from the library (its state as of `asOf`)
+  //   newer   history above what we have   mine   our own message, from its ack
+  //   thread  a `thread` reply (replies only, not timeline coverage)
   // Items of history/joined/thread show messages in their current state (text,
   // edited_ts, deleted, reactions, replies), valid at least up to the highest
   // seq known when the reply came; events at or below a message's `stateSeq`
   // are already in it, so applying events is idempotent and order-safe.
-  function ingest(name, list, kind) {
+  function ingest(name, list, kind, asOf) {
     if (!list || !list.length) return;
     let r = rooms.get(name);
     if (!r) {
       r = room(name);
       // A room we did not know (e.g. a first DM): only seq 1 proves we have it all.
-      if (kind === 'live' && list[0].seq !== 1) {
+      if ((kind === 'live' || kind === 'resumed') && list[0].seq !== 1) {
         r.seq = Math.max(r.seq, list[0].seq);
-        for (const ev of list) { countUnread(r, ev); liveAlert(r, ev); }
+        for (const ev of list) { countUnread(r, ev); if (kind === 'live') liveAlert(r, ev); }
         renderRooms();
         if (current === name) initialLoad(r);
         return;
@@ -541,9 +462,9 @@
     r.placeholder = false;
     const timeline = kind !== 'thread';
     // A window around a search hit: live events wait until the view reaches the end.
-    const skipLive = r.detached && (kind === 'live' || kind === 'mine');
+    const skipLive = r.detached && (kind === 'live' || kind === 'resumed' || kind === 'mine');
     const known = r.loaded !== 'none' && !skipLive;
-    let stateSeq = r.seq;
+    let stateSeq = Math.max(r.seq, asOf || 0);
     for (const ev of list) stateSeq = Math.max(stateSeq, ev.seq);
     const fresh = [], changed = new Set();
     for (const ev of list) {
@@ -563,7 +484,7 @@
         r.msgs.set(ev.seq, msg);
         fresh.push(msg);
         if (msg.reply_to) { const root = noteReply(r, msg); if (root) changed.add(root); }
-        if (kind === 'live' || kind === 'newer') countUnread(r, ev);
+        if (kind === 'live' || kind === 'resumed' || kind === 'newer') countUnread(r, ev);
         if (kind === 'live' && msg.from !== me) {
           clearTimeout(r.typing.get(msg.from));
           if (r.typing.delete(msg.from) && name === current) renderTyping();
@@ -973,11 +894,12 @@
   function loadOlder() {
     const r = current && rooms.get(current);
     if (!r || r.loaded !== 'loaded' || !r.moreOlder || r.loadingOlder || !r.seen.size) return;
+    const p = ask((c) => c.history(r.name, { before: lowSeen(r), limit: 50 }));
+    if (!p) return;
     r.loadingOlder = true;
     renderOlderHint(r);
-    const ok = send({ type: 'history', room: r.name, before: lowSeen(r), limit: 50 }, (h, err) => {
+    p.then((h) => {
       r.loadingOlder = false;
-      if (!h || err) { if (h) showError(h); renderOlderHint(r); return; }
       r.moreOlder = h.more;
       if (h.room === current) {
         const beforeH = box.scrollHeight, beforeTop = box.scrollTop;
@@ -986,24 +908,23 @@
         renderOlderHint(r);
         fillViewport(r);
       } else ingest(h.room, h.messages, 'older');
-    });
-    if (!ok) { r.loadingOlder = false; renderOlderHint(r); }
+    }, (e) => { r.loadingOlder = false; showError(e); renderOlderHint(r); });
   }
   // In a window around a search hit: scrolling down walks to the latest events.
   function loadNewer() {
     const r = current && rooms.get(current);
     if (!r || !r.detached || r.loadingNewer || r.loaded !== 'loaded') return;
+    const p = ask((c) => c.history(r.name, { after: highSeen(r), limit: 100 }));
+    if (!p) return;
     r.loadingNewer = true;
     renderOlderHint(r);
-    const ok = send({ type: 'history', room: r.name, after: highSeen(r), limit: 100 }, (h, err) => {
+    p.then((h) => {
       r.loadingNewer = false;
-      if (!h || err) { if (h) showError(h); renderOlderHint(r); return; }
       ingest(h.room, h.messages, 'newer');
       if (!h.more) r.detached = false;
       renderOlderHint(r);
       markRead();
-    });
-    if (!ok) { r.loadingNewer = false; renderOlderHint(r); }
+    }, (e) => { r.loadingNewer = false; showError(e); renderOlderHint(r); });
   }
   // Back to the room's latest events (drops the window around a search hit).
   function resetRoom(r) {
@@ -1023,22 +944,20 @@
     const go = () => {
       if (replyTo) { openThread(name, replyTo, seq); return; }
       if (r.seen.has(seq)) { flashInTimeline(seq); return; }
+      const p = ask((c) => Promise.all([c.history(name, { before: seq + 1, limit: 25 }), c.history(name, { after: seq, limit: 25 })]));
+      if (!p) { showError(OFFLINE); return; }
       // Replace what we hold with the events around the target.
       r.msgs.clear(); r.seen.clear();
       r.loaded = 'loading'; r.detached = true; r.divider = null;
       renderAllMessages();
-      send({ type: 'history', room: name, before: seq + 1, limit: 25 }, (b, err) => {
-        if (!b || err) { if (b) showError(b); resetRoom(r); return; }
-        send({ type: 'history', room: name, after: seq, limit: 25 }, (a, err2) => {
-          if (!a || err2) { if (a) showError(a); resetRoom(r); return; }
-          r.moreOlder = b.more;
-          r.detached = a.more;
-          loaded(r);
-          ingest(name, b.messages.concat(a.messages), 'older');
-          if (current === name) { renderAllMessages(); flashInTimeline(seq); }
-          fireLoaded(r);
-        });
-      });
+      p.then(([b, a]) => {
+        r.moreOlder = b.more;
+        r.detached = a.more;
+        loaded(r);
+        ingest(name, b.messages.concat(a.messages), 'older');
+        if (current === name) { renderAllMessages(); flashInTimeline(seq); }
+        fireLoaded(r);
+      }, (e) => { showError(e); resetRoom(r); });
     };
     if (r.loaded === 'loaded') go(); else r.whenLoaded.push(go);
   }
@@ -1056,12 +975,12 @@
     if (!r || document.visibilityState !== 'visible' || r.loaded !== 'loaded') return;
     const top = r.detached ? highSeen(r) : Math.max(highSeen(r), r.seq);
     if (top > r.read) {
-      if (send({ type: 'read', room: r.name, seq: top })) { r.read = top; recount(r); }
+      if (ask((c) => c.read(r.name, top).catch(() => {}))) { r.read = top; recount(r); }
       renderRooms();
     }
   }
   document.addEventListener('visibilitychange', () => {
-    if (document.visibilityState === 'visible') { markRead(); scheduleRefresh(false); }
+    if (document.visibilityState === 'visible') { markRead(); refreshIfDue(false); }
   });
   window.addEventListener('focus', markRead);
 
@@ -1170,9 +1089,9 @@
     current = name;
     if (!isDm(name) || !r.placeholder) store.set(LS_ROOM, name);
     if (r.loaded === 'none' && !r.placeholder) initialLoad(r);
-    else if (r.presenceConn !== connId && !r.placeholder) {
-      r.presenceConn = connId;
-      send({ type: 'presence', room: r.name }, (p, err) => { if (p && !err) onPresenceList(p); });
+    else if (r.presenceConn !== hellos && !r.placeholder && online()) {
+      r.presenceConn = hellos;
+      client.presence(r.name).then(onPresenceList, () => {});
     }
     render();
     markRead();
@@ -1223,8 +1142,8 @@
     const x = m.reactions.find((y) => y.emoji === emoji);
     const on = !(x && x.users.includes(me));
     if (on) rememberEmoji(emoji);
-    send({ type: 'react', room: m.room, seq: m.seq, emoji, on }, (f, err) => { if (f && err) showError(f); })
-      || showError({ code: 'offline', message: 'Not connected; try again in a moment.' });
+    const p = ask((c) => c.react(m.room, m.seq, emoji, on));
+    if (p) p.catch(showError); else showError(OFFLINE);
   }
 
   function recentEmoji() {
@@ -1288,16 +1207,15 @@
     const commit = () => {
       const text = ta.value;
       if (!text.trim() || text === m.text) { done(); return; }
+      const p = ask((c) => c.edit(m.room, m.seq, text));
+      if (!p) { showError(OFFLINE); return; }
       ta.disabled = true;
-      const ok = send({ type: 'edit', room: m.room, seq: m.seq, text }, (f, err) => {
+      p.then((f) => {
         ta.disabled = false;
-        if (!f) { showError({ code: 'offline', message: 'Connection lost; the edit may not have been saved.' }); return; }
-        if (err) { showError(f); ta.focus(); return; }
         // The edit event updates the text; until it comes, show what we sent.
         if (m.stateSeq < f.seq) { m.text = text; m.edited_ts = f.ts; }
         done();
-      });
-      if (!ok) { ta.disabled = false; showError({ code: 'offline', message: 'Not connected; try again in a moment.' }); }
+      }, (e) => { ta.disabled = false; showError(e); ta.focus(); });
     };
     ta.addEventListener('keydown', (ev) => {
       if (ev.key === 'Enter' && !ev.shiftKey && !ev.isComposing) { ev.preventDefault(); commit(); }
@@ -1311,8 +1229,10 @@
   let confirmAction = null, confirmReturn = null;
   function confirmDelete(m) {
     $('confirm-text').textContent = m.text.length > 140 ? m.text.slice(0, 140) + '…' : m.text;
-    confirmAction = () => send({ type: 'delete', room: m.room, seq: m.seq }, (f, err) => { if (f && err) showError(f); })
-      || showError({ code: 'offline', message: 'Not connected; try again in a moment.' });
+    confirmAction = () => {
+      const p = ask((c) => c.delete(m.room, m.seq));
+      if (p) p.catch(showError); else showError(OFFLINE);
+    };
     confirmReturn = document.activeElement;
     $('confirm').classList.remove('hidden');
     $('confirm-cancel').focus();
@@ -1352,21 +1272,21 @@
     const { room: name, root } = thread;
     const r = rooms.get(name);
     if (!r) return;
-    if (!r.msgs.has(root)) {
-      send({ type: 'history', room: name, before: root + 1, limit: 1 }, (h, err) => {
-        if (!h || err || thread.root !== root) return;
+    const rootItem = !r.msgs.has(root) && ask((c) => c.history(name, { before: root + 1, limit: 1 }));
+    if (rootItem) {
+      rootItem.then((h) => {
+        if (thread.root !== root) return;
         const item = h.messages.find((x) => x.seq === root);
         if (item && !r.msgs.has(root)) { r.msgs.set(root, makeMsg(name, item, r.seq)); renderThread(); }
-      });
+      }, () => {});
     }
     const follow = (after) => {
+      const p = ask((c) => c.thread(name, root, { after: after || undefined, limit: 100 }));
+      if (!p) return;
       thread.loading = true;
-      const frame = { type: 'thread', room: name, root, limit: 100 };
-      if (after) frame.after = after;
-      send(frame, (t, err) => {
+      p.then((t) => {
         thread.loading = false;
-        if (!t || thread.root !== root || thread.room !== name) return;
-        if (err) { showError(t); return; }
+        if (thread.root !== root || thread.room !== name) return;
         ingest(name, t.messages, 'thread');
         const rootMsg = r.msgs.get(root);
         // The thread reply is the truth about the count when it is complete.
@@ -1378,6 +1298,9 @@
         }
         renderThread();
         if (t.more && t.messages.length) follow(t.messages[t.messages.length - 1].seq);
+      }, (e) => {
+        thread.loading = false;
+        if (thread.root === root && thread.room === name) showError(e);
       });
     };
     follow(0);
@@ -1531,20 +1454,21 @@
   $('search-close').addEventListener('click', closeSearch);
   function searchMore() {
     const q = search.query;
-    const frame = { type: 'search', query: q, limit: 20 };
-    if (search.cursor) frame.cursor = search.cursor;
+    const p = ask((c) => c.search(q, { cursor: search.cursor || undefined, limit: 20 }));
+    if (!p) { renderSearch(OFFLINE.message); return; }
     search.loading = true;
     renderSearch();
-    const ok = send(frame, (f, err) => {
+    p.then((f) => {
       if (q !== search.query) return;
       search.loading = false;
-      if (!f) { renderSearch('Connection lost; try again.'); return; }
-      if (err) { renderSearch(`${f.code}: ${f.message}`); return; }
       search.items.push(...(f.messages || []));
       search.cursor = f.cursor || null;
       renderSearch();
+    }, (e) => {
+      if (q !== search.query) return;
+      search.loading = false;
+      renderSearch(`${e.code}: ${e.message}`);
     });
-    if (!ok) { search.loading = false; renderSearch('Not connected; try again in a moment.'); }
   }
   /** Appends text with every word that starts with a query word in <mark>. */
   function highlight(node, text, words) {
@@ -1627,21 +1551,21 @@
   $('directory-more').addEventListener('click', loadDirectory);
   function loadDirectory() {
     const prefix = dir.prefix;
-    const frame = { type: 'rooms', limit: 50 };
-    if (prefix) frame.prefix = prefix;
-    if (dir.cursor) frame.cursor = dir.cursor;
+    const p = ask((c) => c.rooms({ prefix: prefix || undefined, cursor: dir.cursor || undefined, limit: 50 }));
+    if (!p) { $('directory-status').textContent = OFFLINE.message; return; }
     dir.loading = true;
     $('directory-status').textContent = 'Loading…';
-    const ok = send(frame, (f, err) => {
+    p.then((f) => {
       if (prefix !== dir.prefix) return;
       dir.loading = false;
-      if (!f) { $('directory-status').textContent = 'Connection lost; try again.'; return; }
-      if (err) { $('directory-status').textContent = `${f.code}: ${f.message}`; return; }
       dir.items.push(...(f.rooms || []));
       dir.cursor = f.cursor || null;
       renderDirectory();
+    }, (e) => {
+      if (prefix !== dir.prefix) return;
+      dir.loading = false;
+      $('directory-status').textContent = `${e.code}: ${e.message}`;
     });
-    if (!ok) { dir.loading = false; $('directory-status').textContent = 'Not connected; try again in a moment.'; }
   }
   function renderDirectory() {
     const ul = $('directory-list');
@@ -1667,27 +1591,26 @@
     const r = rooms.get(name);
     if (r && r.loaded !== 'none' && !r.placeholder) { closeModal('directory'); openRoom(name); return; }
     const fresh = !r;
+    const p = ask((c) => c.join(name));
+    if (!p) { $('directory-status').textContent = OFFLINE.message; return; }
     b.disabled = true;
-    const ok = send({ type: 'join', room: name }, (j, err) => {
+    p.then((j) => {
       b.disabled = false;
-      if (!j) { $('directory-status').textContent = 'Connection lost; try again.'; return; }
-      if (err) { $('directory-status').textContent = `${j.code}: ${j.message}`; return; }
       onJoined(j, false);
       closeModal('directory');
       openRoom(name, { fresh });
-    });
-    if (!ok) { b.disabled = false; $('directory-status').textContent = 'Not connected; try again in a moment.'; }
+    }, (e) => { b.disabled = false; $('directory-status').textContent = `${e.code}: ${e.message}`; });
   }
 
   // ---- sending -----------------------------------------------------------------
   let outboxKey = 1;
   function submitFrom(ta, roomName, replyTo) {
     const text = ta.value;
-    if (!roomName || !text.trim()) return;
+    if (!roomName || !text.trim() || !client) return;
     askNotifyPermission();
     const r = room(roomName);
     if (r.detached && !replyTo) resetRoom(r);
-    const o = { key: outboxKey++, room: roomName, text, ts: Date.now(), floor: highSeen(r), state: 'queued', conn: -1, reply_to: replyTo || null };
+    const o = { key: outboxKey++, room: roomName, text, ts: Date.now(), reply_to: replyTo || null };
     if (r.dm) o.to = dmPeer(roomName);
     outbox.push(o);
     ta.value = '';
@@ -1702,30 +1625,24 @@
       box.append(pendingNode(o));
       scrollToBottom();
     }
-    if (resyncing === 0) transmit(o);
+    transmit(o);
   }
 
+  // The library sends it now or once back online, sends it again after a lost
+  // connection only if it did not land, and resolves once it is durable (ack).
   function transmit(o) {
-    const frame = o.to ? { type: 'dm', to: o.to, text: o.text } : { type: 'send', room: o.room, text: o.text };
-    if (o.reply_to) frame.reply_to = o.reply_to;
-    const ok = send(frame, (reply, err) => {
-      if (!reply) return;               // connection lost: decided after the resume
-      if (err) {
-        if (reply.code === 'rate_limited') {
-          o.state = 'queued';
-          setTimeout(() => { if (o.state === 'queued' && outbox.includes(o)) transmit(o); }, reply.retry_after_ms || 1000);
-          return;
-        }
-        outbox.splice(outbox.indexOf(o), 1);
-        removePending(o);
-        showError(reply);
-        const ta = o.reply_to ? $('thread-composer') : $('composer');
-        if ((o.reply_to ? thread.root === o.reply_to : current === o.room) && !ta.value) { ta.value = o.text; if (!o.reply_to) autosize(); }
-        return;
-      }
-      onAckFor(o, reply);
+    const opts = o.reply_to ? { replyTo: o.reply_to } : {};
+    const p = o.to ? client.dm(o.to, o.text, opts) : client.send(o.room, o.text, opts);
+    p.then((ack) => onAckFor(o, ack), (e) => {
+      const i = outbox.indexOf(o);
+      if (i < 0) return;
+      outbox.splice(i, 1);
+      removePending(o);
+      if (e.code === 'closed' || e.code === 'auth') return; // signed out or refused: the sign-in screen says so
+      showError(e);
+      const ta = o.reply_to ? $('thread-composer') : $('composer');
+      if ((o.reply_to ? thread.root === o.reply_to : current === o.room) && !ta.value) { ta.value = o.text; if (!o.reply_to) autosize(); }
     });
-    if (ok) { o.state = 'sent'; o.conn = connId; o.id = frame.id; }
   }
   function onAckFor(o, f) {
     const i = outbox.indexOf(o);
@@ -1737,23 +1654,6 @@
     if (current === f.room) store.set(LS_ROOM, f.room);
   }
 
-  // After a reconnect: messages sent on a connection that dropped before the
-  // ack may or may not have been stored; the resumed history tells.
-  function flushOutbox() {
-    if (!ws || !ws.chinwagReady) return;
-    for (const o of [...outbox]) {
-      if (o.state === 'sent' && o.conn !== connId) {
-        const roomName = o.to ? dmRoomFor(o.to) : o.room;
-        const r = rooms.get(roomName);
-        let found = null;
-        if (r) for (const m of r.msgs.values()) if (m.from === me && m.text === o.text && m.seq > o.floor) { found = m; break; }
-        if (found) { outbox.splice(outbox.indexOf(o), 1); removePending(o); continue; }
-        o.state = 'queued';
-      }
-      if (o.state === 'queued') transmit(o);
-    }
-  }
-
   // ---- typing --------------------------------------------------------------------
   let typingActive = false, typingRoom = null, typingIdle = null, typingSentAt = 0;
   function typed() {
@@ -1761,7 +1661,7 @@
     const now = Date.now();
     if (!$('composer').value.trim()) { stopTyping(); return; }
     if (!typingActive || typingRoom !== current || now - typingSentAt > 3000) {
-      if (send({ type: 'typing', room: current, active: true })) {
+      if (ask((c) => c.typing(current, true).catch(() => {}))) {
         typingActive = true; typingRoom = current; typingSentAt = now;
       }
     }
@@ -1770,7 +1670,7 @@
   }
   function stopTyping() {
     clearTimeout(typingIdle);
-    if (typingActive && typingRoom) send({ type: 'typing', room: typingRoom, active: false });
+    if (typingActive && typingRoom) ask((c) => c.typing(typingRoom, false).catch(() => {}));
     typingActive = false; typingRoom = null;
   }
 
@@ -1811,19 +1711,20 @@
     }
     if (rooms.has(name) && rooms.get(name).loaded !== 'none') { input.value = ''; openRoom(name); closeMenu(); return; }
     const fresh = !rooms.has(name);
-    const ok = send({ type: 'join', room: name }, (j, err) => {
-      if (!j) { errBox.textContent = 'Connection lost; try again.'; return; }
-      if (err) { errBox.textContent = `${j.code}: ${j.message}`; return; }
+    const p = ask((c) => c.join(name));
+    if (!p) { errBox.textContent = OFFLINE.message; return; }
+    input.value = '';
+    p.then((j) => {
       onJoined(j, false);
       openRoom(name, { fresh });
       closeMenu();
-    });
-    if (ok) input.value = ''; else errBox.textContent = 'Not connected; try again in a moment.';
+    }, (e) => { errBox.textContent = `${e.code}: ${e.message}`; });
   });
   $('leave-btn').addEventListener('click', () => {
     if (!current || isDm(current)) return;
-    const name = current;
-    send({ type: 'leave', room: name }, (f, err) => { if (f && !err) onLeft(name); else if (f) showError(f); });
+    // The `left` event (to every connection of ours) takes the room away.
+    const p = ask((c) => c.leave(current));
+    if (p) p.catch(showError);
   });
 
   // ---- errors, notifications, menu ------------------------------------------------
@@ -1871,9 +1772,9 @@
 
   // Keeping the server's idle timer happy is its job (it pings); we only retry
   // when the browser says we're back online.
-  window.addEventListener('online', () => { if (!ws && !stopped && credentials()) { backoff = 500; connect(); } });
+  window.addEventListener('online', () => { if (client) client.retryNow(); });
 
-  function start() { stopped = false; connect(); }
+  function start() { connect(); }
   window.chinwag = { state: () => ({ me, current, rooms: [...rooms.keys()], outbox: outbox.length, status: $('status').dataset.state }) };
   if (credentials()) start(); else showSignin();
 })();

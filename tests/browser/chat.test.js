@@ -44,11 +44,12 @@ class Server {
     this.env = { ...process.env, CHINWAG_SECRET: crypto.randomBytes(32).toString('hex'), RUST_LOG: process.env.RUST_LOG || 'info' };
     this.proc = null;
     this.base = `http://127.0.0.1:${port}`;
+    this.args = [];                    // more `serve` flags, e.g. ['--open']
   }
   async start() {
     const log = fs.openSync(this.logFile, 'a');
     this.proc = spawn(BIN, ['serve', '--listen', `127.0.0.1:${this.port}`, '--data-dir', this.dataDir,
-      '--rate', '1000', '--burst', '1000'], { env: this.env, stdio: ['ignore', log, log] });
+      '--rate', '1000', '--burst', '1000', ...this.args], { env: this.env, stdio: ['ignore', log, log] });
     fs.closeSync(log);
     const proc = this.proc;
     let exited = null;
@@ -214,6 +215,11 @@ test('web client: chat, typing, presence, DM, XSS, server restart', { timeout: 1
 
   const A = await newPage();
   const B = await newPage();
+  // The page speaks through the client library (clients/js), served beside it.
+  const scripts = new Map();           // path -> content type of the scripts A loaded
+  A.on('response', (r) => { const u = new URL(r.url()); if (u.pathname.endsWith('.js')) scripts.set(u.pathname, r.headers()['content-type']); });
+  const idsSent = [];
+  A.on('websocket', (ws) => ws.on('framesent', (f) => { try { idsSent.push(JSON.parse(f.payload).id); } catch (_) { /* not JSON */ } }));
   await step('sign in by token link', async () => {
     await A.goto(`${server.base}/#token=${tokA}`);
     await B.goto(`${server.base}/#token=${tokB}`);
@@ -223,6 +229,24 @@ test('web client: chat, typing, presence, DM, XSS, server restart', { timeout: 1
       assert.equal(await p.evaluate(() => localStorage.getItem('chinwag.token')), tok);
     }
     assert.match(await A.textContent('#me'), /alice/);
+    for (const p of ['/app.js', '/chinwag.js', '/msgpack.js']) assert.match(scripts.get(p) || 'not loaded', /^text\/javascript/, p);
+  });
+
+  await step('open mode: a user name signs in without a token', async () => {
+    const open = new Server(await freePort(), path.join(tmp, 'open-data'), path.join(tmp, 'open-server.log'));
+    open.args = ['--open'];
+    await open.start();
+    try {
+      const p = await newPage();
+      await p.goto(open.base + '/');
+      await p.fill('#user-name', 'dave');
+      await p.press('#user-name', 'Enter');
+      await waitFor(p, () => document.querySelector('#status').dataset.state === 'online');
+      assert.match(await p.textContent('#me-name'), /dave/);
+      await p.context().close();
+    } finally {
+      await open.stop();
+    }
   });
 
   // ---- join ------------------------------------------------------------------
@@ -254,6 +278,8 @@ test('web client: chat, typing, presence, DM, XSS, server restart', { timeout: 1
     await waitTexts(B, lobby);
     const a = await shown(A);
     assert.deepEqual(a.map((m) => m.from), ['alice', 'bob']);
+    // Request ids are the client library's (`<tag>-<n>`, base 36).
+    assert.ok(idsSent.some((id) => typeof id === 'string' && /^[0-9a-z]+-[0-9a-z]+$/.test(id)), `ids sent: ${JSON.stringify(idsSent)}`);
     assert.equal(await A.locator('.day-sep').count(), 1, 'one day separator');
     assert.equal(await A.getAttribute('#messages', 'aria-live'), 'polite');
     assert.equal(await A.getAttribute('#messages', 'role'), 'log');

@@ -7,7 +7,7 @@ async function main(): Promise<void> {
   const client: ChinwagClient = new ChinwagDefault({ url: 'wss://chat.example.com', token: 'x.y.z', encoding: 'msgpack', since: { general: 10 }, reconnect: { maxDelayMs: 5000 }, fetch: globalThis.fetch, WebSocket: globalThis.WebSocket });
   const hello = await client.connect();
   const rooms: string[] = hello.rooms.map((r) => r.room);
-  const off = client.on('message', (m) => { const t: string | undefined = m.text; const s: number = m.seq; void t; void s; });
+  const off = client.on('message', (m, meta) => { const t: string | undefined = m.text; const s: number = m.seq; const asOf: number | undefined = meta && meta.resumed ? meta.asOf : undefined; void t; void s; void asOf; });
   off();
   client.on('token', (t) => localStorage.setItem('token', t.token));
   client.on('auth_error', (e) => { if (e.code === 4001) client.close(); });
@@ -44,11 +44,12 @@ async function main(): Promise<void> {
   const bytes: Uint8Array = encodeMsgpack({ a: 1 });
   const back: unknown = decodeMsgpack(bytes);
   const b2: unknown = decode(encode([1]));
-  const exp: number | undefined = decodeJwt(client.token).exp;
+  const exp: number | undefined = decodeJwt(client.token ?? '').exp;
   const room: string = dmRoom('a', 'b');
   const pos: Record<string, number> = client.positions();
   const last: number | undefined = client.lastSeq('general');
   const body = await client.http<{ messages: RoomEvent[] }>('GET', '/api/rooms/general/messages');
+  new ChinwagClient({ url: 'http://localhost:8080', user: 'alice' }).retryNow();
   void [rooms, dm, names, th, cursor, rl, pl, tok, pong, left, more, re, any, back, b2, exp, room, pos, last, body, client.stats.resent];
 }
 void main;

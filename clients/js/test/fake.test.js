@@ -318,3 +318,53 @@ test('fake: the token is refreshed at half its lifetime and used for the next co
   assert.equal(new URL(env.last().url).searchParams.get('token'), fresh);
   env.client.close();
 });
+
+test('fake: listeners learn whether a room event is live or fetched, and as of which seq', async () => {
+  const env = setup();
+  const metas = [];
+  env.client.on('message', (m, meta) => metas.push([m.seq, meta]));
+  const ready = env.client.connect();
+  await openWith(env, [room('r', 2)], 1);
+  await ready;
+  const ws1 = env.last();
+  ws1.recv(msg(3, 'bob', 'live'));
+  ws1.drop();
+  await openWith(env, [room('r', 6)], 2);
+  const ws2 = env.last();
+  await until('history', () => ws2.frames('history').length === 1);
+  const hq = ws2.frames('history')[0];
+  // Fetched in their current state: 4 has its reply 6 counted already.
+  ws2.recv({ type: 'history', id: hq.id, room: 'r', more: false,
+    messages: [msg(4, 'bob', 'root', { replies: 1 }), msg(5, 'bob', 'x'), msg(6, 'bob', 'reply', { reply_to: 4 })] });
+  await ready;
+  const j = env.client.join('s', { since: 1 });
+  await until('join', () => ws2.frames('join').length === 1);
+  ws2.recv({ type: 'joined', id: ws2.frames('join')[0].id, room: 's', seq: 9, members: ['alice'], online: [], names: {},
+    more: false, history: [{ ...msg(2, 'bob', 'in s'), room: 's' }] });
+  await j;
+  ws2.recv(msg(7, 'bob', 'live again'));
+  const fetched = { resumed: true, asOf: 6 };
+  assert.deepEqual(metas, [[3, { resumed: false }], [4, fetched], [5, fetched], [6, fetched],
+    [2, { resumed: true, asOf: 9 }], [7, { resumed: false }]]);
+  env.client.close();
+});
+
+test('fake: open mode connects with ?user= and no token; retryNow() skips the wait', async () => {
+  const env = setup({ token: undefined, user: 'alice', reconnect: { initialDelayMs: 60000, maxDelayMs: 60000 } });
+  assert.equal(env.client.token, null);
+  const ready = env.client.connect();
+  await until('socket 1', () => env.sockets.length === 1);
+  const u = new URL(env.last().url);
+  assert.equal(u.searchParams.get('user'), 'alice');
+  assert.equal(u.searchParams.has('token'), false);
+  env.last().drop();
+  await sleep(20);
+  assert.equal(env.sockets.length, 1, 'waiting a minute to reconnect');
+  env.client.retryNow();
+  await openWith(env, [], 2);
+  assert.equal((await ready).user, 'alice');
+  env.client.retryNow(); // connected: nothing to do
+  assert.equal(env.sockets.length, 2);
+  assert.throws(() => new ChinwagClient({ url: 'ws://x/ws' }), /options.token/);
+  env.client.close();
+});
