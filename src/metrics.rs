@@ -60,7 +60,7 @@ pub struct CloseLabel {
 
 /// The routes counted by `chinwag_http_requests_total`, a fixed list so
 /// that no request can add a series. Index 0 is everything else.
-pub const ROUTES: [&str; 13] = [
+pub const ROUTES: [&str; 16] = [
     "other",
     "/",
     "/app.js",
@@ -74,6 +74,9 @@ pub const ROUTES: [&str; 13] = [
     "/api/rooms/{room}/messages/{seq}",
     "/api/notify",
     "/api/revoke",
+    "/api/search",
+    "/chinwag.js",
+    "/msgpack.js",
 ];
 
 /// The index in [`ROUTES`] of a request target (path and query).
@@ -406,6 +409,8 @@ mod tests {
             "/api/rooms/{room}/messages/{seq}"
         );
         assert_eq!(ROUTES[route_index("/ws?user=a") as usize], "/ws");
+        assert_eq!(ROUTES[route_index("/api/search?q=x") as usize], "/api/search");
+        assert_eq!(ROUTES[route_index("/chinwag.js") as usize], "/chinwag.js");
         assert_eq!(ROUTES[route_index("/wp-login.php") as usize], "other");
     }
 }
