@@ -5,11 +5,13 @@
 //! the cluster subscriber). A message's state is a fold over its own
 //! record and the events that touch it (edits, a delete, reactions), so it
 //! can be rebuilt when an event is taken back (a flush that failed). An
-//! event, the message state it changes and every index it moves are
-//! written in one atomic batch of the `messages` tree.
+//! event's record is written first, then the message state it changes and
+//! every index it moves (see `writes.rs` for why not in one batch, and
+//! `repair_tails` for a crash in between).
 
 use super::{
-    keys::{msg_key, sub, tag, Part::*},
+    keys::{msg_key, prefix, sub, tag, Part::*},
+    writes::Writes,
     Result, Storage, StorageError,
 };
 use crate::wire::{Kind, Msg, Reaction};
@@ -196,38 +198,82 @@ impl Storage {
     /// it makes: durable after the next flush.
     pub fn apply(&self, room: &str, seq: u64, ev: &Msg) -> Result<()> {
         self.writable()?;
+        self.derive(room, seq, Record::from_event(ev), false)
+    }
+
+    /// Writes event `seq`'s record, then everything it derives. `again`: the
+    /// record is stored already and some of what it derives may be too
+    /// (each write is idempotent but the ordinal, kept if it exists).
+    fn derive(&self, room: &str, seq: u64, rec: Record, again: bool) -> Result<()> {
         let t = self.trees()?;
-        let tree = &t.messages;
-        let mut b = sled::Batch::default();
-        let rec = Record::from_event(ev);
+        let b = self.plan(&t.messages, room, seq, rec, again)?;
+        let r = b.apply(&t.messages);
+        self.check(r)
+    }
+
+    /// The writes of [`derive`](Self::derive), record first.
+    fn plan(&self, tree: &sled::Tree, room: &str, seq: u64, rec: Record, again: bool) -> Result<Writes> {
+        let mut b = Writes::default();
         b.insert(msg_key(room, seq), rec.encode());
         if rec.is_message() {
-            let ord = self.last_ord(tree, room)? + 1;
-            b.insert(sub(room, tag::ORD, &[N(seq)]), ord.to_be_bytes().to_vec());
-            b.insert(sub(room, tag::OWN, &[S(&rec.from), N(seq)]), vec![]);
+            let ord_key = sub(room, tag::ORD, &[N(seq)]);
+            if !(again && self.check(tree.contains_key(&ord_key))?) {
+                let ord = self.last_ord(tree, room)? + 1;
+                b.insert(ord_key, ord.to_be_bytes().to_vec());
+            }
+            if !rec.deleted {
+                b.insert(sub(room, tag::OWN, &[S(&rec.from), N(seq)]), vec![]);
+            }
             for m in rec.mentioned() {
                 b.insert(sub(room, tag::MENTION, &[S(m), N(seq)]), vec![]);
             }
             if let Some(root) = rec.reply_to {
-                b.insert(sub(room, tag::REPLY, &[N(root), N(seq)]), reply_value(false, rec.ts));
-                self.recount_root(tree, room, root, Some((seq, Some((false, rec.ts)))), &mut b)?;
+                let entry = (rec.deleted, rec.ts);
+                b.insert(sub(room, tag::REPLY, &[N(root), N(seq)]), reply_value(entry.0, entry.1));
+                self.recount_root(tree, room, root, Some((seq, Some(entry))), &mut b)?;
             }
         } else if let Some(target) = rec.target {
             b.insert(sub(room, tag::TOUCH, &[N(target), N(seq)]), vec![]);
             self.refold(tree, room, target, Some((seq, rec)), None, &mut b)?;
         }
-        let r = tree.apply_batch(b);
-        self.check(r)
+        Ok(b)
     }
 
-    /// Takes back event `seq` of `room` (never made durable): removes it and
-    /// what it added, and rebuilds the message it changed.
+    /// Derives each room's last event again: after a crash between an
+    /// event's record and what it derives (sled recovers a prefix of its
+    /// log, and a room's events are written one after the other, so only
+    /// the last can be incomplete). Returns the rooms looked at.
+    pub(super) fn repair_tails(&self) -> Result<usize> {
+        let tree = self.trees()?.messages.clone();
+        let mut rooms = 0;
+        let mut from: Vec<u8> = Vec::new();
+        loop {
+            let next = tree.range(from.as_slice()..).next().transpose();
+            let Some((k, _)) = self.check(next)? else { break };
+            // Room names are printable; the byte after one is its tag.
+            let end = k.iter().position(|&b| b < 0x20).unwrap_or(k.len());
+            let room = String::from_utf8_lossy(&k[..end]).into_owned();
+            let last = tree.range(prefix(&room)..=msg_key(&room, u64::MAX)).next_back();
+            if let Some((k, v)) = self.check(last.transpose())? {
+                if let (Some(seq), Ok(rec)) = (super::keys::tail_u64(&k), Record::decode(&v)) {
+                    self.derive(&room, seq, rec, true)?;
+                }
+            }
+            rooms += 1;
+            from = k[..end].to_vec();
+            from.push(0x20);
+        }
+        Ok(rooms)
+    }
+
+    /// Takes back event `seq` of `room` (never made durable): removes what
+    /// it added, rebuilds the message it changed, and removes it last (a
+    /// crash in between leaves it whole, see [`Storage::repair_tails`]).
     pub fn unapply(&self, room: &str, seq: u64) -> Result<()> {
         let t = self.trees()?;
         let tree = &t.messages;
         let Some(rec) = self.record(tree, room, seq)? else { return Ok(()) };
-        let mut b = sled::Batch::default();
-        b.remove(msg_key(room, seq));
+        let mut b = Writes::default();
         if rec.is_message() {
             b.remove(sub(room, tag::ORD, &[N(seq)]));
             b.remove(sub(room, tag::OWN, &[S(&rec.from), N(seq)]));
@@ -243,7 +289,8 @@ impl Storage {
             b.remove(sub(room, tag::TOUCH, &[N(target), N(seq)]));
             self.refold(tree, room, target, None, Some(seq), &mut b)?;
         }
-        let r = tree.apply_batch(b);
+        b.remove(msg_key(room, seq));
+        let r = b.apply(tree);
         self.check(r)
     }
 
@@ -264,7 +311,7 @@ impl Storage {
         target: u64,
         extra: Option<(u64, Record)>,
         skip: Option<u64>,
-        b: &mut sled::Batch,
+        b: &mut Writes,
     ) -> Result<()> {
         let Some(old) = self.record(tree, room, target)? else { return Ok(()) };
         if !old.is_message() {
@@ -330,7 +377,7 @@ impl Storage {
         room: &str,
         root: u64,
         change: Option<ReplyChange>,
-        b: &mut sled::Batch,
+        b: &mut Writes,
     ) -> Result<()> {
         let Some(mut r) = self.record(tree, room, root)? else { return Ok(()) };
         let mut entries = Vec::new();
@@ -391,6 +438,81 @@ fn fold(old: &Record, touches: &[(u64, Record)]) -> Record {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn msg(from: &str, text: &str, reply_to: Option<u64>, mentions: &[&str]) -> Msg {
+        let mut m = Msg::message("r", from, text.into());
+        m.reply_to = reply_to;
+        m.mentions = mentions.iter().map(|s| s.to_string()).collect();
+        m
+    }
+
+    fn on(kind: Kind, from: &str, target: u64) -> Msg {
+        Msg::on_target(kind, "r", from, target)
+    }
+
+    fn dump(s: &Storage) -> Vec<(sled::IVec, sled::IVec)> {
+        s.trees().unwrap().messages.iter().map(|kv| kv.unwrap()).collect()
+    }
+
+    /// A crash can leave a room's last event with any prefix of its writes
+    /// (record first); opening the database again completes it.
+    #[test]
+    fn a_cut_short_last_event_is_completed_at_open() {
+        let mut edit = on(Kind::Edit, "alice", 1);
+        edit.text = Some("hi again @carol".into());
+        edit.mentions = vec!["carol".into()];
+        let mut react = on(Kind::Reaction, "bob", 1);
+        (react.emoji, react.on) = (Some("+1".into()), Some(true));
+        let base = [
+            msg("alice", "hi @bob", None, &["bob"]),
+            msg("bob", "yo", Some(1), &[]),
+            edit.clone(),
+            react.clone(),
+        ];
+        let mut unreact = react.clone();
+        unreact.on = Some(false);
+        let mut edit_reply = on(Kind::Edit, "bob", 2);
+        edit_reply.text = Some("yo @alice".into());
+        edit_reply.mentions = vec!["alice".into()];
+        let lasts = [
+            msg("carol", "me too @alice", Some(1), &["alice"]),
+            on(Kind::Delete, "bob", 2),
+            on(Kind::Delete, "alice", 1),
+            edit_reply,
+            unreact,
+        ];
+        for (i, last) in lasts.iter().enumerate() {
+            let full_dir = tempfile::tempdir().unwrap();
+            let full = Storage::open(full_dir.path()).unwrap();
+            for (n, ev) in base.iter().chain([last]).enumerate() {
+                full.apply("r", n as u64 + 1, ev).unwrap();
+            }
+            let want = dump(&full);
+            let seq = base.len() as u64 + 1;
+            let n = {
+                let t = full.trees().unwrap();
+                let writes = full.plan(&t.messages, "r", seq, Record::from_event(last), false);
+                writes.unwrap().len()
+            };
+            for cut in 1..n {
+                let dir = tempfile::tempdir().unwrap();
+                {
+                    let s = Storage::open(dir.path()).unwrap();
+                    for (n, ev) in base.iter().enumerate() {
+                        s.apply("r", n as u64 + 1, ev).unwrap();
+                    }
+                    let t = s.trees().unwrap();
+                    let mut writes =
+                        s.plan(&t.messages, "r", seq, Record::from_event(last), false).unwrap();
+                    writes.truncate(cut);
+                    writes.apply(&t.messages).unwrap();
+                    s.flush().unwrap();
+                }
+                let s = Storage::open(dir.path()).unwrap();
+                assert!(dump(&s) == want, "last event {i}, cut after {cut} of {n} writes");
+            }
+        }
+    }
 
     #[test]
     fn reactions_keep_first_reaction_order() {

@@ -25,6 +25,7 @@ mod keys;
 mod members;
 mod messages;
 mod migrate;
+mod writes;
 
 pub use events::MAX_EMOJI;
 pub use messages::{emoji_limit, not_found, LiveMessage, COUNT_CAP};
@@ -125,14 +126,26 @@ impl Storage {
     pub fn open(dir: &Path) -> Result<Storage> {
         let trees = Trees::open(dir)?;
         migrate::run(&trees)?;
-        Ok(Storage {
+        let s = Storage {
             inner: Arc::new(Inner {
                 dir: dir.to_path_buf(),
                 trees: RwLock::new(Some(Arc::new(trees))),
                 healthy: AtomicBool::new(true),
                 low_space: AtomicBool::new(false),
             }),
-        })
+        };
+        s.repair()?;
+        Ok(s)
+    }
+
+    /// Completes each room's last event (a crash may have cut it short)
+    /// and makes that durable.
+    fn repair(&self) -> Result<()> {
+        let t = std::time::Instant::now();
+        let rooms = self.repair_tails()?;
+        self.flush()?;
+        log::debug!("checked the last event of {rooms} rooms in {:?}", t.elapsed());
+        Ok(())
     }
 
     fn trees(&self) -> Result<Arc<Trees>> {
@@ -214,6 +227,7 @@ impl Storage {
             e
         })?;
         *self.inner.trees.write() = Some(Arc::new(trees));
+        self.repair()?;
         // Newest first, so each message's state is rebuilt without them.
         purge(&|room, after, upto| {
             for seq in (after.saturating_add(1)..=upto).rev() {
