@@ -105,6 +105,20 @@ fn schema() -> (Schema, Fields) {
     (b.build(), f)
 }
 
+/// Puts the calling thread in the idle scheduling class: indexing only
+/// gets a core that nothing else wants, so on a busy server it falls behind
+/// (and catches up later) instead of taking time from the reactors, whose
+/// acks must not wait for it. Threads it starts inherit the class.
+fn background() {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: plain system call on the calling thread (pid 0) with a valid
+    // parameter; failure only leaves the normal class.
+    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+    if rc != 0 {
+        log::debug!("search: idle scheduling refused: {}", std::io::Error::last_os_error());
+    }
+}
+
 fn doc_id(room: &str, seq: u64) -> String {
     format!("{room} {seq}")
 }
@@ -126,7 +140,16 @@ impl Search {
         };
         let analyzer = TextAnalyzer::builder(SimpleTokenizer::default()).filter(LowerCaser).build();
         index.tokenizers().register(TOKENIZER, analyzer);
-        let writer = index.writer_with_num_threads(1, WRITER_BYTES)?;
+        // Made on a background thread: tantivy's indexing and merging
+        // threads inherit its scheduling class.
+        let writer = thread::scope(|sc| {
+            sc.spawn(|| {
+                background();
+                index.writer_with_num_threads(1, WRITER_BYTES)
+            })
+            .join()
+        })
+        .map_err(|_| tantivy::TantivyError::SystemError("index writer thread panicked".into()))??;
         let marks = index
             .load_metas()?
             .payload
@@ -141,6 +164,7 @@ impl Search {
     pub fn start(self: &Arc<Search>, storage: Storage, dir: Arc<Directory>) -> std::io::Result<()> {
         let s = self.clone();
         thread::Builder::new().name("chinwag-search".into()).spawn(move || {
+            background();
             s.catch_up(&storage);
             // Runs until the process exits: the index is derived, so a
             // commit cut short costs only a re-index at the next start.
