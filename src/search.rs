@@ -22,7 +22,7 @@ use std::{
     path::Path,
     sync::Arc,
     thread,
-    time::Duration,
+    time::{Duration, Instant},
 };
 use tantivy::{
     collector::TopDocs,
@@ -39,12 +39,18 @@ use tantivy::{
 const TOKENIZER: &str = "chinwag_words";
 /// The indexing thread's memory budget (tantivy's minimum is 15 MB).
 const WRITER_BYTES: usize = 20_000_000;
-/// How often the thread looks for new events and commits them: a match
-/// shows within 2 s. Each commit makes a segment (and tantivy merges
-/// them), a cost per commit whatever the rate, so not more often:
-/// at 200 msg/s, committing every 250 ms cost more CPU than the whole
-/// store path.
-const POLL: Duration = Duration::from_millis(1000);
+/// How often the thread looks for new events.
+const POLL: Duration = Duration::from_millis(250);
+/// A commit makes a segment (and tantivy merges them): a cost per commit
+/// whatever its size, so at a low rate it commits once a second (at 200
+/// msg/s, four commits a second had its threads at 13% of the server's
+/// samples)...
+const COMMIT_EVERY: Duration = Duration::from_secs(1);
+/// ... and at a high rate after this many events, because one large
+/// commit's writes stall sled's flush, and so the acks, for up to a second
+/// (seen at 10,000 msg/s with a commit a second). Either way a match shows
+/// within 2 s.
+const COMMIT_EVENTS: u64 = 2_000;
 /// Events read from storage per step.
 const STEP: usize = 1000;
 /// Extra hits fetched past a page, so ties on ts sort exactly.
@@ -172,16 +178,21 @@ impl Search {
             s.catch_up(&storage);
             // Runs until the process exits: the index is derived, so a
             // commit cut short costs only a re-index at the next start.
+            let mut indexed = s.marks.lock().clone();
+            let (mut pending, mut committed) = (0, Instant::now());
             loop {
                 thread::sleep(POLL);
                 let mut due = Vec::new();
-                let marks = s.marks.lock().clone();
                 dir.for_each_room(|e| {
-                    if e.durable > marks.get(&*e.name).copied().unwrap_or(0) {
+                    if e.durable > indexed.get(&*e.name).copied().unwrap_or(0) {
                         due.push((e.name.to_string(), e.durable));
                     }
                 });
-                s.index_rooms(&storage, due);
+                pending += s.index_rooms(&storage, due, &mut indexed);
+                if pending >= COMMIT_EVENTS || (pending > 0 && committed.elapsed() >= COMMIT_EVERY) {
+                    s.commit(indexed.clone());
+                    (pending, committed) = (0, Instant::now());
+                }
             }
         })?;
         Ok(())
@@ -199,24 +210,36 @@ impl Search {
                 (last > marks.get(&room).copied().unwrap_or(0)).then_some((room, last))
             })
             .collect();
-        if !due.is_empty() {
-            log::info!("search: indexing {} rooms", due.len());
-        }
-        self.index_rooms(storage, due);
-    }
-
-    /// Indexes each room's events up to its seq, then commits once.
-    fn index_rooms(&self, storage: &Storage, due: Vec<(String, u64)>) {
         if due.is_empty() {
             return;
         }
-        let mut marks = self.marks.lock().clone();
+        log::info!("search: indexing {} rooms", due.len());
+        let mut marks = marks;
+        self.index_rooms(storage, due, &mut marks);
+        self.commit(marks);
+    }
+
+    /// Indexes each room's events up to its seq, moving `marks` (committed
+    /// later); returns how many events it went through.
+    fn index_rooms(
+        &self,
+        storage: &Storage,
+        due: Vec<(String, u64)>,
+        marks: &mut HashMap<String, u64>,
+    ) -> u64 {
+        let mut done = 0;
+        if due.is_empty() {
+            return done;
+        }
         let writer = self.writer.lock();
         for (room, upto) in due {
             let mark = marks.entry(room.clone()).or_insert(0);
             while *mark < upto {
                 match self.index_step(&writer, storage, &room, *mark, upto) {
-                    Ok(m) if m > *mark => *mark = m,
+                    Ok(m) if m > *mark => {
+                        done += m - *mark;
+                        *mark = m;
+                    }
                     Ok(_) => break,
                     Err(e) => {
                         log::warn!("search: cannot index room {room}: {e}");
@@ -225,8 +248,7 @@ impl Search {
                 }
             }
         }
-        drop(writer);
-        self.commit(marks);
+        done
     }
 
     /// Re-indexes the messages touched by events `(after, upto]` of `room`
