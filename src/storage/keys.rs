@@ -35,8 +35,8 @@ pub(super) fn suffix(key: &[u8], prefix_len: usize) -> Result<String> {
 }
 
 /// Sub-spaces of a room in the `messages` tree, after `room`: the events
-/// themselves under 0x00, derived indexes under the other tags. One tree,
-/// so an event and every index it changes go in one atomic batch.
+/// themselves under 0x00, derived indexes under the other tags, all in one
+/// tree (one sled log order for an event and what it derives).
 pub(super) mod tag {
     // 0x00: `seq` → the event (`msg_key`).
     /// `target seq` → (): the edits, deletes and reactions of a message.

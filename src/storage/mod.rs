@@ -9,8 +9,9 @@
 //!   0x01, then MessagePack), a message with its current state. Room
 //!   names never contain bytes below 0x2d, so `room 0x00` is a unique
 //!   prefix and keys sort by seq within a room. The derived indexes of a
-//!   room live in the same tree under `room tag` (`keys::tag`), so an
-//!   event and its index changes are one atomic batch.
+//!   room live in the same tree under `room tag` (`keys::tag`), written
+//!   after the event's record (`writes.rs`: why not one batch, and how a
+//!   crash in between is repaired).
 //! * `room_members`: `room` → member count (u64 BE), for the directory.
 //! * `users`: `user` → display name (empty: none yet); present once the
 //!   user connected.
