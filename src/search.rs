@@ -189,7 +189,8 @@ impl Search {
                     }
                 });
                 pending += s.index_rooms(&storage, due, &mut indexed);
-                if pending >= COMMIT_EVENTS || (pending > 0 && committed.elapsed() >= COMMIT_EVERY) {
+                if pending >= COMMIT_EVENTS || (pending > 0 && committed.elapsed() >= COMMIT_EVERY)
+                {
                     s.commit(indexed.clone());
                     (pending, committed) = (0, Instant::now());
                 }

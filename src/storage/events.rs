@@ -212,7 +212,14 @@ impl Storage {
     }
 
     /// The writes of [`derive`](Self::derive), record first.
-    fn plan(&self, tree: &sled::Tree, room: &str, seq: u64, rec: Record, again: bool) -> Result<Writes> {
+    fn plan(
+        &self,
+        tree: &sled::Tree,
+        room: &str,
+        seq: u64,
+        rec: Record,
+        again: bool,
+    ) -> Result<Writes> {
         let mut b = Writes::default();
         b.insert(msg_key(room, seq), rec.encode());
         if rec.is_message() {
