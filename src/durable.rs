@@ -187,6 +187,8 @@ impl Worker {
         let ok = self.storage.flush().is_ok();
         if !ok {
             log::error!("the last flush failed: writes since the previous one may be lost");
+        } else if let Err(e) = self.storage.mark_clean() {
+            log::warn!("cannot mark the clean stop (the next start checks every room): {e}");
         }
         ok
     }

@@ -206,6 +206,7 @@ impl Storage {
     /// (each write is idempotent but the ordinal, kept if it exists).
     fn derive(&self, room: &str, seq: u64, rec: Record, again: bool) -> Result<()> {
         let t = self.trees()?;
+        self.unmark_clean(&t)?;
         let b = self.plan(&t.messages, room, seq, rec, again)?;
         let r = b.apply(&t.messages);
         self.check(r)
@@ -280,6 +281,7 @@ impl Storage {
         let t = self.trees()?;
         let tree = &t.messages;
         let Some(rec) = self.record(tree, room, seq)? else { return Ok(()) };
+        self.unmark_clean(&t)?;
         let mut b = Writes::default();
         if rec.is_message() {
             b.remove(sub(room, tag::ORD, &[N(seq)]));
@@ -457,8 +459,43 @@ mod tests {
         Msg::on_target(kind, "r", from, target)
     }
 
+    /// Opens `dir` again; sled lets go of its lock a little after the last
+    /// handle drops (its IO threads hold one briefly).
+    fn reopen(dir: &std::path::Path) -> Storage {
+        for _ in 0..500 {
+            match Storage::open(dir) {
+                Ok(s) => return s,
+                Err(e) if e.to_string().contains("lock") => {
+                    std::thread::sleep(std::time::Duration::from_millis(10))
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        panic!("{} stays locked", dir.display());
+    }
+
     fn dump(s: &Storage) -> Vec<(sled::IVec, sled::IVec)> {
         s.trees().unwrap().messages.iter().map(|kv| kv.unwrap()).collect()
+    }
+
+    #[test]
+    fn a_clean_stop_skips_the_repair_until_the_next_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let marked =
+            |s: &Storage| s.trees().unwrap().meta.contains_key(super::super::CLEAN_KEY).unwrap();
+        {
+            let s = Storage::open(dir.path()).unwrap();
+            s.apply("r", 1, &msg("a", "one", None, &[])).unwrap();
+            s.mark_clean().unwrap();
+            assert!(marked(&s));
+            // A write after the mark takes it away.
+            s.apply("r", 2, &msg("a", "two", None, &[])).unwrap();
+            assert!(!marked(&s));
+            s.mark_clean().unwrap();
+        }
+        let s = reopen(dir.path());
+        assert!(!marked(&s), "open takes the mark away");
+        assert_eq!(s.last_seq("r").unwrap(), 2);
     }
 
     /// A crash can leave a room's last event with any prefix of its writes
@@ -515,7 +552,7 @@ mod tests {
                     writes.apply(&t.messages).unwrap();
                     s.flush().unwrap();
                 }
-                let s = Storage::open(dir.path()).unwrap();
+                let s = reopen(dir.path());
                 assert!(dump(&s) == want, "last event {i}, cut after {cut} of {n} writes");
             }
         }

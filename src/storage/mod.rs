@@ -112,7 +112,12 @@ struct Inner {
     healthy: AtomicBool,
     /// The file system has less than `min_free` bytes free: writes refused.
     low_space: AtomicBool,
+    /// The clean-stop mark is set: the next event write takes it away.
+    marked_clean: AtomicBool,
 }
+
+/// The `meta` key set by a clean stop: the next open skips the repair.
+const CLEAN_KEY: &[u8] = b"clean_stop";
 
 /// Handle to the database; cheap to clone. Survives a reopen: after a
 /// fault (a full or failing disk leaves sled failed for good) the commit
@@ -133,14 +138,40 @@ impl Storage {
                 trees: RwLock::new(Some(Arc::new(trees))),
                 healthy: AtomicBool::new(true),
                 low_space: AtomicBool::new(false),
+                marked_clean: AtomicBool::new(false),
             }),
         };
-        s.repair()?;
+        // Taken away at once: any event written from now on follows the
+        // removal in sled's log, so a crash can keep the mark only with
+        // nothing after it.
+        if s.trees()?.meta.remove(CLEAN_KEY)?.is_none() {
+            s.repair()?;
+        }
         Ok(s)
     }
 
+    /// Marks the database as stopped cleanly (after the last flush): the
+    /// next open can skip [`repair`](Self::repair), which reads and
+    /// rewrites every room's last event.
+    pub fn mark_clean(&self) -> Result<()> {
+        let r = self.trees()?.meta.insert(CLEAN_KEY, &[1]);
+        self.check(r)?;
+        self.inner.marked_clean.store(true, Ordering::SeqCst);
+        self.flush().map(drop)
+    }
+
+    /// Takes the clean-stop mark away before an event write that comes
+    /// after it (a late write during shutdown).
+    fn unmark_clean(&self, t: &Trees) -> Result<()> {
+        if self.inner.marked_clean.swap(false, Ordering::SeqCst) {
+            let r = t.meta.remove(CLEAN_KEY);
+            self.check(r)?;
+        }
+        Ok(())
+    }
+
     /// Completes each room's last event (a crash may have cut it short)
-    /// and makes that durable.
+    /// and makes that durable. Not after a clean stop.
     fn repair(&self) -> Result<()> {
         let t = std::time::Instant::now();
         let rooms = self.repair_tails()?;
