@@ -42,9 +42,10 @@
 #           `history` pages, 200 `hello`s of a user in 1,000 rooms, then
 #           SCALE_CHURN (100,000) edits and deletes at 2,000/s, the disk
 #           after them, after a stop, in a backup copy (SCALE_BACKUP) and
-#           after a restart and a minute idle. The data dir is SCALE_DIR
-#           (default: a temp dir, removed on exit); an existing one of the
-#           same shape is reused.
+#           after a restart and SCALE_WAIT (60s) idle. The data dir is
+#           SCALE_DIR (default: a temp dir, removed on exit); an existing
+#           one of the same shape is reused. SCALE_SERVER_CORE moves the
+#           server off core 0.
 #
 # Summary in scale-summary.txt. Generating 10M events takes ~10-15 minutes
 # on one core here, the measurements a few more.
@@ -340,14 +341,16 @@ if want scale; then
     SCALE_CHURN=${SCALE_CHURN:-100000}
     SCALE_BACKUP=${SCALE_BACKUP:-true}
     SCALE_DIR=${SCALE_DIR:-$CW_TMP/scale}
+    SCALE_WAIT=${SCALE_WAIT:-60s}
+    SCALE_SERVER_CORE=${SCALE_SERVER_CORE:-0}
     mkdir -p "$SCALE_DIR"
 
     cw_log "scale: $SCALE_EVENTS events, search $SCALE_SEARCH (progress in $OUT/scale.log)"
     # The harness pins the server itself (--server-core): it times the
     # server from its spawn to the first accepted connection.
-    $LOAD scale --data-dir "$SCALE_DIR/data" --server-bin "$CW_SERVER" --server-core 0 \
+    $LOAD scale --data-dir "$SCALE_DIR/data" --server-bin "$CW_SERVER" --server-core "$SCALE_SERVER_CORE" \
         --events "$SCALE_EVENTS" --search "$SCALE_SEARCH" --churn "$SCALE_CHURN" \
-        --backup "$SCALE_BACKUP" --json \
+        --backup "$SCALE_BACKUP" --reclaim-wait "$SCALE_WAIT" --json \
         >>"$OUT/scale.jsonl" 2>>"$OUT/scale.log" ||
         cw_log "scale failed: see $OUT/scale.log and $SCALE_DIR/data.server.log"
 
