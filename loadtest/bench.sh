@@ -30,8 +30,29 @@
 #
 # Summary in events-summary.txt. About 10 minutes after the build.
 #
+# Suite `scale` (storage at scale), chinwag only, the server on core 0 and
+# the harness (and the data's generation) on core 1:
+#
+#   scale   writes a data dir of SCALE_EVENTS (10,000,000) messages in
+#           10,000 rooms, 10,000 users with read markers, 10 of them in
+#           1,000 rooms each, through the server's own storage code; starts
+#           the server on it (SCALE_SEARCH=true: with the search index
+#           catching up behind; false: CHINWAG_SEARCH=off) and measures disk
+#           bytes per event, start to first accepted connection, RSS, 2,000
+#           `history` pages, 200 `hello`s of a user in 1,000 rooms, then
+#           SCALE_CHURN (100,000) edits and deletes at 2,000/s, the disk
+#           after them, after a stop, in a backup copy (SCALE_BACKUP) and
+#           after a restart and SCALE_WAIT (60s) idle. The data dir is
+#           SCALE_DIR (default: a temp dir, removed on exit); an existing
+#           one of the same shape is reused. SCALE_SERVER_CORE moves the
+#           server off core 0.
+#
+# Summary in scale-summary.txt. Generating 10M events takes ~10-15 minutes
+# on one core here, the measurements a few more.
+#
 #   loadtest/bench.sh                 the first suite (as before)
 #   loadtest/bench.sh events          the team chat suite only
+#   loadtest/bench.sh scale           storage at scale only
 #   loadtest/bench.sh classic events  both
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
@@ -42,7 +63,8 @@ RUNS=${RUNS:-3}
 SUITES=" ${*:-classic} "
 want() { [[ $SUITES == *" $1 "* ]]; }
 for s in $SUITES; do
-    [[ $s == classic || $s == events ]] || { cw_log "unknown suite $s (classic, events)"; exit 2; }
+    [[ $s == classic || $s == events || $s == scale ]] ||
+        { cw_log "unknown suite $s (classic, events, scale)"; exit 2; }
 done
 mkdir -p "$OUT"
 rm -f "$OUT"/*.jsonl "$OUT"/*.log "$OUT"/*.svg "$OUT"/summary.txt
@@ -310,4 +332,53 @@ if want events; then
         done
         echo "results: $OUT"
     } | tee "$OUT/events-summary.txt"
+fi
+
+# --- storage at scale ---
+if want scale; then
+    SCALE_EVENTS=${SCALE_EVENTS:-10000000}
+    SCALE_SEARCH=${SCALE_SEARCH:-false}
+    SCALE_CHURN=${SCALE_CHURN:-100000}
+    SCALE_BACKUP=${SCALE_BACKUP:-true}
+    SCALE_DIR=${SCALE_DIR:-$CW_TMP/scale}
+    SCALE_WAIT=${SCALE_WAIT:-60s}
+    SCALE_SERVER_CORE=${SCALE_SERVER_CORE:-0}
+    mkdir -p "$SCALE_DIR"
+
+    cw_log "scale: $SCALE_EVENTS events, search $SCALE_SEARCH (progress in $OUT/scale.log)"
+    # The harness pins the server itself (--server-core): it times the
+    # server from its spawn to the first accepted connection.
+    $LOAD scale --data-dir "$SCALE_DIR/data" --server-bin "$CW_SERVER" --server-core "$SCALE_SERVER_CORE" \
+        --events "$SCALE_EVENTS" --search "$SCALE_SEARCH" --churn "$SCALE_CHURN" \
+        --backup "$SCALE_BACKUP" --reclaim-wait "$SCALE_WAIT" --json \
+        >>"$OUT/scale.jsonl" 2>>"$OUT/scale.log" ||
+        cw_log "scale failed: see $OUT/scale.log and $SCALE_DIR/data.server.log"
+
+    sv() { field "$OUT/scale.jsonl" "$1" | tail -1 | cell; }
+    mib() { awk '{print ($1 == "-" || $1 == "") ? "-" : sprintf("%.1f", $1 / 1048576)}'; }
+    kib() { awk '{print ($1 == "-" || $1 == "") ? "-" : sprintf("%.1f", $1 / 1024)}'; }
+    row() { printf '  %-44s %14s %s\n' "$1" "$2" "${3:-}"; }
+    {
+        echo "storage at scale: $(sv events) events, $(sv rooms) rooms, $(sv users) users, search $(sv search)"
+        row "disk bytes per event (without search/)" "$(sv disk_bytes_per_event)"
+        row "disk MiB" "$(sv disk_bytes | mib)"
+        row "start to first accepted connection s" "$(sv start_to_first_accept_s)" "(target < 5)"
+        row "RSS after start MiB" "$(sv rss_after_start_kib | kib)"
+        row "history p50 / p99 ms" "$(sv history_p50_us | ms) / $(sv history_p99_us | ms)" "(target p99 < 1)"
+        row "history server / harness CPU us per page" "$(sv history_server_cpu_us) / $(sv history_harness_cpu_us)"
+        row "hello of a user in $(sv hello_rooms) rooms p50 / p99 ms" "$(sv hello_p50_us | ms) / $(sv hello_p99_us | ms)" "(target < 5)"
+        row "hello first after start ms" "$(sv hello_first_us | ms)"
+        row "hello server / harness CPU us per hello" "$(sv hello_server_cpu_us) / $(sv hello_harness_cpu_us)"
+        row "RSS after reads MiB" "$(sv rss_after_reads_kib | kib)"
+        row "churn edits / deletes / errors" "$(sv churn_edits) / $(sv churn_deletes) / $(sv churn_errors)"
+        row "churn ack p50 / p99 ms" "$(sv churn_ack_p50_us | ms) / $(sv churn_ack_p99_us | ms)"
+        row "churn server / harness CPU us per op" "$(sv churn_server_cpu_us) / $(sv churn_harness_cpu_us)"
+        row "disk MiB before / after churn" "$(sv churn_disk_before | mib) / $(sv churn_disk_after | mib)"
+        row "disk growth bytes per churn op" "$(sv churn_growth_bytes_per_op)"
+        row "disk MiB after stop" "$(sv disk_after_stop | mib)"
+        row "disk MiB of a backup copy" "$(sv disk_backup_copy | mib)"
+        row "restart to first accepted connection s" "$(sv restart_to_first_accept_s)"
+        row "disk MiB after restart / after idle" "$(sv disk_after_restart | mib) / $(sv disk_after_wait | mib)"
+        echo "results: $OUT"
+    } | tee "$OUT/scale-summary.txt"
 fi

@@ -3,7 +3,8 @@
 //! Owns: the command line (one subcommand per scenario, their flags and
 //! defaults) and turning it into a checked run: loopback targets and
 //! sources, open-files limit. The scenarios' runs and reports live in
-//! `scenario` (`mixed` in `mixed`, `search` and `ingest` in `search`), the
+//! `scenario` (`mixed` in `mixed`, `search` and `ingest` in `search`,
+//! `scale` in `scale`), the
 //! main thread's timeline in `run`, the client loops in `driver`.
 
 mod conn;
@@ -12,6 +13,7 @@ mod mixed;
 mod net;
 mod plot;
 mod run;
+mod scale;
 mod scenario;
 mod search;
 mod sio;
@@ -94,6 +96,13 @@ enum Scenario {
     /// CPU per message, with the search index or without (a server started
     /// with CHINWAG_SEARCH=off), and how long until all of it is searchable.
     Ingest(IngestArgs),
+    /// Storage at scale: writes a data dir of --events messages in --rooms
+    /// rooms with --users users and their read markers (offline, through
+    /// the server's own storage code), starts the server on it and measures
+    /// disk bytes per event, time to the first accepted connection, RSS,
+    /// `history` and `hello` latency, and disk growth over a churn of edits
+    /// and deletes, with what gives the space back (a backup, a restart).
+    Scale(ScaleArgs),
 }
 
 /// The dialect spoken to the server.
@@ -434,6 +443,91 @@ struct IngestArgs {
     json: bool,
 }
 
+#[derive(Args)]
+struct ScaleArgs {
+    /// The data directory: generated if it does not exist (or is empty),
+    /// reused if this scenario generated it with the same shape. Never
+    /// removed; the server's log goes to DIR.server.log, a backup copy to
+    /// DIR.backup (removed once measured).
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Messages to generate.
+    #[arg(long, default_value_t = 10_000_000)]
+    events: u64,
+    /// Rooms r0..r<rooms>.
+    #[arg(long, default_value_t = 10_000)]
+    rooms: usize,
+    /// Users u0..u<users>, every one with a read marker in each of its rooms.
+    #[arg(long, default_value_t = 10_000)]
+    users: usize,
+    /// Users u0..u<heavy-users> are each in --heavy-rooms rooms (every
+    /// heavy-users-th room); the harness reads, connects and edits as them.
+    #[arg(long, default_value_t = 10)]
+    heavy_users: usize,
+    /// Rooms of each heavy user (the server's max_rooms_per_user is 1000).
+    #[arg(long, default_value_t = 1000)]
+    heavy_rooms: usize,
+    /// Rooms of every other user.
+    #[arg(long, default_value_t = 20)]
+    rooms_per_user: usize,
+    /// Seed of the whole shape: the same seed and counts, the same data.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    #[command(flatten)]
+    text: TextArgs,
+    /// Only write (or check) the data dir and report its size.
+    #[arg(long)]
+    generate_only: bool,
+    /// The server binary (default: `chinwag` next to this binary).
+    #[arg(long)]
+    server_bin: Option<PathBuf>,
+    /// Pin the server to this core (taskset -c).
+    #[arg(long)]
+    server_core: Option<usize>,
+    /// The server's --threads.
+    #[arg(long, default_value_t = 1)]
+    server_threads: usize,
+    /// Run the server with its search index (false: CHINWAG_SEARCH=off).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    search: bool,
+    /// Give up if the server accepts no connection by then.
+    #[arg(long, value_parser = parse_duration, default_value = "10m")]
+    start_timeout: Duration,
+    /// `history` requests to time, one at a time.
+    #[arg(long, default_value_t = 2000)]
+    history_requests: usize,
+    /// `limit` of each `history` request.
+    #[arg(long, default_value_t = 50)]
+    history_limit: u64,
+    /// Connects of heavy users to time (connect to `hello`).
+    #[arg(long, default_value_t = 200)]
+    hello_connects: usize,
+    /// Edits and deletes of existing messages (0: no churn).
+    #[arg(long, default_value_t = 100_000)]
+    churn: u64,
+    /// Churn operations per second at most.
+    #[arg(long, default_value_t = 2000.0)]
+    churn_rate: f64,
+    /// Churn operations in flight on one connection.
+    #[arg(long, default_value_t = 32)]
+    churn_window: usize,
+    /// Share of the churn that deletes (the rest edits).
+    #[arg(long, default_value_t = 0.25)]
+    delete_share: f64,
+    /// Measure a `chinwag backup` copy of the data after the churn.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    backup: bool,
+    /// After the churn and a restart, idle this long before the last size.
+    #[arg(long, value_parser = parse_duration, default_value = "60s")]
+    reclaim_wait: Duration,
+    /// Wire encoding.
+    #[arg(long, value_enum, default_value_t = Encoding::Json)]
+    encoding: Encoding,
+    /// Print one JSON line (instead of a table) on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
 /// `10s`, `500ms`, `2m`, `1h`, or a bare number of seconds.
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
@@ -464,6 +558,7 @@ fn main() -> ExitCode {
         Scenario::Mixed(a) => mixed::mixed(&a),
         Scenario::Search(a) => search::search(&a),
         Scenario::Ingest(a) => search::ingest(&a),
+        Scenario::Scale(a) => scale::scale(&a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -451,3 +451,42 @@ fn ingest_with_and_without_the_index() {
         assert_eq!(v["index_catchup_s"].is_null(), search == "off", "{v}");
     }
 }
+
+/// A directory removed (with everything in it) on drop.
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn scale_generates_measures_and_churns() {
+    let Some(bin) = server_bin() else { return };
+    let tmp = TempDir(temp_dir("scale"));
+    let data = tmp.0.join("data").display().to_string();
+    let bin = bin.display().to_string();
+    // 10,000 events in 50 rooms: the whole scenario at a tiny scale (a
+    // debug build writes ~2,500 events/s).
+    let mut args = vec!["scale", "--data-dir", &data, "--server-bin", &bin, "--search", "false"];
+    args.extend(["--events", "10000", "--rooms", "50", "--users", "100", "--heavy-users", "2"]);
+    args.extend(["--heavy-rooms", "25", "--rooms-per-user", "5", "--history-requests", "100"]);
+    args.extend(["--hello-connects", "10", "--churn", "400", "--reclaim-wait", "0s"]);
+    let lines = load(&args);
+    let v = &lines[0];
+    assert_eq!(v["scenario"], "scale");
+    assert_eq!(v["generated"], true, "{v}");
+    assert!(f(v, "disk_bytes_per_event") > 0.0, "{v}");
+    assert!(f(v, "start_to_first_accept_s") > 0.0, "{v}");
+    assert!(n(v, "rss_after_start_kib") > 0, "{v}");
+    // Every heavy user is in its 25 rooms, each with unread messages.
+    assert_eq!(n(v, "hello_rooms"), 25, "{v}");
+    assert!(n(v, "hello_unread_sum") >= 25, "{v}");
+    assert_eq!(n(v, "history_wrong"), 0, "every page is full: {v}");
+    assert!(n(v, "history_p99_us") > 0 && n(v, "hello_p99_us") > 0, "{v}");
+    assert_eq!(n(v, "churn_edits") + n(v, "churn_deletes"), 400, "{v}");
+    assert_eq!(n(v, "churn_errors"), 0, "{v}");
+    assert!(n(v, "churn_deletes") > 0, "{v}");
+    assert!(n(v, "disk_backup_copy") > 0 && n(v, "disk_at_end") > 0, "{v}");
+}
