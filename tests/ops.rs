@@ -296,15 +296,18 @@ fn metrics_are_classic_text_with_process_http_websocket_and_refusal_series() {
     b.send_text(&"x".repeat(300));
     assert_eq!(b.expect_close(), 1009);
     a.close();
+    // One whose TCP connection just ends (no close frame): 1006, by nobody.
+    drop(s.client("c"));
     scrape_until(
         s.addr,
         &[
             ("chinwag_http_requests_total{route=\"/health\",status=\"200\"}", 1.0),
             ("chinwag_http_requests_total{route=\"other\",status=\"404\"}", 1.0),
             ("chinwag_http_requests_total{route=\"/api/rooms/{room}/join\",status=\"401\"}", 1.0),
-            ("chinwag_http_requests_total{route=\"/ws\",status=\"101\"}", 2.0),
+            ("chinwag_http_requests_total{route=\"/ws\",status=\"101\"}", 3.0),
             ("chinwag_http_requests_total{route=\"/ws\",status=\"429\"}", 1.0),
-            ("chinwag_ws_opens_total", 2.0),
+            ("chinwag_ws_opens_total", 3.0),
+            ("chinwag_ws_closes_total{code=\"1006\",by=\"none\"}", 1.0),
             ("chinwag_ws_closes_total{code=\"1009\",by=\"server\"}", 1.0),
             ("chinwag_refusals_total{reason=\"unauthorized\"}", 1.0),
             ("chinwag_refusals_total{reason=\"too_many_connections\"}", 1.0),

@@ -323,6 +323,12 @@ impl Conn {
                 Err(E::Io(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(E::Capacity(_)) => WsRead::Fail(Close::TooBig),
                 Err(E::Utf8(_)) => WsRead::Fail(Close::Invalid),
+                // EOF without a close frame is how tungstenite reports a
+                // dropped connection: a quiet disconnect, not the peer's
+                // protocol error.
+                Err(E::Protocol(
+                    tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
+                )) => WsRead::Gone,
                 Err(E::Protocol(_)) => WsRead::Fail(Close::Protocol),
                 Err(_) => WsRead::Gone,
             };
