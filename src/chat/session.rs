@@ -121,13 +121,19 @@ pub(crate) fn first_sight(ctx: &Ctx<'_>, user: &str, name: Option<&str>) -> Resu
 fn hello(ctx: &mut Ctx<'_>, id: ConnId, user: &str, name: Option<&str>, rooms: &[String]) {
     let node = ctx.node;
     let mut states = Vec::with_capacity(rooms.len());
+    let reads = node.storage().read_markers(user).unwrap_or_default();
     for room in rooms {
         let seq = match ctx.local.subscribe(node, ctx.conns, id, room, None) {
             Ok((_, seq)) => seq,
             Err(_) => 0,
         };
-        let read = node.storage().read_marker(user, room).unwrap_or(0);
-        let (unread, mentions) = node.storage().unread(room, user, read).unwrap_or((0, 0));
+        let read = reads.get(room).copied().unwrap_or(0);
+        // Nothing above the marker: no need to read the room's indexes.
+        let (unread, mentions) = if read >= seq {
+            (0, 0)
+        } else {
+            node.storage().unread(room, user, read).unwrap_or((0, 0))
+        };
         states.push(RoomState { room: room.clone(), seq, read, unread, mentions });
     }
     let hello = ServerFrame::Hello {

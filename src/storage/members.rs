@@ -7,6 +7,7 @@ use super::{
     Result, Storage,
 };
 use crate::auth::Revocation;
+use std::collections::HashMap;
 
 impl Storage {
     /// Makes `user` a member of `room`. Returns whether it is new.
@@ -181,6 +182,18 @@ impl Storage {
     pub fn read_marker(&self, user: &str, room: &str) -> Result<u64> {
         let r = self.trees()?.reads.get(key2(user, room));
         Ok(self.check(r)?.and_then(|v| be_u64(&v)).unwrap_or(0))
+    }
+
+    /// Every read marker of `user`, by room: one range read (a `hello`
+    /// of 1,000 rooms made 1,000 lookups).
+    pub fn read_markers(&self, user: &str) -> Result<HashMap<String, u64>> {
+        let p = prefix(user);
+        let mut out = HashMap::new();
+        for kv in self.trees()?.reads.scan_prefix(&p) {
+            let (k, v) = self.check(kv)?;
+            out.insert(suffix(&k, p.len())?, be_u64(&v).unwrap_or(0));
+        }
+        Ok(out)
     }
 
     /// Records a revocation (durable after the next flush); `now_s` is
