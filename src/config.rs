@@ -36,6 +36,8 @@ pub enum Command {
     Token(TokenFlags),
     /// Write a consistent copy of the data to DEST (also while the server runs).
     Backup(BackupFlags),
+    /// Write every room's events as JSON Lines, one file per room.
+    Export(ExportFlags),
 }
 
 /// Flags of `chinwag serve`. Values are strings so that every bad value gets
@@ -155,6 +157,26 @@ pub struct BackupFlags {
     /// TOML config file (the server's).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+}
+
+/// Flags of `chinwag export`.
+#[derive(Debug, Args)]
+pub struct ExportFlags {
+    /// Where to write the files (a new or empty directory; relative to the
+    /// current one).
+    pub dest: PathBuf,
+    /// Data directory to export (as for `serve`).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// TOML config file (the server's).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+/// The data directory `chinwag export` reads: as for `backup`.
+pub fn resolve_export(flags: &ExportFlags) -> Result<PathBuf, BadSetting> {
+    let file = read_file(flags.config.as_deref())?;
+    Ok(data_dir(flags.data_dir.clone(), file.data_dir))
 }
 
 /// The data directory `chinwag backup` copies: the same flag, environment,

@@ -64,6 +64,7 @@ pub mod config;
 pub(crate) mod conn;
 pub mod control;
 pub(crate) mod durable;
+pub mod export;
 pub(crate) mod fanout;
 pub(crate) mod http;
 pub(crate) mod local;

@@ -1,5 +1,5 @@
-//! The `chinwag` binary: parses the command line and runs `serve` or
-//! `token`. Exit status 2 for a bad setting, 1 for a failure to start.
+//! The `chinwag` binary: parses the command line and runs `serve`,
+//! `token`, `backup` or `export`. Exit status 2 for a bad setting, 1 for a failure to start.
 
 use chinwag::{
     auth::{Claims, Keys},
@@ -18,6 +18,7 @@ fn main() -> ExitCode {
         Command::Serve(flags) => serve(*flags),
         Command::Token(flags) => token(flags),
         Command::Backup(flags) => backup(flags),
+        Command::Export(flags) => export(flags),
     }
 }
 
@@ -115,6 +116,31 @@ fn backup(flags: config::BackupFlags) -> ExitCode {
         }
         Err(e) => {
             eprintln!("chinwag: backup failed: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn export(flags: config::ExportFlags) -> ExitCode {
+    let dir = match config::resolve_export(&flags) {
+        Ok(d) => d,
+        Err(bad) => {
+            eprintln!("chinwag: {bad}");
+            return ExitCode::from(2);
+        }
+    };
+    // The team's history: private, like a backup.
+    // SAFETY: umask(2) only sets this process's file mode mask.
+    unsafe {
+        libc::umask(0o077);
+    }
+    match chinwag::export::export(&dir, &flags.dest) {
+        Ok((rooms, events)) => {
+            println!("{events} events of {rooms} rooms written to {}", flags.dest.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("chinwag: export failed: {e}");
             ExitCode::from(1)
         }
     }

@@ -486,3 +486,51 @@ fn behind_a_tls_proxy_the_page_origin_is_https() {
     let direct = Server::open(&[]);
     assert_eq!(upgrade_status(direct.addr, &[page[0], page[1], proto]), 403, "no proxy trusted");
 }
+
+#[test]
+fn export_writes_every_rooms_events_as_json_lines_while_the_server_runs() {
+    let s = Server::open(&[]);
+    let mut a = s.client("alice");
+    a.join("r");
+    let m0 = a.send_msg("r", "m0")["seq"].as_u64().unwrap();
+    let m1 = a.send_msg("r", "m1")["seq"].as_u64().unwrap();
+    let m2 = a.send_msg("r", "m2")["seq"].as_u64().unwrap();
+    for f in [
+        json!({"type": "edit", "room": "r", "seq": m0, "text": "m0 fixed"}),
+        json!({"type": "delete", "room": "r", "seq": m1}),
+        json!({"type": "react", "room": "r", "seq": m2, "emoji": "+1", "on": true}),
+        json!({"type": "dm", "to": "bob", "text": "psst"}),
+    ] {
+        let r = a.call(f);
+        assert_eq!(ty(&r), "ack", "{r}");
+    }
+    let cwd = tempfile::tempdir().unwrap();
+    let mut cmd = command();
+    cmd.current_dir(cwd.path()).args(["export", "out", "--data-dir", s.dir.to_str().unwrap()]);
+    let f = run_bounded(cmd, Duration::from_secs(60));
+    assert_eq!(f.code(), 0, "{f:?}");
+    let out = cwd.path().join("out");
+    assert_private(&out);
+    let mut files: Vec<String> = fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    files.sort();
+    assert_eq!(files, ["dm:alice:bob.jsonl", "r.jsonl"], "one file per room, no copy left");
+    let lines: Vec<serde_json::Value> = fs::read_to_string(out.join("r.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let seqs: Vec<u64> = lines.iter().map(|l| l["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, (1..=6).collect::<Vec<_>>(), "every event, in seq order");
+    let at = |seq: u64| &lines[seq as usize - 1];
+    assert_eq!(at(m0)["text"], "m0 fixed", "{}", at(m0));
+    assert!(at(m0)["edited_ts"].is_u64(), "{}", at(m0));
+    assert_eq!(at(m1)["deleted"], true, "{}", at(m1));
+    assert!(at(m1).get("text").is_none_or(|t| t.is_null()), "deleted text stays out: {}", at(m1));
+    assert_eq!(at(m2)["reactions"][0]["emoji"], "+1", "{}", at(m2));
+    assert_eq!(at(4)["type"], "edit");
+    let dm = fs::read_to_string(out.join("dm:alice:bob.jsonl")).unwrap();
+    assert!(dm.contains("\"psst\""), "{dm}");
+}

@@ -253,21 +253,30 @@ impl Storage {
     /// the last can be incomplete). Returns the rooms looked at.
     pub(super) fn repair_tails(&self) -> Result<usize> {
         let tree = self.trees()?.messages.clone();
-        let mut rooms = 0;
+        let rooms = self.event_rooms()?;
+        for room in &rooms {
+            let last = tree.range(prefix(room)..=msg_key(room, u64::MAX)).next_back();
+            if let Some((k, v)) = self.check(last.transpose())? {
+                if let (Some(seq), Ok(rec)) = (super::keys::tail_u64(&k), Record::decode(&v)) {
+                    self.derive(room, seq, rec, true)?;
+                }
+            }
+        }
+        Ok(rooms.len())
+    }
+
+    /// Every room with events or indexes, in key order: one seek per room
+    /// (the `messages` tree holds nothing else).
+    pub fn event_rooms(&self) -> Result<Vec<String>> {
+        let tree = self.trees()?.messages.clone();
+        let mut rooms = Vec::new();
         let mut from: Vec<u8> = Vec::new();
         loop {
             let next = tree.range(from.as_slice()..).next().transpose();
             let Some((k, _)) = self.check(next)? else { break };
             // Room names are printable; the byte after one is its tag.
             let end = k.iter().position(|&b| b < 0x20).unwrap_or(k.len());
-            let room = String::from_utf8_lossy(&k[..end]).into_owned();
-            let last = tree.range(prefix(&room)..=msg_key(&room, u64::MAX)).next_back();
-            if let Some((k, v)) = self.check(last.transpose())? {
-                if let (Some(seq), Ok(rec)) = (super::keys::tail_u64(&k), Record::decode(&v)) {
-                    self.derive(&room, seq, rec, true)?;
-                }
-            }
-            rooms += 1;
+            rooms.push(String::from_utf8_lossy(&k[..end]).into_owned());
             from = k[..end].to_vec();
             from.push(0x20);
         }
