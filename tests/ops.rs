@@ -534,3 +534,48 @@ fn export_writes_every_rooms_events_as_json_lines_while_the_server_runs() {
     let dm = fs::read_to_string(out.join("dm:alice:bob.jsonl")).unwrap();
     assert!(dm.contains("\"psst\""), "{dm}");
 }
+
+#[test]
+fn a_real_prometheus_parser_reads_metrics_with_their_types() {
+    use prometheus_parse::{Scrape, Value};
+    let s = Server::open(&[]);
+    let mut a = s.client("a");
+    a.join("r");
+    a.send_msg("r", "counted");
+    let (_, body) = http_get(s.addr, "/metrics", &[]);
+    let scrape = Scrape::parse(body.lines().map(|l| Ok(l.to_string()))).unwrap();
+    let kind = |name: &str| {
+        let v = scrape.samples.iter().find(|x| x.metric == name).map(|x| &x.value);
+        match v {
+            Some(Value::Counter(_)) => "counter",
+            Some(Value::Gauge(_)) => "gauge",
+            Some(Value::Histogram(_)) => "histogram",
+            Some(Value::Summary(_)) => "summary",
+            Some(Value::Untyped(_)) => "untyped",
+            None => "missing",
+        }
+    };
+    for (name, want) in [
+        ("chinwag_ws_opens_total", "counter"),
+        ("process_cpu_seconds_total", "counter"),
+        ("process_resident_memory_bytes", "gauge"),
+        ("chinwag_storage_up", "gauge"),
+        ("chinwag_ack_latency_seconds", "histogram"),
+        ("chinwag_storage_flush_seconds", "histogram"),
+    ] {
+        assert_eq!(kind(name), want, "{name} in {body}");
+    }
+    assert!(scrape.docs.contains_key("chinwag_ack_latency_seconds"), "HELP kept");
+    let untyped: Vec<&str> = scrape
+        .samples
+        .iter()
+        .filter(|x| matches!(x.value, Value::Untyped(_)))
+        .map(|x| x.metric.as_str())
+        // This parser keeps a histogram's _sum and _count as plain samples.
+        .filter(|m| {
+            let base = m.strip_suffix("_sum").or_else(|| m.strip_suffix("_count"));
+            base.is_none_or(|b| kind(b) != "histogram")
+        })
+        .collect();
+    assert!(untyped.is_empty(), "untyped series: {untyped:?}");
+}
