@@ -127,6 +127,14 @@ fn background() {
     if rc != 0 {
         log::debug!("search: idle scheduling refused: {}", std::io::Error::last_os_error());
     }
+    // The same for its disk writes (the index's fsyncs), where the I/O
+    // scheduler honours classes: IOPRIO_WHO_PROCESS (1) with 0 is this
+    // thread; class IDLE (3) in the top bits.
+    // SAFETY: plain system call with integer arguments.
+    let rc = unsafe { libc::syscall(libc::SYS_ioprio_set, 1, 0, 3 << 13) };
+    if rc != 0 {
+        log::debug!("search: idle I/O priority refused: {}", std::io::Error::last_os_error());
+    }
 }
 
 fn doc_id(room: &str, seq: u64) -> String {
