@@ -151,12 +151,8 @@ pub struct TokenFlags {
 pub struct BackupFlags {
     /// Where to write the copy (a new directory; relative to the current one).
     pub dest: PathBuf,
-    /// Data directory to copy (as for `serve`).
-    #[arg(long, value_name = "DIR")]
-    pub data_dir: Option<PathBuf>,
-    /// TOML config file (the server's).
-    #[arg(long, value_name = "FILE")]
-    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub server: ServerDir,
 }
 
 /// Flags of `chinwag export`.
@@ -165,7 +161,14 @@ pub struct ExportFlags {
     /// Where to write the files (a new or empty directory; relative to the
     /// current one).
     pub dest: PathBuf,
-    /// Data directory to export (as for `serve`).
+    #[command(flatten)]
+    pub server: ServerDir,
+}
+
+/// How `backup` and `export` find the server's data directory.
+#[derive(Debug, Args)]
+pub struct ServerDir {
+    /// Data directory (as for `serve`).
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
     /// TOML config file (the server's).
@@ -173,17 +176,13 @@ pub struct ExportFlags {
     pub config: Option<PathBuf>,
 }
 
-/// The data directory `chinwag export` reads: as for `backup`.
-pub fn resolve_export(flags: &ExportFlags) -> Result<PathBuf, BadSetting> {
-    let file = read_file(flags.config.as_deref())?;
-    Ok(data_dir(flags.data_dir.clone(), file.data_dir))
-}
-
-/// The data directory `chinwag backup` copies: the same flag, environment,
-/// file and default as `serve`.
-pub fn resolve_backup(flags: &BackupFlags) -> Result<PathBuf, BadSetting> {
-    let file = read_file(flags.config.as_deref())?;
-    Ok(data_dir(flags.data_dir.clone(), file.data_dir))
+impl ServerDir {
+    /// The data directory: the same flag, environment, file and default
+    /// as `serve`.
+    pub fn resolve(&self) -> Result<PathBuf, BadSetting> {
+        let file = read_file(self.config.as_deref())?;
+        Ok(data_dir(self.data_dir.clone(), file.data_dir))
+    }
 }
 
 /// A refused setting: `key` is its TOML name.

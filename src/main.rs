@@ -93,54 +93,48 @@ fn wait_for_stop(mut signals: Signals, certs: Option<&CertStore>) {
 }
 
 fn backup(flags: config::BackupFlags) -> ExitCode {
-    let dir = match config::resolve_backup(&flags) {
-        Ok(d) => d,
-        Err(bad) => {
-            eprintln!("chinwag: {bad}");
-            return ExitCode::from(2);
-        }
-    };
-    // The copy holds the secret: private from its first byte.
-    // SAFETY: umask(2) only sets this process's file mode mask.
-    unsafe {
-        libc::umask(0o077);
-    }
-    match control::backup(&dir, &flags.dest) {
-        Ok(n) => {
-            println!(
-                "backup of {} ({n} records) written to {}",
-                dir.display(),
-                flags.dest.display()
-            );
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("chinwag: backup failed: {e}");
-            ExitCode::from(1)
-        }
-    }
+    let dest = &flags.dest;
+    private_output("backup", flags.server.resolve(), |dir| {
+        let n = control::backup(dir, dest)?;
+        Ok(format!("backup of {} ({n} records) written to {}", dir.display(), dest.display()))
+    })
 }
 
 fn export(flags: config::ExportFlags) -> ExitCode {
-    let dir = match config::resolve_export(&flags) {
+    let dest = &flags.dest;
+    private_output("export", flags.server.resolve(), |dir| {
+        let (rooms, events) = chinwag::export::export(dir, dest)?;
+        Ok(format!("{events} events of {rooms} rooms written to {}", dest.display()))
+    })
+}
+
+/// Runs `backup` or `export` on the resolved data directory, writing only
+/// private files (a copy holds the secret, an export the team's history),
+/// and reports: 2 for a bad setting, 1 for a failure.
+fn private_output(
+    what: &str,
+    dir: Result<std::path::PathBuf, config::BadSetting>,
+    run: impl FnOnce(&Path) -> Result<String, String>,
+) -> ExitCode {
+    let dir = match dir {
         Ok(d) => d,
         Err(bad) => {
             eprintln!("chinwag: {bad}");
             return ExitCode::from(2);
         }
     };
-    // The team's history: private, like a backup.
+    // Private from the first byte written.
     // SAFETY: umask(2) only sets this process's file mode mask.
     unsafe {
         libc::umask(0o077);
     }
-    match chinwag::export::export(&dir, &flags.dest) {
-        Ok((rooms, events)) => {
-            println!("{events} events of {rooms} rooms written to {}", flags.dest.display());
+    match run(&dir) {
+        Ok(done) => {
+            println!("{done}");
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("chinwag: export failed: {e}");
+            eprintln!("chinwag: {what} failed: {e}");
             ExitCode::from(1)
         }
     }

@@ -11,7 +11,6 @@ use std::{
     io::{Read, Write},
     net::TcpStream,
     process::Command,
-    sync::Arc,
     time::Duration,
 };
 
@@ -251,16 +250,7 @@ fn tls_stream(
     addr: std::net::SocketAddr,
     cert_der: Vec<u8>,
 ) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(rustls::pki_types::CertificateDer::from(cert_der)).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let cfg = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let conn = rustls::ClientConnection::new(Arc::new(cfg), name).unwrap();
+    let conn = support::tls_client(&cert_der);
     let tcp = TcpStream::connect(addr).unwrap();
     tcp.set_read_timeout(Some(support::READ_TIMEOUT)).unwrap();
     rustls::StreamOwned::new(conn, tcp)

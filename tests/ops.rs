@@ -13,7 +13,6 @@ use std::{
     os::unix::fs::{MetadataExt, PermissionsExt},
     path::Path,
     process::{Command, Stdio},
-    sync::Arc,
     thread,
     time::{Duration, Instant},
 };
@@ -142,16 +141,7 @@ impl Drop for ChildGuard {
 
 /// `GET /health` over TLS trusting exactly `cert_der`: the status line, or why it failed.
 fn tls_health(addr: std::net::SocketAddr, cert_der: &[u8]) -> Result<String, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(rustls::pki_types::CertificateDer::from(cert_der.to_vec())).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let cfg = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let conn = rustls::ClientConnection::new(Arc::new(cfg), name).unwrap();
+    let conn = support::tls_client(cert_der);
     let tcp = std::net::TcpStream::connect(addr).map_err(|e| e.to_string())?;
     tcp.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
     let mut t = rustls::StreamOwned::new(conn, tcp);

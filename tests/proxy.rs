@@ -15,7 +15,6 @@ use std::{
     net::{IpAddr, SocketAddr, TcpStream},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::Arc,
     thread,
     time::{Duration, Instant},
 };
@@ -90,16 +89,7 @@ fn tcp_from(from: IpAddr, port: u16) -> TcpStream {
 
 /// TLS to the proxy as `localhost`, trusting exactly `ca` (DER).
 fn tls_from(from: IpAddr, port: u16, ca: &[u8]) -> Tls {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(rustls::pki_types::CertificateDer::from(ca.to_vec())).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let cfg = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let conn = rustls::ClientConnection::new(Arc::new(cfg), name).unwrap();
+    let conn = crate::support::tls_client(ca);
     rustls::StreamOwned::new(conn, tcp_from(from, port))
 }
 

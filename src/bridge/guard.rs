@@ -120,8 +120,14 @@ pub(super) fn command(
 ) -> redis::Cmd {
     let target = guard.target().unwrap_or(0);
     let mut c = redis::cmd("EVALSHA");
-    c.arg(sha).arg(4).arg(seq_key(room)).arg(log_key(room)).arg(gone_key(room));
-    c.arg(reactions_key(room, target)).arg(body).arg(floor).arg(LOG_LEN).arg(GUARD_TTL_S);
+    c.arg(sha).arg(4).arg(seq_key(room)).arg(log_key(room));
+    // A plain message (most events) touches neither guard key: no need to
+    // name them.
+    match guard {
+        Guard::None => c.arg("").arg(""),
+        _ => c.arg(gone_key(room)).arg(reactions_key(room, target)),
+    };
+    c.arg(body).arg(floor).arg(LOG_LEN).arg(GUARD_TTL_S);
     let (kind, emoji, user, on) = match guard {
         Guard::None => ("", "", "", false),
         Guard::Live(_) => ("l", "", "", false),

@@ -163,7 +163,9 @@ impl Storage {
     /// Takes the clean-stop mark away before an event write that comes
     /// after it (a late write during shutdown).
     fn unmark_clean(&self, t: &Trees) -> Result<()> {
-        if self.inner.marked_clean.swap(false, Ordering::SeqCst) {
+        // A plain load first: this runs for every event.
+        let marked = &self.inner.marked_clean;
+        if marked.load(Ordering::Relaxed) && marked.swap(false, Ordering::SeqCst) {
             let r = t.meta.remove(CLEAN_KEY);
             self.check(r)?;
         }
