@@ -6,14 +6,14 @@
 use super::Ctx;
 use crate::{
     auth::Claims,
-    conn::{Bucket, Session},
+    conn::{Bucket, Framing, Session},
     durable::AfterFlush,
     fanout::ConnId,
     wire::{self, http, Encoding, Presence, Refusal, RoomState, ServerFrame},
 };
 use bytes::Bytes;
 use std::sync::Arc;
-use tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
+use tungstenite::protocol::WebSocketConfig;
 
 /// An accepted upgrade request.
 #[derive(Debug)]
@@ -32,7 +32,7 @@ pub(crate) struct Upgrade {
 }
 
 /// Finishes the upgrade of connection `id`.
-pub(crate) fn open(ctx: &mut Ctx<'_>, id: ConnId, up: Upgrade, ws_config: WebSocketConfig) {
+pub(crate) fn open(ctx: &mut Ctx<'_>, id: ConnId, up: Upgrade, ws_config: &WebSocketConfig) {
     let node = ctx.node;
     let claims = &up.claims;
     if let Err(e) = first_sight(ctx, &claims.sub, claims.name.as_deref()) {
@@ -51,7 +51,7 @@ pub(crate) fn open(ctx: &mut Ctx<'_>, id: ConnId, up: Upgrade, ws_config: WebSoc
         return ctx.respond(id, http::error(429, "too_many_connections", why));
     }
     let Some(conn) = ctx.conns.get_mut(id) else { return };
-    let ws = WebSocketContext::from_partially_read(up.leftover, Role::Server, Some(ws_config));
+    let ws = Framing::new(up.leftover, ws_config);
     let name = up.claims.name.as_deref().map(Box::from);
     conn.open(
         up.response,

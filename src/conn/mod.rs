@@ -8,12 +8,14 @@
 
 mod bucket;
 mod close;
+mod framing;
 mod outq;
 mod table;
 mod transport;
 
 pub use bucket::{Bucket, Limited};
 pub use close::Close;
+pub use framing::Framing;
 pub use outq::{would_block, OutQueue};
 pub use table::ConnTable;
 pub use transport::Transport;
@@ -25,7 +27,7 @@ use std::{
     sync::Arc,
     time::{Duration, Instant},
 };
-use tungstenite::{protocol::WebSocketContext, Message};
+use tungstenite::{protocol::WebSocketConfig, Message};
 
 /// A connection that has not finished its HTTP request in this time is dropped.
 const HTTP_DEADLINE: Duration = Duration::from_secs(10);
@@ -39,36 +41,11 @@ const ANSWER_DEADLINE: Duration = Duration::from_secs(8);
 /// How long a closing connection may take to flush and see the peer's EOF.
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
 
-/// The stream tungstenite sees: reads come from the socket, writes (pongs
-/// and close replies) join our queue so that they never interleave with a
-/// half-written frame of ours.
-#[derive(Debug)]
-struct WsStream<'a> {
-    sock: &'a mut Transport,
-    out: &'a mut OutQueue,
-}
-
-impl Read for WsStream<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.sock.read(buf)
-    }
-}
-
-impl Write for WsStream<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.out.push(Bytes::copy_from_slice(buf));
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
 /// An authenticated WebSocket session.
 pub struct Session {
-    /// tungstenite's protocol state (framing, UTF-8, control frames).
-    pub ws: WebSocketContext,
+    /// tungstenite's protocol state (framing, UTF-8, control frames),
+    /// held only while a frame is in flight.
+    pub ws: Framing,
     /// The user id.
     pub user: Arc<str>,
     /// The token's display name (kept for `refresh`).
@@ -301,12 +278,11 @@ impl Conn {
     }
 
     /// Reads one WebSocket message (or what stands in for one).
-    pub fn read_message(&mut self, now: Instant) -> WsRead {
+    pub fn read_message(&mut self, now: Instant, cfg: &WebSocketConfig) -> WsRead {
         use tungstenite::Error as E;
         let Phase::Open(session) = &mut self.phase else { return WsRead::Gone };
         loop {
-            let mut io = WsStream { sock: &mut self.sock, out: &mut self.out };
-            return match session.ws.read(&mut io) {
+            return match session.ws.read(&mut self.sock, &mut self.out, cfg) {
                 Ok(msg) => {
                     self.seen = now;
                     match msg {
@@ -314,7 +290,7 @@ impl Conn {
                         Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => WsRead::Control,
                         Message::Close(frame) => {
                             // tungstenite queues its reply on the next flush.
-                            let _ = session.ws.flush(&mut io);
+                            session.ws.flush(&mut self.sock, &mut self.out);
                             WsRead::PeerClosed(frame.map_or(1005, |f| f.code.into()))
                         }
                     }

@@ -53,11 +53,17 @@ impl OutQueue {
             self.frames.push_back(front);
         } else {
             self.head_off = 0;
+            self.frames = VecDeque::new();
         }
     }
 
     /// Writes as much as the socket takes, many frames per `sendmsg`.
     /// `Ok(true)`: all written; `Ok(false)`: the socket is full.
+    ///
+    /// An emptied queue gives its ring back: an idle connection then holds
+    /// no output memory (a burst of presence frames at connect grew each
+    /// ring to ~460 B, kept for the connection's life), and the allocator
+    /// hands the same chunk to the next connection written to.
     pub fn write_to(&mut self, w: &mut impl Write) -> io::Result<bool> {
         while !self.frames.is_empty() {
             let mut iov = [IoSlice::new(&[]); MAX_IOV];
@@ -68,7 +74,12 @@ impl OutQueue {
             }
             match w.write_vectored(&iov[..n]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(written) => self.consume(written),
+                Ok(written) => {
+                    self.consume(written);
+                    if self.frames.is_empty() {
+                        self.frames = VecDeque::new();
+                    }
+                }
                 Err(e) if would_block(&e) => return Ok(false),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
@@ -143,6 +154,7 @@ mod tests {
         assert!(q.write_to(&mut w).unwrap());
         assert_eq!(w.got, b"hello world!");
         assert!(q.is_empty());
+        assert_eq!(q.frames.capacity(), 0, "an emptied queue holds no ring");
     }
 
     #[test]

@@ -256,7 +256,7 @@ impl Reactor {
             Outcome::Api(call) => http::api::execute(&mut self.ctx(), id, call),
             Outcome::Upgrade(up) => {
                 let ws_config = self.ws_config;
-                chat::session::open(&mut self.ctx(), id, up, ws_config);
+                chat::session::open(&mut self.ctx(), id, up, &ws_config);
                 if self.conns.session(id).is_some() {
                     self.conns.counts.ws_opens += 1;
                     self.conns.counts.http.push((crate::metrics::route_index("/ws"), 101));
@@ -270,7 +270,7 @@ impl Reactor {
     fn read_ws(&mut self, id: ConnId) {
         for _ in 0..READ_BUDGET {
             let Some(conn) = self.conns.get_mut(id) else { return };
-            let read = conn.read_message(self.now);
+            let read = conn.read_message(self.now, &self.ws_config);
             if conn.has_output() {
                 self.conns.mark_dirty(id);
                 self.conns.check_output(id);
