@@ -111,7 +111,8 @@ impl LocalIndex {
     /// Subscribes an open connection to `room`, reading the room's seq under
     /// its lock. With `known`, messages in `(known, seq]` (sent before this
     /// subscription could see them) are fetched from storage and queued.
-    /// Returns the room's canonical name and seq.
+    /// Returns the room's canonical name and seq. `fresh`: the session
+    /// is known not to be subscribed yet (its opening).
     pub fn subscribe(
         &mut self,
         node: &Node,
@@ -119,12 +120,17 @@ impl LocalIndex {
         id: ConnId,
         room: &str,
         known: Option<u64>,
+        fresh: bool,
     ) -> Result<(Arc<str>, u64), StorageError> {
         let Some(session) = conns.session_mut(id) else {
             return Err(StorageError("gone".into()));
         };
         let enc = session.enc;
-        if let Some(name) = session.rooms.iter().find(|r| &***r == room).cloned() {
+        // A session's first subscriptions (its `hello`) are new by
+        // construction; the check is linear, so a user in 1,000 rooms made
+        // it quadratic.
+        let dup = if fresh { None } else { session.rooms.iter().find(|r| &***r == room) };
+        if let Some(name) = dup.cloned() {
             let seq = node.visible_seq(room)?;
             return Ok((name, seq));
         }
@@ -255,7 +261,7 @@ impl LocalIndex {
             match action {
                 UserAction::None => {}
                 UserAction::Subscribe { room, floor } => {
-                    let _ = self.subscribe(node, conns, id, room, Some(*floor));
+                    let _ = self.subscribe(node, conns, id, room, Some(*floor), false);
                 }
                 UserAction::Unsubscribe { room } => self.unsubscribe(node, conns, id, room),
             }

@@ -249,6 +249,20 @@ impl Server {
                 .map_err(StartError::Other)?;
             reactors.push(handle);
         }
+        // Unread counts from memory: every room's tally, read behind the
+        // reactors (idle class), which count from sled until it is done.
+        let tallies = node.storage().clone();
+        thread::Builder::new()
+            .name("chinwag-tally".into())
+            .spawn(move || {
+                crate::search::background();
+                let t = std::time::Instant::now();
+                match tallies.preload_tallies() {
+                    Ok(n) => log::info!("unread tallies of {n} rooms read in {:?}", t.elapsed()),
+                    Err(e) => log::warn!("unread tallies not read ({e}): counting from storage"),
+                }
+            })
+            .map_err(StartError::Other)?;
         Ok(Server { addr, mailboxes, reactors, commit: Some(commit), node: Some(node) })
     }
 

@@ -83,7 +83,7 @@ fn subscribe_and_reply(
     let conn = to.conn();
     match to {
         ReplyTo::Ws { id, .. } if ctx.conns.session(conn).is_some() => {
-            let (_, seq) = ctx.local.subscribe(node, ctx.conns, conn, room, None)?;
+            let (_, seq) = ctx.local.subscribe(node, ctx.conns, conn, room, None, false)?;
             let (mut history, mut more) = history_for(node.storage(), room, since, seq)?;
             more |= super::history::fit(&mut history, node.cfg().max_output, since.is_some());
             let (members, online) = presence::online_members(node, room)?;

@@ -123,7 +123,7 @@ fn hello(ctx: &mut Ctx<'_>, id: ConnId, user: &str, name: Option<&str>, rooms: &
     let mut states = Vec::with_capacity(rooms.len());
     let reads = node.storage().read_markers(user).unwrap_or_default();
     for room in rooms {
-        let seq = match ctx.local.subscribe(node, ctx.conns, id, room, None) {
+        let seq = match ctx.local.subscribe(node, ctx.conns, id, room, None, true) {
             Ok((_, seq)) => seq,
             Err(_) => 0,
         };
@@ -132,7 +132,7 @@ fn hello(ctx: &mut Ctx<'_>, id: ConnId, user: &str, name: Option<&str>, rooms: &
         let (unread, mentions) = if read >= seq {
             (0, 0)
         } else {
-            node.storage().unread(room, user, read).unwrap_or((0, 0))
+            node.storage().unread(room, user, read, seq).unwrap_or((0, 0))
         };
         states.push(RoomState { room: room.clone(), seq, read, unread, mentions });
     }

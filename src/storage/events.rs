@@ -208,7 +208,7 @@ impl Storage {
         let t = self.trees()?;
         self.unmark_clean(&t)?;
         let b = self.plan(&t.messages, room, seq, rec, again)?;
-        let r = b.apply(&t.messages);
+        let r = b.apply(&t.messages, &self.inner.tallies);
         self.check(r)
     }
 
@@ -308,7 +308,7 @@ impl Storage {
             self.refold(tree, room, target, None, Some(seq), &mut b)?;
         }
         b.remove(msg_key(room, seq));
-        let r = b.apply(tree);
+        let r = b.apply(tree, &self.inner.tallies);
         self.check(r)
     }
 
@@ -558,7 +558,7 @@ mod tests {
                     let mut writes =
                         s.plan(&t.messages, "r", seq, Record::from_event(last), false).unwrap();
                     writes.truncate(cut);
-                    writes.apply(&t.messages).unwrap();
+                    writes.apply(&t.messages, &s.inner.tallies).unwrap();
                     s.flush().unwrap();
                 }
                 let s = reopen(dir.path());

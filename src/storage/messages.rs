@@ -105,9 +105,10 @@ impl Storage {
 
     /// `user`'s unread messages in `room` above `read` (not deleted, not
     /// theirs) and how many of those mention them, both capped at
-    /// [`COUNT_CAP`]. Reads counters and short index ranges, never the
-    /// room's history.
-    pub fn unread(&self, room: &str, user: &str, read: u64) -> Result<(u64, u64)> {
+    /// [`COUNT_CAP`], from the room's indexes: five range reads, never the
+    /// room's history. [`Storage::unread`] counts from memory; this is for
+    /// a room whose tally is being read.
+    pub fn unread_scan(&self, room: &str, user: &str, read: u64) -> Result<(u64, u64)> {
         let t = self.trees()?;
         let tree = &t.messages;
         let total = self.last_ord(tree, room)?;

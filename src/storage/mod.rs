@@ -26,6 +26,7 @@ mod keys;
 mod members;
 mod messages;
 mod migrate;
+mod tally;
 mod writes;
 
 pub use events::MAX_EMOJI;
@@ -114,6 +115,8 @@ struct Inner {
     low_space: AtomicBool,
     /// The clean-stop mark is set: the next event write takes it away.
     marked_clean: AtomicBool,
+    /// Unread and mention counts of the rooms counted so far.
+    tallies: tally::Tallies,
 }
 
 /// The `meta` key set by a clean stop: the next open skips the repair.
@@ -139,6 +142,7 @@ impl Storage {
                 healthy: AtomicBool::new(true),
                 low_space: AtomicBool::new(false),
                 marked_clean: AtomicBool::new(false),
+                tallies: tally::Tallies::default(),
             }),
         };
         // Taken away at once: any event written from now on follows the
@@ -261,6 +265,8 @@ impl Storage {
             e
         })?;
         *self.inner.trees.write() = Some(Arc::new(trees));
+        // What was counted came from the old database.
+        self.inner.tallies.clear();
         self.repair()?;
         // Newest first, so each message's state is rebuilt without them.
         purge(&|room, after, upto| {

@@ -10,6 +10,8 @@
 //! room's last event can lack some of what it derives; `Storage::open`
 //! derives it again (`repair_tails`).
 
+use super::tally::Tallies;
+
 /// Queued inserts and removes of the `messages` tree.
 #[derive(Default)]
 pub(super) struct Writes(Vec<(Vec<u8>, Option<Vec<u8>>)>);
@@ -37,13 +39,16 @@ impl Writes {
         self.0.truncate(n);
     }
 
-    /// Applies them in order (a later write of a key wins, as in a batch).
-    pub fn apply(self, tree: &sled::Tree) -> sled::Result<()> {
+    /// Applies them in order (a later write of a key wins, as in a batch),
+    /// reporting each to the unread tallies once it is made.
+    pub fn apply(self, tree: &sled::Tree, tallies: &Tallies) -> sled::Result<()> {
         for (k, v) in self.0 {
+            let on = v.is_some();
             match v {
-                Some(v) => tree.insert(k, v)?,
-                None => tree.remove(k)?,
+                Some(v) => tree.insert(&k, v)?,
+                None => tree.remove(&k)?,
             };
+            tallies.wrote(&k, on);
         }
         Ok(())
     }
