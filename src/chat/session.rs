@@ -148,7 +148,7 @@ fn hello(ctx: &mut Ctx<'_>, id: ConnId, user: &str, name: Option<&str>, rooms: &
 }
 
 /// Ends a session taken out of connection `id`.
-pub(crate) fn close(ctx: &mut Ctx<'_>, id: ConnId, mut session: Box<Session>) {
+pub(crate) fn close(ctx: &mut Ctx<'_>, id: ConnId, mut session: Session) {
     let node = ctx.node;
     node.count_connection(id.reactor, false, ctx.conns.len());
     node.release_ip(session.ip);

@@ -99,7 +99,7 @@ enum Phase {
     /// An API call waiting (since then) for the flush that makes it durable.
     HttpWait(Instant),
     /// A live WebSocket.
-    Open(Box<Session>),
+    Open(Session),
     /// Sending what is queued, then closing: give up at `until`; `shut`:
     /// our side has been shut down for writing.
     Closing { until: Instant, shut: bool },
@@ -274,7 +274,7 @@ impl Conn {
     /// Queues the 101 response and starts speaking WebSocket.
     pub fn open(&mut self, response: Bytes, session: Session) {
         self.out.push(response);
-        self.phase = Phase::Open(Box::new(session));
+        self.phase = Phase::Open(session);
     }
 
     /// Reads one WebSocket message (or what stands in for one).
@@ -327,7 +327,7 @@ impl Conn {
     }
 
     /// Takes the session out of an open connection, which starts closing.
-    pub fn take_session(&mut self, now: Instant) -> Option<Box<Session>> {
+    pub fn take_session(&mut self, now: Instant) -> Option<Session> {
         if !matches!(self.phase, Phase::Open(_)) {
             return None;
         }

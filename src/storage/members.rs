@@ -14,6 +14,13 @@ impl Storage {
     pub fn add_member(&self, room: &str, user: &str) -> Result<bool> {
         self.writable()?;
         let t = self.trees()?;
+        // Written second, so present only when both are: a join of a
+        // member (every reconnecting client's) then writes nothing, where
+        // sled kept a new version of both keys in memory and in its log.
+        let r = t.user_rooms.contains_key(key2(user, room));
+        if self.check(r)? {
+            return Ok(false);
+        }
         let r = t.members.insert(key2(room, user), &[]);
         let was = self.check(r)?;
         let r = t.user_rooms.insert(key2(user, room), &[]);
