@@ -38,13 +38,24 @@ struct Tally {
     /// `(seq, user)`: live messages that mention `user` (not theirs),
     /// sorted.
     mentions: Vec<(u64, u32)>,
+    /// A seq far past the room's end was written (seqs are gap-free, so
+    /// only a damaged key does that): counted from the indexes instead of
+    /// growing `authors` to it.
+    broken: bool,
 }
+
+/// The most a tally grows for one seq past its end.
+const MAX_JUMP: usize = 1 << 20;
 
 impl Tally {
     fn set_author(&mut self, seq: u64, who: u32) {
         let Some(i) = usize::try_from(seq).ok().and_then(|s| s.checked_sub(1)) else { return };
         if i >= self.authors.len() {
             if who == 0 {
+                return;
+            }
+            if i - self.authors.len() >= MAX_JUMP {
+                self.broken = true;
                 return;
             }
             self.authors.resize(i + 1, 0);
@@ -178,8 +189,12 @@ impl Storage {
         loop {
             let shard = tallies.shard(room).lock();
             match shard.get(room) {
-                Some(Slot::Ready(tally)) => {
+                Some(Slot::Ready(tally)) if !tally.broken => {
                     return Ok(count(tally, tallies.known(user), read, seq))
+                }
+                Some(Slot::Ready(_)) => {
+                    drop(shard);
+                    return self.unread_scan(room, user, read);
                 }
                 // Being read (or waiting for the start's preload, which
                 // reads the big rooms off the `hello` path): count from the
@@ -364,6 +379,18 @@ mod tests {
             assert_eq!(tally, scan, "at the end, counted from {counted_from}");
             assert!(scan.iter().any(|&(n, m)| n > 0 && m > 0), "the mix has unread mentions");
         }
+    }
+
+    #[test]
+    fn a_seq_far_past_the_end_is_counted_from_the_indexes() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(dir.path()).unwrap();
+        s.preload_tallies().unwrap();
+        s.apply("r", 1, &Msg::message("r", "ann", "one".into())).unwrap();
+        assert_eq!(s.unread("r", "bo", 0, 1).unwrap(), (1, 0));
+        let far = 1 << 40;
+        s.apply("r", far, &Msg::message("r", "ann", "far".into())).unwrap();
+        assert_eq!(s.unread("r", "bo", 0, far).unwrap(), (2, 0), "no 4 TiB of authors");
     }
 
     #[test]
