@@ -218,13 +218,21 @@ impl Storage {
     /// Counts every room with events (on a background thread after the
     /// start: reading 1,000 rooms of 200 events each took 0.6 s, too long
     /// for the first `hello` to wait). Returns how many rooms.
+    /// A room that cannot be read now (storage failing) is read later, by
+    /// the first `hello` that counts it.
     pub fn preload_tallies(&self) -> Result<usize> {
-        let rooms = self.event_rooms()?;
-        for room in &rooms {
-            self.load_tally(room)?;
+        let rooms = self.event_rooms();
+        let mut failed = None;
+        for room in rooms.as_deref().unwrap_or_default() {
+            if let Err(e) = self.load_tally(room) {
+                failed = Some(e);
+            }
         }
         self.inner.tallies.preloaded.store(true, Ordering::Release);
-        Ok(rooms.len())
+        match (rooms, failed) {
+            (Ok(rooms), None) => Ok(rooms.len()),
+            (Err(e), _) | (_, Some(e)) => Err(e),
+        }
     }
 
     /// Reads `room`'s tally from its `OWN` and `MENTION` indexes, then
