@@ -71,6 +71,9 @@ impl LocalIndex {
     /// Counts a new session of `user`; true if it is the user's first on the node.
     pub fn add_session(&mut self, node: &Node, user: &Arc<str>, id: ConnId) -> bool {
         let local = self.users.entry(user.clone()).or_default();
+        // Exact: most users hold one connection, and the default growth
+        // gave each of them room for four (a 48-byte block per user).
+        local.reserve_exact(1);
         local.push(id);
         let first_here = local.len() == 1;
         let bit = self.bit();
@@ -144,6 +147,9 @@ impl LocalIndex {
             // What is not durable yet comes live, when it is released.
             (e.name.clone(), e.durable)
         })?;
+        // Exact: rooms come one `join` at a time after the opening (which
+        // sizes the list), and the default growth doubled it each time.
+        session.rooms.reserve_exact(1);
         session.rooms.push(name.clone());
         let local = self.rooms.entry(name.clone()).or_default();
         local.subs.push(Sub { id, floor: seq });
