@@ -119,7 +119,7 @@ fn schema() -> (Schema, Fields) {
 /// gets a core that nothing else wants, so on a busy server it falls behind
 /// (and catches up later) instead of taking time from the reactors, whose
 /// acks must not wait for it. Threads it starts inherit the class.
-pub(crate) fn background() {
+fn background() {
     let param = libc::sched_param { sched_priority: 0 };
     // SAFETY: plain system call on the calling thread (pid 0) with a valid
     // parameter; failure only leaves the normal class.

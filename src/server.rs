@@ -250,12 +250,15 @@ impl Server {
             reactors.push(handle);
         }
         // Unread counts from memory: every room's tally, read behind the
-        // reactors (idle class), which count from sled until it is done.
+        // reactors, which count from sled until it is done. Nice 19, not
+        // the idle class: it takes a room's lock for a moment, and a thread
+        // the idle class starves could hold it while a reactor waits.
         let tallies = node.storage().clone();
         thread::Builder::new()
             .name("chinwag-tally".into())
             .spawn(move || {
-                crate::search::background();
+                // SAFETY: plain system call on the calling thread (who 0).
+                unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) };
                 let t = std::time::Instant::now();
                 match tallies.preload_tallies() {
                     Ok(n) => log::info!("unread tallies of {n} rooms read in {:?}", t.elapsed()),

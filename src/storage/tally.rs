@@ -215,7 +215,7 @@ impl Storage {
         }
     }
 
-    /// Counts every room with events (on a background thread after the
+    /// Counts every room with events (on a low-priority thread after the
     /// start: reading 1,000 rooms of 200 events each took 0.6 s, too long
     /// for the first `hello` to wait). Returns how many rooms.
     /// A room that cannot be read now (storage failing) is read later, by
