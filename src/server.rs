@@ -262,7 +262,9 @@ impl Server {
                 let t = std::time::Instant::now();
                 match tallies.preload_tallies() {
                     Ok(n) => log::info!("unread tallies of {n} rooms read in {:?}", t.elapsed()),
-                    Err(e) => log::warn!("unread tallies not all read ({e}): the rest on first use"),
+                    Err(e) => {
+                        log::warn!("unread tallies not all read ({e}): the rest on first use")
+                    }
                 }
             })
             .map_err(StartError::Other)?;
