@@ -105,9 +105,8 @@ impl Framing {
 
     /// Writes out what tungstenite has queued (the reply to a close).
     pub fn flush(&mut self, sock: &mut Transport, out: &mut OutQueue) {
-        let mut fed = 0;
         if let Some(ws) = &mut self.ws {
-            let _ = ws.flush(&mut WsStream { sock, out, fed: &mut fed });
+            let _ = ws.flush(&mut WsStream { sock, out, fed: &mut self.fed });
         }
     }
 }

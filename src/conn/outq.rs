@@ -74,17 +74,13 @@ impl OutQueue {
             }
             match w.write_vectored(&iov[..n]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(written) => {
-                    self.consume(written);
-                    if self.frames.is_empty() {
-                        self.frames = VecDeque::new();
-                    }
-                }
+                Ok(written) => self.consume(written),
                 Err(e) if would_block(&e) => return Ok(false),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
         }
+        self.frames = VecDeque::new();
         Ok(true)
     }
 
