@@ -275,19 +275,38 @@ impl Search {
         let (events, _) =
             storage.history(room, Cursor::After(after), STEP).map_err(|e| e.to_string())?;
         let mut touched = BTreeSet::new();
+        // A message's event in the page carries its current state (with
+        // any edit or delete), so only older messages are read again.
+        let mut page = HashMap::new();
         let mut done = after;
         for ev in events.iter().take_while(|e| e.seq <= upto) {
             match ev.kind {
-                Kind::Message => touched.insert(ev.seq),
+                Kind::Message => {
+                    page.insert(ev.seq, ev);
+                    touched.insert(ev.seq)
+                }
                 Kind::Edit | Kind::Delete => touched.insert(ev.target.unwrap_or(0)),
                 Kind::Reaction => false,
             };
             done = ev.seq;
         }
         for seq in touched {
-            writer.delete_term(Term::from_field_text(self.f.id, &doc_id(room, seq)));
-            if let Some(m) = storage.event(room, seq).map_err(|e| e.to_string())? {
-                self.add(writer, &m).map_err(|e| e.to_string())?;
+            // Only a message below the mark can be in the index already: a
+            // delete costs the commit a lookup in every segment, so new
+            // messages (nearly all of them) go without.
+            if seq <= after {
+                writer.delete_term(Term::from_field_text(self.f.id, &doc_id(room, seq)));
+            }
+            let read;
+            let m = match page.get(&seq) {
+                Some(m) => Some(*m),
+                None => {
+                    read = storage.event(room, seq).map_err(|e| e.to_string())?;
+                    read.as_ref()
+                }
+            };
+            if let Some(m) = m {
+                self.add(writer, m).map_err(|e| e.to_string())?;
             }
         }
         Ok(done)
