@@ -60,7 +60,12 @@ pub(super) fn run(t: &Trees) -> Result<()> {
             pending = 0;
         }
     }
-    t.messages.apply_batch(b)?;
+    // Only when there is something to write: sled's first `apply_batch`
+    // switches on a process-wide lock that every later read and write
+    // then takes (its transactions' isolation), even on a new database.
+    if pending > 0 {
+        t.messages.apply_batch(b)?;
+    }
     t.meta.insert(LAYOUT_KEY, &[LAYOUT])?;
     t.db.flush()?;
     if upgraded > 0 {
