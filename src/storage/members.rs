@@ -7,7 +7,7 @@ use super::{
     Result, Storage,
 };
 use crate::auth::Revocation;
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::atomic::Ordering};
 
 impl Storage {
     /// Makes `user` a member of `room`. Returns whether it is new.
@@ -24,11 +24,24 @@ impl Storage {
         let r = t.members.insert(key2(room, user), &[]);
         let was = self.check(r)?;
         let r = t.user_rooms.insert(key2(user, room), &[]);
+        self.moved_membership();
         self.check(r)?;
         if was.is_none() {
             self.count_member(room, 1)?;
         }
         Ok(was.is_none())
+    }
+
+    /// Moves [`Storage::membership_gen`] (after the write it follows).
+    fn moved_membership(&self) {
+        self.inner.memberships.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// A number that moves after every membership written or removed (and
+    /// on a reopen): equal before and after a [`Storage::rooms_of`] plus
+    /// whatever follows it, the list is still current.
+    pub fn membership_gen(&self) -> u64 {
+        self.inner.memberships.load(Ordering::SeqCst)
     }
 
     /// Moves `room`'s member count by `delta`.
@@ -115,6 +128,7 @@ impl Storage {
         let r = t.members.remove(key2(room, user));
         let was = self.check(r)?;
         let r = t.user_rooms.remove(key2(user, room));
+        self.moved_membership();
         self.check(r)?;
         if was.is_some() {
             self.count_member(room, -1)?;

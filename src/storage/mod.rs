@@ -36,7 +36,7 @@ use parking_lot::RwLock;
 use std::{
     path::{Path, PathBuf},
     sync::{
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         Arc,
     },
 };
@@ -117,6 +117,9 @@ struct Inner {
     marked_clean: AtomicBool,
     /// Unread and mention counts of the rooms counted so far.
     tallies: tally::Tallies,
+    /// Moves after every membership written or removed, and on a reopen:
+    /// a reader of `rooms_of` can tell that its list may be stale.
+    memberships: AtomicU64,
 }
 
 /// The `meta` key set by a clean stop: the next open skips the repair.
@@ -143,6 +146,7 @@ impl Storage {
                 low_space: AtomicBool::new(false),
                 marked_clean: AtomicBool::new(false),
                 tallies: tally::Tallies::default(),
+                memberships: AtomicU64::new(0),
             }),
         };
         // Taken away at once: any event written from now on follows the
@@ -267,6 +271,7 @@ impl Storage {
         *self.inner.trees.write() = Some(Arc::new(trees));
         // What was counted came from the old database.
         self.inner.tallies.clear();
+        self.inner.memberships.fetch_add(1, Ordering::SeqCst);
         self.repair()?;
         // Newest first, so each message's state is rebuilt without them.
         purge(&|room, after, upto| {
@@ -403,5 +408,22 @@ mod tests {
         assert_eq!(s.set_read("bob", "q", 5).unwrap(), 5);
         assert_eq!(s.set_read("bob", "q", 3).unwrap(), 5);
         assert_eq!(s.read_marker("bob", "q").unwrap(), 5);
+    }
+
+    /// `hello` trusts its first `rooms_of` when the generation did not move.
+    #[test]
+    fn every_membership_change_moves_the_generation() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(dir.path()).unwrap();
+        let moved = |f: &dyn Fn() -> bool| {
+            let g = s.membership_gen();
+            let changed = f();
+            (changed, s.membership_gen() != g)
+        };
+        assert_eq!(moved(&|| s.add_member("r", "bob").unwrap()), (true, true), "a join");
+        assert_eq!(moved(&|| s.add_member("r", "bob").unwrap()), (false, false), "a member's");
+        assert_eq!(moved(&|| s.remove_member("r", "bob").unwrap()), (true, true), "a leave");
+        s.flush().unwrap();
+        assert!(moved(&|| s.reopen(|_| {}).is_ok()).1, "a reopen");
     }
 }
