@@ -123,12 +123,7 @@ fn schema() -> (Schema, Fields) {
 /// msg/s on one core acks stalled behind it (p99 185 and 1,014 ms in two
 /// of three runs, against 9-54 ms at nice 19).
 fn background() {
-    // SAFETY: plain system call on the calling thread (who 0); failure
-    // only leaves the normal priority.
-    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) };
-    if rc != 0 {
-        log::debug!("search: low priority refused: {}", std::io::Error::last_os_error());
-    }
+    low_priority();
     // Its disk writes (the index's fsyncs) go in the idle I/O class, where the I/O
     // scheduler honours classes: IOPRIO_WHO_PROCESS (1) with 0 is this
     // thread; class IDLE (3) in the top bits.
@@ -136,6 +131,18 @@ fn background() {
     let rc = unsafe { libc::syscall(libc::SYS_ioprio_set, 1, 0, 3 << 13) };
     if rc != 0 {
         log::debug!("search: idle I/O priority refused: {}", std::io::Error::last_os_error());
+    }
+}
+
+/// Puts the calling thread (and the threads it starts) at nice 19: for
+/// work behind the reactors that may take a lock a reactor also takes, so
+/// it must never be starved outright (see [`background`]).
+pub(crate) fn low_priority() {
+    // SAFETY: plain system call on the calling thread (who 0); failure
+    // only leaves the normal priority.
+    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) };
+    if rc != 0 {
+        log::debug!("low priority refused: {}", std::io::Error::last_os_error());
     }
 }
 

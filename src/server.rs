@@ -257,8 +257,7 @@ impl Server {
         thread::Builder::new()
             .name("chinwag-tally".into())
             .spawn(move || {
-                // SAFETY: plain system call on the calling thread (who 0).
-                unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) };
+                crate::search::low_priority();
                 let t = std::time::Instant::now();
                 match tallies.preload_tallies() {
                     Ok(n) => log::info!("unread tallies of {n} rooms read in {:?}", t.elapsed()),

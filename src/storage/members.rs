@@ -33,7 +33,7 @@ impl Storage {
     }
 
     /// Moves [`Storage::membership_gen`] (after the write it follows).
-    fn moved_membership(&self) {
+    pub(super) fn moved_membership(&self) {
         self.inner.memberships.fetch_add(1, Ordering::SeqCst);
     }
 

@@ -271,7 +271,7 @@ impl Storage {
         *self.inner.trees.write() = Some(Arc::new(trees));
         // What was counted came from the old database.
         self.inner.tallies.clear();
-        self.inner.memberships.fetch_add(1, Ordering::SeqCst);
+        self.moved_membership();
         self.repair()?;
         // Newest first, so each message's state is rebuilt without them.
         purge(&|room, after, upto| {
