@@ -124,8 +124,10 @@ impl Committer {
     /// handle's `join` says whether its last flush succeeded.
     pub fn start(w: Worker) -> io::Result<(Committer, thread::JoinHandle<bool>)> {
         let (tx, rx) = crossbeam_channel::unbounded();
-        let handle =
-            thread::Builder::new().name("chinwag-commit".into()).spawn(move || w.run(rx))?;
+        let handle = thread::Builder::new().name("chinwag-commit".into()).spawn(move || {
+            crate::priority::short_slice();
+            w.run(rx)
+        })?;
         Ok((Committer { tx }, handle))
     }
 

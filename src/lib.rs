@@ -13,6 +13,8 @@
 //!     metrics    Prometheus counters; takes numbers, not the node
 //!     logs       the log line format (plain or journald) and a limiter for
 //!                lines that clients cause
+//!     priority   each thread's scheduling: short slices for the ack path,
+//!                nice 19 for the work behind it
 //! L1  conn/      one connection (socket, output queue, phase, rate bucket,
 //!                close codes) and ConnTable, a reactor's slab and outbox
 //!     storage/   sled, and nothing else: messages, members, reads, revocations
@@ -38,7 +40,8 @@
 //! # Threads
 //! * `chinwag-loop-N` (one per core): owns its connections, its
 //!   `LocalIndex` and its bits in the directory; reads `Node`; sends `Cmd`s
-//!   to other reactors' mailboxes and requests to the commit thread.
+//!   to other reactors' mailboxes and requests to the commit thread. Runs
+//!   with the shortest scheduler slice, as does `chinwag-commit`.
 //! * `chinwag-commit`: the only caller of `Storage::flush`; after each flush
 //!   it releases what waited for it: messages to their rooms (it raises the
 //!   rooms' durable seqs in the directory), acks and answers to reactors.
@@ -46,7 +49,8 @@
 //!   Redis; write storage, the directory (room seqs) and mailboxes through
 //!   `Node`; never touch a connection.
 //! * `chinwag-search`: follows each room's released seq and indexes what
-//!   changed; reads storage and the directory, writes only its index.
+//!   changed; reads storage and the directory, writes only its index. At
+//!   nice 19, as are tantivy's threads and `chinwag-tally`.
 //! * `chinwag-control`: answers `chinwag backup` on the control socket;
 //!   reads storage only.
 //! * `chinwag-watchdog` (under a systemd watchdog): pings systemd while
@@ -71,6 +75,7 @@ pub(crate) mod local;
 pub mod logs;
 pub(crate) mod metrics;
 pub(crate) mod node;
+pub(crate) mod priority;
 pub(crate) mod reactor;
 pub(crate) mod rooms;
 pub(crate) mod search;

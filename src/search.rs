@@ -11,6 +11,7 @@
 //! any indexed word it is a prefix of.
 
 use crate::{
+    priority,
     rooms::Directory,
     storage::Storage,
     wire::{Cursor, Kind, Msg},
@@ -32,7 +33,7 @@ use tantivy::{
         STORED, STRING,
     },
     tokenizer::{LowerCaser, SimpleTokenizer, TextAnalyzer},
-    Index, IndexReader, IndexWriter, Order, TantivyDocument, Term,
+    Index, IndexReader, IndexWriter, Order, ReloadPolicy, TantivyDocument, Term,
 };
 
 /// The tokenizer's name in the index.
@@ -115,37 +116,6 @@ fn schema() -> (Schema, Fields) {
     (b.build(), f)
 }
 
-/// Puts the calling thread at nice 19: indexing gets little of a core the
-/// reactors want, so on a busy server it falls behind (and catches up
-/// later) instead of taking time from them. Threads it starts inherit it.
-/// Not the idle class: a thread that class starves can be holding a lock
-/// a reactor then waits for (sled's, the directory's), and at 10,000
-/// msg/s on one core acks stalled behind it (p99 185 and 1,014 ms in two
-/// of three runs, against 9-54 ms at nice 19).
-fn background() {
-    low_priority();
-    // Its disk writes (the index's fsyncs) go in the idle I/O class, where the I/O
-    // scheduler honours classes: IOPRIO_WHO_PROCESS (1) with 0 is this
-    // thread; class IDLE (3) in the top bits.
-    // SAFETY: plain system call with integer arguments.
-    let rc = unsafe { libc::syscall(libc::SYS_ioprio_set, 1, 0, 3 << 13) };
-    if rc != 0 {
-        log::debug!("search: idle I/O priority refused: {}", std::io::Error::last_os_error());
-    }
-}
-
-/// Puts the calling thread (and the threads it starts) at nice 19: for
-/// work behind the reactors that may take a lock a reactor also takes, so
-/// it must never be starved outright (see [`background`]).
-pub(crate) fn low_priority() {
-    // SAFETY: plain system call on the calling thread (who 0); failure
-    // only leaves the normal priority.
-    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) };
-    if rc != 0 {
-        log::debug!("low priority refused: {}", std::io::Error::last_os_error());
-    }
-}
-
 fn doc_id(room: &str, seq: u64) -> String {
     format!("{room} {seq}")
 }
@@ -168,10 +138,12 @@ impl Search {
         let analyzer = TextAnalyzer::builder(SimpleTokenizer::default()).filter(LowerCaser).build();
         index.tokenizers().register(TOKENIZER, analyzer);
         // Made on a background thread: tantivy's indexing and merging
-        // threads inherit its priority.
+        // threads inherit its priority (nice 19: indexing gets little of a
+        // core the reactors want, so on a busy server it falls behind and
+        // catches up later instead of taking time from them).
         let writer = thread::scope(|sc| {
             sc.spawn(|| {
-                background();
+                priority::background();
                 index.writer_with_num_threads(1, WRITER_BYTES)
             })
             .join()
@@ -182,7 +154,9 @@ impl Search {
             .payload
             .and_then(|p| serde_json::from_str(&p).ok())
             .unwrap_or_default();
-        let reader = index.reader()?;
+        // Reloaded by `commit` itself: tantivy's default policy would add a
+        // thread (at normal priority) polling meta.json twice a second.
+        let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into()?;
         let writer = Mutex::new(writer);
         Ok(Arc::new(Search { reader, writer, f, marks: Mutex::new(marks) }))
     }
@@ -191,7 +165,7 @@ impl Search {
     pub fn start(self: &Arc<Search>, storage: Storage, dir: Arc<Directory>) -> std::io::Result<()> {
         let s = self.clone();
         thread::Builder::new().name("chinwag-search".into()).spawn(move || {
-            background();
+            priority::background();
             s.catch_up(&storage);
             // Runs until the process exits: the index is derived, so a
             // commit cut short costs only a re-index at the next start.

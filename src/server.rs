@@ -245,7 +245,10 @@ impl Server {
             let handle = thread::Builder::new()
                 .name(format!("chinwag-loop-{i}"))
                 .stack_size(8 << 20)
-                .spawn(move || reactor.run())
+                .spawn(move || {
+                    crate::priority::short_slice();
+                    reactor.run()
+                })
                 .map_err(StartError::Other)?;
             reactors.push(handle);
         }
@@ -257,7 +260,7 @@ impl Server {
         thread::Builder::new()
             .name("chinwag-tally".into())
             .spawn(move || {
-                crate::search::low_priority();
+                crate::priority::low_priority();
                 let t = std::time::Instant::now();
                 match tallies.preload_tallies() {
                     Ok(n) => log::info!("unread tallies of {n} rooms read in {:?}", t.elapsed()),
