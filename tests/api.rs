@@ -1,8 +1,9 @@
 //! The HTTP side of PROTOCOL.md section 5 and the self-hoster's kit: every
 //! `/api/` route and status code, `/metrics` parsed as Prometheus text, the
 //! embedded web client, a `wss://` round trip with a generated certificate,
-//! `chinwag backup` while the server runs, and `systemd-analyze verify` on
-//! the unit.
+//! `chinwag backup` while the server runs, `systemd-analyze verify` on
+//! the unit, and its seccomp filter letting the server lower its own
+//! background threads.
 
 use crate::support::{self, http_get, http_request, run_bounded, ty, Auth, Client, Enc, Server};
 use serde_json::{json, Value};
@@ -362,6 +363,64 @@ fn systemd_unit_verifies() {
         report.lines().find(|l| l.contains("Overall exposure")).unwrap_or("(no exposure line)");
     println!("systemd-analyze security: {overall}");
     assert!(overall.contains("Overall exposure"), "{report}");
+}
+
+/// The system calls a `SystemCallFilter=` group stands for, nested groups
+/// expanded, as `systemd-analyze syscall-filter` lists them.
+fn syscall_group(group: &str) -> std::collections::BTreeSet<String> {
+    let out = Command::new("systemd-analyze")
+        .args(["syscall-filter", group])
+        .output()
+        .expect("systemd-analyze must be installed (tests/run.sh installs systemd)");
+    assert!(out.status.success(), "systemd-analyze syscall-filter {group}");
+    let mut calls = std::collections::BTreeSet::new();
+    for item in String::from_utf8_lossy(&out.stdout).lines().skip(1).map(str::trim) {
+        match item {
+            "" => {}
+            _ if item.starts_with('#') => {}
+            _ if item.starts_with('@') => calls.extend(syscall_group(item)),
+            _ => {
+                calls.insert(item.to_string());
+            }
+        }
+    }
+    calls
+}
+
+#[test]
+fn systemd_unit_lets_the_server_lower_its_own_threads() {
+    // src/priority.rs: nice 19 and the idle I/O class for the search
+    // indexer, short slices for the event loops. Refused by the unit's
+    // seccomp filter, the indexer would run at full weight beside them.
+    let unit =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/chinwag.service"))
+            .unwrap();
+    // systemd's rule: the first line is an allow list; a `~` line takes
+    // calls out of it, a later plain line puts them back.
+    let mut allowed = std::collections::BTreeSet::new();
+    for line in unit.lines().filter_map(|l| l.trim().strip_prefix("SystemCallFilter=")) {
+        let (deny, items) = match line.strip_prefix('~') {
+            Some(rest) => (true, rest),
+            None => (false, line),
+        };
+        for item in items.split_whitespace() {
+            let calls = match item.starts_with('@') {
+                true => syscall_group(item),
+                false => std::iter::once(item.to_string()).collect(),
+            };
+            for c in calls {
+                if deny {
+                    allowed.remove(&c);
+                } else {
+                    allowed.insert(c);
+                }
+            }
+        }
+    }
+    assert!(allowed.contains("write") && !allowed.contains("reboot"), "filter read wrong");
+    for call in ["setpriority", "ioprio_set", "sched_setattr"] {
+        assert!(allowed.contains(call), "the unit refuses {call}");
+    }
 }
 
 #[test]
