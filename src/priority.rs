@@ -13,8 +13,10 @@ const SHORT_SLICE_NS: u64 = 100_000;
 /// a thread with an earlier deadline wakes, unless the waking thread's
 /// slice is shorter: then it preempts at once. So a reactor with a short
 /// slice no longer waits up to a whole slice behind the search indexer
-/// when a socket or a flush wakes it. Measured at 10,000 msg/s with the
-/// index on (BENCHMARKS.md): ack p50 down from 1.0-1.5 to 0.6-0.9 ms.
+/// when a socket or a flush wakes it, and the commit thread waits a third
+/// less for the core. At 10,000 msg/s (BENCHMARKS.md, fifth session) ack
+/// p50 and p99 fell in every round with search off; with the index on,
+/// p50 fell in one set of rounds and stayed within the noise in another.
 /// Older kernels ignore the slice or refuse the call; either way the
 /// thread keeps its normal scheduling.
 pub fn short_slice() {
