@@ -256,16 +256,10 @@ impl Search {
         let (events, _) =
             storage.history(room, Cursor::After(after), STEP).map_err(|e| e.to_string())?;
         let mut touched = BTreeSet::new();
-        // A message's event in the page carries its current state (with
-        // any edit or delete), so only older messages are read again.
-        let mut page = HashMap::new();
         let mut done = after;
         for ev in events.iter().take_while(|e| e.seq <= upto) {
             match ev.kind {
-                Kind::Message => {
-                    page.insert(ev.seq, ev);
-                    touched.insert(ev.seq)
-                }
+                Kind::Message => touched.insert(ev.seq),
                 Kind::Edit | Kind::Delete => touched.insert(ev.target.unwrap_or(0)),
                 Kind::Reaction => false,
             };
@@ -278,17 +272,17 @@ impl Search {
             if seq <= after {
                 writer.delete_term(Term::from_field_text(self.f.id, &doc_id(room, seq)));
             }
-            let read;
-            let m = match page.get(&seq) {
-                Some(m) => Some(*m),
-                None => {
-                    read = storage.event(room, seq).map_err(|e| e.to_string())?;
-                    read.as_ref()
-                }
+            // A message's event in the page (sorted by seq) carries its
+            // current state, with any edit or delete: only older messages
+            // are read again.
+            let added = match events.binary_search_by_key(&seq, |e| e.seq) {
+                Ok(i) => self.add(writer, &events[i]),
+                Err(_) => match storage.event(room, seq).map_err(|e| e.to_string())? {
+                    Some(m) => self.add(writer, &m),
+                    None => Ok(()),
+                },
             };
-            if let Some(m) = m {
-                self.add(writer, m).map_err(|e| e.to_string())?;
-            }
+            added.map_err(|e| e.to_string())?;
         }
         Ok(done)
     }

@@ -335,11 +335,15 @@ fn backup_while_running_restores_every_message() {
     assert_ne!(run_bounded(cmd, Duration::from_secs(30)).code(), 0);
 }
 
+/// The systemd unit as shipped.
+fn unit_file() -> String {
+    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/chinwag.service"))
+        .unwrap()
+}
+
 #[test]
 fn systemd_unit_verifies() {
-    let unit =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/chinwag.service"))
-            .unwrap();
+    let unit = unit_file();
     let dir = tempfile::tempdir().unwrap();
     // verify checks that ExecStart exists: point it at the binary under test.
     let unit = unit.replace("/usr/bin/chinwag", support::bin().to_str().unwrap());
@@ -392,9 +396,7 @@ fn systemd_unit_lets_the_server_lower_its_own_threads() {
     // src/priority.rs: nice 19 and the idle I/O class for the search
     // indexer, short slices for the event loops. Refused by the unit's
     // seccomp filter, the indexer would run at full weight beside them.
-    let unit =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/chinwag.service"))
-            .unwrap();
+    let unit = unit_file();
     // systemd's rule: the first line is an allow list; a `~` line takes
     // calls out of it, a later plain line puts them back.
     let mut allowed = std::collections::BTreeSet::new();
@@ -404,9 +406,10 @@ fn systemd_unit_lets_the_server_lower_its_own_threads() {
             None => (false, line),
         };
         for item in items.split_whitespace() {
-            let calls = match item.starts_with('@') {
-                true => syscall_group(item),
-                false => std::iter::once(item.to_string()).collect(),
+            let calls = if item.starts_with('@') {
+                syscall_group(item)
+            } else {
+                std::iter::once(item.to_string()).collect()
             };
             for c in calls {
                 if deny {
