@@ -378,6 +378,7 @@ if want scale; then
         row "disk MiB after stop" "$(sv disk_after_stop | mib)"
         row "disk MiB of a backup copy" "$(sv disk_backup_copy | mib)"
         row "restart to first accepted connection s" "$(sv restart_to_first_accept_s)"
+        row "restart after kill -9 s" "$(sv restart_after_kill_s)"
         row "disk MiB after restart / after idle" "$(sv disk_after_restart | mib) / $(sv disk_after_wait | mib)"
         echo "results: $OUT"
     } | tee "$OUT/scale-summary.txt"

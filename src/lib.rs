@@ -21,6 +21,7 @@
 //!     fanout/    Mailbox (channel + Waker), Cmd, ConnId, ReplyTo, and Fanout:
 //!                frames to rooms and users through the directory
 //! L2  durable    the commit thread: the one place that flushes, then releases
+//!     snapshot   the thread that keeps sled's replay at start short
 //!     cluster/   Link (the handle reactors call) and Peers (no-op when single)
 //!     control    the control socket and `chinwag backup`
 //!     search     the tantivy index, and the thread that follows storage
@@ -51,6 +52,8 @@
 //! * `chinwag-search`: follows each room's released seq and indexes what
 //!   changed; reads storage and the directory, writes only its index. At
 //!   nice 19, as are tantivy's threads and `chinwag-tally`.
+//! * `chinwag-snapshot`: writes a snapshot of sled's page table after
+//!   every few hundred MB of log, at nice 19; reads storage only.
 //! * `chinwag-control`: answers `chinwag backup` on the control socket;
 //!   reads storage only.
 //! * `chinwag-watchdog` (under a systemd watchdog): pings systemd while
@@ -80,6 +83,7 @@ pub(crate) mod reactor;
 pub(crate) mod rooms;
 pub(crate) mod search;
 pub mod server;
+pub(crate) mod snapshot;
 pub mod storage;
 pub mod wire;
 

@@ -158,6 +158,7 @@ pub struct Server {
     mailboxes: Vec<Mailbox>,
     reactors: Vec<thread::JoinHandle<()>>,
     commit: Option<thread::JoinHandle<bool>>,
+    snapshots: Option<crate::snapshot::Snapshots>,
     node: Option<Arc<Node>>,
 }
 
@@ -270,7 +271,16 @@ impl Server {
                 }
             })
             .map_err(StartError::Other)?;
-        Ok(Server { addr, mailboxes, reactors, commit: Some(commit), node: Some(node) })
+        let snapshots =
+            crate::snapshot::start(node.storage().clone()).map_err(StartError::Other)?;
+        Ok(Server {
+            addr,
+            mailboxes,
+            reactors,
+            commit: Some(commit),
+            snapshots: Some(snapshots),
+            node: Some(node),
+        })
     }
 
     /// Tells systemd the node is ready and, if the unit has a watchdog,
@@ -320,6 +330,11 @@ impl Server {
             let _ = std::fs::remove_file(crate::control::socket_path(&node.cfg().data_dir));
         }
         self.mailboxes.clear();
-        self.commit.take().is_some_and(|c| c.join().unwrap_or(false))
+        let flushed = self.commit.take().is_some_and(|c| c.join().unwrap_or(false));
+        // After a failed last flush storage is unhealthy: no snapshot.
+        if let Some(s) = self.snapshots.take() {
+            s.stop();
+        }
+        flushed
     }
 }

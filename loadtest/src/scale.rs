@@ -238,6 +238,8 @@ fn walk(shape: &Shape, storage: Option<&Storage>) -> Result<Data, String> {
         writes += n;
         if writes >= FLUSH_EVERY {
             s.flush().map_err(err)?;
+            // What the server's snapshot thread does between flushes.
+            s.snapshot_if_due(chinwag::storage::SNAPSHOT_AFTER).map_err(err)?;
             writes = 0;
         }
         Ok(())
@@ -355,6 +357,9 @@ fn prepare(shape: &Shape, dir: &Path, r: &mut Report) -> Result<Data, String> {
     let t = Instant::now();
     let storage = Storage::open(dir).map_err(|e| e.to_string())?;
     let data = walk(shape, Some(&storage))?;
+    // What the server does at a clean stop, after its last flush.
+    storage.mark_clean().map_err(|e| e.to_string())?;
+    storage.snapshot_if_due(chinwag::storage::SNAPSHOT_AT_STOP).map_err(|e| e.to_string())?;
     drop(storage);
     let secs = t.elapsed().as_secs_f64();
     fs::write(&manifest, shape.json().to_string())
@@ -843,8 +848,13 @@ pub fn scale(a: &ScaleArgs) -> Result<(), String> {
     r.add("disk_after_wait", sizes(dir)?.0);
     let (db, index) = sizes(dir)?;
     r.add("index_bytes_at_end", index);
-    server.stop()?;
     r.add("disk_at_end", db);
+    // A crash: killed, not stopped, so the next start also checks every
+    // room's last event (`repair_tails`).
+    drop(server);
+    let (server, crash_s) = start(a, dir, &log)?;
+    r.add_f("restart_after_kill_s", crash_s);
+    server.stop()?;
     print_report(&r, a.json);
     Ok(())
 }

@@ -489,4 +489,5 @@ fn scale_generates_measures_and_churns() {
     assert_eq!(n(v, "churn_errors"), 0, "{v}");
     assert!(n(v, "churn_deletes") > 0, "{v}");
     assert!(n(v, "disk_backup_copy") > 0 && n(v, "disk_at_end") > 0, "{v}");
+    assert!(f(v, "restart_after_kill_s") > 0.0, "{v}");
 }

@@ -45,6 +45,19 @@ use std::{
 /// modest; the OS page cache does the rest.
 const CACHE_BYTES: u64 = 64 << 20;
 
+/// sled replays, at every start, the log written since its last snapshot
+/// of the page table, and 0.34 writes one only when it opens a database:
+/// after weeks of writes, or a crash, that replay took minutes. A snapshot
+/// is taken once this much log has been written since the last one (or
+/// four times the last snapshot's size, if more): replay reads about
+/// 350 MB/s (BENCHMARKS.md), and snapshots add at most a quarter to the
+/// bytes written.
+pub const SNAPSHOT_AFTER: u64 = 256 << 20;
+
+/// At a clean stop, a snapshot is taken if more log than this would be
+/// replayed at the next start.
+pub const SNAPSHOT_AT_STOP: u64 = 16 << 20;
+
 /// A storage failure: logged once where it happens, answered `unavailable`.
 #[derive(Debug)]
 pub struct StorageError(pub String);
@@ -120,6 +133,8 @@ struct Inner {
     /// Moves after every membership written or removed, and on a reopen:
     /// a reader of `rooms_of` can tell that its list may be stale.
     memberships: AtomicU64,
+    /// Size of the last snapshot this process wrote (0: none yet).
+    snapshot_bytes: AtomicU64,
 }
 
 /// The `meta` key set by a clean stop: the next open skips the repair.
@@ -136,7 +151,12 @@ pub struct Storage {
 impl Storage {
     /// Opens (or creates) the database under `dir`.
     pub fn open(dir: &Path) -> Result<Storage> {
+        let t = std::time::Instant::now();
         let trees = Trees::open(dir)?;
+        log::debug!(
+            "sled opened in {:?} (its snapshot read, the log after it replayed)",
+            t.elapsed()
+        );
         migrate::run(&trees)?;
         let s = Storage {
             inner: Arc::new(Inner {
@@ -147,6 +167,7 @@ impl Storage {
                 marked_clean: AtomicBool::new(false),
                 tallies: tally::Tallies::default(),
                 memberships: AtomicU64::new(0),
+                snapshot_bytes: AtomicU64::new(0),
             }),
         };
         // Taken away at once: any event written from now on follows the
@@ -156,6 +177,26 @@ impl Storage {
             s.repair()?;
         }
         Ok(s)
+    }
+
+    /// Writes a snapshot of sled's page table if more than `after` bytes of
+    /// log (and four times the last snapshot) were written since the last
+    /// one, so that the next start replays only what follows. Safe while
+    /// writes go on; the writers' flushes are not delayed (the snapshot
+    /// waits for them rather than flushing). Returns the snapshot's size if
+    /// one was written.
+    pub fn snapshot_if_due(&self, after: u64) -> Result<Option<u64>> {
+        if !self.is_healthy() {
+            return Ok(None);
+        }
+        let t = self.trees()?;
+        let last = self.inner.snapshot_bytes.load(Ordering::Relaxed);
+        if t.db.log_since_snapshot() <= after.max(last.saturating_mul(4)) {
+            return Ok(None);
+        }
+        let bytes = t.db.take_snapshot()?;
+        self.inner.snapshot_bytes.store(bytes, Ordering::Relaxed);
+        Ok(Some(bytes))
     }
 
     /// Marks the database as stopped cleanly (after the last flush): the

@@ -836,6 +836,10 @@ impl RunningConfig {
                 let path_str = &*path.to_string_lossy();
                 if path_str.starts_with(&*absolute_path.to_string_lossy())
                     && !path_str.ends_with(".in___motion")
+                    // chinwag: a snapshot still being written (or cut
+                    // short by a crash) is not a snapshot; sorted last,
+                    // it would be read and fail its checksum.
+                    && !path_str.ends_with(".generating")
                 {
                     Some(path.to_path_buf())
                 } else {

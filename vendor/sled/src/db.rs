@@ -223,6 +223,20 @@ impl Db {
         tenants.iter().map(|(name, _)| name.clone()).collect()
     }
 
+    /// chinwag: writes a snapshot of the page table now, so that the next
+    /// start, after a crash too, replays only the log written after it.
+    /// Safe while the database is in use. Returns the snapshot's size in
+    /// bytes.
+    pub fn take_snapshot(&self) -> Result<u64> {
+        self.context.pagecache.take_snapshot()
+    }
+
+    /// chinwag: bytes of log written since the newest snapshot, which the
+    /// next start would replay.
+    pub fn log_since_snapshot(&self) -> u64 {
+        self.context.pagecache.log_since_snapshot()
+    }
+
     /// Returns `true` if the database was
     /// recovered from a previous process.
     /// Note that database state is only

@@ -517,6 +517,11 @@ pub struct PageCache {
     idgen_persists: Arc<AtomicU64>,
     idgen_persist_mu: Arc<Mutex<()>>,
     was_recovered: bool,
+    /// chinwag: the `stable_lsn` of the newest snapshot on disk, from which
+    /// the next start replays the log.
+    snapshot_lsn: AtomicLsn,
+    /// chinwag: one snapshot at a time.
+    snapshot_mu: Mutex<()>,
 }
 
 unsafe impl Send for PageCache {}
@@ -657,6 +662,8 @@ impl PageCache {
             idgen: Arc::new(AtomicU64::new(0)),
             idgen_persists: Arc::new(AtomicU64::new(0)),
             was_recovered: false,
+            snapshot_lsn: AtomicLsn::new(snapshot.stable_lsn.unwrap_or(0)),
+            snapshot_mu: Mutex::new(()),
         };
 
         // now we read it back in
@@ -2135,6 +2142,61 @@ impl PageCache {
         Ok(())
     }
 
+    /// chinwag: bytes of log written since the newest snapshot on disk,
+    /// which the next start would replay.
+    pub(crate) fn log_since_snapshot(&self) -> u64 {
+        let stable = self.log.stable_offset();
+        let snap = self.snapshot_lsn.load(Acquire);
+        u64::try_from(stable.saturating_sub(snap)).unwrap_or(0)
+    }
+
+    /// chinwag: writes a snapshot of the page table while the database
+    /// runs, so that the next start (after a crash too) replays only the
+    /// log written after it. Returns the snapshot's size in bytes.
+    ///
+    /// Why this is safe, given how recovery reads a snapshot
+    /// (`read_snapshot_or_default`): the snapshot's `stable_lsn` is read
+    /// first, so every log entry below it is durable and its page CAS
+    /// done (a reservation completes only after its CAS), and the page
+    /// states read afterwards include it. Entries at or above it may or
+    /// may not be in the page states; recovery replays them all, and
+    /// replay converges: a replace resets the page, a link at or below the
+    /// page's last lsn is skipped (`PageState::push`). The page states may
+    /// point at entries not yet durable, so the log is made stable up to
+    /// the highest lsn they name before the file is written.
+    pub(crate) fn take_snapshot(&self) -> Result<u64> {
+        let _one = self.snapshot_mu.lock();
+        let snapshot = self.take_fuzzy_snapshot();
+        let mut max_lsn = snapshot.stable_lsn.unwrap_or(0);
+        for state in &snapshot.pt {
+            match state {
+                PageState::Present { base, frags } => {
+                    max_lsn = max_lsn.max(base.0);
+                    for f in frags {
+                        max_lsn = max_lsn.max(f.0);
+                    }
+                }
+                PageState::Free(lsn, _) => max_lsn = max_lsn.max(*lsn),
+                PageState::Uninitialized => {}
+            }
+        }
+        // The writers' own flushes usually get there first; flushing here
+        // would write their log buffer on this (background) thread, which
+        // they would then wait for.
+        let deadline =
+            std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while self.log.stable_offset() < max_lsn
+            && std::time::Instant::now() < deadline
+        {
+            self.config.global_error()?;
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        self.log.make_stable(max_lsn)?;
+        let bytes = snapshot::write_snapshot(&self.config, &snapshot)?;
+        bump_atomic_lsn(&self.snapshot_lsn, snapshot.stable_lsn.unwrap_or(0));
+        Ok(bytes)
+    }
+
     /// A snapshot is to recover the pageTable at a point in time.
     ///
     /// This is called fuzzy snapshot because while
@@ -2142,8 +2204,7 @@ impl PageCache {
     /// into the database will keep bumping up the Lsn.
     /// Therefore, the `stable_lsn` gives us the state
     /// of the world, when the snapshot was taken.
-    #[allow(unused)]
-    fn take_fuzzy_snapshot(self) -> Snapshot {
+    fn take_fuzzy_snapshot(&self) -> Snapshot {
         let stable_lsn_now: Lsn = self.log.stable_offset();
 
         // This is how we determine the number of the pages we will snapshot.
@@ -2152,8 +2213,14 @@ impl PageCache {
         let pid_bound_usize = assert_usize(pid_bound);
 
         let mut page_states = Vec::<PageState>::with_capacity(pid_bound_usize);
-        let guard = pin();
+        let mut guard = pin();
         for pid in 0..pid_bound {
+            // chinwag: this runs on a live database; a guard held across
+            // every page would hold back all epoch-based reclamation.
+            if pid % 1024 == 0 {
+                drop(guard);
+                guard = pin();
+            }
             'inner: loop {
                 if let Some(pg_view) = self.inner.get(pid, &guard) {
                     if pg_view.cache_infos.is_empty() {

@@ -919,8 +919,13 @@ impl SegmentAccountant {
 
         self.max_stabilized_lsn = lsn;
 
-        for lsn in can_deactivate {
-            self.deactivate_segment(lsn)?;
+        // chinwag: the cleanup check counts every segment, so it runs once
+        // per call, after the last deactivation. The first call after a
+        // start deactivates every segment of the log at once: 28,000 of
+        // them for a 14 GB log, and a check after each took 1.9 s.
+        let last = can_deactivate.len().saturating_sub(1);
+        for (i, lsn) in can_deactivate.into_iter().enumerate() {
+            self.deactivate_segment(lsn, i == last)?;
         }
 
         Ok(())
@@ -932,7 +937,7 @@ impl SegmentAccountant {
     ///
     /// # Panics
     /// The provided lsn and lid must exactly match the existing segment.
-    fn deactivate_segment(&mut self, lsn: Lsn) -> Result<()> {
+    fn deactivate_segment(&mut self, lsn: Lsn, check: bool) -> Result<()> {
         let lid = self.ordering[&lsn];
         let idx = self.segment_id(lid);
 
@@ -956,6 +961,10 @@ impl SegmentAccountant {
         }
 
         self.possibly_clean_or_free_segment(idx, lsn)?;
+
+        if !check {
+            return Ok(());
+        }
 
         // if we have a lot of free segments in our whole file,
         // let's start relocating the current tip to boil it down
