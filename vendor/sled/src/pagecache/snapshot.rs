@@ -563,6 +563,9 @@ pub(super) fn write_snapshot(
     io_fail!(config, "snap write mv");
     std::fs::rename(&path_1, &path_2)?;
     io_fail!(config, "snap write mv post");
+    // chinwag: the rename is made durable before the older snapshots go,
+    // so a power cut cannot leave none.
+    std::fs::File::open(parent)?.sync_all()?;
 
     trace!("renamed snapshot to {}", path_2.to_string_lossy());
 
