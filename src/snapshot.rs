@@ -2,7 +2,7 @@
 //! node starts, after a crash too ([`Storage::snapshot_if_due`] says why
 //! and when), and takes a last snapshot after the clean stop's flush.
 
-use crate::storage::{Storage, SNAPSHOT_AFTER, SNAPSHOT_AT_STOP};
+use crate::storage::{SnapshotDue, Storage, SNAPSHOT_AFTER};
 use crossbeam_channel::{RecvTimeoutError, Sender};
 use std::{io, thread, time::Duration, time::Instant};
 
@@ -29,7 +29,7 @@ pub fn start(storage: Storage) -> io::Result<Snapshots> {
     let handle = thread::Builder::new().name("chinwag-snapshot".into()).spawn(move || {
         crate::priority::background();
         while let Err(RecvTimeoutError::Timeout) = rx.recv_timeout(LOOK_EVERY) {
-            take(&s, after);
+            take(&s, SnapshotDue::Running(after));
         }
     })?;
     Ok(Snapshots { stop, handle, storage })
@@ -42,13 +42,13 @@ impl Snapshots {
     pub fn stop(self) {
         drop(self.stop);
         let _ = self.handle.join();
-        take(&self.storage, SNAPSHOT_AT_STOP);
+        take(&self.storage, SnapshotDue::Stopping);
     }
 }
 
-fn take(s: &Storage, after: u64) {
+fn take(s: &Storage, due: SnapshotDue) {
     let t = Instant::now();
-    match s.snapshot_if_due(after) {
+    match s.snapshot_if_due(due) {
         Ok(Some(bytes)) => {
             log::info!("sled snapshot of {bytes} bytes written in {:?}", t.elapsed())
         }

@@ -32,7 +32,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use chinwag::storage::Storage;
+use chinwag::storage::{SnapshotDue, Storage, SNAPSHOT_AFTER};
 use chinwag::wire::Msg;
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
@@ -239,7 +239,7 @@ fn walk(shape: &Shape, storage: Option<&Storage>) -> Result<Data, String> {
         if writes >= FLUSH_EVERY {
             s.flush().map_err(err)?;
             // What the server's snapshot thread does between flushes.
-            s.snapshot_if_due(chinwag::storage::SNAPSHOT_AFTER).map_err(err)?;
+            s.snapshot_if_due(SnapshotDue::Running(SNAPSHOT_AFTER)).map_err(err)?;
             writes = 0;
         }
         Ok(())
@@ -359,7 +359,7 @@ fn prepare(shape: &Shape, dir: &Path, r: &mut Report) -> Result<Data, String> {
     let data = walk(shape, Some(&storage))?;
     // What the server does at a clean stop, after its last flush.
     storage.mark_clean().map_err(|e| e.to_string())?;
-    storage.snapshot_if_due(chinwag::storage::SNAPSHOT_AT_STOP).map_err(|e| e.to_string())?;
+    storage.snapshot_if_due(SnapshotDue::Stopping).map_err(|e| e.to_string())?;
     drop(storage);
     let secs = t.elapsed().as_secs_f64();
     fs::write(&manifest, shape.json().to_string())

@@ -58,6 +58,18 @@ pub const SNAPSHOT_AFTER: u64 = 256 << 20;
 /// replayed at the next start.
 pub const SNAPSHOT_AT_STOP: u64 = 16 << 20;
 
+/// When [`Storage::snapshot_if_due`] writes a snapshot.
+#[derive(Clone, Copy, Debug)]
+pub enum SnapshotDue {
+    /// While running: after this many bytes of log since the last one
+    /// (normally [`SNAPSHOT_AFTER`]), and four times the last snapshot's
+    /// size, which bounds what snapshots add to the bytes written.
+    Running(u64),
+    /// At a clean stop, after the last flush: after [`SNAPSHOT_AT_STOP`]
+    /// bytes, whatever the last snapshot's size, so the next start is quick.
+    Stopping,
+}
+
 /// A storage failure: logged once where it happens, answered `unavailable`.
 #[derive(Debug)]
 pub struct StorageError(pub String);
@@ -179,19 +191,22 @@ impl Storage {
         Ok(s)
     }
 
-    /// Writes a snapshot of sled's page table if more than `after` bytes of
-    /// log (and four times the last snapshot) were written since the last
-    /// one, so that the next start replays only what follows. Safe while
-    /// writes go on; the writers' flushes are not delayed (the snapshot
-    /// waits for them rather than flushing). Returns the snapshot's size if
-    /// one was written.
-    pub fn snapshot_if_due(&self, after: u64) -> Result<Option<u64>> {
+    /// Writes a snapshot of sled's page table if enough log was written
+    /// since the last one (see [`SnapshotDue`]), so that the next start
+    /// replays only what follows. Safe while writes go on; the writers'
+    /// flushes are not delayed (the snapshot waits for them rather than
+    /// flushing). Returns the snapshot's size if one was written.
+    pub fn snapshot_if_due(&self, due: SnapshotDue) -> Result<Option<u64>> {
         if !self.is_healthy() {
             return Ok(None);
         }
         let t = self.trees()?;
         let last = self.inner.snapshot_bytes.load(Ordering::Relaxed);
-        if t.db.log_since_snapshot() <= after.max(last.saturating_mul(4)) {
+        let after = match due {
+            SnapshotDue::Running(after) => after.max(last.saturating_mul(4)),
+            SnapshotDue::Stopping => SNAPSHOT_AT_STOP,
+        };
+        if t.db.log_since_snapshot() <= after {
             return Ok(None);
         }
         let bytes = t.db.take_snapshot()?;
