@@ -47,11 +47,12 @@ const CACHE_BYTES: u64 = 64 << 20;
 
 /// sled replays, at every start, the log written since its last snapshot
 /// of the page table, and 0.34 writes one only when it opens a database:
-/// after weeks of writes, or a crash, that replay took minutes. A snapshot
-/// is taken once this much log has been written since the last one (or
-/// four times the last snapshot's size, if more): replay reads about
-/// 350 MB/s (BENCHMARKS.md), and snapshots add at most a quarter to the
-/// bytes written.
+/// the first start after writing 10M events (14 GB of log) took 45 s,
+/// growing with what was written since the previous start. A snapshot is
+/// taken once this much log has been written since the last one (or four
+/// times the last snapshot's size, if more): replay reads about 350 MB/s
+/// (14.5 GB in 41 s of CPU, BENCHMARKS.md), and snapshots add at most a
+/// quarter to the bytes written.
 pub const SNAPSHOT_AFTER: u64 = 256 << 20;
 
 /// At a clean stop, a snapshot is taken if more log than this would be
