@@ -1,8 +1,9 @@
 //! Storage guarantees (sections 3 and 4): `history` cursors, limits and `more`; `join` with
 //! `since` (exactly the missed messages, capped at 1000); persistent membership and read
 //! markers across restarts (hello lists the rooms, DM rooms included, and the new connection
-//! receives without re-joining); acked messages surviving `kill -9` with the same seq; and
-//! graceful shutdown on SIGTERM (close 1001, exit 0, data kept).
+//! receives without re-joining); acked messages surviving `kill -9` with the same seq, also
+//! after sled snapshots taken while writing; graceful shutdown on SIGTERM (close 1001, exit 0,
+//! data kept), with a snapshot when much was written.
 
 use std::time::Duration;
 
@@ -422,4 +423,37 @@ fn acked_events_survive_kill_9_after_snapshots_taken_while_writing() {
     // The restart itself still works from a clean stop.
     s.restart();
     s.client("alice");
+}
+
+/// A clean stop writes a snapshot when more than 16 MiB of log would be
+/// replayed at the next start (here ~20 MB of messages, under the 256 MiB
+/// a running node waits for), and the start after it finds everything.
+#[test]
+fn a_clean_stop_after_many_writes_leaves_a_snapshot() {
+    let mut s = Server::open(FAST);
+    let mut c = s.client("alice");
+    c.join("big");
+    let text = "x".repeat(4000);
+    for b in 0..10 {
+        for i in 0..500 {
+            c.send_json(
+                json!({"type": "send", "room": "big", "text": text, "id": format!("{b}.{i}")}),
+            );
+        }
+        for i in 0..500 {
+            let id = json!(format!("{b}.{i}"));
+            let a = c.recv_where(|v| v["id"] == id);
+            assert_eq!(ty(&a), "ack", "{a}");
+        }
+        c.clear_stash();
+    }
+    drop(c);
+    let before = snapshot_file(&s);
+    assert_eq!(s.sigterm().code(), Some(0));
+    let after = snapshot_file(&s);
+    assert!(after.is_some() && after != before, "no snapshot at the stop:\n{}", s.log_text());
+    s.restart();
+    let mut c = s.client("alice");
+    let h = c.call(json!({"type": "history", "room": "big", "limit": 1}));
+    assert_eq!(h["messages"][0]["seq"], 5000, "{h}");
 }
