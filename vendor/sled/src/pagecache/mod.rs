@@ -2166,7 +2166,7 @@ impl PageCache {
     /// the highest lsn they name before the file is written.
     pub(crate) fn take_snapshot(&self) -> Result<u64> {
         let _one = self.snapshot_mu.lock();
-        let snapshot = self.take_fuzzy_snapshot();
+        let snapshot = self.take_fuzzy_snapshot()?;
         let mut max_lsn = snapshot.stable_lsn.unwrap_or(0);
         for state in &snapshot.pt {
             match state {
@@ -2204,7 +2204,7 @@ impl PageCache {
     /// into the database will keep bumping up the Lsn.
     /// Therefore, the `stable_lsn` gives us the state
     /// of the world, when the snapshot was taken.
-    fn take_fuzzy_snapshot(&self) -> Snapshot {
+    fn take_fuzzy_snapshot(&self) -> Result<Snapshot> {
         let stable_lsn_now: Lsn = self.log.stable_offset();
 
         // This is how we determine the number of the pages we will snapshot.
@@ -2221,7 +2221,19 @@ impl PageCache {
                 drop(guard);
                 guard = pin();
             }
+            // chinwag: a page whose allocation failed (an I/O error) may
+            // never be installed; the wait below must end.
+            let since = std::time::Instant::now();
             'inner: loop {
+                if since.elapsed() > std::time::Duration::from_millis(100) {
+                    self.config.global_error()?;
+                    if since.elapsed() > std::time::Duration::from_secs(5) {
+                        return Err(Error::ReportableBug(format!(
+                            "snapshot: page {} not installed after 5 s",
+                            pid
+                        )));
+                    }
+                }
                 if let Some(pg_view) = self.inner.get(pid, &guard) {
                     if pg_view.cache_infos.is_empty() {
                         // there is a benign race with the thread
@@ -2245,10 +2257,10 @@ impl PageCache {
             }
         }
 
-        Snapshot {
+        Ok(Snapshot {
             stable_lsn: Some(stable_lsn_now),
             active_segment: None,
             pt: page_states,
-        }
+        })
     }
 }
