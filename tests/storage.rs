@@ -357,20 +357,6 @@ fn write_batch(c: &mut Client, rooms: &mut [Acked], round: usize, n: usize, cut:
     c.clear_stash();
 }
 
-/// The whole room, in pages of `after`.
-fn whole_room(c: &mut Client, room: &str) -> Vec<Value> {
-    let mut all: Vec<Value> = Vec::new();
-    loop {
-        let after = all.last().map_or(0, |m| m["seq"].as_u64().unwrap());
-        let h = c.call(json!({"type": "history", "room": room, "after": after, "limit": 100}));
-        assert_eq!(ty(&h), "history", "{h}");
-        all.extend(h["messages"].as_array().unwrap().iter().cloned());
-        if h["more"] != json!(true) {
-            return all;
-        }
-    }
-}
-
 /// sled writes a snapshot of its page table while writes go on (so that a
 /// start replays only the log after it); a crash at any point after one
 /// loses nothing acked. Each round writes until a snapshot taken during the
@@ -403,7 +389,7 @@ fn acked_events_survive_kill_9_after_snapshots_taken_while_writing() {
         s.restart();
         let mut c = s.client("alice");
         for (r, acked) in rooms.iter().enumerate() {
-            let events = whole_room(&mut c, &format!("s{r}"));
+            let events = crate::events::all_history(&mut c, &format!("s{r}"));
             let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
             assert_eq!(seqs, range(1, seqs.len() as u64), "room s{r}, round {round}: a gap");
             for (&seq, &kind) in &acked.kinds {
