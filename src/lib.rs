@@ -81,7 +81,7 @@ pub(crate) mod node;
 pub(crate) mod priority;
 pub(crate) mod reactor;
 pub(crate) mod rooms;
-pub(crate) mod search;
+pub mod search;
 pub mod server;
 pub(crate) mod snapshot;
 pub mod storage;

@@ -18,7 +18,7 @@ use crate::{
 };
 use parking_lot::Mutex;
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::{hash_map::Entry, BTreeSet, HashMap},
     ops::Bound,
     path::Path,
     sync::Arc,
@@ -29,8 +29,7 @@ use tantivy::{
     collector::TopDocs,
     query::{BooleanQuery, Occur, Query, RangeQuery, RegexQuery, TermQuery, TermSetQuery},
     schema::{
-        Field, IndexRecordOption, Schema, TextFieldIndexing, TextOptions, Value, FAST, INDEXED,
-        STORED, STRING,
+        Field, IndexRecordOption, Schema, TextFieldIndexing, TextOptions, FAST, INDEXED, STRING,
     },
     tokenizer::{LowerCaser, SimpleTokenizer, TextAnalyzer},
     Index, IndexReader, IndexWriter, Order, ReloadPolicy, TantivyDocument, Term,
@@ -43,15 +42,15 @@ const WRITER_BYTES: usize = 20_000_000;
 /// How often the thread looks for new events.
 const POLL: Duration = Duration::from_millis(250);
 /// A commit makes a segment (and tantivy merges them): a cost per commit
-/// whatever its size, so at a low rate it commits once a second (at 200
-/// msg/s, four commits a second had its threads at 13% of the server's
-/// samples)...
+/// whatever its size (a new segment writer zeroes several MB of tables,
+/// then the files, their fsyncs, the merges), so it commits once a second
+/// at any rate: at 10,000 msg/s a commit every 2,000 events cost the one
+/// core ~4 µs per message more than one a second (bench/search.rs: 47%
+/// less CPU for the index). A match still shows within 2 s.
 const COMMIT_EVERY: Duration = Duration::from_secs(1);
-/// ... and at a high rate after this many events, because one large
-/// commit's writes stall sled's flush, and so the acks, for up to a second
-/// (seen at 10,000 msg/s with a commit a second). Either way a match shows
-/// within 2 s.
-const COMMIT_EVENTS: u64 = 2_000;
+/// ... or sooner after this many events (a catch-up after a pause): the
+/// writer flushes its own segments at its memory budget anyway.
+const COMMIT_EVENTS: u64 = 20_000;
 /// Events read from storage per step.
 const STEP: usize = 1000;
 /// Extra hits fetched past a page, so ties on ts sort exactly.
@@ -79,7 +78,6 @@ pub fn matches(query: &[String], text: &str) -> bool {
 
 #[derive(Clone, Copy, Debug)]
 struct Fields {
-    id: Field,
     room: Field,
     seq: Field,
     ts: Field,
@@ -106,18 +104,18 @@ fn schema() -> (Schema, Fields) {
     let words = TextFieldIndexing::default()
         .set_tokenizer(TOKENIZER)
         .set_index_option(IndexRecordOption::Basic);
+    // Nothing is stored and no field has a term per message: a hit's
+    // room, seq and ts are read from the columns, a message is found for
+    // its delete by room and seq, and `before` filters on the ts column.
+    // A term unique to each message (an id, a millisecond ts) made every
+    // commit and merge build and copy a dictionary entry per message.
     let f = Fields {
-        id: b.add_text_field("id", STRING),
-        room: b.add_text_field("room", STRING | STORED),
-        seq: b.add_u64_field("seq", STORED),
-        ts: b.add_u64_field("ts", INDEXED | FAST | STORED),
+        room: b.add_text_field("room", STRING | FAST),
+        seq: b.add_u64_field("seq", INDEXED | FAST),
+        ts: b.add_u64_field("ts", FAST),
         text: b.add_text_field("text", TextOptions::default().set_indexing_options(words)),
     };
     (b.build(), f)
-}
-
-fn doc_id(room: &str, seq: u64) -> String {
-    format!("{room} {seq}")
 }
 
 impl Search {
@@ -188,6 +186,37 @@ impl Search {
             }
         })?;
         Ok(())
+    }
+
+    /// Indexes `rooms` as the live thread does at a high rate: `per_poll`
+    /// events of each room per poll, a commit after every `per_commit`
+    /// events; then waits for tantivy's merges. For bench/search.rs, which
+    /// counts the CPU this takes per message.
+    pub fn replay_live(
+        self: Arc<Search>,
+        storage: &Storage,
+        rooms: &[String],
+        per_poll: u64,
+        per_commit: u64,
+    ) -> tantivy::Result<()> {
+        let rooms: Vec<(&String, u64)> =
+            rooms.iter().filter_map(|r| Some((r, storage.last_seq(r).ok()?))).collect();
+        let (mut indexed, mut pending) = (HashMap::new(), 0);
+        let mut upto = 0;
+        while rooms.iter().any(|(_, last)| *last > upto) {
+            upto += per_poll;
+            let due = rooms.iter().map(|(r, last)| (r.to_string(), upto.min(*last))).collect();
+            pending += self.index_rooms(storage, due, &mut indexed);
+            if pending >= per_commit {
+                self.commit(indexed.clone());
+                pending = 0;
+            }
+        }
+        self.commit(indexed);
+        let Ok(s) = Arc::try_unwrap(self) else {
+            return Err(tantivy::TantivyError::SystemError("index still shared".into()));
+        };
+        s.writer.into_inner().wait_merging_threads()
     }
 
     /// Indexes whatever storage holds beyond the committed marks (at start).
@@ -270,7 +299,12 @@ impl Search {
             // delete costs the commit a lookup in every segment, so new
             // messages (nearly all of them) go without.
             if seq <= after {
-                writer.delete_term(Term::from_field_text(self.f.id, &doc_id(room, seq)));
+                writer
+                    .delete_query(Box::new(BooleanQuery::intersection(vec![
+                        Box::new(self.term(Term::from_field_text(self.f.room, room))),
+                        Box::new(self.term(Term::from_field_u64(self.f.seq, seq))),
+                    ])))
+                    .map_err(|e| e.to_string())?;
             }
             // A message's event in the page (sorted by seq) carries its
             // current state, with any edit or delete: only older messages
@@ -292,12 +326,15 @@ impl Search {
             return Ok(());
         };
         let mut doc = TantivyDocument::new();
-        doc.add_text(self.f.id, doc_id(&m.room, m.seq));
         doc.add_text(self.f.room, &m.room);
         doc.add_u64(self.f.seq, m.seq);
         doc.add_u64(self.f.ts, m.ts);
         doc.add_text(self.f.text, text);
         writer.add_document(doc).map(drop)
+    }
+
+    fn term(&self, t: Term) -> TermQuery {
+        TermQuery::new(t, IndexRecordOption::Basic)
     }
 
     /// Commits with the marks as payload, and makes it searchable.
@@ -335,10 +372,7 @@ impl Search {
         }
         let room_terms = rooms.iter().map(|r| Term::from_field_text(self.f.room, r));
         let by_room: Box<dyn Query> = match rooms {
-            [one] => Box::new(TermQuery::new(
-                Term::from_field_text(self.f.room, one),
-                IndexRecordOption::Basic,
-            )),
+            [one] => Box::new(self.term(Term::from_field_text(self.f.room, one))),
             _ => Box::new(TermSetQuery::new(room_terms)),
         };
         clauses.push((Occur::Must, by_room));
@@ -354,12 +388,20 @@ impl Search {
             let hits = searcher.search(&query, &top)?;
             let full = hits.len() == fetch;
             let mut out = Vec::with_capacity(hits.len());
-            for (_, addr) in hits {
-                let doc: TantivyDocument = searcher.doc(addr)?;
-                let room = doc.get_first(self.f.room).and_then(|v| v.as_str()).unwrap_or_default();
-                let seq = doc.get_first(self.f.seq).and_then(|v| v.as_u64()).unwrap_or(0);
-                let ts = doc.get_first(self.f.ts).and_then(|v| v.as_u64()).unwrap_or(0);
-                out.push((ts, room.to_string(), seq));
+            let mut columns = HashMap::new();
+            for (ts, addr) in hits {
+                let (room, seq) = match columns.entry(addr.segment_ord) {
+                    Entry::Occupied(e) => e.into_mut(),
+                    Entry::Vacant(e) => {
+                        let fast = searcher.segment_reader(addr.segment_ord).fast_fields();
+                        e.insert((fast.str("room")?, fast.u64("seq")?))
+                    }
+                };
+                let mut name = String::new();
+                if let Some(ord) = room.as_ref().and_then(|c| c.term_ords(addr.doc_id).next()) {
+                    room.as_ref().map(|c| c.ord_to_str(ord, &mut name)).transpose()?;
+                }
+                out.push((ts, name, seq.first(addr.doc_id).unwrap_or(0)));
             }
             out.sort_by(|a, b| b.cmp(a));
             if full {
