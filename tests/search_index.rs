@@ -1,6 +1,7 @@
 //! The search index is derived from storage: it catches up by itself after
-//! `kill -9`, after its folder is deleted, and after a database of an
-//! earlier release (messages only) is upgraded; a deleted message never
+//! `kill -9`, after its folder is deleted, after a database of an earlier
+//! release (messages only) is upgraded, and when the index is of an
+//! earlier layout (it is rebuilt); a deleted message never
 //! shows, even before the index has caught up.
 
 use crate::support::*;
@@ -51,6 +52,47 @@ fn the_index_catches_up_after_kill9_and_after_it_is_lost() {
     let mut a = s.client("alice");
     let found = search_until(&mut a, "number1", |f| f.len() == 11);
     assert!(found.iter().all(|s| acked.contains(s)), "{found:?}");
+}
+
+/// The index as the release before 2026-12-04 laid it out (an id term
+/// and stored fields per message), its marks saying room `r` is indexed
+/// up to `upto`, but with no documents.
+fn write_index_of_the_earlier_schema(dir: &std::path::Path, upto: u64) {
+    use tantivy::schema::{Schema, FAST, INDEXED, STORED, STRING, TEXT};
+    let mut b = Schema::builder();
+    b.add_text_field("id", STRING);
+    b.add_text_field("room", STRING | STORED);
+    b.add_u64_field("seq", STORED);
+    b.add_u64_field("ts", INDEXED | FAST | STORED);
+    b.add_text_field("text", TEXT);
+    std::fs::create_dir_all(dir).expect("index dir");
+    let index = tantivy::Index::create_in_dir(dir, b.build()).expect("old index");
+    let mut writer: tantivy::IndexWriter = index.writer(15_000_000).expect("writer");
+    let mut commit = writer.prepare_commit().expect("prepare");
+    commit.set_payload(&json!({ "r": upto }).to_string());
+    commit.commit().expect("commit");
+}
+
+#[test]
+fn an_index_of_an_earlier_layout_is_rebuilt_from_storage() {
+    let mut s = Server::open(&[]);
+    let mut a = s.client("alice");
+    a.join("r");
+    let texts: Vec<String> = (0..5).map(|i| format!("narwhal tusk{i}")).collect();
+    let acked = send_all(&mut a, "r", &texts);
+    search_until(&mut a, "narwhal", |f| f.len() == acked.len());
+    // An index whose marks claim everything is done, in the earlier
+    // layout: kept, it would find nothing; rebuilt, it finds every one.
+    s.kill9();
+    let dir = s.dir.join("search");
+    std::fs::remove_dir_all(&dir).expect("remove the index");
+    write_index_of_the_earlier_schema(&dir, *acked.last().expect("acked"));
+    s.restart();
+    let mut a = s.client("alice");
+    let found = search_until(&mut a, "narwhal", |f| f.len() == acked.len());
+    assert_eq!(found, acked.iter().rev().copied().collect::<Vec<_>>(), "newest first");
+    let found = search_until(&mut a, "tusk3", |f| !f.is_empty());
+    assert_eq!(found, [acked[3]]);
 }
 
 #[test]
