@@ -44,9 +44,11 @@ const POLL: Duration = Duration::from_millis(250);
 /// A commit makes a segment (and tantivy merges them): a cost per commit
 /// whatever its size (a new segment writer zeroes several MB of tables,
 /// then the files, their fsyncs, the merges), so it commits once a second
-/// at any rate: at 10,000 msg/s a commit every 2,000 events cost the one
-/// core ~4 µs per message more than one a second (bench/search.rs: 47%
-/// less CPU for the index). A match still shows within 2 s.
+/// at any rate: at 10,000 msg/s, a commit every 2,000 events took 60% more
+/// CPU for the index (bench/search.rs; on a live server the difference
+/// was within the noise). The commit's writes do not delay sled's flush
+/// (BENCHMARKS.md: as many slow flushes with the index on tmpfs). A match
+/// still shows within 2 s.
 const COMMIT_EVERY: Duration = Duration::from_secs(1);
 /// ... or sooner after this many events (a catch-up after a pause): the
 /// writer flushes its own segments at its memory budget anyway.
