@@ -18,7 +18,7 @@ use crate::{
 };
 use parking_lot::Mutex;
 use std::{
-    collections::{hash_map::Entry, BTreeSet, HashMap},
+    collections::{BTreeSet, HashMap},
     ops::Bound,
     path::Path,
     sync::Arc,
@@ -384,24 +384,26 @@ impl Search {
         }
         let searcher = self.reader.searcher();
         let query = BooleanQuery::new(clauses);
+        // Each segment's room and seq columns, by segment ordinal: a hit's
+        // room and seq are read from them (nothing is stored).
+        let columns = searcher
+            .segment_readers()
+            .iter()
+            .map(|r| Ok((r.fast_fields().str("room")?, r.fast_fields().u64("seq")?)))
+            .collect::<tantivy::Result<Vec<_>>>()?;
         let mut fetch = want + SLACK;
         loop {
             let top = TopDocs::with_limit(fetch).order_by_fast_field::<u64>("ts", Order::Desc);
             let hits = searcher.search(&query, &top)?;
             let full = hits.len() == fetch;
             let mut out = Vec::with_capacity(hits.len());
-            let mut columns = HashMap::new();
             for (ts, addr) in hits {
-                let (room, seq) = match columns.entry(addr.segment_ord) {
-                    Entry::Occupied(e) => e.into_mut(),
-                    Entry::Vacant(e) => {
-                        let fast = searcher.segment_reader(addr.segment_ord).fast_fields();
-                        e.insert((fast.str("room")?, fast.u64("seq")?))
-                    }
-                };
+                let (room, seq) = &columns[addr.segment_ord as usize];
                 let mut name = String::new();
-                if let Some(ord) = room.as_ref().and_then(|c| c.term_ords(addr.doc_id).next()) {
-                    room.as_ref().map(|c| c.ord_to_str(ord, &mut name)).transpose()?;
+                if let Some(room) = room {
+                    if let Some(ord) = room.term_ords(addr.doc_id).next() {
+                        room.ord_to_str(ord, &mut name)?;
+                    }
                 }
                 out.push((ts, name, seq.first(addr.doc_id).unwrap_or(0)));
             }
