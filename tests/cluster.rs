@@ -107,10 +107,23 @@ fn three(redis: &Redis) -> Vec<Server> {
     vec![node(redis, "n1"), node(redis, "n2"), node(redis, "n3")]
 }
 
-/// Every message of a room on a node, ascending, via `history` pages.
-fn history(server: &Server, room: &str) -> Vec<(u64, String)> {
+/// Every message of a room on a node, ascending, via `history` pages,
+/// once the node has applied seq `last`: another node's events reach this
+/// one through Redis, after the sender's ack and its own node's delivery,
+/// so a node may answer from a moment ago. It must catch up within 10 s.
+fn history(server: &Server, room: &str, last: u64) -> Vec<(u64, String)> {
     let mut c = server.client("auditor");
     c.join(room);
+    let mut out = Vec::new();
+    wait_for(Duration::from_secs(10), &format!("{} to apply seq {last}", server.addr), || {
+        out = history_pages(&mut c, room);
+        out.last().is_some_and(|m| m.0 >= last)
+    });
+    out
+}
+
+/// Every message of a room, ascending, via `history` pages, as `c` sees it now.
+fn history_pages(c: &mut Client, room: &str) -> Vec<(u64, String)> {
     let mut out = Vec::new();
     let mut after = 0;
     loop {
@@ -163,10 +176,10 @@ fn messages_cross_nodes_once_and_in_order() {
             c.ping_barrier().into_iter().filter(|v| ty(v) == "message").collect();
         assert!(extra.is_empty(), "duplicates: {extra:?}");
     }
-    let reference = history(&nodes[0], "hall");
+    let reference = history(&nodes[0], "hall", 30);
     assert_eq!(reference.len(), 30);
     for n in &nodes[1..] {
-        assert_eq!(history(n, "hall"), reference, "every node answers the same history");
+        assert_eq!(history(n, "hall", 30), reference, "every node answers the same history");
     }
     // A cluster node stops on SIGTERM like a single one (its bridge threads do not hold it).
     let mut nodes = nodes;
@@ -205,7 +218,7 @@ fn concurrent_senders_on_different_nodes_are_gap_free() {
     expect_messages(&mut watcher, "race", 1, 300);
     for n in &nodes {
         assert_eq!(
-            history(n, "race").iter().map(|m| m.0).collect::<Vec<_>>(),
+            history(n, "race", 300).iter().map(|m| m.0).collect::<Vec<_>>(),
             (1..=300).collect::<Vec<_>>()
         );
     }
@@ -299,10 +312,10 @@ fn killed_node_catches_up_with_identical_history() {
     // The restarted node delivers the next message live after what it repaired.
     let m = c3.recv_where(|v| ty(v) == "message" && v["text"] == "after");
     assert_eq!(m["seq"].as_u64(), Some(51));
-    let reference = history(&nodes[0], "k");
+    let reference = history(&nodes[0], "k", 51);
     assert_eq!(reference.iter().map(|m| m.0).collect::<Vec<_>>(), (1..=51).collect::<Vec<_>>());
-    assert_eq!(history(&nodes[2], "k"), reference, "the restarted node's history is identical");
-    assert_eq!(history(&nodes[1], "k"), reference);
+    assert_eq!(history(&nodes[2], "k", 51), reference, "the restarted node's history is identical");
+    assert_eq!(history(&nodes[1], "k", 51), reference);
 }
 
 #[test]
@@ -346,7 +359,7 @@ fn redis_outage_refuses_sends_then_recovers_without_loss() {
     assert_eq!(seen.keys().copied().collect::<Vec<_>>(), (1..=7).collect::<Vec<_>>());
     assert!(seen.values().all(|t| t != "lost?"));
     for n in &nodes {
-        let h = history(n, "o");
+        let h = history(n, "o", 7);
         assert_eq!(h.iter().map(|m| m.0).collect::<Vec<_>>(), (1..=7).collect::<Vec<_>>());
     }
 }
@@ -439,7 +452,7 @@ fn redis_command_errors_and_killed_connections_heal_within_10_s() {
     // Every acked message is in both nodes' history, once.
     acked.sort_unstable();
     for n in &nodes {
-        let seqs: Vec<u64> = history(n, "h").iter().map(|m| m.0).collect();
+        let seqs: Vec<u64> = history(n, "h", *acked.last().unwrap()).iter().map(|m| m.0).collect();
         for seq in &acked {
             assert_eq!(seqs.iter().filter(|s| *s == seq).count(), 1, "seq {seq} on {seqs:?}");
         }
