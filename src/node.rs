@@ -278,6 +278,18 @@ impl Node {
         self.fanout.dir().with_room(room, || self.storage.last_seq(room), f)
     }
 
+    /// Makes `room`'s directory entry if it has none. Its seq is read
+    /// once outside the shard lock, so that the read under the lock (which
+    /// keeps it exact against a concurrent first write) finds sled's pages
+    /// in memory and holds no other room of the shard waiting on the disk.
+    pub fn preload_room(&self, room: &str) {
+        if self.fanout.dir().has_room(room) {
+            return;
+        }
+        let _ = self.storage.last_seq(room);
+        let _ = self.with_room(room, |_| ());
+    }
+
     /// The room's latest durable seq: what history and subscriptions show.
     pub fn visible_seq(&self, room: &str) -> Result<u64, StorageError> {
         self.with_room(room, |e| e.durable)

@@ -107,6 +107,11 @@ impl Directory {
         Ok(f(entry))
     }
 
+    /// Whether `room` has an entry.
+    pub fn has_room(&self, room: &str) -> bool {
+        self.rooms.shard(room).lock().contains_key(room)
+    }
+
     /// Runs `f` on the user's entry (created empty if absent) under its shard
     /// lock; the entry is dropped again once it has no live connection.
     pub fn with_user<R>(&self, user: &Arc<str>, f: impl FnOnce(&mut UserEntry) -> R) -> R {

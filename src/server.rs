@@ -257,13 +257,17 @@ impl Server {
         // reactors, which count from sled until it is done. Nice 19, not
         // the idle class: it takes a room's lock for a moment, and a thread
         // the idle class starves could hold it while a reactor waits.
-        let tallies = node.storage().clone();
+        // Each room's directory entry (its seq) is made here too: a user's
+        // first `hello` after a start otherwise read the tail of each of
+        // their rooms from sled's file, under the directory's shard lock.
+        let warm = node.clone();
         thread::Builder::new()
             .name("chinwag-tally".into())
             .spawn(move || {
                 crate::priority::low_priority();
                 let t = std::time::Instant::now();
-                match tallies.preload_tallies() {
+                let storage = warm.storage();
+                match storage.preload_tallies_then(|room| warm.preload_room(room)) {
                     Ok(n) => log::info!("unread tallies of {n} rooms read in {:?}", t.elapsed()),
                     Err(e) => {
                         log::warn!("unread tallies not all read ({e}): the rest on first use")

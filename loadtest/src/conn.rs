@@ -29,6 +29,9 @@ pub struct Conn {
     buf: Vec<u8>,
     seed: u64,
     scratch: Vec<u8>,
+    /// When the last frame returned by [`Conn::next`] was complete (read
+    /// whole, not yet decoded).
+    frame_at: Instant,
 }
 
 impl Conn {
@@ -49,7 +52,14 @@ impl Conn {
         }
         seed |= 1;
         let key = ws::key(&mut seed);
-        let mut c = Conn { stream, enc, buf: Vec::new(), seed, scratch: vec![0; 256 << 10] };
+        let mut c = Conn {
+            stream,
+            enc,
+            buf: Vec::new(),
+            seed,
+            scratch: vec![0; 256 << 10],
+            frame_at: Instant::now(),
+        };
         let req = ws::request(
             &addr.to_string(),
             &format!("/ws?user={user}"),
@@ -69,6 +79,13 @@ impl Conn {
             return Err(format!("expected hello, got {hello}"));
         }
         Ok((c, hello))
+    }
+
+    /// When the last frame read (the `hello` after [`Conn::open`]) had
+    /// arrived whole: a latency that ends here leaves out the harness's
+    /// own decoding, which for a `hello` of 1,000 rooms is a millisecond.
+    pub fn frame_at(&self) -> Instant {
+        self.frame_at
     }
 
     /// The encoding spoken.
@@ -109,6 +126,7 @@ impl Conn {
     pub fn next(&mut self, deadline: Instant) -> Result<Value, String> {
         loop {
             if let Some(h) = ws::parse(&self.buf, MAX_FRAME)? {
+                self.frame_at = Instant::now();
                 let payload = self.buf[h.header_len..h.total()].to_vec();
                 self.buf.drain(..h.total());
                 match h.opcode {

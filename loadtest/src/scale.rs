@@ -535,7 +535,8 @@ fn hello(a: &ScaleArgs, shape: &Shape, server: &Server, r: &mut Report) -> Resul
         let u = user(k % shape.heavy);
         let t = Instant::now();
         let (conn, v) = Conn::open(server.addr, &u, a.encoding, REQUEST)?;
-        let us = t.elapsed().as_micros() as u64;
+        // Until the frame is in, not until the harness has decoded it.
+        let us = conn.frame_at().duration_since(t).as_micros() as u64;
         drop(conn);
         let rooms = v["rooms"].as_array().map_or(0, Vec::len);
         if rooms != shape.heavy_rooms.min(shape.rooms) && k < shape.heavy {

@@ -130,13 +130,21 @@ pub(crate) fn first_sight(ctx: &Ctx<'_>, user: &str, name: Option<&str>) -> Resu
 fn hello(ctx: &mut Ctx<'_>, id: ConnId, user: &str, name: Option<&str>, rooms: &[String]) {
     let node = ctx.node;
     let mut states = Vec::with_capacity(rooms.len());
+    // Both lists are in the order of room names: walked together.
     let reads = node.storage().read_markers(user).unwrap_or_default();
+    let mut reads = reads.iter().peekable();
     for room in rooms {
         let seq = match ctx.local.subscribe(node, ctx.conns, id, room, None, true) {
             Ok((_, seq)) => seq,
             Err(_) => 0,
         };
-        let read = reads.get(room).copied().unwrap_or(0);
+        let read = loop {
+            match reads.peek() {
+                Some((r, _)) if r.as_str() < room.as_str() => drop(reads.next()),
+                Some((r, seq)) if r == room => break *seq,
+                _ => break 0,
+            }
+        };
         // Nothing above the marker: no need to read the room's indexes.
         let (unread, mentions) = if read >= seq {
             (0, 0)
