@@ -157,7 +157,9 @@ impl Worker {
             self.alive.beat(self.slot);
             if checked.elapsed() >= CHECK_EVERY {
                 checked = Instant::now();
-                self.maintain();
+                if !self.maintain(&rx) {
+                    break;
+                }
             }
             let first = match rx.recv_timeout(IDLE_BEAT) {
                 Ok(Some(p)) => p,
@@ -198,16 +200,51 @@ impl Worker {
     /// Once a second: the free-space guard, and healing a failed storage
     /// (sled stays failed after an I/O error, so it is reopened; whatever
     /// was allocated but never released is dropped).
-    fn maintain(&self) {
+    /// Returns false if asked to stop meanwhile.
+    fn maintain(&self, rx: &Receiver<Option<AfterFlush>>) -> bool {
         self.storage.check_space(self.min_free);
         if !self.storage.is_failed() || self.storage.flush().is_ok() {
-            return;
+            return true;
         }
-        let fanout = &self.fanout;
-        let purge = |remove: &dyn Fn(&str, u64, u64)| fanout.forget_unreleased(remove);
+        let mut running = true;
+        let purge = |remove: &dyn Fn(&str, u64, u64)| {
+            self.fanout.forget_unreleased(remove);
+            running = self.refuse_queued(rx);
+        };
         if self.storage.reopen(purge).is_ok() {
             let _ = self.storage.flush();
         }
+        running
+    }
+
+    /// During a reopen's purge, while writes are refused: what is queued
+    /// was written into the old database and never flushed, and the purge
+    /// took back every room event not released. So each is answered
+    /// `unavailable` without touching storage again. Returns false if
+    /// asked to stop meanwhile.
+    fn refuse_queued(&self, rx: &Receiver<Option<AfterFlush>>) -> bool {
+        while let Ok(p) = rx.try_recv() {
+            let Some(p) = p else { return false };
+            match p.then {
+                Then::Nothing => {}
+                Then::Cmd { reactor, fail, .. } => {
+                    if let Some(cmd) = fail {
+                        self.fanout.send_to(reactor, cmd);
+                    }
+                }
+                Then::Answer { to, down, .. } => {
+                    self.fanout
+                        .send_to(to.reactor(), Cmd::Reply { to, reply: Reply::Unavailable(down) });
+                }
+                Then::Message(m) => {
+                    if let Some(to) = m.to {
+                        let reply = Reply::Unavailable(to.down());
+                        self.fanout.send_to(to.reactor(), Cmd::Reply { to, reply });
+                    }
+                }
+            }
+        }
+        true
     }
 
     /// Releases a flushed batch (`ok`), or answers it `unavailable`.

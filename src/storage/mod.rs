@@ -139,6 +139,10 @@ struct Inner {
     healthy: AtomicBool,
     /// The file system has less than `min_free` bytes free: writes refused.
     low_space: AtomicBool,
+    /// A reopen is under way: writes refused until its purge is done. The
+    /// new database serves the repair before that, and a write taken then
+    /// got a seq the purge would take back from under it.
+    reopening: AtomicBool,
     /// The clean-stop mark is set: the next event write takes it away.
     marked_clean: AtomicBool,
     /// Unread and mention counts of the rooms counted so far.
@@ -177,6 +181,7 @@ impl Storage {
                 trees: RwLock::new(Some(Arc::new(trees))),
                 healthy: AtomicBool::new(true),
                 low_space: AtomicBool::new(false),
+                reopening: AtomicBool::new(false),
                 marked_clean: AtomicBool::new(false),
                 tallies: tally::Tallies::default(),
                 memberships: AtomicU64::new(0),
@@ -267,6 +272,9 @@ impl Storage {
         if self.inner.low_space.load(Ordering::Relaxed) {
             return Err(StorageError("free disk space is below min_free".into()));
         }
+        if self.inner.reopening.load(Ordering::SeqCst) {
+            return Err(StorageError("reopening".into()));
+        }
         Ok(())
     }
 
@@ -309,6 +317,14 @@ impl Storage {
     /// new one serves, `purge` may take events back from it: it gets a
     /// remover of the events `(after, upto]` of a room.
     pub fn reopen(&self, purge: impl FnOnce(&dyn Fn(&str, u64, u64))) -> Result<()> {
+        self.inner.reopening.store(true, Ordering::SeqCst);
+        let r = self.reopen_gated(purge);
+        self.inner.reopening.store(false, Ordering::SeqCst);
+        r
+    }
+
+    /// [`Storage::reopen`], while writes are refused.
+    fn reopen_gated(&self, purge: impl FnOnce(&dyn Fn(&str, u64, u64))) -> Result<()> {
         let old = self.inner.trees.write().take();
         if let Some(old) = old {
             // Wait (briefly) for operations in flight to drop their handle,
