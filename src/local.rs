@@ -18,8 +18,9 @@ use crate::{
     conn::{ConnTable, Session},
     fanout::{ConnId, UserAction},
     node::Node,
+    rooms::RoomEntry,
     storage::StorageError,
-    wire::{self, Cursor, Encoded, Encoding},
+    wire::{self, Cursor, Encoded, Encoding, Presence, ServerFrame},
 };
 use std::{collections::HashMap, sync::Arc};
 
@@ -40,6 +41,17 @@ struct LocalRoom {
     subs: Vec<Sub>,
     json: u32,
     msgpack: u32,
+}
+
+/// How a subscription comes about.
+#[derive(Clone, Copy, Debug)]
+pub enum Fresh<'a> {
+    /// The session may hold the room already (a `join`, another
+    /// connection's): checked first.
+    No,
+    /// A session's opening, which holds no room yet; with a user, the room
+    /// is told they came online (in the same directory visit).
+    Opening(Option<&'a Arc<str>>),
 }
 
 /// One reactor's rooms and users.
@@ -86,13 +98,28 @@ impl LocalIndex {
         })
     }
 
-    /// Takes a closing session out of every room and of its user's list;
-    /// true if it was the user's last on the node.
-    pub fn remove_session(&mut self, node: &Node, session: &mut Session, id: ConnId) -> bool {
+    /// Takes a closing session out of its user's list, then out of every
+    /// room; `offline(last)` is asked, with whether it was the user's last
+    /// connection on the node, whether to tell its rooms the user left
+    /// (told in the same directory visit as the unsubscription).
+    pub fn remove_session(
+        &mut self,
+        node: &Node,
+        session: &mut Session,
+        id: ConnId,
+        offline: impl FnOnce(bool) -> bool,
+    ) {
+        let last = self.remove_user_session(node, &session.user, id);
+        let announce = offline(last).then(|| session.user.clone());
         for room in std::mem::take(&mut session.rooms) {
-            self.drop_sub(node, id, &room, session.enc);
+            self.drop_sub(node, id, &room, session.enc, announce.as_ref());
         }
-        let user = session.user.clone();
+    }
+
+    /// Takes connection `id` out of `user`'s list; true if it was the
+    /// user's last on the node.
+    fn remove_user_session(&mut self, node: &Node, user: &Arc<str>, id: ConnId) -> bool {
+        let user = user.clone();
         let mut last_here = false;
         if let Some(list) = self.users.get_mut(&user) {
             list.retain(|&c| c != id);
@@ -123,7 +150,7 @@ impl LocalIndex {
         id: ConnId,
         room: &str,
         known: Option<u64>,
-        fresh: bool,
+        fresh: Fresh<'_>,
     ) -> Result<(Arc<str>, u64), StorageError> {
         let Some(session) = conns.session_mut(id) else {
             return Err(StorageError("gone".into()));
@@ -132,13 +159,22 @@ impl LocalIndex {
         // A session's first subscriptions (its `hello`) are new by
         // construction; the check is linear, so a user in 1,000 rooms made
         // it quadratic.
-        let dup = if fresh { None } else { session.rooms.iter().find(|r| &***r == room) };
+        let (dup, online) = match fresh {
+            Fresh::No => (session.rooms.iter().find(|r| &***r == room), None),
+            Fresh::Opening(user) => (None, user),
+        };
         if let Some(name) = dup.cloned() {
             let seq = node.visible_seq(room)?;
             return Ok((name, seq));
         }
         let bit = self.bit();
         let (name, seq) = node.with_room(room, |e| {
+            // Before this subscription: the frame skips the user anyway,
+            // and a room with nobody on this node encodes nothing.
+            if let Some(user) = online {
+                let frame = ServerFrame::Presence { room, user, state: Presence::Online };
+                node.fanout().broadcast_in(e, &frame, 0, Some(user.clone()));
+            }
             e.reactors |= bit;
             match enc {
                 Encoding::Json => e.json |= bit,
@@ -173,17 +209,35 @@ impl LocalIndex {
         session.rooms.retain(|r| **r != *room);
         if session.rooms.len() != before {
             let enc = session.enc;
-            self.drop_sub(node, id, room, enc);
+            self.drop_sub(node, id, room, enc, None);
         }
     }
 
     /// Removes `id` from `room`'s subscribers and, when this reactor has no
-    /// subscriber (of an encoding) left, clears its bits in the directory.
-    fn drop_sub(&mut self, node: &Node, id: ConnId, room: &str, enc: Encoding) {
-        let Some(local) = self.rooms.get_mut(room) else { return };
+    /// subscriber (of an encoding) left, clears its bits in the directory;
+    /// with `offline`, tells the room that user went offline.
+    fn drop_sub(
+        &mut self,
+        node: &Node,
+        id: ConnId,
+        room: &str,
+        enc: Encoding,
+        offline: Option<&Arc<str>>,
+    ) {
+        let tell = |e: &RoomEntry| {
+            if let Some(user) = offline {
+                let frame = ServerFrame::Presence { room, user, state: Presence::Offline };
+                node.fanout().broadcast_in(e, &frame, 0, Some(user.clone()));
+            }
+        };
+        let Some(local) = self.rooms.get_mut(room) else {
+            let _ = node.with_room(room, |e| tell(e));
+            return;
+        };
         let before = local.subs.len();
         local.subs.retain(|s| s.id != id);
         if local.subs.len() == before {
+            let _ = node.with_room(room, |e| tell(e));
             return;
         }
         let count = match enc {
@@ -196,9 +250,10 @@ impl LocalIndex {
         if empty {
             self.rooms.remove(room);
         }
-        if json_gone || mp_gone {
+        if json_gone || mp_gone || offline.is_some() {
             let bit = self.bit();
             let _ = node.with_room(room, |e| {
+                tell(e);
                 if json_gone {
                     e.json &= !bit;
                 }
@@ -267,7 +322,7 @@ impl LocalIndex {
             match action {
                 UserAction::None => {}
                 UserAction::Subscribe { room, floor } => {
-                    let _ = self.subscribe(node, conns, id, room, Some(*floor), false);
+                    let _ = self.subscribe(node, conns, id, room, Some(*floor), Fresh::No);
                 }
                 UserAction::Unsubscribe { room } => self.unsubscribe(node, conns, id, room),
             }

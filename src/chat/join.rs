@@ -7,6 +7,7 @@ use super::{presence, Ctx};
 use crate::{
     durable::AfterFlush,
     fanout::{Cmd, Reply, ReplyTo, UserAction, STORAGE_DOWN},
+    local::Fresh,
     storage::Storage,
     wire::{self, http, Code, Cursor, Msg, Presence, Refusal, ServerFrame},
 };
@@ -83,7 +84,7 @@ fn subscribe_and_reply(
     let conn = to.conn();
     match to {
         ReplyTo::Ws { id, .. } if ctx.conns.session(conn).is_some() => {
-            let (_, seq) = ctx.local.subscribe(node, ctx.conns, conn, room, None, false)?;
+            let (_, seq) = ctx.local.subscribe(node, ctx.conns, conn, room, None, Fresh::No)?;
             let (mut history, mut more) = history_for(node.storage(), room, since, seq)?;
             more |= super::history::fit(&mut history, node.cfg().max_output, since.is_some());
             let (members, online) = presence::online_members(node, room)?;

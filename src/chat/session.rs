@@ -9,6 +9,7 @@ use crate::{
     conn::{Bucket, Framing, Session},
     durable::AfterFlush,
     fanout::ConnId,
+    local::Fresh,
     wire::{self, http, Encoding, Presence, Refusal, RoomState, ServerFrame},
 };
 use bytes::Bytes;
@@ -86,16 +87,10 @@ pub(crate) fn open(ctx: &mut Ctx<'_>, id: ConnId, up: Upgrade, ws_config: &WebSo
     // 1,000 rooms was a fifth of `hello`'s sled reads.)
     let unchanged = node.storage().membership_gen() == gen;
     let rooms = if unchanged { rooms } else { node.storage().rooms_of(&user).unwrap_or(rooms) };
-    // Cluster-wide, this is only news if no other node has them. Told
-    // before this connection subscribes: the sender never gets its own
-    // presence, and a room with nobody else here then costs no frame (a
-    // user in 1,000 quiet rooms paid 1,000 encodes per connect).
-    if first && !node.peers().presence(&user, true) {
-        for room in &rooms {
-            node.presence(room, &user, Presence::Online);
-        }
-    }
-    hello(ctx, id, &user, up.claims.name.as_deref(), &rooms);
+    // Cluster-wide, this is only news if no other node has them. Told as
+    // this connection subscribes, room by room (one directory visit each).
+    let online = first && !node.peers().presence(&user, true);
+    hello(ctx, id, &user, up.claims.name.as_deref(), &rooms, online);
 }
 
 /// Records the user's display name (telling the other nodes when it
@@ -127,14 +122,23 @@ pub(crate) fn first_sight(ctx: &Ctx<'_>, user: &str, name: Option<&str>) -> Resu
 }
 
 /// Subscribes connection `id` to every room of the user and sends `hello`.
-fn hello(ctx: &mut Ctx<'_>, id: ConnId, user: &str, name: Option<&str>, rooms: &[String]) {
+/// With `online`, each room is told the user came online.
+fn hello(
+    ctx: &mut Ctx<'_>,
+    id: ConnId,
+    user: &Arc<str>,
+    name: Option<&str>,
+    rooms: &[String],
+    online: bool,
+) {
+    let fresh = Fresh::Opening(online.then_some(user));
     let node = ctx.node;
     let mut states = Vec::with_capacity(rooms.len());
     // Both lists are in the order of room names: walked together.
     let reads = node.storage().read_markers(user).unwrap_or_default();
     let mut reads = reads.iter().peekable();
     for room in rooms {
-        let seq = match ctx.local.subscribe(node, ctx.conns, id, room, None, true) {
+        let seq = match ctx.local.subscribe(node, ctx.conns, id, room, None, fresh) {
             Ok((_, seq)) => seq,
             Err(_) => 0,
         };
@@ -169,11 +173,8 @@ pub(crate) fn close(ctx: &mut Ctx<'_>, id: ConnId, mut session: Session) {
     let node = ctx.node;
     node.count_connection(id.reactor, false, ctx.conns.len());
     node.release_ip(session.ip);
-    let rooms: Vec<Arc<str>> = session.rooms.clone();
-    let last = ctx.local.remove_session(node, &mut session, id);
-    if last && !node.peers().presence(&session.user, false) {
-        for room in &rooms {
-            node.presence(room, &session.user, Presence::Offline);
-        }
-    }
+    let user = session.user.clone();
+    // Cluster-wide, this is only news if no other node has them.
+    let offline = |last| last && !node.peers().presence(&user, false);
+    ctx.local.remove_session(node, &mut session, id, offline);
 }
