@@ -230,15 +230,17 @@ impl LocalIndex {
                 node.fanout().broadcast_in(e, &frame, 0, Some(user.clone()));
             }
         };
-        let Some(local) = self.rooms.get_mut(room) else {
-            let _ = node.with_room(room, |e| tell(e));
-            return;
+        // Not subscribed here after all: only the news, if any.
+        let only_tell = || {
+            if offline.is_some() {
+                let _ = node.with_room(room, |e| tell(e));
+            }
         };
+        let Some(local) = self.rooms.get_mut(room) else { return only_tell() };
         let before = local.subs.len();
         local.subs.retain(|s| s.id != id);
         if local.subs.len() == before {
-            let _ = node.with_room(room, |e| tell(e));
-            return;
+            return only_tell();
         }
         let count = match enc {
             Encoding::Json => &mut local.json,
