@@ -526,4 +526,26 @@ mod tests {
         s.flush().unwrap();
         assert!(moved(&|| s.reopen(|_| {}).is_ok()).1, "a reopen");
     }
+
+    /// A reopen's purge takes back events by seq: a write taken before it
+    /// is done could be one of them, after it was accepted.
+    #[test]
+    fn writes_are_refused_until_a_reopen_has_purged() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(dir.path()).unwrap();
+        s.append("r", 1, 10, "u", "kept").unwrap();
+        s.flush().unwrap();
+        let mut during = Vec::new();
+        s.reopen(|remove| {
+            during.push(s.append("r", 2, 20, "u", "during").is_err());
+            during.push(s.add_member("r", "bob").is_err());
+            during.push(s.set_read("bob", "r", 1).is_err());
+            remove("r", 1, 2);
+        })
+        .unwrap();
+        assert_eq!(during, vec![true; 3], "a write was taken during the reopen");
+        assert_eq!(s.last_seq("r").unwrap(), 1);
+        s.append("r", 2, 20, "u", "after").unwrap();
+        assert_eq!(s.last_seq("r").unwrap(), 2, "writes are taken again after it");
+    }
 }
