@@ -223,28 +223,19 @@ impl Worker {
     /// `unavailable` without touching storage again. Returns false if
     /// asked to stop meanwhile.
     fn refuse_queued(&self, rx: &Receiver<Option<AfterFlush>>) -> bool {
+        let mut batch = Vec::new();
+        let mut running = true;
         while let Ok(p) = rx.try_recv() {
-            let Some(p) = p else { return false };
-            match p.then {
-                Then::Nothing => {}
-                Then::Cmd { reactor, fail, .. } => {
-                    if let Some(cmd) = fail {
-                        self.fanout.send_to(reactor, cmd);
-                    }
-                }
-                Then::Answer { to, down, .. } => {
-                    self.fanout
-                        .send_to(to.reactor(), Cmd::Reply { to, reply: Reply::Unavailable(down) });
-                }
-                Then::Message(m) => {
-                    if let Some(to) = m.to {
-                        let reply = Reply::Unavailable(to.down());
-                        self.fanout.send_to(to.reactor(), Cmd::Reply { to, reply });
-                    }
+            match p {
+                Some(p) => batch.push(p),
+                None => {
+                    running = false;
+                    break;
                 }
             }
         }
-        true
+        self.answer(&mut batch, false, Instant::now());
+        running
     }
 
     /// Releases a flushed batch (`ok`), or answers it `unavailable`.
@@ -261,6 +252,12 @@ impl Worker {
                 }
             }
         }
+        self.answer(batch, ok, done);
+    }
+
+    /// Delivers a flushed batch and its answers (`ok`), or answers it
+    /// `unavailable`; storage and seqs are the caller's business.
+    fn answer(&self, batch: &mut Vec<AfterFlush>, ok: bool, done: Instant) {
         for p in batch.drain(..) {
             self.metrics.observe_ack(done.saturating_duration_since(p.at).as_secs_f64());
             match p.then {

@@ -119,17 +119,16 @@ impl LocalIndex {
     /// Takes connection `id` out of `user`'s list; true if it was the
     /// user's last on the node.
     fn remove_user_session(&mut self, node: &Node, user: &Arc<str>, id: ConnId) -> bool {
-        let user = user.clone();
         let mut last_here = false;
-        if let Some(list) = self.users.get_mut(&user) {
+        if let Some(list) = self.users.get_mut(user) {
             list.retain(|&c| c != id);
             if list.is_empty() {
-                self.users.remove(&user);
+                self.users.remove(user);
                 last_here = true;
             }
         }
         let bit = self.bit();
-        node.with_user(&user, |e| {
+        node.with_user(user, |e| {
             e.live = e.live.saturating_sub(1);
             if last_here {
                 e.reactors &= !bit;
