@@ -192,6 +192,8 @@ impl std::fmt::Display for StartError {
 impl Server {
     /// Opens storage, binds the listeners and starts every thread.
     pub fn start(cfg: Config) -> Result<Server, StartError> {
+        // Connections' timers count from here.
+        crate::conn::tick::ms(std::time::Instant::now());
         // The address first: a second server on it is refused before it
         // touches the data directory (and its control socket).
         let (listeners, addr) = listeners(cfg.listen, cfg.threads)?;

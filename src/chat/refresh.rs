@@ -4,6 +4,7 @@
 use super::Ctx;
 use crate::{
     auth::Claims,
+    conn::TokenClaims,
     fanout::ReplyTo,
     wire::{self, Code, Refusal, ServerFrame},
 };
@@ -17,22 +18,28 @@ pub(crate) fn refresh(ctx: &mut Ctx<'_>, to: &ReplyTo) -> Result<(), Refusal> {
     let keys = ctx.node.keys();
     let Some(session) = ctx.conns.session_mut(conn) else { return Ok(()) };
     let now = wire::now_ms() / 1000;
-    let lifetime = match (session.iat, session.exp) {
+    let old = session.token.take().unwrap_or_default();
+    let lifetime = match (old.iat, session.exp) {
         (Some(iat), exp) if exp > iat && exp != u64::MAX => exp - iat,
         _ => DEFAULT_LIFETIME_S,
     };
     let claims = Claims {
         sub: session.user.to_string(),
         exp: now + lifetime,
-        name: session.name.as_deref().map(str::to_string),
+        name: old.name.as_deref().map(str::to_string),
         admin: session.admin,
         jti: Some(hex::encode(rand::random::<[u8; 16]>())),
         iat: Some(now),
     };
-    let token = keys.sign(&claims).map_err(|_| Refusal::new(Code::Internal, "cannot sign"))?;
+    let token = match keys.sign(&claims) {
+        Ok(t) => t,
+        Err(_) => {
+            session.token = Some(old);
+            return Err(Refusal::new(Code::Internal, "cannot sign"));
+        }
+    };
     session.exp = claims.exp;
-    session.jti = claims.jti;
-    session.iat = claims.iat;
+    session.token = TokenClaims::boxed(claims.name.as_deref(), claims.jti.as_deref(), claims.iat);
     let frame = ServerFrame::Token { id: to.id(), token: &token, exp: claims.exp };
     ctx.frame(conn, &frame);
     Ok(())

@@ -6,7 +6,7 @@
 use super::Ctx;
 use crate::{
     auth::Claims,
-    conn::{Bucket, Framing, Session},
+    conn::{Bucket, Framing, Session, Tick, TokenClaims},
     durable::AfterFlush,
     fanout::ConnId,
     local::Fresh,
@@ -54,26 +54,25 @@ pub(crate) fn open(ctx: &mut Ctx<'_>, id: ConnId, up: Upgrade, ws_config: &WebSo
     }
     let Some(conn) = ctx.conns.get_mut(id) else { return };
     let ws = Framing::new(up.leftover, ws_config);
-    let name = up.claims.name.as_deref().map(Box::from);
+    let c = &up.claims;
+    let token = TokenClaims::boxed(c.name.as_deref(), c.jti.as_deref(), c.iat);
     conn.open(
         up.response,
         Session {
             ws,
             user: user.clone(),
-            name,
+            token,
             admin: up.claims.admin,
             exp: up.claims.exp,
-            jti: up.claims.jti,
-            iat: up.claims.iat,
             ip,
             enc: up.enc,
             rooms: Vec::with_capacity(rooms.len()),
             bucket: Bucket::new(node.cfg().burst, ctx.now),
-            pinged: ctx.now,
+            pinged: Tick::at(ctx.now),
             // Never the current generation: the first sweep checks the
             // token again, so a revocation made after the upgrade's check
             // (on another thread) is not missed.
-            revocation_gen: u64::MAX,
+            revocation_gen: u32::MAX,
         },
     );
     node.count_connection(id.reactor, true, ctx.conns.len());

@@ -11,6 +11,7 @@ mod close;
 mod framing;
 mod outq;
 mod table;
+pub mod tick;
 mod transport;
 
 pub use bucket::{Bucket, Limited};
@@ -18,6 +19,7 @@ pub use close::Close;
 pub use framing::Framing;
 pub use outq::{would_block, OutQueue};
 pub use table::ConnTable;
+pub use tick::Tick;
 pub use transport::Transport;
 
 use crate::{auth::Revocations, wire::Encoding};
@@ -48,16 +50,13 @@ pub struct Session {
     pub ws: Framing,
     /// The user id.
     pub user: Arc<str>,
-    /// The token's display name (kept for `refresh`).
-    pub name: Option<Box<str>>,
+    /// The token's claims beyond the user: none for a client of `--open`
+    /// mode, so it costs a pointer there.
+    pub token: Option<Box<TokenClaims>>,
     /// The token's `admin` claim (deletes anyone's message; `refresh`).
     pub admin: bool,
     /// Token expiry, seconds since the epoch (`u64::MAX`: none).
     pub exp: u64,
-    /// Token id, for revocation.
-    pub jti: Option<String>,
-    /// When the token was issued (revocation by user).
-    pub iat: Option<u64>,
     /// The client's address (per-address connection cap).
     pub ip: Option<std::net::IpAddr>,
     /// The encoding it speaks.
@@ -69,9 +68,32 @@ pub struct Session {
     /// Frame rate limit.
     pub bucket: Bucket,
     /// When we last sent a ping.
-    pub pinged: Instant,
+    pub pinged: Tick,
     /// Last revocation generation checked.
-    pub revocation_gen: u64,
+    pub revocation_gen: u32,
+}
+
+/// The claims of a session's token that only `refresh` and revocation read.
+#[derive(Debug, Default)]
+pub struct TokenClaims {
+    /// The display name (kept for `refresh`).
+    pub name: Option<Box<str>>,
+    /// The token's id, for revocation.
+    pub jti: Option<Box<str>>,
+    /// When it was issued (revocation by user).
+    pub iat: Option<u64>,
+}
+
+impl TokenClaims {
+    /// The claims worth keeping, boxed; `None` when there are none.
+    pub fn boxed(
+        name: Option<&str>,
+        jti: Option<&str>,
+        iat: Option<u64>,
+    ) -> Option<Box<TokenClaims>> {
+        let c = TokenClaims { name: name.map(Box::from), jti: jti.map(Box::from), iat };
+        (c.name.is_some() || c.jti.is_some() || c.iat.is_some()).then(|| Box::new(c))
+    }
 }
 
 impl std::fmt::Debug for Session {
@@ -97,7 +119,7 @@ enum Phase {
     /// and whether its head is already whole (only a body is missing).
     Http(Vec<u8>, bool),
     /// An API call waiting (since then) for the flush that makes it durable.
-    HttpWait(Instant),
+    HttpWait(Tick),
     /// A live WebSocket.
     Open(Session),
     /// Sending what is queued, then closing: give up at `until`; `shut`:
@@ -137,16 +159,17 @@ pub enum Due {
     GiveUp,
 }
 
-/// One client connection.
+/// One client connection: a slot of its reactor's slab, for every
+/// connection whether busy or idle, so kept small (200 bytes).
 #[derive(Debug)]
 pub struct Conn {
     gen: u32,
+    born: Tick,
+    /// Last frame (or byte, before the upgrade) from the peer.
+    seen: Tick,
     sock: Transport,
     out: OutQueue,
     phase: Phase,
-    born: Instant,
-    /// Last frame (or byte, before the upgrade) from the peer.
-    seen: Instant,
     /// Queued in the table's dirty list this turn.
     dirty: bool,
     /// The request's route, an index in `metrics::ROUTES` (0 until known).
@@ -157,11 +180,11 @@ impl Conn {
     fn new(gen: u32, sock: Transport, now: Instant) -> Conn {
         Conn {
             gen,
+            born: Tick::at(now),
+            seen: Tick::at(now),
             sock,
             out: OutQueue::default(),
             phase: Phase::Http(Vec::new(), false),
-            born: now,
-            seen: now,
             dirty: false,
             route: 0,
         }
@@ -236,7 +259,7 @@ impl Conn {
                 Err(_) => return None,
             }
         }
-        self.seen = now;
+        self.seen = Tick::at(now);
         Some((kept, head))
     }
 
@@ -251,7 +274,7 @@ impl Conn {
     /// Parks an API call until its durable answer comes back.
     pub fn park(&mut self, now: Instant) {
         if let Phase::Http(..) = self.phase {
-            self.phase = Phase::HttpWait(now);
+            self.phase = Phase::HttpWait(Tick::at(now));
         }
     }
 
@@ -284,7 +307,7 @@ impl Conn {
         loop {
             return match session.ws.read(&mut self.sock, &mut self.out, cfg) {
                 Ok(msg) => {
-                    self.seen = now;
+                    self.seen = Tick::at(now);
                     match msg {
                         Message::Text(_) | Message::Binary(_) => WsRead::Message(msg),
                         Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => WsRead::Control,
@@ -370,23 +393,30 @@ impl Conn {
     /// What the sweep finds due. `now_s`: seconds since the epoch (token expiry).
     pub fn due(&mut self, now: Instant, now_s: u64, revoked: &Revocations) -> Due {
         match &mut self.phase {
-            Phase::Http(..) if now.duration_since(self.born) >= HTTP_DEADLINE => Due::Reap,
-            Phase::HttpWait(since) if now.duration_since(*since) >= ANSWER_DEADLINE => Due::GiveUp,
+            Phase::Http(..) if self.born.elapsed(now) >= HTTP_DEADLINE => Due::Reap,
+            Phase::HttpWait(since) if since.elapsed(now) >= ANSWER_DEADLINE => Due::GiveUp,
             Phase::Http(..) | Phase::HttpWait(_) => Due::Nothing,
             Phase::Closing { until, .. } if now >= *until => Due::Reap,
             Phase::Closing { .. } => Due::Nothing,
             Phase::Open(s) => {
                 let generation = revoked.generation();
-                let gone = s.revocation_gen != generation && {
-                    s.revocation_gen = generation;
-                    revoked.refuses(s.jti.as_deref(), &s.user, s.iat)
+                // The generation's low bits: a check skipped wrongly would
+                // need exactly 2^32 revocations between two sweeps.
+                let gone = s.revocation_gen != generation as u32 && {
+                    s.revocation_gen = generation as u32;
+                    let t = s.token.as_deref();
+                    revoked.refuses(
+                        t.and_then(|t| t.jti.as_deref()),
+                        &s.user,
+                        t.and_then(|t| t.iat),
+                    )
                 };
                 if gone || s.exp <= now_s {
                     Due::Close(Close::TokenGone)
-                } else if now.duration_since(self.seen) >= IDLE_LIMIT {
+                } else if self.seen.elapsed(now) >= IDLE_LIMIT {
                     Due::Close(Close::Away)
-                } else if now.duration_since(s.pinged) >= PING_EVERY {
-                    s.pinged = now;
+                } else if s.pinged.elapsed(now) >= PING_EVERY {
+                    s.pinged = Tick::at(now);
                     Due::Ping
                 } else {
                     Due::Nothing
