@@ -22,6 +22,7 @@ use crate::{
     storage::StorageError,
     wire::{self, Cursor, Encoded, Encoding, Presence, ServerFrame},
 };
+use smallvec::SmallVec;
 use std::{collections::HashMap, sync::Arc};
 
 /// A subscription catching up from storage fetches at most this many messages.
@@ -59,7 +60,9 @@ pub enum Fresh<'a> {
 pub struct LocalIndex {
     reactor: u16,
     rooms: HashMap<Arc<str>, LocalRoom>,
-    users: HashMap<Arc<str>, Vec<ConnId>>,
+    /// A user's connections here: most users hold one, kept inline (a
+    /// list of its own was a 32-byte block per connected user).
+    users: HashMap<Arc<str>, SmallVec<[ConnId; 1]>>,
 }
 
 impl LocalIndex {
@@ -83,9 +86,6 @@ impl LocalIndex {
     /// Counts a new session of `user`; true if it is the user's first on the node.
     pub fn add_session(&mut self, node: &Node, user: &Arc<str>, id: ConnId) -> bool {
         let local = self.users.entry(user.clone()).or_default();
-        // Exact: most users hold one connection, and the default growth
-        // gave each of them room for four (a 48-byte block per user).
-        local.reserve_exact(1);
         local.push(id);
         let first_here = local.len() == 1;
         let bit = self.bit();
@@ -121,7 +121,7 @@ impl LocalIndex {
     fn remove_user_session(&mut self, node: &Node, user: &Arc<str>, id: ConnId) -> bool {
         let mut last_here = false;
         if let Some(list) = self.users.get_mut(user) {
-            list.retain(|&c| c != id);
+            list.retain(|c| *c != id);
             if list.is_empty() {
                 self.users.remove(user);
                 last_here = true;

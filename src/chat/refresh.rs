@@ -4,7 +4,7 @@
 use super::Ctx;
 use crate::{
     auth::Claims,
-    conn::TokenClaims,
+    conn::{Session, TokenClaims},
     fanout::ReplyTo,
     wire::{self, Code, Refusal, ServerFrame},
 };
@@ -19,8 +19,8 @@ pub(crate) fn refresh(ctx: &mut Ctx<'_>, to: &ReplyTo) -> Result<(), Refusal> {
     let Some(session) = ctx.conns.session_mut(conn) else { return Ok(()) };
     let now = wire::now_ms() / 1000;
     let old = session.token.take().unwrap_or_default();
-    let lifetime = match (old.iat, session.exp) {
-        (Some(iat), exp) if exp > iat && exp != u64::MAX => exp - iat,
+    let lifetime = match (u64::from(session.iat), session.exp) {
+        (iat, exp) if iat > 0 && exp > iat && exp != u64::MAX => exp - iat,
         _ => DEFAULT_LIFETIME_S,
     };
     let claims = Claims {
@@ -39,7 +39,8 @@ pub(crate) fn refresh(ctx: &mut Ctx<'_>, to: &ReplyTo) -> Result<(), Refusal> {
         }
     };
     session.exp = claims.exp;
-    session.token = TokenClaims::boxed(claims.name.as_deref(), claims.jti.as_deref(), claims.iat);
+    session.token = TokenClaims::boxed(claims.name.as_deref(), claims.jti.as_deref());
+    session.iat = Session::iat_of(claims.iat);
     let frame = ServerFrame::Token { id: to.id(), token: &token, exp: claims.exp };
     ctx.frame(conn, &frame);
     Ok(())

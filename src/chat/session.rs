@@ -55,13 +55,15 @@ pub(crate) fn open(ctx: &mut Ctx<'_>, id: ConnId, up: Upgrade, ws_config: &WebSo
     let Some(conn) = ctx.conns.get_mut(id) else { return };
     let ws = Framing::new(up.leftover, ws_config);
     let c = &up.claims;
-    let token = TokenClaims::boxed(c.name.as_deref(), c.jti.as_deref(), c.iat);
+    let (token, iat) =
+        (TokenClaims::boxed(c.name.as_deref(), c.jti.as_deref()), Session::iat_of(c.iat));
     conn.open(
         up.response,
         Session {
             ws,
             user: user.clone(),
             token,
+            iat,
             admin: up.claims.admin,
             exp: up.claims.exp,
             ip,

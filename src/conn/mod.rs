@@ -50,9 +50,12 @@ pub struct Session {
     pub ws: Framing,
     /// The user id.
     pub user: Arc<str>,
-    /// The token's claims beyond the user: none for a client of `--open`
-    /// mode, so it costs a pointer there.
+    /// The token's name and id: none for a client of `--open` mode, so
+    /// they cost a pointer there.
     pub token: Option<Box<TokenClaims>>,
+    /// When the token was issued, seconds since the epoch (0: not said),
+    /// for revocation by user.
+    pub iat: u32,
     /// The token's `admin` claim (deletes anyone's message; `refresh`).
     pub admin: bool,
     /// Token expiry, seconds since the epoch (`u64::MAX`: none).
@@ -80,19 +83,21 @@ pub struct TokenClaims {
     pub name: Option<Box<str>>,
     /// The token's id, for revocation.
     pub jti: Option<Box<str>>,
-    /// When it was issued (revocation by user).
-    pub iat: Option<u64>,
 }
 
 impl TokenClaims {
     /// The claims worth keeping, boxed; `None` when there are none.
-    pub fn boxed(
-        name: Option<&str>,
-        jti: Option<&str>,
-        iat: Option<u64>,
-    ) -> Option<Box<TokenClaims>> {
-        let c = TokenClaims { name: name.map(Box::from), jti: jti.map(Box::from), iat };
-        (c.name.is_some() || c.jti.is_some() || c.iat.is_some()).then(|| Box::new(c))
+    pub fn boxed(name: Option<&str>, jti: Option<&str>) -> Option<Box<TokenClaims>> {
+        let c = TokenClaims { name: name.map(Box::from), jti: jti.map(Box::from) };
+        (c.name.is_some() || c.jti.is_some()).then(|| Box::new(c))
+    }
+}
+
+impl Session {
+    /// A token's `iat` as kept: saturated in 2106 (no revocation made
+    /// before then refuses a later one either).
+    pub fn iat_of(iat: Option<u64>) -> u32 {
+        iat.map_or(0, |t| u32::try_from(t).unwrap_or(u32::MAX))
     }
 }
 
@@ -404,12 +409,8 @@ impl Conn {
                 // need exactly 2^32 revocations between two sweeps.
                 let gone = s.revocation_gen != generation as u32 && {
                     s.revocation_gen = generation as u32;
-                    let t = s.token.as_deref();
-                    revoked.refuses(
-                        t.and_then(|t| t.jti.as_deref()),
-                        &s.user,
-                        t.and_then(|t| t.iat),
-                    )
+                    let jti = s.token.as_deref().and_then(|t| t.jti.as_deref());
+                    revoked.refuses(jti, &s.user, (s.iat > 0).then_some(u64::from(s.iat)))
                 };
                 if gone || s.exp <= now_s {
                     Due::Close(Close::TokenGone)
