@@ -115,6 +115,11 @@ impl Node {
             match search {
                 Ok(idx) => leaf.values[idx] = val,
                 Err(idx) => {
+                    // chinwag: every write clones the node (lists of exact
+                    // size) and inserts one key: doubling here left half
+                    // of each cached node's lists unused.
+                    leaf.keys.reserve_exact(1);
+                    leaf.values.reserve_exact(1);
                     leaf.keys.insert(idx, key);
                     leaf.values.insert(idx, val);
                 }
@@ -177,6 +182,9 @@ impl Node {
             let split_point = keys.len() / 2 + 1;
             let right_keys = keys.split_off(split_point);
             let right_values = values.split_off(split_point);
+            // chinwag: the left half kept the whole node's capacity.
+            keys.shrink_to_fit();
+            values.shrink_to_fit();
             let right_min = &right_keys[0];
             let left_max = &keys.last().unwrap();
 
