@@ -12,10 +12,14 @@
 //!
 //! A flush that fails releases nothing: senders get `unavailable`, nobody
 //! else sees the events, and a message's seq is given back when no later
-//! one was allocated.
+//! one was allocated. On a cluster node, an event the cluster has already
+//! sequenced is on the other nodes whatever happens here: its sender is
+//! not refused but waits until the subscriber has stored it again from the
+//! room's log ([`Link::strand`]).
 
 use crate::{
     alive::Alive,
+    cluster::Link,
     fanout::{Cmd, Fanout, Reply, ReplyTo},
     metrics::Metrics,
     storage::Storage,
@@ -69,6 +73,10 @@ pub struct Message {
     pub ev: Msg,
     /// Who waits for the `ack` (none for an event another node accepted).
     pub to: Option<ReplyTo>,
+    /// The cluster's number of this node's event, when the cluster
+    /// sequenced it: if it cannot be made durable here, its sender is not
+    /// refused but waits for it to be stored again from the room's log.
+    pub cluster_n: Option<u64>,
 }
 
 impl AfterFlush {
@@ -117,6 +125,8 @@ pub struct Worker {
     pub alive: Arc<Alive>,
     /// Its slot in `alive`.
     pub slot: usize,
+    /// The cluster link, on a cluster node.
+    pub link: Option<Arc<Link>>,
 }
 
 impl Committer {
@@ -272,11 +282,18 @@ impl Worker {
                     self.fanout.send_to(to.reactor(), Cmd::Reply { to, reply });
                 }
                 Then::Message(m) => {
-                    let Message { room, ev, to } = *m;
+                    let Message { room, ev, to, cluster_n } = *m;
                     let (seq, ts) = (ev.seq, ev.ts);
                     if ok {
                         self.fanout.release_message(&room, &ev);
                     }
+                    let to = match (to, cluster_n, &self.link) {
+                        (Some(to), Some(n), Some(link)) if !ok => {
+                            link.strand(&room, n, to);
+                            None
+                        }
+                        (to, ..) => to,
+                    };
                     if let Some(to) = to {
                         let reply = if ok {
                             Reply::Ack { room, seq, ts }

@@ -231,6 +231,7 @@ impl Server {
             metrics: metrics.clone(),
             alive: alive.clone(),
             slot: commit_slot,
+            link: link.as_ref().map(|(l, _)| l.clone()),
         })
         .map_err(StartError::Other)?;
         let peers = Peers::new(link.as_ref().map(|(l, _)| l.clone()));

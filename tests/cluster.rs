@@ -3,8 +3,9 @@
 //! order, concurrent senders on different nodes gap-free, presence, notify
 //! and revoke across nodes, a node killed with `kill -9` and restarted with
 //! identical history, Redis stopped (sends `unavailable`, 503) and
-//! restarted empty (sends work, nothing lost or duplicated), and Redis
-//! command errors and killed connections healing within 10 s.
+//! restarted empty (sends work, nothing lost or duplicated), Redis
+//! command errors and killed connections healing within 10 s, and a node
+//! whose disk fills never refusing a send the cluster delivered.
 
 use crate::support::{self, ty, wait_for, Auth, Client, Enc, Opts, Server};
 use serde_json::{json, Value};
@@ -82,9 +83,15 @@ impl Drop for Redis {
 
 /// Polls `cond` until it holds; panics after `limit` (a bound, not a timing assertion).
 fn node(redis: &Redis, id: &str) -> Server {
+    node_with(redis, id, |_| {})
+}
+
+/// [`node`], with its options changed by `f` first.
+fn node_with(redis: &Redis, id: &str, f: impl FnOnce(&mut Opts)) -> Server {
     let mut o = Opts::new(&["--open", "--rate", "100000", "--burst", "100000", "--node-id", id]);
     o.args.push("--redis".into());
     o.args.push(redis.url());
+    f(&mut o);
     let s = Server::start_with(o);
     wait_for(Duration::from_secs(10), "the node's redis link", || s.health().1["redis"] == "ok");
     s
@@ -664,4 +671,100 @@ fn nodes_reach_a_tls_redis_as_an_acl_user() {
     let s = Server::start_with(Opts::new(&args));
     thread::sleep(Duration::from_secs(1));
     assert_eq!(s.health().1["redis"], "down");
+}
+
+/// A node's disk fills in the middle of a stream of sends. The cluster
+/// sequences a send before its node stores it, so a send caught between
+/// the two is on the other node already: it must not be refused (its
+/// sender would send it again), and it is acked once its node has healed
+/// and stored it from the room's log. What is refused (`unavailable`) is on
+/// no node; what is acked is on both, in one gap-free history.
+#[test]
+fn a_full_disk_on_one_node_never_refuses_what_the_cluster_accepted() {
+    let Some(fs) = crate::integrity::Tmpfs::mount("24m") else { return };
+    let redis = Redis::start();
+    let a = node_with(&redis, "n1", |o| {
+        o.dir = Some(fs.dir.path().join("data"));
+        o.args.extend(["--min-free".to_string(), "0".to_string()]);
+    });
+    let b = node(&redis, "n2");
+    let mut alice = a.client("alice");
+    alice.join("full");
+    let big = "x".repeat(3900);
+    let text = |i: u64| format!("{i} {big}");
+    let mut replies: BTreeMap<u64, Value> = BTreeMap::new();
+    let mut sent = 0;
+    // Windows of 50, each read back before the next, until the first
+    // refusal, or a window that stays unanswered: a send caught by the
+    // fault is not answered before the heal.
+    'fill: while sent < 20_000 {
+        for _ in 0..50 {
+            alice
+                .send_json(json!({"type": "send", "id": sent, "room": "full", "text": text(sent)}));
+            sent += 1;
+        }
+        while (replies.len() as u64) < sent {
+            let Some(r) = alice.recv_within(Duration::from_secs(3)) else { break 'fill };
+            if !r["id"].is_u64() {
+                continue;
+            }
+            let refused = ty(&r) == "error";
+            if refused {
+                assert_eq!(r["code"], "unavailable", "{r}");
+            }
+            replies.insert(r["id"].as_u64().unwrap(), r);
+            if refused {
+                break 'fill;
+            }
+        }
+    }
+    assert!(
+        (replies.len() as u64) < sent || replies.values().any(|r| ty(r) == "error"),
+        "the disk never filled"
+    );
+    // More room: the node heals by itself, and every send gets its answer.
+    fs.resize("512m");
+    while (replies.len() as u64) < sent {
+        let r = alice.recv_where(|r| r["id"].is_u64());
+        replies.insert(r["id"].as_u64().unwrap(), r);
+    }
+    let after = send_until_acked(&mut alice, "full", "healed");
+    let last = after["seq"].as_u64().unwrap();
+    let on_a = history(&a, "full", last);
+    let on_b = history(&b, "full", last);
+    assert_eq!(on_a, on_b, "the nodes' histories differ");
+    let seqs: Vec<u64> = on_b.iter().map(|m| m.0).collect();
+    assert_eq!(seqs, (1..=last).collect::<Vec<_>>(), "a gap or a duplicate");
+    let stored: BTreeMap<&str, u64> = on_b.iter().map(|(seq, t)| (t.as_str(), *seq)).collect();
+    let mut acked = 0;
+    for (i, r) in &replies {
+        let t = text(*i);
+        if ty(r) == "ack" {
+            acked += 1;
+            assert_eq!(
+                stored.get(t.as_str()),
+                r["seq"].as_u64().as_ref(),
+                "acked send {i} not there"
+            );
+        } else {
+            assert_eq!(r["code"], "unavailable", "{r}");
+            assert!(!stored.contains_key(t.as_str()), "send {i} was refused, yet delivered: {r}");
+        }
+    }
+    assert_eq!(acked + 1, on_b.len(), "history holds something nobody was acked");
+}
+
+/// Sends `text` to `room` until it is acked (bounded): refusals while a
+/// node heals are expected.
+fn send_until_acked(c: &mut Client, room: &str, text: &str) -> Value {
+    let start = Instant::now();
+    loop {
+        let r = c.call(json!({"type": "send", "room": room, "text": text}));
+        if ty(&r) == "ack" {
+            return r;
+        }
+        assert_eq!(r["code"], "unavailable", "{r}");
+        assert!(start.elapsed() < Duration::from_secs(20), "never healed: {r}");
+        thread::sleep(Duration::from_millis(200));
+    }
 }

@@ -137,12 +137,13 @@ fn a_dead_commit_thread_turns_health_503_and_api_writes_get_a_deadline() {
 
 /// A tmpfs of `size` mounted on a fresh directory, unmounted on drop.
 /// `None` (the test skips) when we may not mount.
-struct Tmpfs {
-    dir: tempfile::TempDir,
+/// A tmpfs of a given size (a disk that fills), unmounted on drop.
+pub(crate) struct Tmpfs {
+    pub(crate) dir: tempfile::TempDir,
 }
 
 impl Tmpfs {
-    fn mount(size: &str) -> Option<Tmpfs> {
+    pub(crate) fn mount(size: &str) -> Option<Tmpfs> {
         // SAFETY: geteuid(2) has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
             eprintln!("skipped: mounting a tmpfs needs root");
@@ -161,7 +162,7 @@ impl Tmpfs {
         Some(Tmpfs { dir })
     }
 
-    fn resize(&self, size: &str) {
+    pub(crate) fn resize(&self, size: &str) {
         let st = std::process::Command::new("mount")
             .args(["-o", &format!("remount,size={size}")])
             .arg(self.dir.path())

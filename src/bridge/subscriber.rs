@@ -1,14 +1,16 @@
 //! The subscriber thread: every event once per node, decoded once, applied
 //! through the same directory and mailboxes as local work; gaps repaired
 //! from the room's log; on every (re)connect, Redis's seq counters
-//! restored from our data and every known room repaired.
+//! restored from our data and every known room repaired; and our own
+//! events that storage failed to keep stored again from the log once it
+//! heals, so their senders get the `ack`.
 
 use super::{apply_revocation, backoff, connect, store_dm_members, sync_revocations};
 use crate::{
     auth::Revocation,
     cluster::{log_key, seq_key, Body, Envelope, Event, Link, Replays, CHANNEL},
     durable::{AfterFlush, Message},
-    fanout::{Cmd, Reply, UserAction},
+    fanout::{Cmd, UserAction},
     node::Node,
     wire::{self, Encoded, Presence, ServerFrame},
 };
@@ -65,10 +67,12 @@ fn subscribe_once(
                     return Ok(());
                 }
                 expire_nodes(link, node);
+                retry_stranded(link, node, &mut con)?;
                 continue;
             }
             Err(e) => return Err(e),
         };
+        retry_stranded(link, node, &mut con)?;
         let payload: Vec<u8> = msg.get_payload()?;
         let applied = match payload.first() {
             Some(b'M') => ingest_message(link, node, replays, &payload[1..], &mut con)?,
@@ -105,6 +109,33 @@ fn resync(link: &Link, node: &Node, con: &mut Connection) -> redis::RedisResult<
         let theirs: u64 = script.key(seq_key(&room)).arg(mine).invoke(con)?;
         if theirs > mine {
             repair(link, node, &room, mine, theirs, con)?;
+        }
+    }
+    Ok(())
+}
+
+/// Stores again, from their rooms' logs, this node's events that the
+/// cluster sequenced but this node could not make durable (a full disk, a
+/// failed flush): once storage takes writes, each is applied like any
+/// missed event, and its waiting sender gets the `ack` after the flush.
+fn retry_stranded(link: &Link, node: &Node, con: &mut Connection) -> redis::RedisResult<()> {
+    if !node.storage().is_healthy() {
+        return Ok(());
+    }
+    let mut rooms = link.take_stranded().into_iter();
+    while let Some(room) = rooms.next() {
+        let known = node.with_room(&room, |e| e.seq).unwrap_or(0);
+        let theirs: redis::RedisResult<Option<u64>> = con.get(seq_key(&room));
+        let done = match theirs {
+            Ok(Some(theirs)) if theirs > known => {
+                repair(link, node, &room, known, theirs, con).map(drop)
+            }
+            Ok(_) => Ok(()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = done {
+            link.restrand(std::iter::once(room).chain(rooms));
+            return Err(e);
         }
     }
     Ok(())
@@ -202,15 +233,17 @@ fn apply_message(link: &Link, node: &Node, seq: u64, body: &Body) {
         let stored = (!body.dm_new || store_dm_members(node, room).is_ok())
             && node.storage().apply(room, seq, &ev).is_ok();
         if !stored {
+            // The cluster has it: its sender waits for a retry, not a refusal.
             if let Some(to) = to {
-                let cmd = Cmd::Reply { reply: Reply::Unavailable(to.down()), to: to.clone() };
-                node.send_to(to.reactor(), cmd);
+                link.strand(room, body.n, to);
             }
             return;
         }
         e.seq = seq;
         // Delivered here after our own flush, like a local event.
-        node.after_flush(AfterFlush::message(Message { room: e.name.clone(), ev, to }));
+        let cluster_n = to.is_some().then_some(body.n);
+        let m = Message { room: e.name.clone(), ev, to, cluster_n };
+        node.after_flush(AfterFlush::message(m));
     });
 }
 

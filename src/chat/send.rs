@@ -102,6 +102,9 @@ pub(crate) fn publish(
     let node = ctx.node;
     ctx.conns.counts.messages += 1;
     if let Some(link) = node.peers().link() {
+        // Refused here while this node cannot store it: once the cluster
+        // has sequenced it, the other nodes deliver it whatever happens here.
+        node.storage().takes_writes()?;
         let floor = || node.with_room(room, |e| e.seq).unwrap_or(0);
         // The answer comes back through the bridge; a refusal (link down)
         // is answered by the caller at once, parked or not.
@@ -125,7 +128,7 @@ pub(crate) fn publish(
         // Queued under the lock: the commit thread releases the room's
         // events (to its members, and the ack) in seq order.
         let room = e.name.clone();
-        node.after_flush(AfterFlush::message(Message { room, ev, to: Some(to) }));
+        node.after_flush(AfterFlush::message(Message { room, ev, to: Some(to), cluster_n: None }));
         Ok(())
     })?
 }

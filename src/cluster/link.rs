@@ -52,6 +52,10 @@ pub struct Link {
     counter: AtomicU64,
     /// Senders waiting for their event to come back applied, by counter.
     pending: Mutex<HashMap<u64, ReplyTo>>,
+    /// Rooms with an event of ours that the cluster sequenced but this node
+    /// could not make durable: stored again from the room's log once
+    /// storage takes writes (its sender still waits in `pending`).
+    stranded: Mutex<HashSet<String>>,
 }
 
 impl Link {
@@ -77,6 +81,7 @@ impl Link {
             boot: rand::random(),
             counter: AtomicU64::new(0),
             pending: Mutex::new(HashMap::new()),
+            stranded: Mutex::new(HashSet::new()),
         });
         Ok((link, rx))
     }
@@ -246,6 +251,29 @@ impl Link {
     /// publisher that failed it, whichever comes first).
     pub fn take_pending(&self, n: u64) -> Option<ReplyTo> {
         self.pending.lock().remove(&n)
+    }
+
+    /// Our event number `n` in `room` was sequenced by the cluster (the
+    /// other nodes have it) but could not be made durable here. Refusing it
+    /// would be false (its sender would send it twice), so its sender waits
+    /// again, until the subscriber has stored it from the room's log.
+    pub fn strand(&self, room: &str, n: u64, to: ReplyTo) {
+        self.pending.lock().insert(n, to);
+        self.stranded.lock().insert(room.to_string());
+    }
+
+    /// The rooms to store again from their logs (emptied).
+    pub fn take_stranded(&self) -> Vec<String> {
+        let mut s = self.stranded.lock();
+        if s.is_empty() {
+            return Vec::new();
+        }
+        s.drain().collect()
+    }
+
+    /// Gives rooms back to be retried later.
+    pub fn restrand(&self, rooms: impl IntoIterator<Item = String>) {
+        self.stranded.lock().extend(rooms);
     }
 
     /// Whether `body` was sent by this process.

@@ -267,6 +267,17 @@ impl Storage {
         !self.inner.healthy.load(Ordering::Relaxed)
     }
 
+    /// Whether a write now would be taken: not below `min_free`, not
+    /// reopening, and no failed write since the last good flush. A cluster
+    /// node asks before the cluster sequences an event it will store.
+    pub fn takes_writes(&self) -> Result<()> {
+        self.writable()?;
+        if self.is_failed() {
+            return Err(StorageError("the last write failed".into()));
+        }
+        Ok(())
+    }
+
     /// Refuses a write while the disk is below `min_free`.
     pub(super) fn writable(&self) -> Result<()> {
         if self.inner.low_space.load(Ordering::Relaxed) {

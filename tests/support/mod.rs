@@ -688,6 +688,34 @@ impl Client {
         }
     }
 
+    /// The next frame if one comes within `d` (set-aside frames first).
+    pub fn recv_within(&mut self, d: Duration) -> Option<Value> {
+        if let Some(v) = self.stash.pop_front() {
+            return Some(v);
+        }
+        self.ws.get_ref().set_read_timeout(Some(d)).unwrap();
+        let got = loop {
+            match self.ws.read() {
+                // tungstenite keeps a partial frame for the next read.
+                Err(WsError::Io(e))
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    break None
+                }
+                Ok(Message::Text(t)) => break Some(serde_json::from_str(t.as_str()).unwrap()),
+                Ok(Message::Binary(b)) => break Some(rmp_serde::from_slice(&b).unwrap()),
+                Ok(Message::Close(f)) => panic!("unexpected close from server: {f:?}"),
+                Ok(_) => {}
+                Err(e) => panic!("read failed: {e}"),
+            }
+        };
+        self.ws.get_ref().set_read_timeout(Some(READ_TIMEOUT)).unwrap();
+        got
+    }
+
     /// The next frame (set-aside frames first).
     pub fn recv(&mut self) -> Value {
         if let Some(v) = self.stash.pop_front() {
