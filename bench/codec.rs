@@ -42,7 +42,7 @@ fn server_frames(c: &mut Criterion) {
                 node: "n1",
                 server_time: 1_732_250_000_000,
                 rooms: vec![RoomState {
-                    room: "general".into(),
+                    room: "general",
                     seq: 120,
                     read: 117,
                     unread: 2,

@@ -137,6 +137,7 @@ fn hello(
     let mut states = Vec::with_capacity(rooms.len());
     // Both lists are in the order of room names: walked together.
     let reads = node.storage().read_markers(user).unwrap_or_default();
+    let counts = node.storage().unread_of(user);
     let mut reads = reads.iter().peekable();
     for room in rooms {
         let seq = match ctx.local.subscribe(node, ctx.conns, id, room, None, fresh) {
@@ -151,12 +152,9 @@ fn hello(
             }
         };
         // Nothing above the marker: no need to read the room's indexes.
-        let (unread, mentions) = if read >= seq {
-            (0, 0)
-        } else {
-            node.storage().unread(room, user, read, seq).unwrap_or((0, 0))
-        };
-        states.push(RoomState { room: room.clone(), seq, read, unread, mentions });
+        let (unread, mentions) =
+            if read >= seq { (0, 0) } else { counts.room(room, read, seq).unwrap_or((0, 0)) };
+        states.push(RoomState { room, seq, read, unread, mentions });
     }
     let hello = ServerFrame::Hello {
         user,

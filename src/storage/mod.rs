@@ -31,6 +31,7 @@ mod writes;
 
 pub use events::MAX_EMOJI;
 pub use messages::{emoji_limit, not_found, LiveMessage, COUNT_CAP};
+pub use tally::UnreadOf;
 
 use parking_lot::RwLock;
 use std::{

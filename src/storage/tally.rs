@@ -177,34 +177,59 @@ fn parse(key: &[u8]) -> Option<(&str, u8, &[u8], u64)> {
     Some((room, t, &key[at + 1..key.len() - 9], tail_u64(key)?))
 }
 
-impl Storage {
-    /// `user`'s unread messages in `room` in `(read, seq]` (not deleted,
+/// One user's unread counts, room after room: their number in the tallies
+/// is looked up once (`hello` counts up to every room of the user).
+#[derive(Debug)]
+pub struct UnreadOf<'a> {
+    storage: &'a Storage,
+    user: &'a str,
+    me: Option<u32>,
+}
+
+impl UnreadOf<'_> {
+    /// The user's unread messages in `room` in `(read, seq]` (not deleted,
     /// not theirs) and how many of those mention them, both capped at
     /// [`COUNT_CAP`](super::COUNT_CAP).
-    pub fn unread(&self, room: &str, user: &str, read: u64, seq: u64) -> Result<(u64, u64)> {
+    pub fn room(&self, room: &str, read: u64, seq: u64) -> Result<(u64, u64)> {
         if read >= seq {
             return Ok((0, 0));
         }
-        let tallies = &self.inner.tallies;
+        let storage = self.storage;
+        let tallies = &storage.inner.tallies;
         loop {
             let shard = tallies.shard(room).lock();
             match shard.get(room) {
                 Some(Slot::Ready(tally)) if !tally.broken => {
-                    return Ok(count(tally, tallies.known(user), read, seq))
+                    // Not known yet: a tally read since may have named them.
+                    let me = self.me.or_else(|| tallies.known(self.user));
+                    return Ok(count(tally, me, read, seq));
                 }
                 None if tallies.preloaded.load(Ordering::Acquire) => {
                     drop(shard);
-                    self.load_tally(room)?;
+                    storage.load_tally(room)?;
                 }
                 // Broken, being read, or waiting for the start's preload
                 // (which reads the big rooms off the `hello` path): count
                 // from the indexes, as before tallies.
                 _ => {
                     drop(shard);
-                    return self.unread_scan(room, user, read);
+                    return storage.unread_scan(room, self.user, read);
                 }
             }
         }
+    }
+}
+
+impl Storage {
+    /// `user`'s unread counts, for one room or many ([`UnreadOf::room`]).
+    pub fn unread_of<'a>(&'a self, user: &'a str) -> UnreadOf<'a> {
+        UnreadOf { storage: self, user, me: self.inner.tallies.known(user) }
+    }
+
+    /// `user`'s unread messages in `room` in `(read, seq]` and how many of
+    /// those mention them ([`UnreadOf::room`]).
+    pub fn unread(&self, room: &str, user: &str, read: u64, seq: u64) -> Result<(u64, u64)> {
+        self.unread_of(user).room(room, read, seq)
     }
 
     /// Counts every room with events (on a low-priority thread after the

@@ -125,9 +125,9 @@ pub struct RoomInfo {
 
 /// One room in `hello`.
 #[derive(Debug, Serialize)]
-pub struct RoomState {
+pub struct RoomState<'a> {
     /// Room name.
-    pub room: String,
+    pub room: &'a str,
     /// Latest seq (0 if empty).
     pub seq: u64,
     /// The user's read marker (0 if none).
@@ -162,7 +162,7 @@ pub enum ServerFrame<'a> {
         name: Option<&'a str>,
         node: &'a str,
         server_time: u64,
-        rooms: Vec<RoomState>,
+        rooms: Vec<RoomState<'a>>,
         limits: &'a Limits,
     },
     /// Reply to `join`.
