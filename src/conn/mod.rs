@@ -165,7 +165,7 @@ pub enum Due {
 }
 
 /// One client connection: a slot of its reactor's slab, for every
-/// connection whether busy or idle, so kept small (200 bytes).
+/// connection whether busy or idle, so kept small (208 bytes).
 #[derive(Debug)]
 pub struct Conn {
     gen: u32,
