@@ -88,4 +88,4 @@ pub mod storage;
 pub mod wire;
 
 /// The output queue, for the fan-out benchmark.
-pub use conn::OutQueue;
+pub use conn::{Bucket, OutQueue};
