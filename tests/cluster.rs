@@ -81,7 +81,7 @@ impl Drop for Redis {
     }
 }
 
-/// Polls `cond` until it holds; panics after `limit` (a bound, not a timing assertion).
+/// A node linked to `redis`, once its link is up (a bound, not a timing assertion).
 fn node(redis: &Redis, id: &str) -> Server {
     node_with(redis, id, |_| {})
 }

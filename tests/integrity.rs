@@ -137,7 +137,6 @@ fn a_dead_commit_thread_turns_health_503_and_api_writes_get_a_deadline() {
 
 /// A tmpfs of `size` mounted on a fresh directory, unmounted on drop.
 /// `None` (the test skips) when we may not mount.
-/// A tmpfs of a given size (a disk that fills), unmounted on drop.
 pub(crate) struct Tmpfs {
     pub(crate) dir: tempfile::TempDir,
 }
