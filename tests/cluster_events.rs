@@ -269,7 +269,11 @@ fn hello_counts_and_display_names_on_the_other_node() {
     bob.close();
     let alice_tok = tok("alice", json!({"name": "Alice A"}));
     let mut alice = Client::connect(nodes[0].addr, Auth::Bearer(&alice_tok), Enc::Json);
-    alice.join(r);
+    // A mention names members only, as the sender's node knows them: bob's
+    // join on node 2 reaches node 1 through Redis, so wait for it there.
+    wait_for(Duration::from_secs(10), "node 1 to know bob joined", || {
+        alice.join(r)["members"].as_array().is_some_and(|m| m.iter().any(|u| u == "bob"))
+    });
     let mut w2 = conn(&nodes[1], "w2", Enc::Json);
     w2.join(r);
 
