@@ -728,7 +728,7 @@ fn a_full_disk_on_one_node_never_refuses_what_the_cluster_accepted() {
         let r = alice.recv_where(|r| r["id"].is_u64());
         replies.insert(r["id"].as_u64().unwrap(), r);
     }
-    let after = send_until_acked(&mut alice, "full", "healed");
+    let after = support::send_until_acked(&mut alice, "full", "healed", Duration::from_secs(20));
     let last = after["seq"].as_u64().unwrap();
     let on_a = history(&a, "full", last);
     let on_b = history(&b, "full", last);
@@ -752,19 +752,4 @@ fn a_full_disk_on_one_node_never_refuses_what_the_cluster_accepted() {
         }
     }
     assert_eq!(acked + 1, on_b.len(), "history holds something nobody was acked");
-}
-
-/// Sends `text` to `room` until it is acked (bounded): refusals while a
-/// node heals are expected.
-fn send_until_acked(c: &mut Client, room: &str, text: &str) -> Value {
-    let start = Instant::now();
-    loop {
-        let r = c.call(json!({"type": "send", "room": room, "text": text}));
-        if ty(&r) == "ack" {
-            return r;
-        }
-        assert_eq!(r["code"], "unavailable", "{r}");
-        assert!(start.elapsed() < Duration::from_secs(20), "never healed: {r}");
-        thread::sleep(Duration::from_millis(200));
-    }
 }

@@ -18,7 +18,6 @@ pub(crate) fn refresh(ctx: &mut Ctx<'_>, to: &ReplyTo) -> Result<(), Refusal> {
     let keys = ctx.node.keys();
     let Some(session) = ctx.conns.session_mut(conn) else { return Ok(()) };
     let now = wire::now_ms() / 1000;
-    let old = session.token.take().unwrap_or_default();
     let lifetime = match (u64::from(session.iat), session.exp) {
         (iat, exp) if iat > 0 && exp > iat && exp != u64::MAX => exp - iat,
         _ => DEFAULT_LIFETIME_S,
@@ -26,18 +25,12 @@ pub(crate) fn refresh(ctx: &mut Ctx<'_>, to: &ReplyTo) -> Result<(), Refusal> {
     let claims = Claims {
         sub: session.user.to_string(),
         exp: now + lifetime,
-        name: old.name.as_deref().map(str::to_string),
+        name: session.token.as_ref().and_then(|t| t.name.as_deref()).map(str::to_string),
         admin: session.admin,
         jti: Some(hex::encode(rand::random::<[u8; 16]>())),
         iat: Some(now),
     };
-    let token = match keys.sign(&claims) {
-        Ok(t) => t,
-        Err(_) => {
-            session.token = Some(old);
-            return Err(Refusal::new(Code::Internal, "cannot sign"));
-        }
-    };
+    let token = keys.sign(&claims).map_err(|_| Refusal::new(Code::Internal, "cannot sign"))?;
     session.exp = claims.exp;
     session.token = TokenClaims::boxed(claims.name.as_deref(), claims.jti.as_deref());
     session.iat = Session::iat_of(claims.iat);

@@ -56,6 +56,9 @@ pub struct Link {
     /// could not make durable: stored again from the room's log once
     /// storage takes writes (its sender still waits in `pending`).
     stranded: Mutex<HashSet<String>>,
+    /// Whether `stranded` may hold a room: the subscriber looks after
+    /// every message, without taking the lock.
+    any_stranded: AtomicBool,
 }
 
 impl Link {
@@ -82,6 +85,7 @@ impl Link {
             counter: AtomicU64::new(0),
             pending: Mutex::new(HashMap::new()),
             stranded: Mutex::new(HashSet::new()),
+            any_stranded: AtomicBool::new(false),
         });
         Ok((link, rx))
     }
@@ -259,21 +263,21 @@ impl Link {
     /// again, until the subscriber has stored it from the room's log.
     pub fn strand(&self, room: &str, n: u64, to: ReplyTo) {
         self.pending.lock().insert(n, to);
-        self.stranded.lock().insert(room.to_string());
+        self.restrand([room.to_string()]);
     }
 
     /// The rooms to store again from their logs (emptied).
     pub fn take_stranded(&self) -> Vec<String> {
-        let mut s = self.stranded.lock();
-        if s.is_empty() {
+        if !self.any_stranded.swap(false, Ordering::AcqRel) {
             return Vec::new();
         }
-        s.drain().collect()
+        self.stranded.lock().drain().collect()
     }
 
     /// Gives rooms back to be retried later.
     pub fn restrand(&self, rooms: impl IntoIterator<Item = String>) {
         self.stranded.lock().extend(rooms);
+        self.any_stranded.store(true, Ordering::Release);
     }
 
     /// Whether `body` was sent by this process.

@@ -31,7 +31,12 @@ impl Tick {
 
     /// Time from this tick to `now` (wrapping, so exact while under 49 days).
     pub fn elapsed(self, now: Instant) -> Duration {
-        Duration::from_millis(u64::from(Tick::at(now).0.wrapping_sub(self.0)))
+        Tick::at(now).since(self)
+    }
+
+    /// Time from `then` to this tick, across the wrap.
+    fn since(self, then: Tick) -> Duration {
+        Duration::from_millis(u64::from(self.0.wrapping_sub(then.0)))
     }
 }
 
@@ -51,6 +56,6 @@ mod tests {
     #[test]
     fn a_tick_is_exact_across_the_wrap() {
         let (then, now) = (Tick(u32::MAX - 5), Tick(10));
-        assert_eq!(now.0.wrapping_sub(then.0), 16);
+        assert_eq!(now.since(then), Duration::from_millis(16));
     }
 }

@@ -227,7 +227,8 @@ impl Storage {
     }
 
     /// `user`'s unread messages in `room` in `(read, seq]` and how many of
-    /// those mention them ([`UnreadOf::room`]).
+    /// those mention them ([`UnreadOf::room`]), for the tests of one room.
+    #[cfg(test)]
     pub fn unread(&self, room: &str, user: &str, read: u64, seq: u64) -> Result<(u64, u64)> {
         self.unread_of(user).room(room, read, seq)
     }

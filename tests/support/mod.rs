@@ -661,17 +661,28 @@ impl Client {
     /// Reads the next frame from the wire (not the stash), decoding either encoding; skips
     /// ping/pong. Panics on close, error or timeout.
     fn read_wire(&mut self) -> Value {
+        self.read_wire_or_timeout()
+            .unwrap_or_else(|| panic!("no frame from the server within {READ_TIMEOUT:?}"))
+    }
+
+    /// [`Client::read_wire`], with `None` when the socket's read timeout
+    /// passes first (tungstenite keeps a partial frame for the next read).
+    fn read_wire_or_timeout(&mut self) -> Option<Value> {
         loop {
             match self.ws.read() {
                 Ok(Message::Text(t)) => {
                     self.last_binary = false;
-                    return serde_json::from_str(t.as_str())
-                        .unwrap_or_else(|e| panic!("server sent invalid JSON ({e}): {t}"));
+                    return Some(
+                        serde_json::from_str(t.as_str())
+                            .unwrap_or_else(|e| panic!("server sent invalid JSON ({e}): {t}")),
+                    );
                 }
                 Ok(Message::Binary(b)) => {
                     self.last_binary = true;
-                    return rmp_serde::from_slice(&b)
-                        .unwrap_or_else(|e| panic!("server sent invalid msgpack ({e}): {b:?}"));
+                    return Some(
+                        rmp_serde::from_slice(&b)
+                            .unwrap_or_else(|e| panic!("server sent invalid msgpack ({e}): {b:?}")),
+                    );
                 }
                 Ok(Message::Ping(_)) | Ok(Message::Pong(_)) | Ok(Message::Frame(_)) => {}
                 Ok(Message::Close(f)) => panic!("unexpected close from server: {f:?}"),
@@ -681,7 +692,7 @@ impl Client {
                         std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
                     ) =>
                 {
-                    panic!("no frame from the server within {READ_TIMEOUT:?}")
+                    return None
                 }
                 Err(e) => panic!("read failed: {e}"),
             }
@@ -694,24 +705,7 @@ impl Client {
             return Some(v);
         }
         self.ws.get_ref().set_read_timeout(Some(d)).unwrap();
-        let got = loop {
-            match self.ws.read() {
-                // tungstenite keeps a partial frame for the next read.
-                Err(WsError::Io(e))
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    break None
-                }
-                Ok(Message::Text(t)) => break Some(serde_json::from_str(t.as_str()).unwrap()),
-                Ok(Message::Binary(b)) => break Some(rmp_serde::from_slice(&b).unwrap()),
-                Ok(Message::Close(f)) => panic!("unexpected close from server: {f:?}"),
-                Ok(_) => {}
-                Err(e) => panic!("read failed: {e}"),
-            }
-        };
+        let got = self.read_wire_or_timeout();
         self.ws.get_ref().set_read_timeout(Some(READ_TIMEOUT)).unwrap();
         got
     }
