@@ -27,6 +27,8 @@ pub struct Opts {
 pub struct Snapshot {
     /// Sum over the watched servers; `None` if one could not be read.
     pub server_cpu: Option<f64>,
+    /// Run-queue wait of the servers' threads, summed; `None` as above.
+    pub server_wait: Option<f64>,
     /// The whole harness process.
     pub harness_cpu: f64,
 }
@@ -36,7 +38,10 @@ pub fn snapshot(pids: &[u32]) -> Snapshot {
     let server_cpu = (!pids.is_empty())
         .then(|| pids.iter().map(|&p| sys::proc_cpu_s(p).ok()).sum::<Option<f64>>())
         .flatten();
-    Snapshot { server_cpu, harness_cpu: sys::self_cpu_s() }
+    let server_wait = (!pids.is_empty())
+        .then(|| pids.iter().map(|&p| sys::proc_runqueue_wait_s(p).ok()).sum::<Option<f64>>())
+        .flatten();
+    Snapshot { server_cpu, server_wait, harness_cpu: sys::self_cpu_s() }
 }
 
 /// Summed RSS of the servers, KiB.
@@ -68,6 +73,11 @@ impl StepResult {
     /// Server CPU seconds over the window.
     pub fn server_cpu_s(&self) -> Option<f64> {
         Some(self.window.1.server_cpu? - self.window.0.server_cpu?)
+    }
+
+    /// Seconds the server's threads waited for a core over the window.
+    pub fn server_wait_s(&self) -> Option<f64> {
+        Some(self.window.1.server_wait? - self.window.0.server_wait?)
     }
 
     /// Harness CPU seconds over the window (all threads).

@@ -182,10 +182,27 @@ pub(crate) fn cpu_rows(r: &mut Report, res: &StepResult) {
     }
     r.add("server_rss_start_kib", res.rss.0);
     r.add("server_rss_end_kib", res.rss.1);
+    wait_rows(r, res, "server_runqueue_wait_us_per_delivery", delivered);
     let harness = res.harness_cpu_s();
     r.add_f("harness_cpu_s", harness);
     r.add_f("harness_cpu_pct", 100.0 * harness / window);
     r.add_f("harness_busiest_thread_pct", 100.0 * res.stats.busiest_thread_cpu_s / window);
+}
+
+/// The servers' run-queue wait over the window (the time their threads
+/// were runnable but not running, summed), and per unit of `work` under
+/// the name `per`.
+pub(crate) fn wait_rows(r: &mut Report, res: &StepResult, per: &'static str, work: u64) {
+    match res.server_wait_s() {
+        Some(wait) => {
+            r.add_f("server_runqueue_wait_s", wait);
+            r.add_f(per, if work > 0 { wait * 1e6 / work as f64 } else { 0.0 });
+        }
+        None => {
+            r.add("server_runqueue_wait_s", Value::Null);
+            r.add(per, Value::Null);
+        }
+    }
 }
 
 pub(crate) fn print_report(r: &Report, json: bool) {

@@ -550,6 +550,7 @@ pub fn ingest(a: &IngestArgs) -> Result<(), String> {
             r.add("server_cpu_us_per_msg", Value::Null);
         }
     }
+    crate::scenario::wait_rows(&mut r, &res, "server_runqueue_wait_us_per_msg", s.sent);
     let harness = res.harness_cpu_s();
     r.add_f("harness_cpu_pct", 100.0 * harness / w);
     r.add_f("harness_cpu_us_per_msg", if s.sent > 0 { harness * 1e6 / s.sent as f64 } else { 0.0 });

@@ -1,6 +1,7 @@
 //! What the harness reads from (and asks of) the operating system.
 //!
-//! Owns: the server's CPU time and RSS from /proc, the harness's own CPU time
+//! Owns: the server's CPU time, run-queue wait and RSS from /proc, the
+//! harness's own CPU time
 //! from getrusage (the whole process) and clock_gettime (one thread), and
 //! raising the open-files limit. Linux only.
 
@@ -21,6 +22,31 @@ pub fn proc_cpu_s(pid: u32) -> Result<f64, String> {
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     Ok(total as f64 / if hz > 0 { hz as f64 } else { 100.0 })
+}
+
+/// Seconds that the threads of process `pid` (those alive now) have spent
+/// runnable but waiting for a core, summed: how much the scheduler, not
+/// the work, held the server back. Steadier than a latency tail on a VM
+/// with steal (BENCHMARKS.md, tenth session).
+pub fn proc_runqueue_wait_s(pid: u32) -> Result<f64, String> {
+    let dir = format!("/proc/{pid}/task");
+    let tasks = fs::read_dir(&dir).map_err(|e| format!("cannot read {dir}: {e}"))?;
+    let mut ns = 0;
+    for task in tasks.flatten() {
+        // A thread that exits meanwhile is skipped.
+        if let Ok(text) = fs::read_to_string(task.path().join("schedstat")) {
+            ns += schedstat_wait_ns(&text)?;
+        }
+    }
+    Ok(ns as f64 / 1e9)
+}
+
+/// The run-queue wait (ns) of one `schedstat` line: "run wait timeslices".
+fn schedstat_wait_ns(line: &str) -> Result<u64, String> {
+    line.split_whitespace()
+        .nth(1)
+        .and_then(|f| f.parse().ok())
+        .ok_or_else(|| format!("malformed schedstat: {line:?}"))
 }
 
 /// Resident set size of process `pid`, in KiB (VmRSS).
@@ -91,6 +117,19 @@ pub fn raise_nofile(want: u64) -> Result<u64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn schedstat_gives_its_second_field() {
+        assert_eq!(schedstat_wait_ns("8214955 1207000 31\n"), Ok(1_207_000));
+        assert!(schedstat_wait_ns("8214955\n").is_err());
+        assert!(schedstat_wait_ns("a b c").is_err());
+    }
+
+    #[test]
+    fn this_process_has_a_run_queue_wait() {
+        let wait = proc_runqueue_wait_s(std::process::id()).unwrap();
+        assert!(wait >= 0.0);
+    }
 
     #[test]
     fn reads_own_process() {
