@@ -75,9 +75,10 @@ impl StepResult {
         Some(self.window.1.server_cpu? - self.window.0.server_cpu?)
     }
 
-    /// Seconds the server's threads waited for a core over the window.
+    /// Seconds the server's threads waited for a core over the window (a
+    /// thread that exited inside it takes its wait along: never below 0).
     pub fn server_wait_s(&self) -> Option<f64> {
-        Some(self.window.1.server_wait? - self.window.0.server_wait?)
+        Some((self.window.1.server_wait? - self.window.0.server_wait?).max(0.0))
     }
 
     /// Harness CPU seconds over the window (all threads).
