@@ -35,13 +35,16 @@ pub struct Snapshot {
 
 /// CPU seconds of the servers and the harness now.
 pub fn snapshot(pids: &[u32]) -> Snapshot {
-    let server_cpu = (!pids.is_empty())
-        .then(|| pids.iter().map(|&p| sys::proc_cpu_s(p).ok()).sum::<Option<f64>>())
-        .flatten();
-    let server_wait = (!pids.is_empty())
-        .then(|| pids.iter().map(|&p| sys::proc_runqueue_wait_s(p).ok()).sum::<Option<f64>>())
-        .flatten();
-    Snapshot { server_cpu, server_wait, harness_cpu: sys::self_cpu_s() }
+    Snapshot {
+        server_cpu: sum_over(pids, sys::proc_cpu_s),
+        server_wait: sum_over(pids, sys::proc_runqueue_wait_s),
+        harness_cpu: sys::self_cpu_s(),
+    }
+}
+
+/// `read` summed over `pids`; `None` without pids or if one failed.
+fn sum_over(pids: &[u32], read: fn(u32) -> Result<f64, String>) -> Option<f64> {
+    (!pids.is_empty()).then(|| pids.iter().map(|&p| read(p).ok()).sum::<Option<f64>>()).flatten()
 }
 
 /// Summed RSS of the servers, KiB.

@@ -1,9 +1,9 @@
 //! What the harness reads from (and asks of) the operating system.
 //!
 //! Owns: the server's CPU time, run-queue wait and RSS from /proc, the
-//! harness's own CPU time
-//! from getrusage (the whole process) and clock_gettime (one thread), and
-//! raising the open-files limit. Linux only.
+//! harness's own CPU time from getrusage (the whole process) and
+//! clock_gettime (one thread), and raising the open-files limit. Linux
+//! only.
 
 use std::fs;
 
