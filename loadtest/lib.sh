@@ -40,9 +40,10 @@ cw_stop() {
     CW_PIDS=("${keep[@]}")
 }
 
-# `taskset -c N` where pinning makes sense (taskset present, N exists).
+# `taskset -c N` where pinning makes sense (taskset present, N exists); N
+# may be a list or range (`1-15`), whose last core must exist.
 cw_pin() {
-    if command -v taskset >/dev/null && (($1 < $(nproc))); then
+    if command -v taskset >/dev/null && ((${1##*[-,]} < $(nproc))); then
         echo "taskset -c $1"
     fi
 }
@@ -79,7 +80,8 @@ cw_wait_listening() {
 
 # cw_start_chinwag NAME CORE [chinwag serve flags...]: a node on a free port
 # with a fresh data dir, pinned to CORE; sets NAME_PID, NAME_ADDR and
-# NAME_DATA (the data dir). Environment set for the call (e.g.
+# NAME_DATA (the data dir). One event loop unless CW_THREADS says more.
+# Environment set for the call (e.g.
 # CHINWAG_SEARCH=off cw_start_chinwag ...) reaches the server.
 cw_start_chinwag() {
     local name=$1 core=$2
@@ -92,7 +94,7 @@ cw_start_chinwag() {
     # derived from it.
     CHINWAG_SECRET=${CHINWAG_SECRET:-chinwag-load-harness-shared-secret-0001} \
         RUST_LOG=${RUST_LOG:-info} $(cw_pin "$core") "$CW_SERVER" serve --listen 127.0.0.1:0 \
-        --data-dir "$dir/data" --open --rate 1000000 --burst 1000000 --threads 1 \
+        --data-dir "$dir/data" --open --rate 1000000 --burst 1000000 --threads "${CW_THREADS:-1}" \
         --max-connections 1000000 --max-conns-per-ip 1000000 --max-conns-per-user 1000000 "$@" \
         2>"$dir/log" &
     local pid=$!
