@@ -22,8 +22,9 @@ use crate::{
     storage::StorageError,
     wire::{self, Cursor, Encoded, Encoding, Presence, ServerFrame},
 };
+use foldhash::HashMap;
 use smallvec::SmallVec;
-use std::{collections::HashMap, sync::Arc};
+use std::sync::Arc;
 
 /// A subscription catching up from storage fetches at most this many messages.
 const CATCH_UP_MAX: usize = 1000;
@@ -68,7 +69,7 @@ pub struct LocalIndex {
 impl LocalIndex {
     /// An empty index for reactor `reactor`.
     pub fn new(reactor: u16) -> LocalIndex {
-        LocalIndex { reactor, rooms: HashMap::new(), users: HashMap::new() }
+        LocalIndex { reactor, rooms: HashMap::default(), users: HashMap::default() }
     }
 
     fn bit(&self) -> u64 {

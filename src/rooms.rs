@@ -8,8 +8,9 @@
 //! Holds no connection ids: each reactor keeps its own members
 //! (`local::LocalIndex`), and only it sets or clears its bits.
 
+use foldhash::HashMap;
 use parking_lot::Mutex;
-use std::{collections::HashMap, sync::Arc};
+use std::sync::Arc;
 
 /// Number of lock shards per map; a power of two.
 const SHARDS: usize = 64;
@@ -49,7 +50,7 @@ struct Sharded<V> {
 
 impl<V> Sharded<V> {
     fn new() -> Self {
-        Sharded { shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect() }
+        Sharded { shards: (0..SHARDS).map(|_| Mutex::new(HashMap::default())).collect() }
     }
 
     fn shard(&self, key: &str) -> &Mutex<HashMap<Arc<str>, V>> {

@@ -20,11 +20,9 @@ use super::{
     keys::{sub, tag, tail_u64},
     Result, Storage,
 };
+use foldhash::HashMap;
 use parking_lot::{Mutex, RwLock};
-use std::{
-    collections::HashMap,
-    sync::atomic::{AtomicBool, AtomicU64, Ordering},
-};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// Shards of the room map: reactors counting different rooms rarely meet.
 const SHARDS: usize = 16;
