@@ -255,7 +255,6 @@ impl LocalIndex {
         if json_gone || mp_gone || offline.is_some() {
             let bit = self.bit();
             let _ = node.with_room(room, |e| {
-                tell(e);
                 if json_gone {
                     e.json &= !bit;
                 }
@@ -265,6 +264,10 @@ impl LocalIndex {
                 if empty {
                     e.reactors &= !bit;
                 }
+                // After the bits: a room this was our last subscriber of
+                // is not told here (it was encoded, queued to this reactor
+                // and found nobody, for every room of a closing session).
+                tell(e);
             });
         }
     }
