@@ -485,6 +485,34 @@ fn presence_follows_first_and_last_connection_of_a_user() {
     assert_eq!(sorted_strs(&l["online"]), ["bob"]);
 }
 
+/// A user's last connection closing on a loop where nobody else is in the
+/// room: that loop clears its own directory bits first, and the members on
+/// the other loop are still told the user went offline. The kernel spreads
+/// connections over the two loops' listeners by a hash of the address
+/// pair, so each of 16 users lands on bob's loop or the other with even
+/// odds: that none of them crosses is a 1 in 65,536 chance.
+#[test]
+fn offline_reaches_members_on_another_loop() {
+    let s = Server::open(&["--threads", "2"]);
+    let mut bob = s.client("bob");
+    bob.join("room");
+    for i in 0..16 {
+        let user = format!("user{i}");
+        let mut c = s.client(&user);
+        c.join("room");
+        bob.recv_where(|v| ty(v) == "presence" && v["user"] == user.as_str());
+        c.close();
+        let off = bob.recv_type("presence");
+        assert_eq!(
+            off,
+            json!({"type": "presence", "room": "room", "user": user, "state": "offline"})
+        );
+    }
+    // The room's state agrees: only bob is online in it.
+    let l = bob.call(json!({"type": "presence", "room": "room"}));
+    assert_eq!(sorted_strs(&l["online"]), ["bob"]);
+}
+
 /// The status of an upgrade request carrying `origin` (and `Host: host`).
 fn upgrade_status(addr: std::net::SocketAddr, host: &str, origin: Option<&str>) -> u16 {
     use std::io::{BufRead, BufReader, Write};
