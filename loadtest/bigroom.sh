@@ -4,14 +4,15 @@
 # One room of BIG_MEMBERS members (2,000, then 10,000), 10 publishers, a
 # `sweep` from BIG_START deliveries/s (80,000: what the 2-core VM
 # sustains), doubling each step until the delivery p99 passes 50 ms
-# (BIG_STEPS steps at most). The server runs on
-# BIG_SERVER_CORES (core 0) with CW_THREADS event loops (1, like the
-# single-threaded µWebSockets it is compared with), everything else at its
-# default (the search index on); the harness runs on the other cores with
-# one worker thread each, so that it is not what saturates first. Then,
-# with BIG_CALIBRATE=1 (the default), the classic shape (1,000 connections,
-# 10 rooms, 10 publishers) from 20,000 deliveries/s, to set the machine
-# beside the 2-core VM the other tables come from.
+# (BIG_STEPS steps at most). The server runs on BIG_SERVER_CORES (core 0)
+# with CW_THREADS event loops (1, like the single-threaded µWebSockets it
+# is compared with), everything else at its default (the search index
+# on); the harness runs on BIG_HARNESS_CORES (the other cores) with
+# BIG_HARNESS_THREADS workers (one per core), so that it is not what
+# saturates first. Then, with BIG_CALIBRATE=1 (the default), the classic
+# shape (1,000 connections, 10 rooms, 10 publishers) from 20,000
+# deliveries/s, to set the machine beside the 2-core VM the other tables
+# come from.
 #
 # A fresh server per sweep. JSON lines go to BENCH_OUT/bigroom.jsonl
 # (target/bench-results), progress to bigroom.log, a table to stdout and
@@ -46,7 +47,7 @@ sweep() {
     shift
     cw_start_chinwag SRV "$SERVER_CORES"
     cw_log "$label: server pid $SRV_PID on cores $SERVER_CORES, harness on $HARNESS_CORES x$HARNESS_THREADS"
-    # The label rides along in the log only; the JSON's conns/rooms say which.
+    # The label names the plot; in the JSON the conns and rooms say which.
     $(cw_pin "$HARNESS_CORES") "$CW_LOAD" sweep --target "$SRV_ADDR" --server-pid "$SRV_PID" --json \
         --threads "$HARNESS_THREADS" --publishers 10 --warmup 1s --step-duration 3s --drain 1s \
         --p99-limit 50ms --setup-timeout 240s --plot "$OUT/bigroom-$label.svg" "$@" \

@@ -80,9 +80,9 @@ cw_wait_listening() {
 
 # cw_start_chinwag NAME CORE [chinwag serve flags...]: a node on a free port
 # with a fresh data dir, pinned to CORE; sets NAME_PID, NAME_ADDR and
-# NAME_DATA (the data dir). One event loop unless CW_THREADS says more.
-# Environment set for the call (e.g.
-# CHINWAG_SEARCH=off cw_start_chinwag ...) reaches the server.
+# NAME_DATA (the data dir); one event loop unless CW_THREADS says more.
+# Environment set for the call (e.g. CHINWAG_SEARCH=off cw_start_chinwag
+# ...) reaches the server.
 cw_start_chinwag() {
     local name=$1 core=$2
     shift 2
