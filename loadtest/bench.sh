@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
-# bench.sh: chinwag next to a Socket.IO server, in one bounded command.
+# bench.sh: chinwag next to a Socket.IO server and a µWebSockets one, in one
+# bounded command.
 #
 # Builds the release binaries, installs the Socket.IO peer (npm ci in
-# loadtest/peers/socketio when node_modules is missing), then for chinwag
-# and for the peer, each server on core 0 (chinwag --threads 1; node is one
-# thread) and the harness on core 1, each scenario against a fresh server:
+# loadtest/peers/socketio when node_modules is missing), builds the
+# µWebSockets peer when UWS_DIR names a uWebSockets checkout (see
+# peers/uws/build.sh; an already built target/peers/uws-server or UWS_BIN is
+# used as it is; without either that column stays empty), then for chinwag
+# and for each peer, each server on core 0 (chinwag --threads 1; node and
+# the µWebSockets peer are one thread) and the harness on core 1, each
+# scenario against a fresh server:
 #
 #   fanout  1000 conns / 10 rooms / 10 publishers / 200 msg/s, 3 runs
 #           (median server CPU us per delivery, p50, p99)
@@ -90,6 +95,19 @@ elif command -v node >/dev/null && command -v npm >/dev/null; then
 else
     cw_log "node/npm missing: the Socket.IO column stays empty"
 fi
+UWS=0
+if want classic; then
+    if [[ -n ${UWS_DIR:-} && ${NO_BUILD:-0} != 1 ]]; then
+        cw_log "building the µWebSockets peer from $UWS_DIR"
+        "$CW_ROOT/loadtest/peers/uws/build.sh" >/dev/null 2>"$OUT/uws-build.log" ||
+            cw_log "the µWebSockets peer did not build: see $OUT/uws-build.log"
+    fi
+    if [[ -x $CW_UWS ]]; then
+        UWS=1
+    else
+        cw_log "no µWebSockets peer ($CW_UWS): its column stays empty"
+    fi
+fi
 
 LOAD="$(cw_pin 1) $CW_LOAD"
 
@@ -114,9 +132,13 @@ cell() { local v; v=$(cat); echo "${v:--}"; }
 if want classic; then
 SHAPE=(--conns 1000 --rooms 10 --publishers 10)
 
-# start_server SIDE NAME: a fresh server of SIDE (chinwag|socketio) as NAME.
+# start_server SIDE NAME: a fresh server of SIDE (chinwag|socketio|uws) as NAME.
 start_server() {
-    if [[ $1 == chinwag ]]; then cw_start_chinwag "$2" 0; else cw_start_socketio "$2" 0; fi
+    case $1 in
+    chinwag) cw_start_chinwag "$2" 0 ;;
+    socketio) cw_start_socketio "$2" 0 ;;
+    uws) cw_start_uws "$2" 0 ;;
+    esac
 }
 
 # load SIDE NAME SCENARIO [flags...]: chinwag-load against server NAME,
@@ -124,14 +146,17 @@ start_server() {
 load() {
     local side=$1 name=$2 scenario=$3
     shift 3
-    local addr="${name}_ADDR" pid="${name}_PID"
-    $LOAD "$scenario" --proto "$side" --target "${!addr}" --server-pid "${!pid}" --json "$@" \
+    local addr="${name}_ADDR" pid="${name}_PID" proto=$side
+    # The µWebSockets peer speaks chinwag's JSON dialect.
+    [[ $side == uws ]] && proto=chinwag
+    $LOAD "$scenario" --proto "$proto" --target "${!addr}" --server-pid "${!pid}" --json "$@" \
         >>"$OUT/$scenario-$side.jsonl" 2>>"$OUT/$scenario-$side.log" ||
         cw_log "$side $scenario failed: see $OUT/$scenario-$side.log"
 }
 
 SIDES=(chinwag)
 ((SIO)) && SIDES+=(socketio)
+((UWS)) && SIDES+=(uws)
 for side in "${SIDES[@]}"; do
     cw_log "$side: fanout x$RUNS"
     start_server "$side" SRV
@@ -186,10 +211,11 @@ if cw_need_redis; then
 fi
 
 row() {
-    local label=$1 c s=-
+    local label=$1 c s=- u=-
     c=$($2 chinwag | cell)
     if ((SIO)); then s=$($2 socketio | cell); fi
-    printf '  %-34s %22s %22s\n' "$label" "$c" "$s"
+    if ((UWS)); then u=$($2 uws | cell); fi
+    printf '  %-34s %22s %22s %22s\n' "$label" "$c" "$s" "$u"
 }
 f_cpu() { field "$OUT/fanout-$1.jsonl" server_cpu_us_per_delivery | median; }
 f_p50() { field "$OUT/fanout-$1.jsonl" lat_p50_us | median | ms; }
@@ -220,7 +246,7 @@ i_mem() { field "$OUT/idle-$1.jsonl" server_rss_per_conn_bytes; }
 i_disc() { field "$OUT/idle-$1.jsonl" disconnects; }
 
 {
-    printf '%-36s %22s %22s\n' "" chinwag socket.io
+    printf '%-36s %22s %22s %22s\n' "" chinwag socket.io uwebsockets
     echo "fanout 1000 conns/10 rooms/10 pubs/200 msg/s, median of runs"
     row "runs" f_runs
     row "server CPU us per delivery" f_cpu

@@ -1,15 +1,16 @@
 # lib.sh: shell helpers shared by loadtest/bench.sh and loadtest/cluster.sh.
 #
 # Owns: finding the workspace and its binaries, free loopback ports, CPU
-# pinning, starting chinwag nodes, redis-server and the Socket.IO peer on
-# 127.0.0.1 and waiting until they listen, and stopping every process they
-# started (and removing their temp dirs) on exit. Source it; it sets no
-# shell options of its own.
+# pinning, starting chinwag nodes, redis-server, the Socket.IO peer and the
+# µWebSockets peer on 127.0.0.1 and waiting until they listen, and stopping
+# every process they started (and removing their temp dirs) on exit. Source
+# it; it sets no shell options of its own.
 
 CW_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CW_TARGET=${CARGO_TARGET_DIR:-$CW_ROOT/target}
 CW_SERVER=${CHINWAG_BIN:-$CW_TARGET/release/chinwag}
 CW_LOAD=${CHINWAG_LOAD_BIN:-$CW_TARGET/release/chinwag-load}
+CW_UWS=${UWS_BIN:-$CW_TARGET/peers/uws-server}
 CW_TMP=$(mktemp -d "${TMPDIR:-/tmp}/chinwag-load.XXXXXX")
 CW_PIDS=()
 
@@ -113,6 +114,20 @@ cw_start_socketio() {
     dir=$(mktemp -d "$CW_TMP/$name.XXXX")
     env PORT=0 "$@" $(cw_pin "$core") node "$CW_ROOT/loadtest/peers/socketio/server.js" \
         2>"$dir/log" &
+    local pid=$!
+    CW_PIDS+=("$pid")
+    printf -v "${name}_PID" '%s' "$pid"
+    printf -v "${name}_ADDR" '%s' "$(cw_wait_listening "$dir/log")"
+}
+
+# cw_start_uws NAME CORE: the µWebSockets peer (UWS_BIN, default
+# target/peers/uws-server, built by peers/uws/build.sh) on a free port,
+# pinned to CORE; sets NAME_PID and NAME_ADDR.
+cw_start_uws() {
+    local name=$1 core=$2
+    local dir
+    dir=$(mktemp -d "$CW_TMP/$name.XXXX")
+    PORT=0 $(cw_pin "$core") "$CW_UWS" 2>"$dir/log" &
     local pid=$!
     CW_PIDS+=("$pid")
     printf -v "${name}_PID" '%s' "$pid"
