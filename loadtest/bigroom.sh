@@ -14,6 +14,9 @@
 # deliveries/s, to set the machine beside the 2-core VM the other tables
 # come from.
 #
+# BIG_PEER=uws runs the same sweeps against the µWebSockets peer
+# (loadtest/peers/uws) instead of chinwag.
+#
 # A fresh server per sweep. JSON lines go to BENCH_OUT/bigroom.jsonl
 # (target/bench-results), progress to bigroom.log, a table to stdout and
 # bigroom-summary.txt. Needs built release binaries (cargo build --release
@@ -23,6 +26,7 @@
 #
 #   loadtest/bigroom.sh
 #   BIG_MEMBERS=2000 BIG_CALIBRATE=0 loadtest/bigroom.sh
+#   BIG_PEER=uws loadtest/bigroom.sh
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 trap cw_cleanup EXIT
@@ -45,7 +49,11 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 sweep() {
     local label=$1
     shift
-    cw_start_chinwag SRV "$SERVER_CORES"
+    if [[ ${BIG_PEER:-chinwag} == uws ]]; then
+        cw_start_uws SRV "$SERVER_CORES"
+    else
+        cw_start_chinwag SRV "$SERVER_CORES"
+    fi
     cw_log "$label: server pid $SRV_PID on cores $SERVER_CORES, harness on $HARNESS_CORES x$HARNESS_THREADS"
     # The label names the plot; in the JSON the conns and rooms say which.
     $(cw_pin "$HARNESS_CORES") "$CW_LOAD" sweep --target "$SRV_ADDR" --server-pid "$SRV_PID" --json \
