@@ -36,6 +36,30 @@ unsafe impl Send for AlignedBuf {}
 unsafe impl Sync for AlignedBuf {}
 
 impl AlignedBuf {
+    // chinwag: a segment-sized buffer is mapped and unmapped on its own
+    // (CHINWAG.md, item 9). Through malloc, glibc raised its mmap threshold
+    // past 512 KiB after the first buffer was freed, so every later one
+    // came from the heap and its pages stayed resident after the free.
+    // mmap's alignment is the page; nothing here needs more (no O_DIRECT).
+    #[cfg(unix)]
+    fn new(len: usize) -> AlignedBuf {
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+
+        assert!(ptr != libc::MAP_FAILED, "failed to allocate critical IO buffer");
+
+        AlignedBuf(ptr.cast(), len)
+    }
+
+    #[cfg(not(unix))]
     fn new(len: usize) -> AlignedBuf {
         let layout = Layout::from_size_align(len, 8192).unwrap();
         let ptr = unsafe { alloc(layout) };
@@ -47,6 +71,14 @@ impl AlignedBuf {
 }
 
 impl Drop for AlignedBuf {
+    #[cfg(unix)]
+    fn drop(&mut self) {
+        unsafe {
+            libc::munmap(self.0.cast(), self.1);
+        }
+    }
+
+    #[cfg(not(unix))]
     fn drop(&mut self) {
         let layout = Layout::from_size_align(self.1, 8192).unwrap();
         unsafe {
