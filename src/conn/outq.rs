@@ -65,14 +65,21 @@ impl OutQueue {
     /// ring to ~460 B, kept for the connection's life), and the allocator
     /// hands the same chunk to the next connection written to.
     pub fn write_to(&mut self, w: &mut impl Write) -> io::Result<bool> {
-        while !self.frames.is_empty() {
-            let mut iov = [IoSlice::new(&[]); MAX_IOV];
-            let mut n = 0;
-            for (i, f) in self.frames.iter().take(MAX_IOV).enumerate() {
-                iov[i] = IoSlice::new(if i == 0 { &f[self.head_off..] } else { f });
-                n += 1;
-            }
-            match w.write_vectored(&iov[..n]) {
+        while let Some(front) = self.frames.front() {
+            // One frame (a delivery to a quiet connection, the usual case):
+            // a plain `send`, without building an iovec array for it.
+            let wrote = if self.frames.len() == 1 {
+                w.write(&front[self.head_off..])
+            } else {
+                let mut iov = [IoSlice::new(&[]); MAX_IOV];
+                let mut n = 0;
+                for (i, f) in self.frames.iter().take(MAX_IOV).enumerate() {
+                    iov[i] = IoSlice::new(if i == 0 { &f[self.head_off..] } else { f });
+                    n += 1;
+                }
+                w.write_vectored(&iov[..n])
+            };
+            match wrote {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(written) => self.consume(written),
                 Err(e) if would_block(&e) => return Ok(false),

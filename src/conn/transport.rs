@@ -1,5 +1,5 @@
 //! A connection's byte stream: plain TCP, or TLS (rustls) over it, driven
-//! inside the event loop; `sendmsg(2)` for plain writes.
+//! inside the event loop; `send(2)` or `sendmsg(2)` for plain writes.
 
 use super::outq::would_block;
 use mio::net::TcpStream;
@@ -89,6 +89,27 @@ fn send_vectored(s: &TcpStream, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
 }
 
 /// Writes pending TLS records until done or the socket is full.
+/// `send(2)` of one buffer: what `sendmsg` does for one iovec, without
+/// the kernel copying in and checking a message header and an iovec array.
+fn send(s: &TcpStream, buf: &[u8]) -> io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: `buf` is alive and unmodified for the call; the fd is this
+    // open socket's.
+    let n = unsafe {
+        libc::send(
+            s.as_raw_fd(),
+            buf.as_ptr().cast(),
+            buf.len(),
+            libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+        )
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
 fn flush_tls(s: &mut TcpStream, tls: &mut rustls::ServerConnection) -> io::Result<()> {
     while tls.wants_write() {
         tls.write_tls(s)?;
@@ -127,7 +148,10 @@ impl Read for Transport {
 
 impl Write for Transport {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.write_vectored(&[IoSlice::new(buf)])
+        match self {
+            Transport::Plain(s) => send(s, buf),
+            Transport::Tls(..) => self.write_vectored(&[IoSlice::new(buf)]),
+        }
     }
 
     fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
