@@ -29,6 +29,14 @@ impl OutQueue {
     /// Queues a frame (an O(1) clone of shared bytes).
     pub fn push(&mut self, b: Bytes) {
         self.bytes += b.len();
+        // Most queues hold one frame between writes (a delivery to a quiet
+        // connection). A ring of one is a 32-byte block, which glibc keeps
+        // in its fast per-size lists; the default first ring of four (128
+        // bytes) went through its general path, with coalescing, for every
+        // delivery. A second frame grows it to four as before.
+        if self.frames.capacity() == 0 {
+            self.frames.reserve_exact(1);
+        }
         self.frames.push_back(b);
     }
 
@@ -158,6 +166,18 @@ mod tests {
         assert_eq!(w.got, b"hello world!");
         assert!(q.is_empty());
         assert_eq!(q.frames.capacity(), 0, "an emptied queue holds no ring");
+    }
+
+    #[test]
+    fn a_first_frame_gets_a_ring_of_one_and_a_second_grows_it() {
+        let mut q = OutQueue::default();
+        q.push(Bytes::from_static(b"a"));
+        assert_eq!(q.frames.capacity(), 1);
+        q.push(Bytes::from_static(b"b"));
+        assert!(q.frames.capacity() >= 2);
+        let mut w = Stepper { got: vec![], cap: 8, calls: 0, block_after: usize::MAX };
+        assert!(q.write_to(&mut w).unwrap());
+        assert_eq!(w.got, b"ab");
     }
 
     #[test]
