@@ -1,7 +1,8 @@
 //! The queueing half of fan-out, without sockets: one message encoded once
-//! and its shared bytes queued on 1,000 members' output queues, then the
-//! queues drained through `write_vectored` (the server sends with `sendmsg`)
-//! into a sink (the write path's batching).
+//! and its shared bytes queued on 1,000 members' output queues; one frame
+//! queued and written per member (a quiet delivery: `send` in the server);
+//! and queues drained through `write_vectored` (`sendmsg`) into a sink (the
+//! write path's batching).
 
 use bytes::Bytes;
 use chinwag::{
@@ -48,6 +49,26 @@ fn fanout(c: &mut Criterion) {
             }
             for q in queues.iter_mut() {
                 q.clear();
+            }
+        })
+    });
+    g.finish();
+
+    // A delivery at a quiet moment: each member's queue gets one frame and
+    // is written at once (one `send` each in the server), so a queue's
+    // ring is taken and given back per delivery.
+    let mut g = c.benchmark_group("deliver");
+    g.throughput(Throughput::Elements(MEMBERS as u64));
+    g.bench_function("one_frame_each_1000", |b| {
+        let wire = Encoded::encode(&Msg::message("general", "alice", text.clone()), true, false);
+        let bytes = wire.get(Encoding::Json).unwrap().clone();
+        let mut sink = Sink(0);
+        b.iter(|| {
+            for q in queues.iter_mut() {
+                q.push(bytes.clone());
+            }
+            for q in queues.iter_mut() {
+                black_box(q.write_to(&mut sink).unwrap());
             }
         })
     });

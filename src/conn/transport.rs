@@ -80,7 +80,21 @@ fn send_vectored(s: &TcpStream, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
     msg.msg_iovlen = bufs.len() as _;
     // SAFETY: `msg` points at `bufs`, alive and unmodified for the call;
     // the fd is this open socket's.
-    let n = unsafe { libc::sendmsg(s.as_raw_fd(), &msg, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT) };
+    sent(unsafe { libc::sendmsg(s.as_raw_fd(), &msg, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT) })
+}
+
+/// `send(2)` of one buffer: what `sendmsg` does for one iovec, without
+/// the kernel copying in and checking a message header and an iovec array.
+fn send(s: &TcpStream, buf: &[u8]) -> io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    let flags = libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT;
+    // SAFETY: `buf` is alive and unmodified for the call; the fd is this
+    // open socket's.
+    sent(unsafe { libc::send(s.as_raw_fd(), buf.as_ptr().cast(), buf.len(), flags) })
+}
+
+/// A send call's return value as a result.
+fn sent(n: isize) -> io::Result<usize> {
     if n < 0 {
         Err(io::Error::last_os_error())
     } else {
@@ -89,27 +103,6 @@ fn send_vectored(s: &TcpStream, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
 }
 
 /// Writes pending TLS records until done or the socket is full.
-/// `send(2)` of one buffer: what `sendmsg` does for one iovec, without
-/// the kernel copying in and checking a message header and an iovec array.
-fn send(s: &TcpStream, buf: &[u8]) -> io::Result<usize> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: `buf` is alive and unmodified for the call; the fd is this
-    // open socket's.
-    let n = unsafe {
-        libc::send(
-            s.as_raw_fd(),
-            buf.as_ptr().cast(),
-            buf.len(),
-            libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
-        )
-    };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
-}
-
 fn flush_tls(s: &mut TcpStream, tls: &mut rustls::ServerConnection) -> io::Result<()> {
     while tls.wants_write() {
         tls.write_tls(s)?;
