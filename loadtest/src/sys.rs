@@ -125,10 +125,45 @@ mod tests {
         assert!(schedstat_wait_ns("a b c").is_err());
     }
 
+    /// Spins this thread and two others on one core for 30 ms each, so
+    /// that each waits for the others; then gives the thread its cores back.
+    fn wait_on_one_core() {
+        // SAFETY: an all-zero cpu_set_t is an empty set; sched_get/setaffinity
+        // only read and write the set handed to them, for this thread (0).
+        unsafe {
+            let size = std::mem::size_of::<libc::cpu_set_t>();
+            let mut all: libc::cpu_set_t = std::mem::zeroed();
+            assert_eq!(libc::sched_getaffinity(0, size, &mut all), 0);
+            let cpu = (0..libc::CPU_SETSIZE as usize).find(|&c| libc::CPU_ISSET(c, &all)).unwrap();
+            let mut one: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu, &mut one);
+            assert_eq!(libc::sched_setaffinity(0, size, &one), 0);
+            let spin = || {
+                let t = std::time::Instant::now();
+                while t.elapsed() < std::time::Duration::from_millis(30) {}
+            };
+            // Threads inherit the one-core mask.
+            let others: Vec<_> = (0..2).map(|_| std::thread::spawn(spin)).collect();
+            spin();
+            others.into_iter().for_each(|t| t.join().unwrap());
+            assert_eq!(libc::sched_setaffinity(0, size, &all), 0);
+        }
+    }
+
     #[test]
     fn this_process_has_a_run_queue_wait() {
+        wait_on_one_core();
+        // The process's sum covers every thread, this one included, and the
+        // counters only grow: it is at least this thread's own wait, read
+        // just before (in seconds, as the sum is), and that is not zero.
+        // SAFETY: gettid has no preconditions.
+        let tid = unsafe { libc::gettid() };
+        let own = fs::read_to_string(format!("/proc/self/task/{tid}/schedstat")).unwrap();
+        let own = schedstat_wait_ns(&own).unwrap() as f64 / 1e9;
+        assert!(own > 0.0, "this thread never waited for its core");
         let wait = proc_runqueue_wait_s(std::process::id()).unwrap();
-        assert!(wait >= 0.0);
+        assert!(wait >= own, "the process waited {wait} s, this thread alone {own} s");
+        assert!(proc_runqueue_wait_s(u32::MAX).is_err());
     }
 
     #[test]
