@@ -64,12 +64,19 @@ pub struct LocalIndex {
     /// A user's connections here: most users hold one, kept inline (a
     /// list of its own was a 32-byte block per connected user).
     users: HashMap<Arc<str>, SmallVec<[ConnId; 1]>>,
+    /// Open WebSocket sessions here (what `chinwag_loop_connections` shows).
+    sessions: usize,
 }
 
 impl LocalIndex {
     /// An empty index for reactor `reactor`.
     pub fn new(reactor: u16) -> LocalIndex {
-        LocalIndex { reactor, rooms: HashMap::default(), users: HashMap::default() }
+        LocalIndex { reactor, rooms: HashMap::default(), users: HashMap::default(), sessions: 0 }
+    }
+
+    /// Open WebSocket sessions on this reactor.
+    pub fn sessions(&self) -> usize {
+        self.sessions
     }
 
     fn bit(&self) -> u64 {
@@ -88,6 +95,7 @@ impl LocalIndex {
     pub fn add_session(&mut self, node: &Node, user: &Arc<str>, id: ConnId) -> bool {
         let local = self.users.entry(user.clone()).or_default();
         local.push(id);
+        self.sessions += 1;
         let first_here = local.len() == 1;
         let bit = self.bit();
         node.with_user(user, |e| {
@@ -122,7 +130,9 @@ impl LocalIndex {
     fn remove_user_session(&mut self, node: &Node, user: &Arc<str>, id: ConnId) -> bool {
         let mut last_here = false;
         if let Some(list) = self.users.get_mut(user) {
+            let had = list.len();
             list.retain(|c| *c != id);
+            self.sessions -= had - list.len();
             if list.is_empty() {
                 self.users.remove(user);
                 last_here = true;

@@ -77,8 +77,8 @@ pub(crate) fn open(ctx: &mut Ctx<'_>, id: ConnId, up: Upgrade, ws_config: &WebSo
             revocation_gen: u32::MAX,
         },
     );
-    node.count_connection(id.reactor, true, ctx.conns.len());
     let first = ctx.local.add_session(node, &user, id);
+    node.count_connection(id.reactor, true, ctx.local.sessions());
     // Read again now that the directory knows this connection if any
     // membership changed since the first read: one another node's event
     // stored in between would otherwise be missed (its subscribe went to
@@ -170,10 +170,10 @@ fn hello(
 /// Ends a session taken out of connection `id`.
 pub(crate) fn close(ctx: &mut Ctx<'_>, id: ConnId, mut session: Session) {
     let node = ctx.node;
-    node.count_connection(id.reactor, false, ctx.conns.len());
     node.release_ip(session.ip);
     let user = session.user.clone();
     // Cluster-wide, this is only news if no other node has them.
     let offline = |last| last && !node.peers().presence(&user, false);
     ctx.local.remove_session(node, &mut session, id, offline);
+    node.count_connection(id.reactor, false, ctx.local.sessions());
 }

@@ -147,11 +147,6 @@ impl ConnTable {
             .collect()
     }
 
-    /// Connections in all (any phase).
-    pub fn len(&self) -> usize {
-        self.slab.len()
-    }
-
     /// No connection at all.
     pub fn is_empty(&self) -> bool {
         self.slab.is_empty()

@@ -28,7 +28,7 @@ impl Reactor {
         }
         let node = &self.node;
         node.metrics().absorb(&mut self.conns.counts);
-        node.metrics().loop_connections(self.id, self.conns.len());
+        node.metrics().loop_connections(self.id, self.local.sessions());
         for (id, d) in due {
             match d {
                 Due::Nothing => {}
