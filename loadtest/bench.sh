@@ -133,13 +133,7 @@ if want classic; then
 SHAPE=(--conns 1000 --rooms 10 --publishers 10)
 
 # start_server SIDE NAME: a fresh server of SIDE (chinwag|socketio|uws) as NAME.
-start_server() {
-    case $1 in
-    chinwag) cw_start_chinwag "$2" 0 ;;
-    socketio) cw_start_socketio "$2" 0 ;;
-    uws) cw_start_uws "$2" 0 ;;
-    esac
-}
+start_server() { cw_start "$1" "$2" 0; }
 
 # load SIDE NAME SCENARIO [flags...]: chinwag-load against server NAME,
 # JSON lines appended to OUT/SCENARIO-SIDE.jsonl, progress to its .log.

@@ -49,11 +49,7 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 sweep() {
     local label=$1
     shift
-    if [[ ${BIG_PEER:-chinwag} == uws ]]; then
-        cw_start_uws SRV "$SERVER_CORES"
-    else
-        cw_start_chinwag SRV "$SERVER_CORES"
-    fi
+    cw_start "${BIG_PEER:-chinwag}" SRV "$SERVER_CORES"
     cw_log "$label: server pid $SRV_PID on cores $SERVER_CORES, harness on $HARNESS_CORES x$HARNESS_THREADS"
     # The label names the plot; in the JSON the conns and rooms say which.
     $(cw_pin "$HARNESS_CORES") "$CW_LOAD" sweep --target "$SRV_ADDR" --server-pid "$SRV_PID" --json \

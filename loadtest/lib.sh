@@ -105,33 +105,43 @@ cw_start_chinwag() {
     printf -v "${name}_ADDR" '%s' "$(cw_wait_listening "$dir/log")"
 }
 
-# cw_start_socketio NAME CORE [env assignments...]: the Socket.IO peer on a
-# free port, pinned to CORE; sets NAME_PID and NAME_ADDR.
-cw_start_socketio() {
+# cw_start_peer NAME CORE COMMAND...: a peer server that listens on PORT
+# (0 here: any free port) and prints `listening on http://ADDR` on stderr,
+# pinned to CORE; sets NAME_PID and NAME_ADDR.
+cw_start_peer() {
     local name=$1 core=$2
     shift 2
     local dir
     dir=$(mktemp -d "$CW_TMP/$name.XXXX")
-    env PORT=0 "$@" $(cw_pin "$core") node "$CW_ROOT/loadtest/peers/socketio/server.js" \
-        2>"$dir/log" &
+    env PORT=0 $(cw_pin "$core") "$@" 2>"$dir/log" &
     local pid=$!
     CW_PIDS+=("$pid")
     printf -v "${name}_PID" '%s' "$pid"
     printf -v "${name}_ADDR" '%s' "$(cw_wait_listening "$dir/log")"
 }
 
-# cw_start_uws NAME CORE: the µWebSockets peer (UWS_BIN, default
-# target/peers/uws-server, built by peers/uws/build.sh) on a free port,
-# pinned to CORE; sets NAME_PID and NAME_ADDR.
-cw_start_uws() {
+# cw_start_socketio NAME CORE [env assignments...]: the Socket.IO peer.
+cw_start_socketio() {
     local name=$1 core=$2
-    local dir
-    dir=$(mktemp -d "$CW_TMP/$name.XXXX")
-    PORT=0 $(cw_pin "$core") "$CW_UWS" 2>"$dir/log" &
-    local pid=$!
-    CW_PIDS+=("$pid")
-    printf -v "${name}_PID" '%s' "$pid"
-    printf -v "${name}_ADDR" '%s' "$(cw_wait_listening "$dir/log")"
+    shift 2
+    cw_start_peer "$name" "$core" env "$@" node "$CW_ROOT/loadtest/peers/socketio/server.js"
+}
+
+# cw_start_uws NAME CORE: the µWebSockets peer (UWS_BIN, default
+# target/peers/uws-server, built by peers/uws/build.sh).
+cw_start_uws() {
+    cw_start_peer "$1" "$2" "$CW_UWS"
+}
+
+# cw_start SIDE NAME CORE: a fresh server of SIDE (chinwag, socketio or
+# uws) as NAME, pinned to CORE, with each one's defaults.
+cw_start() {
+    case $1 in
+    chinwag) cw_start_chinwag "$2" "$3" ;;
+    socketio) cw_start_socketio "$2" "$3" ;;
+    uws) cw_start_uws "$2" "$3" ;;
+    *) cw_log "unknown server $1 (chinwag, socketio, uws)"; return 2 ;;
+    esac
 }
 
 # Installs redis-server if it is missing (Debian/Ubuntu, as root).
