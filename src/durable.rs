@@ -16,6 +16,10 @@
 //! sequenced is on the other nodes whatever happens here: its sender is
 //! not refused but waits until the subscriber has stored it again from the
 //! room's log ([`Link::strand`]).
+//!
+//! Once a second it also does the storage's housekeeping: the free-space
+//! guard, reopening a failed database, and giving the heap back to the
+//! system in the first quiet second after writes ([`crate::trim`]).
 
 use crate::{
     alive::Alive,
@@ -23,6 +27,7 @@ use crate::{
     fanout::{Cmd, Fanout, Reply, ReplyTo},
     metrics::Metrics,
     storage::Storage,
+    trim::{self, Trim},
     wire::Msg,
 };
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
@@ -162,6 +167,8 @@ impl Worker {
         let fault = std::env::var(FAULT_ENV).is_ok_and(|v| v == "commit");
         let mut batch = Vec::new();
         let mut checked = Instant::now();
+        let mut trim = Trim::new(checked);
+        let mut flushed = false;
         self.storage.check_space(self.min_free);
         loop {
             self.alive.beat(self.slot);
@@ -169,6 +176,14 @@ impl Worker {
                 checked = Instant::now();
                 if !self.maintain(&rx) {
                     break;
+                }
+                if trim.due(std::mem::take(&mut flushed), checked) {
+                    let freed = trim::heap();
+                    log::debug!(
+                        "heap trimmed in {:?} (pages returned: {freed})",
+                        checked.elapsed()
+                    );
+                    self.metrics.heap_trimmed();
                 }
             }
             let first = match rx.recv_timeout(IDLE_BEAT) {
@@ -189,6 +204,7 @@ impl Worker {
             let t = Instant::now();
             let ok = self.storage.flush().is_ok();
             let done = Instant::now();
+            flushed = true;
             self.metrics.observe_flush(done.duration_since(t).as_secs_f64(), batch.len());
             self.release(&mut batch, ok, done);
             if fault {

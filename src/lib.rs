@@ -15,6 +15,7 @@
 //!                lines that clients cause
 //!     priority   each thread's scheduling: short slices for the ack path,
 //!                nice 19 for the work behind it
+//!     trim       giving freed heap back to the system in quiet seconds
 //! L1  conn/      one connection (socket, output queue, phase, rate bucket,
 //!                close codes) and ConnTable, a reactor's slab and outbox
 //!     storage/   sled, and nothing else: messages, members, reads, revocations
@@ -85,6 +86,7 @@ pub mod search;
 pub mod server;
 pub(crate) mod snapshot;
 pub mod storage;
+pub(crate) mod trim;
 pub mod wire;
 
 /// The output queue, for the fan-out benchmark.

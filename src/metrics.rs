@@ -150,6 +150,7 @@ pub struct Metrics {
     ws_opens: Counter,
     ws_closes: Family<CloseLabel, Counter>,
     storage_up: Gauge,
+    heap_trims: Counter,
 }
 
 impl Default for Metrics {
@@ -182,6 +183,7 @@ impl Metrics {
             ws_opens: Counter::default(),
             ws_closes: Family::default(),
             storage_up: Gauge::default(),
+            heap_trims: Counter::default(),
             registry: Registry::default(),
         };
         // One line per metric: name, help, the metric (registered as a clone).
@@ -211,6 +213,7 @@ impl Metrics {
             "ws_opens", "WebSockets opened", m.ws_opens;
             "ws_closes", "WebSockets closed, by close code and who closed", m.ws_closes;
             "storage_up", "1 while storage takes writes, 0 while it refuses them", m.storage_up;
+            "heap_trims", "Quiet seconds that gave the free heap back to the system", m.heap_trims;
         }
         m.build.get_or_create(&BuildLabel { version: env!("CARGO_PKG_VERSION") }).set(1);
         std::sync::LazyLock::force(&process::FIRST_RUN);
@@ -272,6 +275,11 @@ impl Metrics {
     pub fn observe_flush(&self, seconds: f64, batch: usize) {
         self.flush_seconds.observe(seconds);
         self.flush_batch.observe(batch as f64);
+    }
+
+    /// The heap was trimmed (`crate::trim`).
+    pub fn heap_trimmed(&self) {
+        self.heap_trims.inc();
     }
 
     /// One durable answer, from accepting the write.

@@ -196,6 +196,7 @@ fn metrics_are_prometheus_text_and_count_what_happens() {
         "chinwag_storage_flush_batch_count",
         "chinwag_ack_latency_seconds_bucket",
         "chinwag_redis_up",
+        "chinwag_heap_trims_total",
     ] {
         assert!(before.contains_key(name), "missing {name} in:\n{}", r.body);
     }
@@ -235,6 +236,41 @@ fn metrics_are_prometheus_text_and_count_what_happens() {
         std::thread::sleep(Duration::from_millis(100));
     }
     drop(pending);
+}
+
+#[test]
+fn a_quiet_second_after_writes_gives_the_heap_back() {
+    let s = Server::open(&[]);
+    let trims =
+        || parse_prometheus(&http_get(s.addr, "/metrics", &[]).1)["chinwag_heap_trims_total"][0];
+    // The start's own writes are trimmed in its first quiet second: wait
+    // until the count holds still across two checks by the commit thread.
+    let mut before = trims();
+    loop {
+        std::thread::sleep(Duration::from_millis(2500));
+        let now = trims();
+        if now == before {
+            break;
+        }
+        before = now;
+    }
+    let mut a = s.client("a");
+    a.join("m");
+    for i in 0..10 {
+        a.send_msg("m", &format!("burst {i}"));
+    }
+    let mut after = before;
+    for _ in 0..100 {
+        after = trims();
+        if after > before {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(after, before + 1.0, "one trim after the burst's writes, once they stopped");
+    // Quiet, with nothing written since: no more (the next is a minute away).
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(trims(), after);
 }
 
 #[test]
