@@ -12,7 +12,7 @@
 use super::{
     keys::{msg_key, prefix, sub, tag, Part::*},
     writes::Writes,
-    Result, Storage, StorageError,
+    Result, Storage, StorageError, Trees,
 };
 use crate::wire::{Kind, Msg, Reaction};
 use serde::{Deserialize, Serialize};
@@ -207,27 +207,43 @@ impl Storage {
     fn derive(&self, room: &str, seq: u64, rec: Record, again: bool) -> Result<()> {
         let t = self.trees()?;
         self.unmark_clean(&t)?;
-        let b = self.plan(&t.messages, room, seq, rec, again)?;
+        let (b, ord) = self.plan(&t, room, seq, rec, again)?;
         let r = b.apply(&t.messages, &self.inner.tallies);
+        let mut ords = t.ords.lock();
+        match (&r, ord) {
+            (Ok(()), Some(ord)) => drop(ords.insert(room.into(), ord)),
+            (Ok(()), None) => {}
+            // Whether the ordinal went in is unknown: read it again.
+            (Err(_), _) => drop(ords.remove(room)),
+        }
+        drop(ords);
         self.check(r)
     }
 
     /// The writes of [`derive`](Self::derive), record first.
+    /// Also returns the room's new latest ordinal, if it writes one.
     fn plan(
         &self,
-        tree: &sled::Tree,
+        t: &Trees,
         room: &str,
         seq: u64,
         rec: Record,
         again: bool,
-    ) -> Result<Writes> {
+    ) -> Result<(Writes, Option<u64>)> {
+        let tree = &t.messages;
         let mut b = Writes::default();
+        let mut new_ord = None;
         b.insert(msg_key(room, seq), rec.encode());
         if rec.is_message() {
             let ord_key = sub(room, tag::ORD, &[N(seq)]);
             if !(again && self.check(tree.contains_key(&ord_key))?) {
-                let ord = self.last_ord(tree, room)? + 1;
+                let cached = t.ords.lock().get(room).copied();
+                let ord = match cached {
+                    Some(ord) => ord,
+                    None => self.last_ord(tree, room)?,
+                } + 1;
                 b.insert(ord_key, ord.to_be_bytes().to_vec());
+                new_ord = Some(ord);
             }
             if !rec.deleted {
                 b.insert(sub(room, tag::OWN, &[S(&rec.from), N(seq)]), vec![]);
@@ -244,7 +260,7 @@ impl Storage {
             b.insert(sub(room, tag::TOUCH, &[N(target), N(seq)]), vec![]);
             self.refold(tree, room, target, Some((seq, rec)), None, &mut b)?;
         }
-        Ok(b)
+        Ok((b, new_ord))
     }
 
     /// Derives each room's last event again: after a crash between an
@@ -309,6 +325,7 @@ impl Storage {
         }
         b.remove(msg_key(room, seq));
         let r = b.apply(tree, &self.inner.tallies);
+        t.ords.lock().remove(room);
         self.check(r)
     }
 
@@ -487,6 +504,38 @@ mod tests {
         s.trees().unwrap().messages.iter().map(|kv| kv.unwrap()).collect()
     }
 
+    /// The ordinals kept in memory follow what is stored: a message taken
+    /// back gives its ordinal back, and a new handle reads them from disk.
+    #[test]
+    fn ordinals_count_the_stored_messages() {
+        let dir = tempfile::tempdir().unwrap();
+        let ords = |s: &Storage, room: &str| -> Vec<u64> {
+            let t = s.trees().unwrap();
+            let p = sub(room, tag::ORD, &[]);
+            t.messages
+                .scan_prefix(p)
+                .map(|kv| super::super::keys::be_u64(&kv.unwrap().1).unwrap())
+                .collect()
+        };
+        {
+            let s = Storage::open(dir.path()).unwrap();
+            for seq in 1..=3 {
+                s.apply("r", seq, &msg("a", "x", None, &[])).unwrap();
+            }
+            s.apply("q", 1, &msg("a", "x", None, &[])).unwrap();
+            s.unapply("r", 3).unwrap();
+            s.apply("r", 3, &msg("a", "y", None, &[])).unwrap();
+            // Not a message: no ordinal.
+            s.apply("r", 4, &on(Kind::Delete, "a", 1)).unwrap();
+            assert_eq!(ords(&s, "r"), [1, 2, 3]);
+            assert_eq!(ords(&s, "q"), [1]);
+            s.flush().unwrap();
+        }
+        let s = reopen(dir.path());
+        s.apply("r", 5, &msg("a", "z", None, &[])).unwrap();
+        assert_eq!(ords(&s, "r"), [1, 2, 3, 4]);
+    }
+
     #[test]
     fn a_clean_stop_skips_the_repair_until_the_next_write() {
         let dir = tempfile::tempdir().unwrap();
@@ -544,8 +593,8 @@ mod tests {
             let seq = base.len() as u64 + 1;
             let n = {
                 let t = full.trees().unwrap();
-                let writes = full.plan(&t.messages, "r", seq, Record::from_event(last), false);
-                writes.unwrap().len()
+                let writes = full.plan(&t, "r", seq, Record::from_event(last), false);
+                writes.unwrap().0.len()
             };
             for cut in 1..n {
                 let dir = tempfile::tempdir().unwrap();
@@ -555,8 +604,8 @@ mod tests {
                         s.apply("r", n as u64 + 1, ev).unwrap();
                     }
                     let t = s.trees().unwrap();
-                    let mut writes =
-                        s.plan(&t.messages, "r", seq, Record::from_event(last), false).unwrap();
+                    let (mut writes, _) =
+                        s.plan(&t, "r", seq, Record::from_event(last), false).unwrap();
                     writes.truncate(cut);
                     writes.apply(&t.messages, &s.inner.tallies).unwrap();
                     s.flush().unwrap();

@@ -105,6 +105,11 @@ struct Trees {
     room_members: sled::Tree,
     users: sled::Tree,
     meta: sled::Tree,
+    /// Each written room's latest message ordinal, once a write has read
+    /// it: a reverse scan of the room's ordinals was a fifth of every
+    /// stored message's CPU. Only writers use it (they hold the room's
+    /// lock); a reopen starts a new one.
+    ords: parking_lot::Mutex<foldhash::HashMap<Box<str>, u64>>,
 }
 
 impl Trees {
@@ -127,6 +132,7 @@ impl Trees {
             users: db.open_tree("users")?,
             meta: db.open_tree("meta")?,
             db,
+            ords: Default::default(),
         })
     }
 }
