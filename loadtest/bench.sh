@@ -140,10 +140,11 @@ start_server() { cw_start "$1" "$2" 0; }
 load() {
     local side=$1 name=$2 scenario=$3
     shift 3
-    local addr="${name}_ADDR" pid="${name}_PID" proto=$side
-    # The µWebSockets peer speaks chinwag's JSON dialect.
-    [[ $side == uws ]] && proto=chinwag
-    $LOAD "$scenario" --proto "$proto" --target "${!addr}" --server-pid "${!pid}" --json "$@" \
+    local addr="${name}_ADDR" pid="${name}_PID" proto=$side title=()
+    # The µWebSockets peer speaks chinwag's JSON dialect; its plots say
+    # whose they are.
+    [[ $side == uws ]] && proto=chinwag title=(--server-name µWebSockets)
+    $LOAD "$scenario" --proto "$proto" "${title[@]}" --target "${!addr}" --server-pid "${!pid}" --json "$@" \
         >>"$OUT/$scenario-$side.jsonl" 2>>"$OUT/$scenario-$side.log" ||
         cw_log "$side $scenario failed: see $OUT/$scenario-$side.log"
 }

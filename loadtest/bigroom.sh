@@ -52,7 +52,9 @@ sweep() {
     cw_start "${BIG_PEER:-chinwag}" SRV "$SERVER_CORES"
     cw_log "$label: server pid $SRV_PID on cores $SERVER_CORES, harness on $HARNESS_CORES x$HARNESS_THREADS"
     # The label names the plot; in the JSON the conns and rooms say which.
-    $(cw_pin "$HARNESS_CORES") "$CW_LOAD" sweep --target "$SRV_ADDR" --server-pid "$SRV_PID" --json \
+    local title=()
+    [[ ${BIG_PEER:-chinwag} == uws ]] && title=(--server-name µWebSockets)
+    $(cw_pin "$HARNESS_CORES") "$CW_LOAD" sweep "${title[@]}" --target "$SRV_ADDR" --server-pid "$SRV_PID" --json \
         --threads "$HARNESS_THREADS" --publishers 10 --warmup 1s --step-duration 3s --drain 1s \
         --p99-limit 50ms --setup-timeout 240s --plot "$OUT/bigroom-$label.svg" "$@" \
         >>"$OUT/bigroom.jsonl" 2>>"$OUT/bigroom.log" ||

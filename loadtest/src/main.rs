@@ -133,6 +133,10 @@ struct Common {
     /// Wire encoding for chinwag (subprotocol chinwag.v1.json or chinwag.v1.msgpack).
     #[arg(long, value_enum, default_value_t = Encoding::Json)]
     encoding: Encoding,
+    /// The server's name in plot titles (default: the dialect's, e.g.
+    /// "chinwag (json)"; a peer speaking chinwag's dialect names itself).
+    #[arg(long)]
+    server_name: Option<String>,
     /// Harness event-loop threads (add some when one loop saturates a core).
     #[arg(long, default_value_t = 1)]
     threads: usize,
@@ -576,6 +580,11 @@ impl Common {
             ProtoArg::Chinwag => Proto::Chinwag(self.encoding),
             ProtoArg::Socketio => Proto::SocketIo,
         }
+    }
+
+    /// The server's name for plot titles.
+    fn server_label(&self) -> String {
+        self.server_name.clone().unwrap_or_else(|| self.proto().label())
     }
 
     /// The source addresses asked for (empty: the kernel's choice).

@@ -251,7 +251,7 @@ pub fn fanout(a: &FanoutArgs, cluster: bool) -> Result<(), String> {
     cpu_rows(&mut r, &res);
     print_report(&r, c.json);
     if let Some(path) = &a.plot {
-        let title = format!("{} fanout: {} conns, {} rooms", plan.proto.label(), c.conns, c.rooms);
+        let title = format!("{} fanout: {} conns, {} rooms", c.server_label(), c.conns, c.rooms);
         plot::latency_vs_rate(path, &title, &[point(&res)], None)?;
     }
     Ok(())
@@ -376,7 +376,7 @@ pub fn sweep(a: &SweepArgs) -> Result<(), String> {
     print_report(&r, c.json);
     if let Some(path) = &a.plot {
         let points: Vec<plot::Point> = run.steps.iter().map(point).collect();
-        let title = format!("{} sweep: {} conns, {} rooms", plan.proto.label(), c.conns, c.rooms);
+        let title = format!("{} sweep: {} conns, {} rooms", c.server_label(), c.conns, c.rooms);
         let limit = a.p99_limit.as_secs_f64() * 1e3;
         plot::latency_vs_rate(path, &title, &points, Some(limit))?;
     }
