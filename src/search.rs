@@ -5,7 +5,9 @@
 //! re-indexes the messages they touch (a new message, an edit's target, a
 //! delete's target). Each commit carries how far every room is indexed, so
 //! after a crash, or with the index lost, it catches up from storage by
-//! itself.
+//! itself. Commits are costly and rare under steady traffic; until one
+//! lands, what was indexed since the last is searched from memory, so a
+//! message shows in search after the next poll whatever the commit rate.
 //!
 //! Words are runs of letters and digits, lowercased; a query word matches
 //! any indexed word it is a prefix of.
@@ -43,16 +45,25 @@ const WRITER_BYTES: usize = 20_000_000;
 const POLL: Duration = Duration::from_millis(250);
 /// A commit makes a segment (and tantivy merges them): a cost per commit
 /// whatever its size (a new segment writer zeroes several MB of tables,
-/// then the files, their fsyncs, the merges), so it commits once a second
-/// at any rate: at 10,000 msg/s, a commit every 2,000 events took 60% more
-/// CPU for the index (bench/search.rs; on a live server the difference
-/// was within the noise). The commit's writes do not delay sled's flush
-/// (BENCHMARKS.md: as many slow flushes with the index on tmpfs). A match
-/// still shows within 2 s.
-const COMMIT_EVERY: Duration = Duration::from_secs(1);
-/// ... or sooner after this many events (a catch-up after a pause): the
-/// writer flushes its own segments at its memory budget anyway.
+/// then the files, their fsyncs, the merges, the reader's reload): about
+/// 11 ms of CPU here, which at one commit a second was 9% of the server's
+/// CPU at 200 msg/s (BENCHMARKS.md, fourteenth session). So under steady
+/// traffic it commits rarely, and what it indexed since the last commit
+/// is searched from memory ([`Recent`]): a match shows after the next
+/// poll, at any commit rate.
+const COMMIT_EVERY: Duration = Duration::from_secs(30);
+/// ... or once a poll finds nothing new (traffic paused: a commit then
+/// costs nobody anything, and it empties the in-memory list), at most
+/// this often ...
+const COMMIT_QUIET: Duration = Duration::from_secs(1);
+/// ... or after this many events (a catch-up, a high rate). At 10,000
+/// msg/s a commit every 2,000 events took 60% more CPU for the index than
+/// one a second (bench/search.rs); the writer flushes its own segments at
+/// its memory budget anyway.
 const COMMIT_EVENTS: u64 = 20_000;
+/// Most messages kept in memory between commits (a catch-up at start
+/// indexes far more before its commit; past this they show after it).
+const RECENT_MAX: usize = 2 * COMMIT_EVENTS as usize;
 /// Events read from storage per step.
 const STEP: usize = 1000;
 /// Extra hits fetched past a page, so ties on ts sort exactly.
@@ -93,6 +104,33 @@ pub struct Search {
     f: Fields,
     /// How far each room is indexed (seq), as committed.
     marks: Mutex<HashMap<String, u64>>,
+    /// What was added to the writer since the last commit, which the
+    /// index's reader shows only after it.
+    recent: Mutex<Vec<Recent>>,
+}
+
+/// A message added to the index but not committed yet, searched in memory.
+#[derive(Debug)]
+struct Recent {
+    rank: Rank,
+    /// Its words, lowercased, each followed by a space.
+    words: String,
+}
+
+impl Recent {
+    fn new(m: &Msg, text: &str) -> Recent {
+        let mut words = String::with_capacity(text.len() + 1);
+        for w in self::words(text) {
+            words.push_str(&w);
+            words.push(' ');
+        }
+        Recent { rank: (m.ts, m.room.clone(), m.seq), words }
+    }
+
+    /// Whether every query word is a prefix of one of its words.
+    fn matches(&self, query: &[String]) -> bool {
+        query.iter().all(|q| self.words.split_terminator(' ').any(|w| w.starts_with(q.as_str())))
+    }
 }
 
 impl std::fmt::Debug for Search {
@@ -158,7 +196,8 @@ impl Search {
         // thread (at normal priority) polling meta.json twice a second.
         let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into()?;
         let writer = Mutex::new(writer);
-        Ok(Arc::new(Search { reader, writer, f, marks: Mutex::new(marks) }))
+        let recent = Mutex::new(Vec::new());
+        Ok(Arc::new(Search { reader, writer, f, marks: Mutex::new(marks), recent }))
     }
 
     /// Starts the indexing thread.
@@ -179,9 +218,11 @@ impl Search {
                         due.push((e.name.to_string(), e.durable));
                     }
                 });
-                pending += s.index_rooms(&storage, due, &mut indexed);
-                if pending >= COMMIT_EVENTS || (pending > 0 && committed.elapsed() >= COMMIT_EVERY)
-                {
+                let new = s.index_rooms(&storage, due, &mut indexed);
+                pending += new;
+                let since = committed.elapsed();
+                let quiet = new == 0 && since >= COMMIT_QUIET;
+                if pending >= COMMIT_EVENTS || (pending > 0 && (quiet || since >= COMMIT_EVERY)) {
                     s.commit(indexed.clone());
                     (pending, committed) = (0, Instant::now());
                 }
@@ -332,7 +373,12 @@ impl Search {
         doc.add_u64(self.f.seq, m.seq);
         doc.add_u64(self.f.ts, m.ts);
         doc.add_text(self.f.text, text);
-        writer.add_document(doc).map(drop)
+        writer.add_document(doc)?;
+        let mut recent = self.recent.lock();
+        if recent.len() < RECENT_MAX {
+            recent.push(Recent::new(m, text));
+        }
+        Ok(())
     }
 
     fn term(&self, t: Term) -> TermQuery {
@@ -349,9 +395,33 @@ impl Search {
         });
         drop(writer);
         match done.and_then(|_| self.reader.reload()) {
-            Ok(()) => *self.marks.lock() = marks,
+            Ok(()) => {
+                *self.marks.lock() = marks;
+                // Only now: a query that took the list before this saw
+                // the older reader or sees a hit twice, never none.
+                self.recent.lock().clear();
+            }
             Err(e) => log::warn!("search: commit failed: {e}"),
         }
+    }
+
+    /// The uncommitted messages of `rooms` that match `query`, below
+    /// `before`, newest first.
+    fn recent_hits(&self, query: &[String], rooms: &[String], before: Option<&Rank>) -> Vec<Rank> {
+        let recent = self.recent.lock();
+        if recent.is_empty() {
+            return Vec::new();
+        }
+        let rooms: std::collections::HashSet<&str> = rooms.iter().map(String::as_str).collect();
+        let mut hits: Vec<Rank> = recent
+            .iter()
+            .filter(|r| rooms.contains(r.rank.1.as_str()) && before.is_none_or(|b| r.rank < *b))
+            .filter(|r| r.matches(query))
+            .map(|r| r.rank.clone())
+            .collect();
+        drop(recent);
+        hits.sort_by(|a, b| b.cmp(a));
+        hits
     }
 
     /// Messages of `rooms` whose text has every word of `query` (lowercase
@@ -382,6 +452,8 @@ impl Search {
             let hi = Bound::Included(Term::from_field_u64(self.f.ts, *ts));
             clauses.push((Occur::Must, Box::new(RangeQuery::new(Bound::Unbounded, hi))));
         }
+        // Taken before the searcher: see `commit`.
+        let fresh = self.recent_hits(query, rooms, before);
         let searcher = self.reader.searcher();
         let query = BooleanQuery::new(clauses);
         // Each segment's room and seq columns, by segment ordinal: a hit's
@@ -408,11 +480,11 @@ impl Search {
                 out.push((ts, name, seq.first(addr.doc_id).unwrap_or(0)));
             }
             out.sort_by(|a, b| b.cmp(a));
+            // Hits that share the last ts may have been cut anywhere in
+            // their (room, seq) order: keep only the ts above it, and
+            // fetch more when that leaves too few.
+            let floor = if full { out.last().map_or(0, |r| r.0) } else { 0 };
             if full {
-                // Hits that share the last ts may have been cut anywhere
-                // in their (room, seq) order: keep only the ts above it,
-                // and fetch more when that leaves too few.
-                let floor = out.last().map_or(0, |r| r.0);
                 out.retain(|r| r.0 > floor);
             }
             if let Some(before) = before {
@@ -422,9 +494,59 @@ impl Search {
                 fetch *= 4;
                 continue;
             }
+            // The uncommitted hits merge in where the index's are
+            // complete: past a cut, they come with a later page.
+            let at = fresh.partition_point(|r| r.0 > floor || !full);
+            out.extend_from_slice(&fresh[..at]);
+            out.sort_by(|a, b| b.cmp(a));
+            out.dedup();
             let more = full || out.len() > want;
             out.truncate(want);
             return Ok((out, more));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn add(s: &Search, room: &str, seq: u64, ts: u64, text: &str) {
+        let m = Msg { seq, ts, ..Msg::message(room, "ann", text.into()) };
+        s.add(&s.writer.lock(), &m).unwrap();
+    }
+
+    fn find(s: &Search, word: &str, before: Option<&Rank>, want: usize) -> (Vec<Rank>, bool) {
+        s.query(&[word.to_string()], &["r".to_string()], before, want).unwrap()
+    }
+
+    fn rank(ts: u64, seq: u64) -> Rank {
+        (ts, "r".to_string(), seq)
+    }
+
+    #[test]
+    fn what_is_not_committed_yet_is_found_from_memory_and_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Search::open(dir.path()).unwrap();
+        add(&s, "r", 1, 10, "Rocket launch");
+        add(&s, "r", 2, 20, "lunch");
+        add(&s, "other", 1, 30, "rocket");
+        // Nothing is committed: found in memory, in the rooms asked only.
+        assert_eq!(find(&s, "rock", None, 10), (vec![rank(10, 1)], false));
+
+        s.commit(HashMap::new());
+        assert!(s.recent.lock().is_empty(), "a commit empties the list");
+        assert_eq!(find(&s, "rock", None, 10), (vec![rank(10, 1)], false));
+
+        // Uncommitted and committed hits page together, newest first.
+        add(&s, "r", 3, 40, "rocketry");
+        let (first, more) = find(&s, "rock", None, 1);
+        assert_eq!((first.clone(), more), (vec![rank(40, 3)], true));
+        assert_eq!(find(&s, "rock", Some(&first[0]), 1), (vec![rank(10, 1)], false));
+
+        // A message indexed again before the commit (an edit) shows once.
+        add(&s, "r", 1, 10, "rocket science");
+        assert_eq!(find(&s, "rock", None, 10), (vec![rank(40, 3), rank(10, 1)], false));
+        assert_eq!(find(&s, "sci", None, 10), (vec![rank(10, 1)], false));
     }
 }

@@ -1040,6 +1040,30 @@ fn ok_left(c: &mut Client, room: &str) {
     assert_eq!(ty(&l), "left", "{l}");
 }
 
+/// Under steady traffic the index commits only every 30 s; a new message shows in search at
+/// once anyway, from what was indexed since the last commit (PROTOCOL.md: within 2 s). Without
+/// that list, the needle would wait for the commit, past `SETTLE`.
+#[test]
+fn search_finds_a_new_message_while_traffic_never_pauses() {
+    let s = server(&[]);
+    let mut alice = conn(&s, "alice", Enc::Json);
+    alice.join("busy");
+    let needle = send(&mut alice, "busy", "a needle in the haystack");
+    let start = Instant::now();
+    for n in 0.. {
+        // More hay before every look: the indexer never sees a quiet poll.
+        send(&mut alice, "busy", &format!("hay {n}"));
+        let r = alice.call(json!({"type": "search", "query": "needle"}));
+        let msgs = r["messages"].as_array().unwrap_or_else(|| panic!("{r}"));
+        if keys(msgs) == [key("busy", needle)] {
+            break;
+        }
+        assert!(msgs.is_empty(), "only the needle matches: {r}");
+        assert!(start.elapsed() < SETTLE, "the needle never showed under traffic; last: {r}");
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[test]
 fn search_pages_with_an_opaque_cursor_until_it_is_absent() {
     let s = server(&[]);
