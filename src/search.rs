@@ -119,9 +119,16 @@ struct Recent {
 
 impl Recent {
     fn new(m: &Msg, text: &str) -> Recent {
+        // As [`words`] splits and lowercases, without a string per word
+        // where there is nothing to lowercase (most chat words): this
+        // runs for every message indexed.
         let mut words = String::with_capacity(text.len() + 1);
-        for w in self::words(text) {
-            words.push_str(&w);
+        for w in text.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()) {
+            if w.chars().any(|c| c.is_alphabetic() && !c.is_lowercase()) {
+                words.push_str(&w.to_lowercase());
+            } else {
+                words.push_str(w);
+            }
             words.push(' ');
         }
         Recent { rank: (m.ts, m.room.clone(), m.seq), words }
@@ -522,6 +529,16 @@ mod tests {
 
     fn rank(ts: u64, seq: u64) -> Rank {
         (ts, "r".to_string(), seq)
+    }
+
+    #[test]
+    fn the_words_kept_in_memory_are_the_words_the_index_gets() {
+        let m = Msg::message("r", "ann", String::new());
+        for text in ["plain words", "MiXed-Case, ÜBER!", "ΟΔΟΣ σοφός", "ǅemal 東京 x2", ""]
+        {
+            let joined: String = words(text).iter().map(|w| format!("{w} ")).collect();
+            assert_eq!(Recent::new(&m, text).words, joined, "{text}");
+        }
     }
 
     #[test]
