@@ -75,18 +75,25 @@ const MAX_FETCH: usize = 1 << 20;
 /// Where a search result sorts: newest first by ts, then room, then seq.
 pub type Rank = (u64, String, u64);
 
+/// The runs of letters and digits of a text, as they are (the index's
+/// tokenizer splits the same way).
+fn runs(text: &str) -> impl Iterator<Item = &str> {
+    text.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty())
+}
+
 /// The words of a text: runs of letters and digits, lowercased.
 pub fn words(text: &str) -> Vec<String> {
-    text.split(|c: char| !c.is_alphanumeric())
-        .filter(|w| !w.is_empty())
-        .map(str::to_lowercase)
-        .collect()
+    runs(text).map(str::to_lowercase).collect()
+}
+
+/// Whether every query word is a prefix of one of `have`.
+fn prefixes_all<'a>(query: &[String], have: impl Iterator<Item = &'a str> + Clone) -> bool {
+    query.iter().all(|q| have.clone().any(|w| w.starts_with(q.as_str())))
 }
 
 /// Whether every query word is a prefix of a word of `text`.
 pub fn matches(query: &[String], text: &str) -> bool {
-    let have = words(text);
-    query.iter().all(|q| have.iter().any(|w| w.starts_with(q.as_str())))
+    prefixes_all(query, words(text).iter().map(String::as_str))
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -123,7 +130,7 @@ impl Recent {
         // where there is nothing to lowercase (most chat words): this
         // runs for every message indexed.
         let mut words = String::with_capacity(text.len() + 1);
-        for w in text.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()) {
+        for w in runs(text) {
             if w.chars().any(|c| c.is_alphabetic() && !c.is_lowercase()) {
                 words.push_str(&w.to_lowercase());
             } else {
@@ -136,7 +143,7 @@ impl Recent {
 
     /// Whether every query word is a prefix of one of its words.
     fn matches(&self, query: &[String]) -> bool {
-        query.iter().all(|q| self.words.split_terminator(' ').any(|w| w.starts_with(q.as_str())))
+        prefixes_all(query, self.words.split_terminator(' '))
     }
 }
 
@@ -490,8 +497,8 @@ impl Search {
             // Hits that share the last ts may have been cut anywhere in
             // their (room, seq) order: keep only the ts above it, and
             // fetch more when that leaves too few.
-            let floor = if full { out.last().map_or(0, |r| r.0) } else { 0 };
-            if full {
+            let floor = full.then(|| out.last().map_or(0, |r| r.0));
+            if let Some(floor) = floor {
                 out.retain(|r| r.0 > floor);
             }
             if let Some(before) = before {
@@ -503,7 +510,7 @@ impl Search {
             }
             // The uncommitted hits merge in where the index's are
             // complete: past a cut, they come with a later page.
-            let at = fresh.partition_point(|r| r.0 > floor || !full);
+            let at = fresh.partition_point(|r| floor.is_none_or(|f| r.0 > f));
             out.extend_from_slice(&fresh[..at]);
             out.sort_by(|a, b| b.cmp(a));
             out.dedup();
