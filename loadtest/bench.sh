@@ -174,19 +174,23 @@ done
 
 # The same shape on a cluster: two chinwag nodes and their Redis, all on
 # core 0 (so CPU per delivery counts the cluster's whole cost), clients of
-# every room spread over both nodes; 200 msg/s and 2000 msg/s.
+# every room spread over both nodes; 200 msg/s and 2000 msg/s. A fresh
+# cluster per rate, as the single node is fresh per scenario.
 if cw_need_redis; then
-    cw_log "chinwag cluster: 2 nodes + redis"
-    cw_start_redis
-    cw_start_chinwag N1 0 --redis "$REDIS_URL"
-    cw_start_chinwag N2 0 --redis "$REDIS_URL"
     for rate in 200 2000; do
+        cw_log "chinwag cluster: 2 nodes + redis at $rate msg/s"
+        cw_start_redis
+        cw_start_chinwag N1 0 --redis "$REDIS_URL"
+        cw_start_chinwag N2 0 --redis "$REDIS_URL"
         for ((i = 1; i <= RUNS; i++)); do
             $LOAD cluster --target "$N1_ADDR,$N2_ADDR" --server-pid "$N1_PID,$N2_PID,$REDIS_PID" --json \
                 "${SHAPE[@]}" --rate "$rate" --warmup 2s --duration 10s --drain 2s \
                 >>"$OUT/cluster-$rate.jsonl" 2>>"$OUT/cluster-$rate.log" ||
                 cw_log "cluster at $rate failed: see $OUT/cluster-$rate.log"
         done
+        cw_stop "$N1_PID"
+        cw_stop "$N2_PID"
+        cw_stop "$REDIS_PID"
         # The single node at the same rate, in the same run, for the side-by-side.
         if ((rate != 200)); then
             start_server chinwag SRV
@@ -200,9 +204,6 @@ if cw_need_redis; then
             rm -f "$OUT/fanout-chinwag.tmp"
         fi
     done
-    cw_stop "$N1_PID"
-    cw_stop "$N2_PID"
-    cw_stop "$REDIS_PID"
 fi
 
 row() {

@@ -73,7 +73,9 @@ fn subscribe_once(
             Err(e) => return Err(e),
         };
         retry_stranded(link, node, &mut con)?;
-        let payload: Vec<u8> = msg.get_payload()?;
+        // Borrowed, not copied; a payload that is not a string reads empty
+        // and is dropped below like any nonsense.
+        let payload = msg.get_payload_bytes();
         let applied = match payload.first() {
             Some(b'M') => ingest_message(link, node, replays, &payload[1..], &mut con)?,
             Some(b'E') => match open_event(link, replays, &payload[1..]) {
