@@ -17,7 +17,9 @@
 #   idle    10,000 connections / 100 rooms (setup rate, server memory)
 #
 # JSON lines, logs and SVGs go to target/bench-results/ (BENCH_OUT), and a
-# summary table to stdout and summary.txt. About 5 minutes after the build.
+# summary table to stdout and summary.txt, headed by what the machine
+# billed for a wake-up and a synced write at the start (bench/wake.rs,
+# wake.txt). About 5 minutes after the build.
 # RUNS=N changes the number of fanout runs; NO_BUILD=1 skips the build.
 #
 # Suite `events` (team chat: PROTOCOL.md revision 2), chinwag only, same
@@ -72,7 +74,7 @@ for s in $SUITES; do
         { cw_log "unknown suite $s (classic, events, scale)"; exit 2; }
 done
 mkdir -p "$OUT"
-rm -f "$OUT"/*.jsonl "$OUT"/*.log "$OUT"/*.svg "$OUT"/summary.txt
+rm -f "$OUT"/*.jsonl "$OUT"/*.log "$OUT"/*.svg "$OUT"/summary.txt "$OUT"/wake.txt
 if (($(nproc) < 2)); then
     cw_log "warning: one core only: server and harness share it, numbers will mix"
 fi
@@ -80,6 +82,26 @@ fi
 if [[ ${NO_BUILD:-0} != 1 ]]; then
     cw_log "building release binaries"
     (cd "$CW_ROOT" && cargo build --release -q -p chinwag -p chinwag-load)
+fi
+
+# What this machine bills right now for a wake-up from idle, a hand-off
+# between threads and a synced write (bench/wake.rs, ~15 s). chinwag
+# wakes from idle twice per message where a server that stores nothing
+# wakes once, so on a VM whose speed drifts these lines say which phase
+# a run caught. Built with the release binaries; with NO_BUILD=1, run
+# only if a build is already there.
+if want classic; then
+    WAKE_BIN=
+    if [[ ${NO_BUILD:-0} != 1 ]]; then
+        WAKE_BIN=$(cd "$CW_ROOT" && cargo bench -q --bench wake --no-run --message-format=json 2>/dev/null |
+            grep -o '"executable":"[^"]*wake[^"]*"' | cut -d'"' -f4 | tail -1) || true
+    else
+        WAKE_BIN=$(ls -t "$CW_TARGET"/release/deps/wake-* 2>/dev/null | grep -v '\.d$' | head -1) || true
+    fi
+    if [[ -x $WAKE_BIN ]]; then
+        cw_log "this machine's wake-up and synced-write costs (bench/wake.rs)"
+        WAKE_DIR=$CW_TMP "$WAKE_BIN" --bench >"$OUT/wake.txt" 2>&1 || cw_log "bench/wake.rs failed: see $OUT/wake.txt"
+    fi
 fi
 
 PEER="$CW_ROOT/loadtest/peers/socketio"
@@ -242,6 +264,10 @@ i_mem() { field "$OUT/idle-$1.jsonl" server_rss_per_conn_bytes; }
 i_disc() { field "$OUT/idle-$1.jsonl" disconnects; }
 
 {
+    if [[ -s $OUT/wake.txt ]]; then
+        echo "this machine during the run (bench/wake.rs, CPU per event)"
+        sed 's/^/  /' "$OUT/wake.txt"
+    fi
     printf '%-36s %22s %22s %22s\n' "" chinwag socket.io uwebsockets
     echo "fanout 1000 conns/10 rooms/10 pubs/200 msg/s, median of runs"
     row "runs" f_runs
