@@ -11,8 +11,9 @@
 # the µWebSockets peer are one thread) and the harness on core 1, each
 # scenario against a fresh server:
 #
-#   fanout  1000 conns / 10 rooms / 10 publishers / 200 msg/s, 3 runs
-#           (median server CPU us per delivery, p50, p99)
+#   fanout  1000 conns / 10 rooms / 10 publishers / 200 msg/s, 3 rounds of
+#           every side, a fresh server each (median server CPU us per
+#           delivery, p50, p99; median per-round ratio to µWebSockets)
 #   sweep   the same shape from 200 msg/s, doubling, with an SVG plot
 #   idle    10,000 connections / 100 rooms (setup rate, server memory)
 #
@@ -20,7 +21,8 @@
 # summary table to stdout and summary.txt, headed by what the machine
 # billed for a wake-up and a synced write at the start (bench/wake.rs,
 # wake.txt). About 5 minutes after the build.
-# RUNS=N changes the number of fanout runs; NO_BUILD=1 skips the build.
+# RUNS=N changes the number of fanout rounds (and of cluster runs per rate);
+# NO_BUILD=1 skips the build.
 #
 # Suite `events` (team chat: PROTOCOL.md revision 2), chinwag only, same
 # pinning, a fresh server per group:
@@ -174,14 +176,19 @@ load() {
 SIDES=(chinwag)
 ((SIO)) && SIDES+=(socketio)
 ((UWS)) && SIDES+=(uws)
-for side in "${SIDES[@]}"; do
-    cw_log "$side: fanout x$RUNS"
-    start_server "$side" SRV
-    for ((i = 1; i <= RUNS; i++)); do
+# fanout in rounds, every side once per round on a fresh server: a VM's
+# speed drifts over minutes, and rounds put each side through the same
+# phases (the summary's ratio row pairs the sides round by round).
+for ((i = 1; i <= RUNS; i++)); do
+    for side in "${SIDES[@]}"; do
+        cw_log "$side: fanout, round $i of $RUNS"
+        start_server "$side" SRV
         load "$side" SRV fanout "${SHAPE[@]}" --rate 200 --warmup 2s --duration 10s --drain 2s
+        cw_stop "$SRV_PID"
     done
-    cw_stop "$SRV_PID"
+done
 
+for side in "${SIDES[@]}"; do
     cw_log "$side: sweep"
     start_server "$side" SRV
     load "$side" SRV sweep "${SHAPE[@]}" --start-rate 200 --max-steps 8 --warmup 1s \
@@ -236,6 +243,14 @@ row() {
     printf '  %-34s %22s %22s %22s\n' "$label" "$c" "$s" "$u"
 }
 f_cpu() { field "$OUT/fanout-$1.jsonl" server_cpu_us_per_delivery | median; }
+# f_ratio SIDE: the median over rounds of SIDE's CPU per delivery over
+# µWebSockets' in the same round.
+f_ratio() {
+    ((UWS)) || return 0
+    paste <(field "$OUT/fanout-$1.jsonl" server_cpu_us_per_delivery) \
+        <(field "$OUT/fanout-uws.jsonl" server_cpu_us_per_delivery) |
+        awk 'NF == 2 && $2 > 0 {printf "%.3f\n", $1 / $2}' | median
+}
 f_p50() { field "$OUT/fanout-$1.jsonl" lat_p50_us | median | ms; }
 f_p99() { field "$OUT/fanout-$1.jsonl" lat_p99_us | median | ms; }
 f_lost() { field "$OUT/fanout-$1.jsonl" lost | sum; }
@@ -272,6 +287,7 @@ i_disc() { field "$OUT/idle-$1.jsonl" disconnects; }
     echo "fanout 1000 conns/10 rooms/10 pubs/200 msg/s, median of runs"
     row "runs" f_runs
     row "server CPU us per delivery" f_cpu
+    row "CPU ratio to uwebsockets, by round" f_ratio
     row "p50 latency ms" f_p50
     row "p99 latency ms" f_p99
     row "lost (all runs)" f_lost
