@@ -12,6 +12,9 @@ use mio::{net::TcpStream, Interest, Registry, Token};
 use slab::Slab;
 use std::{io, sync::Arc, time::Instant};
 
+/// Most connections the dirty list keeps room for between turns (24 KiB).
+const KEEP_DIRTY: usize = 2048;
+
 /// The refusal an HTTP response stands for, by its status and (for 429)
 /// its error code. Those decided with more to say are counted where they
 /// are decided: an origin's 403, the connection caps' 429 (the node).
@@ -233,12 +236,20 @@ impl ConnTable {
     /// Writes every dirty connection's output; returns those that failed.
     pub fn flush_dirty(&mut self) -> Vec<ConnId> {
         let mut dead = Vec::new();
-        for id in std::mem::take(&mut self.dirty) {
+        let mut dirty = std::mem::take(&mut self.dirty);
+        for &id in &dirty {
             let Some(conn) = self.get_mut(id) else { continue };
             conn.dirty = false;
             if conn.flush().is_err() {
                 dead.push(id);
             }
+        }
+        // The list keeps its memory for the next turn: taken empty, it grew
+        // again by doubling on every message (six reallocations for a room
+        // of 100). A list grown past KEEP_DIRTY by a burst goes back.
+        dirty.clear();
+        if dirty.capacity() <= KEEP_DIRTY {
+            self.dirty = dirty;
         }
         dead
     }
@@ -247,4 +258,48 @@ impl ConnTable {
 /// The poll token of a connection: generation above, slot below.
 fn token(id: ConnId) -> Token {
     Token(((id.gen as usize) << 32) | id.idx as usize)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mio::Poll;
+
+    /// A table of `n` accepted loopback connections, with their peers.
+    fn table_of(n: usize) -> (ConnTable, Poll, Vec<ConnId>, Vec<std::net::TcpStream>) {
+        let poll = Poll::new().unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut t = ConnTable::new(0, 1 << 20);
+        let (mut ids, mut peers) = (vec![], vec![]);
+        for _ in 0..n {
+            peers.push(std::net::TcpStream::connect(addr).unwrap());
+            let (s, _) = listener.accept().unwrap();
+            s.set_nonblocking(true).unwrap();
+            let id = t.insert(poll.registry(), TcpStream::from_std(s), None, Instant::now());
+            ids.push(id.unwrap());
+        }
+        (t, poll, ids, peers)
+    }
+
+    #[test]
+    fn the_dirty_list_keeps_its_memory_between_turns_unless_a_burst_grew_it() {
+        let (mut t, _poll, ids, _peers) = table_of(100);
+        for &id in &ids {
+            t.mark_dirty(id);
+        }
+        assert!(t.flush_dirty().is_empty());
+        assert!(t.dirty.is_empty());
+        assert!(t.dirty.capacity() >= 100, "kept for the next turn");
+        // Each connection's flag went down with the flush: marked twice
+        // now, each is listed once.
+        for &id in &ids {
+            t.mark_dirty(id);
+            t.mark_dirty(id);
+        }
+        assert_eq!(t.dirty.len(), 100);
+        t.dirty.reserve(KEEP_DIRTY * 2);
+        assert!(t.flush_dirty().is_empty());
+        assert_eq!(t.dirty.capacity(), 0, "a list a burst grew goes back");
+    }
 }
