@@ -1,14 +1,26 @@
-//! The commit thread: the one place that makes writes durable
-//! (`Storage::flush`) and the one that then releases what waited for it.
+//! The commit path: the one place that makes writes durable
+//! (`Storage::flush`) and then releases what waited for it.
 //!
-//! Writers insert (fast, in memory) and hand an [`AfterFlush`] to the
-//! [`Committer`]. The thread takes every request queued, calls one flush
+//! Writers insert (fast, in memory) and queue an [`AfterFlush`] with the
+//! [`Committer`]. A flusher takes everything queued, calls one flush
 //! (fsync) for the batch, and only then releases each request: a message
 //! to its room's subscribers and its `ack` to the sender, a `joined` or an
 //! HTTP 201 to its connection. So nobody sees a change before the flush
 //! that made it durable (delivery follows durability, PROTOCOL.md section
 //! 4), and one fsync serves everything queued meanwhile (group commit: the
 //! batch is what queued up during the previous flush, never a timer).
+//!
+//! # Who flushes
+//! One flusher at a time, taking the queue in order, so a room's messages
+//! are released in seq order. An event loop queues what its turn wrote
+//! and, at the end of the turn, flushes the batch itself when nobody else
+//! is flushing ([`Committer::commit_queued`]). Handing every batch to the
+//! commit thread cost two wake-ups from idle per message at low load (the
+//! thread's, then the loop's for the release), about as much CPU as the
+//! synced write itself. The commit thread flushes the rest: what other
+//! threads queue (the cluster bridge), what a loop queued while another
+//! flush ran, and everything while flushes are slow ([`INLINE_MAX`]: a
+//! loop blocked in a slow fsync would keep its other connections waiting).
 //!
 //! A flush that fails releases nothing: senders get `unavailable`, nobody
 //! else sees the events, and a message's seq is given back when no later
@@ -17,9 +29,11 @@
 //! not refused but waits until the subscriber has stored it again from the
 //! room's log ([`Link::strand`]).
 //!
-//! Once a second it also does the storage's housekeeping: the free-space
-//! guard, reopening a failed database, and giving the heap back to the
-//! system in the first quiet second after writes ([`crate::trim`]).
+//! Once a second the commit thread also does the storage's housekeeping:
+//! the free-space guard, reopening a failed database, and giving the heap
+//! back to the system in the first quiet second after writes
+//! ([`crate::trim`]). While it is dead (`/health` says so) nobody flushes
+//! and writes wait for their deadlines: a supervisor restarts the node.
 
 use crate::{
     alive::Alive,
@@ -30,25 +44,40 @@ use crate::{
     trim::{self, Trim},
     wire::Msg,
 };
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use parking_lot::{Condvar, Mutex};
 use std::{
+    cell::Cell,
     io,
-    sync::Arc,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
     thread,
     time::{Duration, Instant},
 };
 
-/// Most requests released per flush (a bound on one batch's latency).
-const BATCH_MAX: usize = 4096;
+/// A loop flushes its own batch only while the last flush took less than
+/// this (µs). A slower disk would block the loop's other connections for
+/// longer than the two wake-ups saved are worth, so the commit thread
+/// flushes then, while the loops go on reading and writing.
+pub const INLINE_MAX: u64 = 500;
 /// The thread beats at least this often while idle.
 const IDLE_BEAT: Duration = Duration::from_secs(1);
 /// How often the disk's free space is checked, and a failed storage retried.
 const CHECK_EVERY: Duration = Duration::from_secs(1);
 /// Test-only fault hook: with this variable set to `commit`, the commit
-/// thread panics after its first flush (the release unit never sets it).
+/// thread panics once anything has been flushed (the release unit never
+/// sets it).
 const FAULT_ENV: &str = "CHINWAG_TEST_FAULT";
 
-/// A request to the commit thread: what to release after the next flush.
+thread_local! {
+    /// Set on event-loop threads: what they queue waits for the end of
+    /// their turn ([`Committer::commit_queued`]) instead of waking the
+    /// commit thread.
+    static DEFERS: Cell<bool> = const { Cell::new(false) };
+}
+
+/// A request to the committer: what to release after the next flush.
 #[derive(Debug)]
 pub struct AfterFlush {
     then: Then,
@@ -108,11 +137,10 @@ impl AfterFlush {
     }
 }
 
-/// The sending side of the commit thread.
+/// Where every thread queues its requests; clones share one queue.
 #[derive(Clone, Debug)]
 pub struct Committer {
-    /// `None` asks the thread to stop (after answering what it holds).
-    tx: Sender<Option<AfterFlush>>,
+    shared: Arc<Shared>,
 }
 
 /// What the commit thread works with.
@@ -134,90 +162,199 @@ pub struct Worker {
     pub link: Option<Arc<Link>>,
 }
 
+#[derive(Debug)]
+struct Shared {
+    w: Worker,
+    queue: Mutex<Queue>,
+    /// The commit thread waits on it (with `queue`'s lock).
+    wake: Condvar,
+    /// Held by whoever flushes and releases; the batch being released
+    /// (empty between flushes, its memory kept).
+    flusher: Mutex<Vec<AfterFlush>>,
+    /// How long the last flush took, in µs.
+    last_flush_us: AtomicU64,
+    /// Flushes so far (the heap trim and the fault hook read it).
+    flushes: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    items: Vec<AfterFlush>,
+    /// The commit thread should take the queue.
+    wanted: bool,
+    /// The commit thread should stop.
+    stop: bool,
+}
+
 impl Committer {
     /// Starts the commit thread. It stops on [`Committer::stop`]; its
     /// handle's `join` says whether its last flush succeeded.
     pub fn start(w: Worker) -> io::Result<(Committer, thread::JoinHandle<bool>)> {
-        let (tx, rx) = crossbeam_channel::unbounded();
+        let c = Committer::without_thread(w);
+        let s = c.shared.clone();
         let handle = thread::Builder::new().name("chinwag-commit".into()).spawn(move || {
             crate::priority::short_slice();
-            w.run(rx)
+            s.run()
         })?;
-        Ok((Committer { tx }, handle))
+        Ok((c, handle))
+    }
+
+    /// The queue alone; only loops flush until a thread runs [`Shared::run`].
+    fn without_thread(w: Worker) -> Committer {
+        let shared = Arc::new(Shared {
+            w,
+            queue: Mutex::new(Queue::default()),
+            wake: Condvar::new(),
+            flusher: Mutex::new(Vec::new()),
+            last_flush_us: AtomicU64::new(0),
+            flushes: AtomicU64::new(0),
+        });
+        Committer { shared }
+    }
+
+    /// Marks this thread as an event loop: what it queues is flushed at
+    /// the end of its turn, by [`Committer::commit_queued`].
+    pub fn defer_on_this_thread() {
+        DEFERS.with(|d| d.set(true));
     }
 
     /// Stops the thread after a last flush; its handle's `join` returns then.
     /// Needed because other threads (the cluster bridge) keep clones.
     pub fn stop(&self) {
-        let _ = self.tx.send(None);
+        let mut q = self.shared.queue.lock();
+        q.stop = true;
+        self.shared.wake.notify_one();
     }
 
-    /// Queues a request released once everything written so far is durable.
+    /// Queues a request released once everything written so far is
+    /// durable. Queue a room's message under the room's lock, right after
+    /// taking its seq, so the room's messages are released in seq order.
     pub fn after_flush(&self, p: AfterFlush) {
-        // The thread only goes away at shutdown, after the reactors.
-        let _ = self.tx.send(Some(p));
+        let mut q = self.shared.queue.lock();
+        q.items.push(p);
+        if !DEFERS.with(Cell::get) {
+            self.shared.want(&mut q);
+        }
+    }
+
+    /// For an event loop at the end of its turn: flushes and releases what
+    /// is queued, on this thread when nobody else is flushing and flushes
+    /// are quick, else leaves it to the commit thread. The released frames
+    /// land in the loops' inboxes; this loop's own are taken next turn,
+    /// without sleeping.
+    pub fn commit_queued(&self) {
+        let s = &*self.shared;
+        {
+            let mut q = s.queue.lock();
+            if q.items.is_empty() || q.wanted {
+                return;
+            }
+            if s.w.alive.is_failed(s.w.slot) {
+                // Nobody flushes: see the module doc.
+                return;
+            }
+            if s.last_flush_us.load(Ordering::Relaxed) >= INLINE_MAX {
+                s.want(&mut q);
+                return;
+            }
+        }
+        // Whoever holds it looks at the queue again once done.
+        let Some(mut batch) = s.flusher.try_lock() else { return };
+        s.flush_batch(&mut batch);
+        drop(batch);
+        s.after_batch();
     }
 }
 
-impl Worker {
-    /// Flushes and releases until stopped; returns whether the last flush
-    /// succeeded.
-    fn run(self, rx: Receiver<Option<AfterFlush>>) -> bool {
-        let _guard = self.alive.guard(self.slot);
+impl Shared {
+    /// Wakes the commit thread to take the queue.
+    fn want(&self, q: &mut Queue) {
+        if !q.wanted {
+            q.wanted = true;
+            self.wake.notify_one();
+        }
+    }
+
+    /// After a flusher let go: what queued meanwhile, while others could
+    /// not flush, goes to the commit thread.
+    fn after_batch(&self) {
+        let mut q = self.queue.lock();
+        if !q.items.is_empty() {
+            self.want(&mut q);
+        }
+    }
+
+    /// Takes the queue into `batch` (the flusher's), flushes once and
+    /// releases it. Call with the flusher's lock held.
+    fn flush_batch(&self, batch: &mut Vec<AfterFlush>) {
+        std::mem::swap(batch, &mut self.queue.lock().items);
+        if batch.is_empty() {
+            return;
+        }
+        let t = Instant::now();
+        let ok = self.w.storage.flush().is_ok();
+        let done = Instant::now();
+        let took = done.duration_since(t);
+        self.last_flush_us.store(took.as_micros() as u64, Ordering::Relaxed);
+        self.flushes.fetch_add(1, Ordering::Relaxed);
+        self.w.metrics.observe_flush(took.as_secs_f64(), batch.len());
+        self.release(batch, ok, done);
+    }
+
+    /// The commit thread: flushes what it is asked to and does the
+    /// housekeeping until stopped; returns whether the last flush succeeded.
+    fn run(&self) -> bool {
+        let w = &self.w;
+        let _guard = w.alive.guard(w.slot);
         let fault = std::env::var(FAULT_ENV).is_ok_and(|v| v == "commit");
-        let mut batch = Vec::new();
         let mut checked = Instant::now();
         let mut trim = Trim::new(checked);
-        let mut flushed = false;
-        self.storage.check_space(self.min_free);
+        let mut seen = 0;
+        w.storage.check_space(w.min_free);
         loop {
-            self.alive.beat(self.slot);
+            w.alive.beat(w.slot);
+            let flushes = self.flushes.load(Ordering::Relaxed);
+            if fault && flushes > 0 {
+                panic!("test fault: the commit thread stops");
+            }
             if checked.elapsed() >= CHECK_EVERY {
                 checked = Instant::now();
-                if !self.maintain(&rx) {
-                    break;
-                }
-                if trim.due(std::mem::take(&mut flushed), checked) {
+                self.maintain();
+                if trim.due(std::mem::replace(&mut seen, flushes) != flushes, checked) {
                     let freed = trim::heap();
                     log::debug!(
                         "heap trimmed in {:?} (pages returned: {freed})",
                         checked.elapsed()
                     );
-                    self.metrics.heap_trimmed();
+                    w.metrics.heap_trimmed();
                 }
             }
-            let first = match rx.recv_timeout(IDLE_BEAT) {
-                Ok(Some(p)) => p,
-                Ok(None) | Err(RecvTimeoutError::Disconnected) => break,
-                Err(RecvTimeoutError::Timeout) => continue,
-            };
-            batch.push(first);
-            let mut running = true;
-            // What queued up during the last flush shares this one.
-            while batch.len() < BATCH_MAX {
-                match rx.try_recv() {
-                    Ok(Some(p)) => batch.push(p),
-                    Ok(None) => running = false,
-                    Err(_) => break,
+            {
+                let mut q = self.queue.lock();
+                // Never asleep on a queue: what loops queued while this
+                // thread held the flusher (a reopen) is taken now.
+                if !q.wanted && !q.stop && q.items.is_empty() {
+                    self.wake.wait_for(&mut q, IDLE_BEAT);
+                }
+                if q.stop {
+                    break;
+                }
+                let due = q.wanted || !q.items.is_empty();
+                q.wanted = false;
+                if !due {
+                    continue;
                 }
             }
-            let t = Instant::now();
-            let ok = self.storage.flush().is_ok();
-            let done = Instant::now();
-            flushed = true;
-            self.metrics.observe_flush(done.duration_since(t).as_secs_f64(), batch.len());
-            self.release(&mut batch, ok, done);
-            if fault {
-                panic!("test fault: the commit thread stops");
-            }
-            if !running {
-                break;
-            }
+            let mut batch = self.flusher.lock();
+            self.flush_batch(&mut batch);
+            drop(batch);
+            self.after_batch();
         }
-        let ok = self.storage.flush().is_ok();
+        self.flush_batch(&mut self.flusher.lock());
+        let ok = w.storage.flush().is_ok();
         if !ok {
             log::error!("the last flush failed: writes since the previous one may be lost");
-        } else if let Err(e) = self.storage.mark_clean() {
+        } else if let Err(e) = w.storage.mark_clean() {
             log::warn!("cannot mark the clean stop (the next start checks every room): {e}");
         }
         ok
@@ -226,42 +363,30 @@ impl Worker {
     /// Once a second: the free-space guard, and healing a failed storage
     /// (sled stays failed after an I/O error, so it is reopened; whatever
     /// was allocated but never released is dropped).
-    /// Returns false if asked to stop meanwhile.
-    fn maintain(&self, rx: &Receiver<Option<AfterFlush>>) -> bool {
-        self.storage.check_space(self.min_free);
-        if !self.storage.is_failed() || self.storage.flush().is_ok() {
-            return true;
+    fn maintain(&self) {
+        let w = &self.w;
+        w.storage.check_space(w.min_free);
+        if !w.storage.is_failed() || w.storage.flush().is_ok() {
+            return;
         }
-        let mut running = true;
+        // No loop flushes while the database is swapped.
+        let _flusher = self.flusher.lock();
         let purge = |remove: &dyn Fn(&str, u64, u64)| {
-            self.fanout.forget_unreleased(remove);
-            running = self.refuse_queued(rx);
+            w.fanout.forget_unreleased(remove);
+            self.refuse_queued();
         };
-        if self.storage.reopen(purge).is_ok() {
-            let _ = self.storage.flush();
+        if w.storage.reopen(purge).is_ok() {
+            let _ = w.storage.flush();
         }
-        running
     }
 
     /// During a reopen's purge, while writes are refused: what is queued
     /// was written into the old database and never flushed, and the purge
     /// took back every room event not released. So each is answered
-    /// `unavailable` without touching storage again. Returns false if
-    /// asked to stop meanwhile.
-    fn refuse_queued(&self, rx: &Receiver<Option<AfterFlush>>) -> bool {
-        let mut batch = Vec::new();
-        let mut running = true;
-        while let Ok(p) = rx.try_recv() {
-            match p {
-                Some(p) => batch.push(p),
-                None => {
-                    running = false;
-                    break;
-                }
-            }
-        }
+    /// `unavailable` without touching storage again.
+    fn refuse_queued(&self) {
+        let mut batch = std::mem::take(&mut self.queue.lock().items);
         self.answer(&mut batch, false, Instant::now());
-        running
     }
 
     /// Releases a flushed batch (`ok`), or answers it `unavailable`.
@@ -271,9 +396,9 @@ impl Worker {
             for p in batch.iter().rev() {
                 if let Then::Message(m) = &p.then {
                     if m.to.is_some() {
-                        let storage = &self.storage;
+                        let storage = &self.w.storage;
                         let forget = || drop(storage.unapply(&m.room, m.ev.seq));
-                        self.fanout.withdraw_message(&m.room, m.ev.seq, forget);
+                        self.w.fanout.withdraw_message(&m.room, m.ev.seq, forget);
                     }
                 }
             }
@@ -285,25 +410,25 @@ impl Worker {
     /// `unavailable`; storage and seqs are the caller's business.
     fn answer(&self, batch: &mut Vec<AfterFlush>, ok: bool, done: Instant) {
         for p in batch.drain(..) {
-            self.metrics.observe_ack(done.saturating_duration_since(p.at).as_secs_f64());
+            self.w.metrics.observe_ack(done.saturating_duration_since(p.at).as_secs_f64());
             match p.then {
                 Then::Nothing => {}
                 Then::Cmd { reactor, ok: cmd, fail } => {
                     if let Some(cmd) = if ok { Some(cmd) } else { fail } {
-                        self.fanout.send_to(reactor, cmd);
+                        self.w.fanout.send_to(reactor, cmd);
                     }
                 }
                 Then::Answer { to, reply, down } => {
                     let reply = if ok { reply } else { Reply::Unavailable(down) };
-                    self.fanout.send_to(to.reactor(), Cmd::Reply { to, reply });
+                    self.w.fanout.send_to(to.reactor(), Cmd::Reply { to, reply });
                 }
                 Then::Message(m) => {
                     let Message { room, ev, to, cluster_n } = *m;
                     let (seq, ts) = (ev.seq, ev.ts);
                     if ok {
-                        self.fanout.release_message(&room, &ev);
+                        self.w.fanout.release_message(&room, &ev);
                     }
-                    let to = match (to, cluster_n, &self.link) {
+                    let to = match (to, cluster_n, &self.w.link) {
                         (Some(to), Some(n), Some(link)) if !ok => {
                             link.strand(&room, n, to);
                             None
@@ -316,10 +441,176 @@ impl Worker {
                         } else {
                             Reply::Unavailable(to.down())
                         };
-                        self.fanout.send_to(to.reactor(), Cmd::Reply { to, reply });
+                        self.w.fanout.send_to(to.reactor(), Cmd::Reply { to, reply });
                     }
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        fanout::{mailbox, ConnId, Inbox},
+        rooms::Directory,
+        wire::Encoding,
+    };
+    use mio::{Poll, Token, Waker};
+
+    /// A committer over a fresh database, releasing into one loop's inbox.
+    struct Rig {
+        c: Committer,
+        inbox: Inbox,
+        _poll: Poll,
+        _dir: tempfile::TempDir,
+    }
+
+    fn rig(thread: bool) -> (Rig, Option<thread::JoinHandle<bool>>) {
+        let dir = tempfile::tempdir().unwrap();
+        let poll = Poll::new().unwrap();
+        let (mailbox, inbox) = mailbox(Waker::new(poll.registry(), Token(0)).unwrap());
+        let w = Worker {
+            storage: Storage::open(dir.path()).unwrap(),
+            min_free: 0,
+            fanout: Fanout::new(Arc::new(Directory::new()), vec![mailbox]),
+            metrics: Arc::new(Metrics::new()),
+            alive: Alive::new(["loop-0".to_string(), "commit".to_string()]),
+            slot: 1,
+            link: None,
+        };
+        let (c, handle) = match thread {
+            true => {
+                let (c, h) = Committer::start(w).unwrap();
+                (c, Some(h))
+            }
+            false => (Committer::without_thread(w), None),
+        };
+        (Rig { c, inbox, _poll: poll, _dir: dir }, handle)
+    }
+
+    /// An answer carrying `n`, for loop 0.
+    fn numbered(n: u64) -> AfterFlush {
+        let conn = ConnId { reactor: 0, idx: 0, gen: 0 };
+        let to = ReplyTo::Ws { conn, id: None, enc: Encoding::Json };
+        AfterFlush::answer(to, Reply::Ack { room: "r".into(), seq: n, ts: 0 }, "down")
+    }
+
+    /// The number an answer from [`numbered`] carries.
+    fn number(cmd: Cmd) -> u64 {
+        match cmd {
+            Cmd::Reply { reply: Reply::Ack { seq, .. }, .. } => seq,
+            other => panic!("not a numbered answer: {other:?}"),
+        }
+    }
+
+    /// Runs `f` on a thread marked as an event loop (the mark is per
+    /// thread, and the test harness reuses its threads).
+    fn on_a_loop<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        thread::spawn(move || {
+            Committer::defer_on_this_thread();
+            f()
+        })
+        .join()
+        .unwrap()
+    }
+
+    #[test]
+    fn a_loop_flushes_and_releases_its_batch_itself() {
+        let (r, _) = rig(false);
+        let c = r.c.clone();
+        let before = on_a_loop(move || {
+            c.after_flush(numbered(1));
+            c.after_flush(numbered(2));
+            let before = c.shared.flushes.load(Ordering::Relaxed);
+            c.commit_queued();
+            before
+        });
+        // Nothing was released before the flush, both right after it.
+        assert_eq!(before, 0);
+        assert_eq!(r.c.shared.flushes.load(Ordering::Relaxed), 1);
+        assert_eq!(r.inbox.try_recv().map(number), Some(1));
+        assert_eq!(r.inbox.try_recv().map(number), Some(2));
+        assert!(r.inbox.try_recv().is_none());
+        assert!(!r.c.shared.queue.lock().wanted, "the commit thread was not needed");
+    }
+
+    #[test]
+    fn after_a_slow_flush_the_loop_hands_its_batch_to_the_commit_thread() {
+        let (r, _) = rig(false);
+        r.c.shared.last_flush_us.store(INLINE_MAX, Ordering::Relaxed);
+        let c = r.c.clone();
+        on_a_loop(move || {
+            c.after_flush(numbered(1));
+            c.commit_queued();
+        });
+        assert_eq!(r.c.shared.flushes.load(Ordering::Relaxed), 0, "the loop flushed");
+        assert!(r.inbox.try_recv().is_none(), "released without a flush");
+        let q = r.c.shared.queue.lock();
+        assert!(q.wanted && q.items.len() == 1, "the commit thread was not asked");
+    }
+
+    #[test]
+    fn other_threads_wake_the_commit_thread() {
+        let (r, handle) = rig(true);
+        r.c.after_flush(numbered(7));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let got = loop {
+            if let Some(cmd) = r.inbox.try_recv() {
+                break number(cmd);
+            }
+            assert!(Instant::now() < deadline, "never released");
+            thread::sleep(Duration::from_millis(1));
+        };
+        assert_eq!(got, 7);
+        r.c.stop();
+        assert!(handle.unwrap().join().unwrap(), "the last flush failed");
+    }
+
+    /// Two loops queue numbered answers under one lock (as a room's
+    /// messages are queued under the room's) and flush at the end of each
+    /// "turn", racing each other and the commit thread: every answer comes
+    /// out once, in the order queued.
+    #[test]
+    fn racing_flushers_release_in_queue_order() {
+        const EACH: u64 = 500;
+        let (r, handle) = rig(true);
+        let room = Arc::new(Mutex::new(0u64));
+        let loops: Vec<_> = (0..2)
+            .map(|_| {
+                let (c, room) = (r.c.clone(), room.clone());
+                thread::spawn(move || {
+                    Committer::defer_on_this_thread();
+                    for i in 0..EACH {
+                        let mut n = room.lock();
+                        *n += 1;
+                        c.after_flush(numbered(*n));
+                        drop(n);
+                        if i % 3 != 0 {
+                            c.commit_queued();
+                        }
+                    }
+                    c.commit_queued();
+                })
+            })
+            .collect();
+        for l in loops {
+            l.join().unwrap();
+        }
+        let mut got = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while got.len() < 2 * EACH as usize {
+            match r.inbox.try_recv() {
+                Some(cmd) => got.push(number(cmd)),
+                None => {
+                    assert!(Instant::now() < deadline, "{} of {} released", got.len(), 2 * EACH);
+                    thread::sleep(Duration::from_millis(1));
+                }
+            }
+        }
+        assert_eq!(got, (1..=2 * EACH).collect::<Vec<_>>());
+        r.c.stop();
+        assert!(handle.unwrap().join().unwrap());
     }
 }

@@ -155,9 +155,14 @@ impl Node {
         self.started.elapsed().as_secs()
     }
 
-    /// Queues a request for the commit thread.
+    /// Queues a request released after the next flush.
     pub fn after_flush(&self, p: AfterFlush) {
         self.committer.after_flush(p);
+    }
+
+    /// For an event loop at the end of its turn: flushes what it queued.
+    pub fn commit_queued(&self) {
+        self.committer.commit_queued();
     }
 
     /// Stops the commit thread after its last flush.

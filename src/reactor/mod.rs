@@ -7,6 +7,7 @@
 //! poll → socket events (accept, read + act, mark writable) → carried reads
 //!      → inbox (deliveries, durable answers, joins) → timers (1 s sweep)
 //!      → slow consumers → flush dirty → reap closed → fold metrics
+//!      → commit (flush what the turn wrote; its frames come next turn)
 //! ```
 //! # Invariants
 //! * Readiness is edge-triggered: a read handler runs until `WouldBlock` or
@@ -112,6 +113,7 @@ impl Reactor {
     /// Turns until shut down, then frees every connection.
     pub fn run(mut self) {
         let _guard = self.node.alive().guard(self.id as usize);
+        crate::durable::Committer::defer_on_this_thread();
         let mut events = Events::with_capacity(1024);
         while self.turn(&mut events) {}
         self.reap.extend(self.conns.ids());
@@ -131,6 +133,7 @@ impl Reactor {
         self.flush_dirty();
         self.reap_closed();
         self.fold_metrics();
+        self.node.commit_queued();
         match self.shutdown {
             Some(deadline) => !(self.conns.is_empty() || self.now >= deadline),
             None => true,
