@@ -17,10 +17,13 @@
 //! is flushing ([`Committer::commit_queued`]). Handing every batch to the
 //! commit thread cost two wake-ups from idle per message at low load (the
 //! thread's, then the loop's for the release), about as much CPU as the
-//! synced write itself. The commit thread flushes the rest: what other
-//! threads queue (the cluster bridge), what a loop queued while another
-//! flush ran, and everything while flushes are slow ([`INLINE_MAX`]: a
-//! loop blocked in a slow fsync would keep its other connections waiting).
+//! synced write itself. The cluster subscriber does the same for a
+//! message that found it idle ([`Committer::hold`]). The commit thread
+//! flushes the rest: what other threads queue, a stream of cluster
+//! messages (it batches them while the subscriber goes on reading), what a
+//! loop queued while another flush ran, and everything while flushes are
+//! slow ([`INLINE_MAX`]: a loop blocked in a slow fsync would keep its
+//! other connections waiting).
 //!
 //! A flush that fails releases nothing: senders get `unavailable`, nobody
 //! else sees the events, and a message's seq is given back when no later
@@ -235,6 +238,23 @@ impl Committer {
         if !DEFERS.with(Cell::get) {
             self.shared.want(&mut q);
         }
+    }
+
+    /// Runs `f` with this thread's requests held back, like a loop's turn,
+    /// then flushes them here (`here`, see [`Committer::commit_queued`])
+    /// or hands them to the commit thread. For a thread that is not a loop
+    /// and knows when flushing itself is cheap (the cluster subscriber,
+    /// when a message found it idle).
+    pub fn hold<T>(&self, here: bool, f: impl FnOnce() -> T) -> T {
+        let was = DEFERS.with(|d| d.replace(true));
+        let r = f();
+        DEFERS.with(|d| d.set(was));
+        if here {
+            self.commit_queued();
+        } else {
+            self.shared.after_batch();
+        }
+        r
     }
 
     /// For an event loop at the end of its turn: flushes and releases what
@@ -566,6 +586,22 @@ mod tests {
         assert_eq!(got, 7);
         r.c.stop();
         assert!(handle.unwrap().join().unwrap(), "the last flush failed");
+    }
+
+    #[test]
+    fn a_held_batch_is_flushed_here_or_handed_to_the_commit_thread() {
+        let (r, _) = rig(false);
+        r.c.hold(true, || r.c.after_flush(numbered(1)));
+        assert_eq!(r.c.shared.flushes.load(Ordering::Relaxed), 1);
+        assert_eq!(r.inbox.try_recv().map(number), Some(1));
+        r.c.hold(false, || r.c.after_flush(numbered(2)));
+        assert_eq!(r.c.shared.flushes.load(Ordering::Relaxed), 1, "flushed here");
+        assert!(r.inbox.try_recv().is_none(), "released without a flush");
+        assert!(r.c.shared.queue.lock().wanted, "the commit thread was not asked");
+        // Outside `hold` this thread asks the commit thread again at once.
+        let (r, _) = rig(false);
+        r.c.after_flush(numbered(3));
+        assert!(r.c.shared.queue.lock().wanted);
     }
 
     /// Two loops queue numbered answers under one lock (as a room's

@@ -165,6 +165,12 @@ impl Node {
         self.committer.commit_queued();
     }
 
+    /// Runs `f`, then flushes what it queued on this thread (`here`) or
+    /// hands it to the commit thread ([`Committer::hold`]).
+    pub fn hold_flushes<T>(&self, here: bool, f: impl FnOnce() -> T) -> T {
+        self.committer.hold(here, f)
+    }
+
     /// Stops the commit thread after its last flush.
     pub fn stop_committer(&self) {
         self.committer.stop();

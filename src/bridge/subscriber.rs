@@ -15,7 +15,16 @@ use crate::{
     wire::{self, Encoded, Presence, ServerFrame},
 };
 use redis::{Commands, Connection};
-use std::{collections::HashSet, sync::Arc, thread, time::Duration};
+use std::{
+    collections::HashSet,
+    sync::Arc,
+    thread,
+    time::{Duration, Instant},
+};
+
+/// A message that took at least this long to arrive found the thread
+/// idle (one already buffered comes in a few µs; a wake-up takes longer).
+const QUIET: Duration = Duration::from_micros(50);
 
 /// Raises a room's seq counter to at least ARGV[1] (restore after an empty Redis).
 const RESTORE_SCRIPT: &str = r#"
@@ -60,6 +69,7 @@ fn subscribe_once(
     let mut warned = false;
     loop {
         node.alive().beat(slot);
+        let asked = Instant::now();
         let msg = match pubsub.get_message() {
             Ok(m) => m,
             Err(e) if e.is_timeout() => {
@@ -77,7 +87,15 @@ fn subscribe_once(
         // and is dropped below like any nonsense.
         let payload = msg.get_payload_bytes();
         let applied = match payload.first() {
-            Some(b'M') => ingest_message(link, node, replays, &payload[1..], &mut con)?,
+            Some(b'M') => {
+                // A message that found this thread idle is flushed here, saving
+                // the commit thread's wake-up; one that was already waiting
+                // goes to the commit thread, which batches a stream.
+                let quiet = asked.elapsed() >= QUIET;
+                node.hold_flushes(quiet, || {
+                    ingest_message(link, node, replays, &payload[1..], &mut con)
+                })?
+            }
             Some(b'E') => match open_event(link, replays, &payload[1..]) {
                 Some(e) => {
                     apply_event(link, node, e);
