@@ -142,7 +142,7 @@ fn api_calls_share_the_rate_limit_and_answer_429() {
 }
 
 /// Parses the text exposition: `name{labels} value` lines into name → values.
-fn parse_prometheus(text: &str) -> HashMap<String, Vec<f64>> {
+pub(crate) fn parse_prometheus(text: &str) -> HashMap<String, Vec<f64>> {
     let mut out: HashMap<String, Vec<f64>> = HashMap::new();
     for line in text.lines() {
         if line.is_empty() || line.starts_with('#') {

@@ -7,6 +7,9 @@
 //! followed by a later frame from the same origin (a barrier), and the test asserts that the
 //! wrong frame is not among those before the barrier.
 
+use std::thread;
+use std::time::{Duration, Instant};
+
 use serde_json::{json, Value};
 
 use crate::support::*;
@@ -489,18 +492,42 @@ fn presence_follows_first_and_last_connection_of_a_user() {
 /// room: that loop clears its own directory bits first, and the members on
 /// the other loop are still told the user went offline. The kernel spreads
 /// connections over the two loops' listeners by a hash of the address
-/// pair, so each of 16 users lands on bob's loop or the other with even
-/// odds: that none of them crosses is a 1 in 65,536 chance.
+/// pair, so users are added until the per-loop gauge shows both loops
+/// holding someone. Then at least one user is not on bob's loop, and the
+/// last of those to close leaves its loop without a member of the room (4
+/// more users each time; 64 all on bob's loop would be a 1 in 2^64 chance).
 #[test]
 fn offline_reaches_members_on_another_loop() {
     let s = Server::open(&["--threads", "2"]);
     let mut bob = s.client("bob");
     bob.join("room");
-    for i in 0..16 {
-        let user = format!("user{i}");
-        let mut c = s.client(&user);
-        c.join("room");
-        bob.recv_where(|v| ty(v) == "presence" && v["user"] == user.as_str());
+    let mut users = Vec::new();
+    loop {
+        for _ in 0..4 {
+            let user = format!("user{}", users.len());
+            let mut c = s.client(&user);
+            c.join("room");
+            bob.recv_where(|v| ty(v) == "presence" && v["user"] == user.as_str());
+            users.push((user, c));
+        }
+        // The gauge is refreshed once a second.
+        let want = (users.len() + 1) as f64;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let per_loop = loop {
+            let m = crate::api::parse_prometheus(&http_get(s.addr, "/metrics", &[]).1);
+            let per_loop = m.get("chinwag_loop_connections").cloned().unwrap_or_default();
+            if per_loop.iter().sum::<f64>() == want {
+                break per_loop;
+            }
+            assert!(Instant::now() < deadline, "the gauge never counted {want}: {per_loop:?}");
+            thread::sleep(Duration::from_millis(100));
+        };
+        if per_loop.iter().filter(|&&n| n > 0.0).count() == 2 {
+            break;
+        }
+        assert!(users.len() < 64, "64 users all on bob's loop: {per_loop:?}");
+    }
+    for (user, c) in users {
         c.close();
         let off = bob.recv_type("presence");
         assert_eq!(
