@@ -64,6 +64,8 @@ use std::{
 /// longer than the two wake-ups saved are worth, so the commit thread
 /// flushes then, while the loops go on reading and writing.
 pub const INLINE_MAX: u64 = 500;
+/// Requests' room a flush buffer keeps after a burst.
+const KEEP_BATCH: usize = 1024;
 /// The thread beats at least this often while idle.
 const IDLE_BEAT: Duration = Duration::from_secs(1);
 /// How often the disk's free space is checked, and a failed storage retried.
@@ -319,6 +321,9 @@ impl Shared {
         self.flushes.fetch_add(1, Ordering::Relaxed);
         self.w.metrics.observe_flush(took.as_secs_f64(), batch.len());
         self.release(batch, ok, done);
+        // The queue and this buffer trade places each flush: neither keeps
+        // a burst's memory for long.
+        batch.shrink_to(KEEP_BATCH);
     }
 
     /// The commit thread: flushes what it is asked to and does the
@@ -602,6 +607,24 @@ mod tests {
         let (r, _) = rig(false);
         r.c.after_flush(numbered(3));
         assert!(r.c.shared.queue.lock().wanted);
+    }
+
+    #[test]
+    fn a_burst_does_not_keep_its_memory() {
+        let (r, _) = rig(false);
+        let c = r.c.clone();
+        on_a_loop(move || {
+            for round in 0..2 {
+                for n in 0..10_000 {
+                    c.after_flush(numbered(n));
+                }
+                c.commit_queued();
+                let kept = c.shared.flusher.lock().capacity();
+                assert!(kept <= KEEP_BATCH, "round {round}: room for {kept} kept");
+            }
+        });
+        assert!(r.c.shared.queue.lock().items.capacity() <= KEEP_BATCH);
+        assert_eq!(std::iter::from_fn(|| r.inbox.try_recv()).count(), 20_000);
     }
 
     /// Two loops queue numbered answers under one lock (as a room's
