@@ -474,6 +474,86 @@ impl Shared {
     }
 }
 
+/// For `bench/commit.rs`: a committer over a fresh database with its
+/// commit thread, releasing into one loop's inbox, driven as a loop
+/// drives it.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct CommitRig {
+    c: Committer,
+    storage: Storage,
+    inbox: crate::fanout::Inbox,
+    poll: mio::Poll,
+    events: mio::Events,
+    seq: u64,
+    thread: Option<thread::JoinHandle<bool>>,
+}
+
+impl CommitRig {
+    /// A database in `dir` (empty) and a running commit thread.
+    pub fn new(dir: &std::path::Path) -> io::Result<CommitRig> {
+        let storage = Storage::open(dir).map_err(|e| io::Error::other(e.0))?;
+        let poll = mio::Poll::new()?;
+        let waker = mio::Waker::new(poll.registry(), mio::Token(0))?;
+        let (mailbox, inbox) = crate::fanout::mailbox(waker);
+        let (c, thread) = Committer::start(Worker {
+            storage: storage.clone(),
+            min_free: 0,
+            fanout: Fanout::new(Arc::new(crate::rooms::Directory::new()), vec![mailbox]),
+            metrics: Arc::new(Metrics::new()),
+            alive: Alive::new(["loop-0".to_string(), "commit".to_string()]),
+            slot: 1,
+            link: None,
+        })?;
+        let events = mio::Events::with_capacity(8);
+        Ok(CommitRig { c, storage, inbox, poll, events, seq: 0, thread: Some(thread) })
+    }
+
+    /// Stores `n` messages and queues their acks as one turn of a loop
+    /// would, then has them flushed on this thread (`here`, as a loop
+    /// does now) or by the commit thread (as every loop did before),
+    /// sleeping until the last is released, as a loop with nothing else
+    /// to do sleeps.
+    pub fn turn(&mut self, n: usize, here: bool) -> io::Result<()> {
+        let conn = crate::fanout::ConnId { reactor: 0, idx: 0, gen: 0 };
+        let c = self.c.clone();
+        let text = "x".repeat(64);
+        c.hold(here, || -> io::Result<()> {
+            for _ in 0..n {
+                self.seq += 1;
+                let (seq, ts) = (self.seq, 1_732_250_000_000);
+                let stored = self.storage.append("general", seq, ts, "alice", &text);
+                stored.map_err(|e| io::Error::other(e.0))?;
+                let to = ReplyTo::Ws { conn, id: None, enc: crate::wire::Encoding::Json };
+                let ack = Reply::Ack { room: "general".into(), seq, ts };
+                c.after_flush(AfterFlush::answer(to, ack, "down"));
+            }
+            Ok(())
+        })?;
+        let mut got = 0;
+        while got < n {
+            self.inbox.going_to_sleep();
+            if self.inbox.is_empty() {
+                self.poll.poll(&mut self.events, Some(Duration::from_secs(10)))?;
+            }
+            self.inbox.awake();
+            while self.inbox.try_recv().is_some() {
+                got += 1;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for CommitRig {
+    fn drop(&mut self) {
+        self.c.stop();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -91,3 +91,6 @@ pub mod wire;
 
 /// The output queue, for the fan-out benchmark.
 pub use conn::{Bucket, OutQueue};
+/// The commit path, for the commit benchmark.
+#[doc(hidden)]
+pub use durable::CommitRig;
