@@ -74,6 +74,8 @@ const CHECK_EVERY: Duration = Duration::from_secs(1);
 /// thread panics once anything has been flushed (the release unit never
 /// sets it).
 const FAULT_ENV: &str = "CHINWAG_TEST_FAULT";
+/// Test-only slow disk: every flush takes this many ms longer.
+const SLOW_ENV: &str = "CHINWAG_TEST_SLOW_FLUSH_MS";
 
 thread_local! {
     /// Set on event-loop threads: what they queue waits for the end of
@@ -180,6 +182,8 @@ struct Shared {
     last_flush_us: AtomicU64,
     /// Flushes so far (the heap trim and the fault hook read it).
     flushes: AtomicU64,
+    /// Test-only: added to every flush ([`SLOW_ENV`]).
+    slow: Option<Duration>,
 }
 
 #[derive(Debug, Default)]
@@ -213,6 +217,10 @@ impl Committer {
             flusher: Mutex::new(Vec::new()),
             last_flush_us: AtomicU64::new(0),
             flushes: AtomicU64::new(0),
+            slow: std::env::var(SLOW_ENV)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .map(Duration::from_millis),
         });
         Committer { shared }
     }
@@ -282,7 +290,13 @@ impl Committer {
         }
         // Whoever holds it looks at the queue again once done.
         let Some(mut batch) = s.flusher.try_lock() else { return };
-        s.flush_batch(&mut batch);
+        if s.last_flush_us.load(Ordering::Relaxed) >= INLINE_MAX {
+            // The flush that just let go was slow.
+            drop(batch);
+            s.after_batch();
+            return;
+        }
+        s.flush_batch(&mut batch, "writer");
         drop(batch);
         s.after_batch();
     }
@@ -307,19 +321,22 @@ impl Shared {
     }
 
     /// Takes the queue into `batch` (the flusher's), flushes once and
-    /// releases it. Call with the flusher's lock held.
-    fn flush_batch(&self, batch: &mut Vec<AfterFlush>) {
+    /// releases it. Call with the flusher's lock held; `by` says who.
+    fn flush_batch(&self, batch: &mut Vec<AfterFlush>, by: &'static str) {
         std::mem::swap(batch, &mut self.queue.lock().items);
         if batch.is_empty() {
             return;
         }
         let t = Instant::now();
         let ok = self.w.storage.flush().is_ok();
+        if let Some(slow) = self.slow {
+            thread::sleep(slow);
+        }
         let done = Instant::now();
         let took = done.duration_since(t);
         self.last_flush_us.store(took.as_micros() as u64, Ordering::Relaxed);
         self.flushes.fetch_add(1, Ordering::Relaxed);
-        self.w.metrics.observe_flush(took.as_secs_f64(), batch.len());
+        self.w.metrics.observe_flush(took.as_secs_f64(), batch.len(), by);
         self.release(batch, ok, done);
         // The queue and this buffer trade places each flush: neither keeps
         // a burst's memory for long.
@@ -371,11 +388,11 @@ impl Shared {
                 }
             }
             let mut batch = self.flusher.lock();
-            self.flush_batch(&mut batch);
+            self.flush_batch(&mut batch, "commit");
             drop(batch);
             self.after_batch();
         }
-        self.flush_batch(&mut self.flusher.lock());
+        self.flush_batch(&mut self.flusher.lock(), "commit");
         let ok = w.storage.flush().is_ok();
         if !ok {
             log::error!("the last flush failed: writes since the previous one may be lost");

@@ -48,6 +48,15 @@ pub struct HttpLabel {
     pub status: u16,
 }
 
+/// Label of flushes.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FlusherLabel {
+    /// Who ran the flush: `writer` (the thread whose writes it made
+    /// durable: an event loop, or the cluster subscriber) or `commit`
+    /// (the commit thread).
+    pub by: &'static str,
+}
+
 /// Labels of WebSocket closes.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CloseLabel {
@@ -140,6 +149,8 @@ pub struct Metrics {
     flush_seconds: Histogram,
     /// Requests served per flush.
     flush_batch: Histogram,
+    /// Flushes by who ran them.
+    flushes: Family<FlusherLabel, Counter>,
     /// Accept-to-ack latency (queue to the commit thread until durable), seconds.
     ack_seconds: Histogram,
     redis_up: Gauge,
@@ -174,6 +185,7 @@ impl Metrics {
             rate_limited: Counter::default(),
             flush_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             flush_batch: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
+            flushes: Family::default(),
             ack_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             redis_up: Gauge::default(),
             cluster_rejected: Counter::default(),
@@ -203,6 +215,8 @@ impl Metrics {
             "rate_limited", "Frames refused by the rate limit", m.rate_limited;
             "storage_flush_seconds", "Storage flush (fsync) latency", m.flush_seconds;
             "storage_flush_batch", "Writes made durable per flush", m.flush_batch;
+            "storage_flushes", "Storage flushes, by who ran them: writer (an event loop or the \
+                cluster subscriber, for its own writes) or commit (the commit thread)", m.flushes;
             "ack_latency_seconds", "From accepting a write to its durable answer", m.ack_seconds;
             "redis_up", "1 when the Redis link is up, 0 when down or off", m.redis_up;
             "cluster_payloads_rejected", "Cluster payloads dropped: unverified, replayed, nonsense",
@@ -271,10 +285,12 @@ impl Metrics {
         self.cluster_rejected.inc();
     }
 
-    /// One flush: how long it took and how many requests it served.
-    pub fn observe_flush(&self, seconds: f64, batch: usize) {
+    /// One flush: how long it took, how many requests it served, and who
+    /// ran it ([`FlusherLabel`]).
+    pub fn observe_flush(&self, seconds: f64, batch: usize, by: &'static str) {
         self.flush_seconds.observe(seconds);
         self.flush_batch.observe(batch as f64);
+        self.flushes.get_or_create(&FlusherLabel { by }).inc();
     }
 
     /// The heap was trimmed (`crate::trim`).

@@ -10,7 +10,7 @@
 //! * `api`     — every `/api/` route and status, `/metrics`, the web client,
 //!   `wss://`, `chinwag backup` and the systemd unit.
 //! * `integrity` — delivery follows durability: `kill -9` under traffic, a
-//!   dead commit thread.
+//!   dead commit thread, a slow disk.
 //! * `ops`     — `chinwag backup` written by the command, SIGHUP, `/metrics` series, the
 //!   Grafana dashboard, log lines.
 //! * `proxy`   — nginx and Caddy from docs/ in front of the server (TLS at the proxy).
