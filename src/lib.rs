@@ -21,7 +21,7 @@
 //!     storage/   sled, and nothing else: messages, members, reads, revocations
 //!     fanout/    Mailbox (channel + Waker), Cmd, ConnId, ReplyTo, and Fanout:
 //!                frames to rooms and users through the directory
-//! L2  durable    the commit thread: the one place that flushes, then releases
+//! L2  durable    the commit path: one flusher at a time flushes, then releases
 //!     snapshot   the thread that keeps sled's replay at start short
 //!     cluster/   Link (the handle reactors call) and Peers (no-op when single)
 //!     control    the control socket and `chinwag backup`
@@ -42,11 +42,15 @@
 //! # Threads
 //! * `chinwag-loop-N` (one per core): owns its connections, its
 //!   `LocalIndex` and its bits in the directory; reads `Node`; sends `Cmd`s
-//!   to other reactors' mailboxes and requests to the commit thread. Runs
-//!   with the shortest scheduler slice, as does `chinwag-commit`.
-//! * `chinwag-commit`: the only caller of `Storage::flush`; after each flush
-//!   it releases what waited for it: messages to their rooms (it raises the
-//!   rooms' durable seqs in the directory), acks and answers to reactors.
+//!   to other reactors' mailboxes. At the end of each turn it flushes what
+//!   the turn wrote and releases it (`durable`), unless another flush is
+//!   running or flushes are slow. Runs with the shortest scheduler slice,
+//!   as does `chinwag-commit`.
+//! * `chinwag-commit`: flushes what the loops leave to it (and what other
+//!   threads queue) and does storage's housekeeping. Whoever flushes (one
+//!   at a time) releases what waited for that flush: messages to their
+//!   rooms (raising the rooms' durable seqs in the directory), acks and
+//!   answers to reactors.
 //! * `chinwag-redis-pub` and `chinwag-redis-sub` (cluster only): talk to
 //!   Redis; write storage, the directory (room seqs) and mailboxes through
 //!   `Node`; never touch a connection.
