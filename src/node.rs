@@ -41,7 +41,7 @@ pub struct Parts {
     pub cfg: Config,
     /// The database.
     pub storage: Storage,
-    /// The commit thread.
+    /// The commit path (its queue, and the commit thread).
     pub committer: Committer,
     /// The directory and every reactor's mailbox.
     pub fanout: Fanout,

@@ -5,7 +5,7 @@
 //!   from the reactors, pipelines them to Redis (a message goes through one
 //!   Lua script that allocates the room's seq, appends it to the room's
 //!   capped log stream and publishes it, atomically), stores what it
-//!   learnt, and has the commit thread answer after the local flush;
+//!   learnt, and has the sender answered after the local flush;
 //! * the **subscriber** ([`subscriber`]) receives every event once per
 //!   node, decodes it once, and applies it through the same directory and
 //!   mailboxes as local work. A message whose seq is not the next one is a

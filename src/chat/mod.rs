@@ -106,7 +106,7 @@ impl Ctx<'_> {
         }
     }
 
-    /// Hands `p` to the commit thread; an API call `to` waits for it, parked.
+    /// Queues `p` for the next flush; an API call `to` waits for it, parked.
     pub fn after_flush(&mut self, to: &ReplyTo, p: AfterFlush) {
         self.park(to);
         self.node.after_flush(p);

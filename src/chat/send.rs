@@ -1,8 +1,9 @@
 //! `send`, `dm` and `POST /api/rooms/{room}/messages`, and how every room
 //! event is published: it gets its seq under its room's lock (or, in a
 //! cluster, from Redis through the bridge) and is stored; after the flush
-//! that makes it durable, the commit thread hands it to every subscriber
-//! and answers the sender (`ack`, 201 or 200).
+//! that makes it durable, the flusher (this loop at the end of its turn,
+//! or the commit thread) hands it to every subscriber and answers the
+//! sender (`ack`, 201 or 200).
 
 use super::{mentions, Ctx};
 use crate::{
@@ -125,8 +126,8 @@ pub(crate) fn publish(
         ev.seq = seq;
         storage.apply(room, seq, &ev)?;
         e.seq = seq;
-        // Queued under the lock: the commit thread releases the room's
-        // events (to its members, and the ack) in seq order.
+        // Queued under the lock: the flusher releases the room's events
+        // (to its members, and the ack) in seq order.
         let room = e.name.clone();
         node.after_flush(AfterFlush::message(Message { room, ev, to: Some(to), cluster_n: None }));
         Ok(())

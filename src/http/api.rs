@@ -272,7 +272,7 @@ fn take_token(token: &str, node: &Node) -> Result<(), Bytes> {
 }
 
 /// Carries out an API call for the HTTP connection `conn`: answers now, or
-/// parks the connection until the commit thread sends the durable answer.
+/// parks the connection until its durable answer is released.
 pub(crate) fn execute(ctx: &mut Ctx<'_>, conn: ConnId, call: Call) {
     let claims = call.claims;
     if let Err(r) = chat::session::first_sight(ctx, &claims.sub, claims.name.as_deref()) {

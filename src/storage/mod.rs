@@ -117,8 +117,8 @@ impl Trees {
         let db = sled::Config::new()
             .path(dir.join("db"))
             .cache_capacity(CACHE_BYTES)
-            // The commit thread flushes; sled's timer flush only adds
-            // background fsyncs.
+            // The commit path flushes (`durable`); sled's timer flush
+            // only adds background fsyncs.
             .flush_every_ms(None)
             .open()?;
         Ok(Trees {
