@@ -8,7 +8,7 @@
 //! walks it, so it runs only in a quiet second: after a second with writes
 //! comes one without (the burst is over), or once a minute while nothing
 //! is written (connections that came and went). The commit thread asks
-//! once a second; its flushes are the writes.
+//! once a second; the flushes (by any thread) are the writes.
 
 use std::time::{Duration, Instant};
 
