@@ -2,10 +2,12 @@
 //! write, outside chinwag: the floor under a stored message's cost.
 //!
 //! A delivered message costs chinwag two wake-ups from idle (its frame
-//! arrives; its flush completes) where a server that stores nothing has
-//! one, plus a flush and two hand-offs between threads on one core. On a
-//! VM the first kind is far dearer than the others, and no code of ours
-//! is in it, so it is measured here alone: plain threads, a pipe, a file.
+//! arrives; its flush's write completes) where a server that stores
+//! nothing has one, plus the synced write itself. (Until the sixteenth
+//! session it also cost two hand-offs between threads, to the commit
+//! thread and back.) On a VM a wake-up from idle is far dearer than a
+//! hand-off, and no code of ours is in it, so it is measured here alone:
+//! plain threads, a pipe, a file.
 //!
 //! `cargo bench --bench wake` (needs cores 0 and 1; prints CPU µs per event).
 

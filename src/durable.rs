@@ -42,12 +42,12 @@ use crate::{
     alive::Alive,
     cluster::Link,
     fanout::{Cmd, Fanout, Reply, ReplyTo},
-    metrics::Metrics,
+    metrics::{Flusher, Metrics},
     storage::Storage,
     trim::{self, Trim},
     wire::Msg,
 };
-use parking_lot::{Condvar, Mutex};
+use parking_lot::{Condvar, Mutex, MutexGuard};
 use std::{
     cell::Cell,
     io,
@@ -195,6 +195,22 @@ struct Queue {
     stop: bool,
 }
 
+impl Worker {
+    /// A single node's worker with one loop (`mailbox`), watching nothing
+    /// but itself: for the commit bench and the tests.
+    fn lone(storage: Storage, mailbox: crate::fanout::Mailbox) -> Worker {
+        Worker {
+            storage,
+            min_free: 0,
+            fanout: Fanout::new(Arc::new(crate::rooms::Directory::new()), vec![mailbox]),
+            metrics: Arc::new(Metrics::new()),
+            alive: Alive::new(["loop-0".to_string(), "commit".to_string()]),
+            slot: 1,
+            link: None,
+        }
+    }
+}
+
 impl Committer {
     /// Starts the commit thread. It stops on [`Committer::stop`]; its
     /// handle's `join` says whether its last flush succeeded.
@@ -275,30 +291,22 @@ impl Committer {
     pub fn commit_queued(&self) {
         let s = &*self.shared;
         {
-            let mut q = s.queue.lock();
-            if q.items.is_empty() || q.wanted {
-                return;
-            }
-            if s.w.alive.is_failed(s.w.slot) {
-                // Nobody flushes: see the module doc.
-                return;
-            }
-            if s.last_flush_us.load(Ordering::Relaxed) >= INLINE_MAX {
-                s.want(&mut q);
+            let q = s.queue.lock();
+            // Nobody flushes while the commit thread is dead: see the
+            // module doc.
+            if q.items.is_empty() || q.wanted || s.w.alive.is_failed(s.w.slot) {
                 return;
             }
         }
         // Whoever holds it looks at the queue again once done.
-        let Some(mut batch) = s.flusher.try_lock() else { return };
+        let Some(batch) = s.flusher.try_lock() else { return };
+        // Read under the flusher's lock: the last flush may have just ended.
         if s.last_flush_us.load(Ordering::Relaxed) >= INLINE_MAX {
-            // The flush that just let go was slow.
             drop(batch);
             s.after_batch();
             return;
         }
-        s.flush_batch(&mut batch, "writer");
-        drop(batch);
-        s.after_batch();
+        s.flush_and_pass_on(batch, Flusher::Writer);
     }
 }
 
@@ -320,9 +328,17 @@ impl Shared {
         }
     }
 
+    /// Flushes and releases what is queued, lets the flusher's lock go,
+    /// then hands to the commit thread whatever queued meanwhile.
+    fn flush_and_pass_on(&self, mut batch: MutexGuard<'_, Vec<AfterFlush>>, by: Flusher) {
+        self.flush_batch(&mut batch, by);
+        drop(batch);
+        self.after_batch();
+    }
+
     /// Takes the queue into `batch` (the flusher's), flushes once and
     /// releases it. Call with the flusher's lock held; `by` says who.
-    fn flush_batch(&self, batch: &mut Vec<AfterFlush>, by: &'static str) {
+    fn flush_batch(&self, batch: &mut Vec<AfterFlush>, by: Flusher) {
         std::mem::swap(batch, &mut self.queue.lock().items);
         if batch.is_empty() {
             return;
@@ -387,12 +403,9 @@ impl Shared {
                     continue;
                 }
             }
-            let mut batch = self.flusher.lock();
-            self.flush_batch(&mut batch, "commit");
-            drop(batch);
-            self.after_batch();
+            self.flush_and_pass_on(self.flusher.lock(), Flusher::Commit);
         }
-        self.flush_batch(&mut self.flusher.lock(), "commit");
+        self.flush_batch(&mut self.flusher.lock(), Flusher::Commit);
         let ok = w.storage.flush().is_ok();
         if !ok {
             log::error!("the last flush failed: writes since the previous one may be lost");
@@ -513,15 +526,7 @@ impl CommitRig {
         let poll = mio::Poll::new()?;
         let waker = mio::Waker::new(poll.registry(), mio::Token(0))?;
         let (mailbox, inbox) = crate::fanout::mailbox(waker);
-        let (c, thread) = Committer::start(Worker {
-            storage: storage.clone(),
-            min_free: 0,
-            fanout: Fanout::new(Arc::new(crate::rooms::Directory::new()), vec![mailbox]),
-            metrics: Arc::new(Metrics::new()),
-            alive: Alive::new(["loop-0".to_string(), "commit".to_string()]),
-            slot: 1,
-            link: None,
-        })?;
+        let (c, thread) = Committer::start(Worker::lone(storage.clone(), mailbox))?;
         let events = mio::Events::with_capacity(8);
         Ok(CommitRig { c, storage, inbox, poll, events, seq: 0, thread: Some(thread) })
     }
@@ -576,7 +581,6 @@ mod tests {
     use super::*;
     use crate::{
         fanout::{mailbox, ConnId, Inbox},
-        rooms::Directory,
         wire::Encoding,
     };
     use mio::{Poll, Token, Waker};
@@ -593,15 +597,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let poll = Poll::new().unwrap();
         let (mailbox, inbox) = mailbox(Waker::new(poll.registry(), Token(0)).unwrap());
-        let w = Worker {
-            storage: Storage::open(dir.path()).unwrap(),
-            min_free: 0,
-            fanout: Fanout::new(Arc::new(Directory::new()), vec![mailbox]),
-            metrics: Arc::new(Metrics::new()),
-            alive: Alive::new(["loop-0".to_string(), "commit".to_string()]),
-            slot: 1,
-            link: None,
-        };
+        let w = Worker::lone(Storage::open(dir.path()).unwrap(), mailbox);
         let (c, handle) = match thread {
             true => {
                 let (c, h) = Committer::start(w).unwrap();

@@ -277,41 +277,8 @@ fn the_min_free_guard_refuses_writes_and_lifts_when_space_returns() {
 
 /// `chinwag_storage_flushes_total{by="<by>"}` now (0 before the first).
 fn flushes_by(s: &Server, by: &str) -> f64 {
-    let body = http_get(s.addr, "/metrics", &[]).1;
-    let series = format!("chinwag_storage_flushes_total{{by=\"{by}\"}} ");
-    body.lines().find_map(|l| l.strip_prefix(series.as_str())).map_or(0.0, |v| v.parse().unwrap())
-}
-
-/// Three senders (spread over the node's two loops by the kernel) send
-/// `per` messages each to one room as fast as they can; every sender gets
-/// all its acks, and a listener sees every message once, in seq order.
-fn three_senders_seen_in_order(s: &Server, per: usize) {
-    let mut listener = s.client("listener");
-    listener.join("busy");
-    let senders: Vec<_> = (0..3)
-        .map(|k| {
-            let mut c = s.client(&format!("sender{k}"));
-            c.join("busy");
-            thread::spawn(move || {
-                for i in 0..per {
-                    c.send_json(json!({"type": "send", "room": "busy", "text": format!("s{k}-{i}"), "id": i}));
-                }
-                let acks = c.collect_until(|v| ty(v) == "ack" && v["id"] == per - 1);
-                assert_eq!(acks.iter().filter(|v| ty(v) == "ack").count(), per, "sender{k}'s acks");
-                assert!(acks.iter().all(|v| ty(v) != "error"), "sender{k}: {acks:?}");
-            })
-        })
-        .collect();
-    let total = 3 * per;
-    let mut seen = Vec::with_capacity(total);
-    while seen.len() < total {
-        let v = listener.recv_type("message");
-        seen.push(v["seq"].as_u64().expect("seq"));
-    }
-    assert_eq!(seen, (1..=total as u64).collect::<Vec<_>>(), "not every message once, in order");
-    for t in senders {
-        t.join().expect("sender");
-    }
+    let series = format!("chinwag_storage_flushes_total{{by=\"{by}\"}}");
+    crate::ops::scrape(s.addr).1.get(&series).copied().unwrap_or(0.0)
 }
 
 /// The event loops flush their own writes while flushes are quick. Behind
@@ -321,7 +288,7 @@ fn three_senders_seen_in_order(s: &Server, per: usize) {
 #[test]
 fn behind_a_slow_disk_the_commit_thread_takes_the_flushes_and_order_holds() {
     let s = Server::open(FAST);
-    three_senders_seen_in_order(&s, 100);
+    crate::load::three_senders_seen_gap_free_and_in_order(&s, 100);
     assert!(flushes_by(&s, "writer") > 0.0, "the loops never flushed their own writes");
     drop(s);
 
@@ -329,7 +296,7 @@ fn behind_a_slow_disk_the_commit_thread_takes_the_flushes_and_order_holds() {
     o.args.push("--open".into());
     o.env.push(("CHINWAG_TEST_SLOW_FLUSH_MS".into(), "5".into()));
     let s = Server::start_with(o);
-    three_senders_seen_in_order(&s, 100);
+    crate::load::three_senders_seen_gap_free_and_in_order(&s, 100);
     let (writer, commit) = (flushes_by(&s, "writer"), flushes_by(&s, "commit"));
     // Only a loop's first flush, before any flush was known to be slow;
     // the commit thread's flushes serve whatever queued during the last

@@ -32,10 +32,17 @@ fn read_messages(c: &mut Client, room: &str, n: usize, acks: usize) -> (Vec<Valu
 
 #[test]
 fn three_senders_of_200_are_seen_gap_free_and_in_order_by_every_member() {
-    const PER: usize = 200;
+    three_senders_seen_gap_free_and_in_order(&Server::open(FAST), 200);
+}
+
+/// Three senders (one of them MessagePack) send `per` messages each to one
+/// room as fast as they can, while two listeners (JSON and MessagePack)
+/// read: every member sees every message once, gap-free, in seq order and
+/// each sender's in send order, all the same sequence, and each sender
+/// gets one ack per send with the seq it was seen under.
+pub(crate) fn three_senders_seen_gap_free_and_in_order(s: &Server, per: usize) {
     const SENDERS: usize = 3;
-    const TOTAL: usize = PER * SENDERS;
-    let s = Server::open(FAST);
+    let total = per * SENDERS;
     let mut clients = Vec::new();
     for k in 0..SENDERS {
         let enc = if k == 1 { Enc::MsgPack } else { Enc::Json };
@@ -52,11 +59,11 @@ fn three_senders_of_200_are_seen_gap_free_and_in_order_by_every_member() {
         .map(|(k, (sender, mut c))| {
             thread::spawn(move || {
                 if sender {
-                    for i in 0..PER {
+                    for i in 0..per {
                         c.send_json(json!({"type": "send", "room": "busy", "text": format!("s{k}-{i}"), "id": i}));
                     }
                 }
-                let (msgs, acks) = read_messages(&mut c, "busy", TOTAL, if sender { PER } else { 0 });
+                let (msgs, acks) = read_messages(&mut c, "busy", total, if sender { per } else { 0 });
                 (k, sender, msgs, acks)
             })
         })
@@ -73,11 +80,11 @@ fn three_senders_of_200_are_seen_gap_free_and_in_order_by_every_member() {
             })
             .collect();
         let got: Vec<u64> = view.iter().map(|v| v.0).collect();
-        assert_eq!(got, (1..=TOTAL as u64).collect::<Vec<_>>(), "client {k}: seqs in order");
+        assert_eq!(got, (1..=total as u64).collect::<Vec<_>>(), "client {k}: seqs in order");
         for j in 0..SENDERS {
             let texts: Vec<&str> =
                 view.iter().filter(|v| v.1 == format!("sender{j}")).map(|v| v.2.as_str()).collect();
-            let expect: Vec<String> = (0..PER).map(|i| format!("s{j}-{i}")).collect();
+            let expect: Vec<String> = (0..per).map(|i| format!("s{j}-{i}")).collect();
             assert_eq!(texts, expect, "client {k} sees sender{j}'s messages in send order");
         }
         if sender {
@@ -88,7 +95,7 @@ fn three_senders_of_200_are_seen_gap_free_and_in_order_by_every_member() {
                 assert_eq!(a["seq"].as_u64(), seq_of.get(format!("s{k}-{i}").as_str()).copied());
             }
             let ids: BTreeSet<u64> = acks.iter().map(|a| a["id"].as_u64().unwrap()).collect();
-            assert_eq!(ids.len(), PER, "one ack per send");
+            assert_eq!(ids.len(), per, "one ack per send");
         }
         views.push(view);
     }

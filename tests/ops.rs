@@ -213,7 +213,7 @@ fn sighup_without_tls_keeps_serving() {
 /// A scrape: the content type and every sample as `name{labels}` → value, after checking that
 /// it is classic Prometheus text: every sample's family announced by `# TYPE` (under the very
 /// name its samples use) and `# HELP`, no OpenMetrics-only lines.
-fn scrape(addr: std::net::SocketAddr) -> (String, BTreeMap<String, f64>) {
+pub(crate) fn scrape(addr: std::net::SocketAddr) -> (String, BTreeMap<String, f64>) {
     let r = http_request(addr, "GET", "/metrics", &[], "");
     assert_eq!(r.status, 200);
     let (mut types, mut helps, mut samples) = (BTreeMap::new(), HashSet::new(), BTreeMap::new());
