@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::events::{
-    absent, all_history, apply, dir, drain, edit, event, is_event, item, key, keys, mentions, ok,
-    reactions, reply, rx, search_until, send, seq, tok, ts, Room,
+    absent, all_history, apply, burst, dir, drain, edit, event, is_event, item, key, keys,
+    mentions, ok, reactions, reply, rx, search_until, send, seq, tok, ts, Room,
 };
 use crate::support::{hello_room, ty, wait_for, Auth, Client, Enc, Opts, Server};
 
@@ -371,24 +371,6 @@ fn nothing_lands_on_a_message_after_its_delete_on_another_node() {
         }
         let m = send(&mut a1, r, &format!("contested {round}"));
         event(&mut a2, r, m);
-        let burst = |mut c: Client, frames: Vec<Value>| {
-            thread::spawn(move || {
-                let n = frames.len();
-                for (i, mut f) in frames.into_iter().enumerate() {
-                    f["id"] = json!(format!("b{i}"));
-                    c.send_json(f);
-                }
-                let mut acked = Vec::new();
-                for i in 0..n {
-                    let r = c.recv_where(|v| v["id"] == format!("b{i}"));
-                    match ty(&r) {
-                        "ack" => acked.push(seq(&r)),
-                        _ => assert_eq!(r["code"], "not_found", "{r}"),
-                    }
-                }
-                acked
-            })
-        };
         let edits: Vec<Value> = (0..30)
             .map(|i| json!({"type": "edit", "room": r, "seq": m, "text": format!("v{i}")}))
             .collect();
@@ -399,8 +381,8 @@ fn nothing_lands_on_a_message_after_its_delete_on_another_node() {
             );
             bobs.push(json!({"type": "send", "room": r, "text": format!("re {i}"), "reply_to": m}));
         }
-        let t1 = burst(a1, edits);
-        let t2 = burst(b1, bobs);
+        let t1 = thread::spawn(move || burst(a1, edits));
+        let t2 = thread::spawn(move || burst(b1, bobs));
         let d = ok(&mut a2, json!({"type": "delete", "room": r, "seq": m}));
         let mut acked: Vec<u64> =
             t1.join().unwrap().into_iter().chain(t2.join().unwrap()).collect();

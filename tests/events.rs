@@ -251,6 +251,25 @@ fn api(s: &Server, method: &str, path: &str, token: Option<&str>, body: &str) ->
     (r.status, v)
 }
 
+/// Sends `frames` pipelined, numbered `b0`, `b1`, ...; returns the seqs
+/// of those acked (a refusal must be `not_found`: the target was deleted).
+pub(crate) fn burst(mut c: Client, frames: Vec<Value>) -> Vec<u64> {
+    let n = frames.len();
+    for (i, mut f) in frames.into_iter().enumerate() {
+        f["id"] = json!(format!("b{i}"));
+        c.send_json(f);
+    }
+    let mut acked = Vec::new();
+    for i in 0..n {
+        let r = c.recv_where(|v| v["id"] == format!("b{i}"));
+        match ty(&r) {
+            "ack" => acked.push(seq(&r)),
+            _ => assert_eq!(r["code"], "not_found", "{r}"),
+        }
+    }
+    acked
+}
+
 /// Sends `n` replies/messages without waiting, then collects their acks in order.
 fn pipeline(c: &mut Client, frames: Vec<Value>) -> Vec<Value> {
     let n = frames.len();
@@ -1975,23 +1994,6 @@ fn nothing_lands_on_a_message_after_its_delete_even_when_racing() {
         c.join("race");
     }
     let m = send(&mut a1, "race", "contested");
-    /// Sends `frames` pipelined; returns the acked seqs (refusals must be `not_found`).
-    fn burst(mut c: Client, frames: Vec<Value>) -> Vec<u64> {
-        let n = frames.len();
-        for (i, mut f) in frames.into_iter().enumerate() {
-            f["id"] = json!(format!("b{i}"));
-            c.send_json(f);
-        }
-        let mut acked = Vec::new();
-        for i in 0..n {
-            let r = c.recv_where(|v| v["id"] == format!("b{i}"));
-            match ty(&r) {
-                "ack" => acked.push(seq(&r)),
-                _ => assert_eq!(r["code"], "not_found", "{r}"),
-            }
-        }
-        acked
-    }
     let edits: Vec<Value> = (0..30)
         .map(|i| json!({"type": "edit", "room": "race", "seq": m, "text": format!("v{i}")}))
         .collect();
