@@ -208,7 +208,7 @@ done
 if cw_need_redis; then
     for rate in 200 2000; do
         cw_log "chinwag cluster: 2 nodes + redis at $rate msg/s"
-        cw_start_redis
+        cw_start_redis 0
         cw_start_chinwag N1 0 --redis "$REDIS_URL"
         cw_start_chinwag N2 0 --redis "$REDIS_URL"
         for ((i = 1; i <= RUNS; i++)); do

@@ -154,13 +154,13 @@ cw_need_redis() {
     command -v redis-server >/dev/null || { cw_log "redis-server is missing"; return 1; }
 }
 
-# A throwaway redis-server (no persistence) on a free port; sets REDIS_PID
-# and REDIS_URL.
+# cw_start_redis [CORE]: a throwaway redis-server (no persistence) on a
+# free port, pinned to CORE if given; sets REDIS_PID and REDIS_URL.
 cw_start_redis() {
     cw_need_redis || return 1
     local port
     port=$(cw_free_port) || return 1
-    redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no \
+    $(if [[ -n ${1:-} ]]; then cw_pin "$1"; fi) redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no \
         --dir "$CW_TMP" --daemonize no >"$CW_TMP/redis.log" 2>&1 &
     REDIS_PID=$!
     CW_PIDS+=("$REDIS_PID")
