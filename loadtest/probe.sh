@@ -63,13 +63,17 @@ stop_all() {
     for p in "${PIDS[@]}"; do cw_stop "$p"; done
 }
 
-# load MODE OUT: the run's JSON into OUT (in the background when asked by the caller).
+# load MODE OUT: one run's JSON into OUT.
 load() {
     local scenario=fanout pids
     [[ $1 == cluster ]] && scenario=cluster
     pids=$(IFS=,; echo "${PIDS[*]}")
     $LOAD "$scenario" --proto chinwag --target "$TARGET" --server-pid "$pids" --json \
-        "${SHAPE[@]}" "${WINDOW[@]}" >"$2" 2>"$2.log"
+        "${SHAPE[@]}" "${WINDOW[@]}" >"$2" 2>"$2.log" || {
+        cw_log "chinwag-load $scenario failed:"
+        tail -5 "$2.log" >&2
+        return 1
+    }
 }
 
 cpu_per_delivery() {
@@ -102,7 +106,8 @@ pairs() {
     done
 }
 
-# snapshot FIELDS: "PID/THREAD VALUE..." summed over threads of one name.
+# snapshot READER: a line "PID/THREAD VALUE..." per thread name (threads of
+# one name summed), VALUE... from READER of /proc/PID/task/TID.
 snapshot() {
     local p t
     for p in "${PIDS[@]}"; do
@@ -115,8 +120,8 @@ snapshot() {
 ticks() { awk '{match($0, /\) /); split(substr($0, RSTART + 2), f, " "); print f[12] + f[13]}' "$1/stat" 2>/dev/null || echo 0; }
 switches_of() { awk '/^voluntary_ctxt_switches/ {v = $2} /^nonvoluntary_ctxt_switches/ {n = $2} END {print v + 0, n + 0}' "$1/status" 2>/dev/null || echo 0 0; }
 
-# watch KIND MODE SERVER: 8 s of per-thread counters in the middle of a run.
-watch() {
+# observe READER MODE SERVER: 8 s of per-thread counters in the middle of a run.
+observe() {
     local kind=$1 mode=$2 server=$3 hz
     start "$server" "$mode"
     load "$mode" "$CW_TMP/run.json" &
@@ -145,7 +150,7 @@ threads | switches)
     (($# >= 2)) || usage
     kind=ticks
     [[ $1 == switches ]] && kind=switches_of
-    watch "$kind" "${3:-single}" "$2"
+    observe "$kind" "${3:-single}" "$2"
     ;;
 *) usage ;;
 esac
