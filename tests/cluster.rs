@@ -753,3 +753,134 @@ fn a_full_disk_on_one_node_never_refuses_what_the_cluster_accepted() {
     }
     assert_eq!(acked + 1, on_b.len(), "history holds something nobody was acked");
 }
+
+/// xorshift64*, for garbage that repeats.
+fn garbage(state: &mut u64, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|_| {
+            *state ^= *state >> 12;
+            *state ^= *state << 25;
+            *state ^= *state >> 27;
+            (state.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 56) as u8
+        })
+        .collect()
+}
+
+#[test]
+fn garbage_on_the_channel_and_in_our_keys_is_refused_or_healed() {
+    let redis = Redis::start();
+    let mut nodes = vec![node(&redis, "n1"), node(&redis, "n2")];
+    let mut a = nodes[0].client("a");
+    a.join("h");
+    let mut b = nodes[1].client("b");
+    b.join("h");
+    assert_eq!(a.send_msg("h", "one")["seq"].as_u64(), Some(1));
+    assert_eq!(b.recv_type("message")["seq"], 1);
+    let Resp::Array(entries) = redis_raw(&redis, &[b"XRANGE", b"chinwag:log:h", b"-", b"+"]) else {
+        panic!("no log")
+    };
+    let Some(Resp::Array(entry)) = entries.first() else { panic!("empty log") };
+    let Some(Resp::Array(fields)) = entry.get(1) else { panic!("no fields") };
+    let Some(Resp::Bulk(Some(sealed))) = fields.get(1) else { panic!("no body") };
+
+    // 300 payloads of garbage on the channel: random bytes, random bodies
+    // behind both prefixes, the real body bit-flipped or cut short, and
+    // seqs that are no numbers.
+    let before = rejected(&nodes[1]);
+    let mut st = 0x9e37_79b9_7f4a_7c15;
+    for i in 0..300usize {
+        let n = 1 + (i * 7) % 200;
+        let payload = match i % 6 {
+            0 => garbage(&mut st, n),
+            1 => [b"M".as_slice(), &garbage(&mut st, n)].concat(),
+            2 => [b"E".as_slice(), &garbage(&mut st, n)].concat(),
+            3 => {
+                let mut body = sealed.clone();
+                let at = garbage(&mut st, 2);
+                let at = (usize::from(at[0]) << 8 | usize::from(at[1])) % body.len();
+                body[at] ^= 1 << (i % 8);
+                [b"M2 ".as_slice(), &body].concat()
+            }
+            4 => [b"M2 ".as_slice(), &sealed[..n % sealed.len()]].concat(),
+            _ => {
+                let seq = ["0", "-1", "x", "99999999999999999999999", ""][i % 5];
+                [format!("M{seq} ").as_bytes(), sealed].concat()
+            }
+        };
+        redis_raw(&redis, &[b"PUBLISH", b"chinwag:events", &payload]);
+    }
+    wait_for(Duration::from_secs(20), "the node to drop all 300", || {
+        rejected(&nodes[1]) >= before + 300
+    });
+    assert!(b.ping_barrier().iter().all(|f| ty(f) != "message"), "garbage reached b");
+
+    // Our keys overwritten with something else: the room's next event
+    // heals each of them, and no seq is given twice.
+    let sent = |c: &mut Client, frame: Value, what: &str| {
+        let r = c.call(frame);
+        assert_eq!(ty(&r), "ack", "{what}: {r}");
+        r["seq"].as_u64().unwrap()
+    };
+    redis_raw(&redis, &[b"SET", b"chinwag:seq:h", b"not a number"]);
+    let two = json!({"type": "send", "room": "h", "text": "two"});
+    assert_eq!(sent(&mut a, two, "a counter that is no number"), 2);
+    redis_raw(&redis, &[b"SET", b"chinwag:log:h", b"not a stream"]);
+    let three = json!({"type": "send", "room": "h", "text": "three"});
+    assert_eq!(sent(&mut b, three, "a log that is no stream"), 3);
+    redis_raw(&redis, &[b"SET", b"chinwag:gone:h", b"not a set"]);
+    let edit = json!({"type": "edit", "room": "h", "seq": 1, "text": "one, edited"});
+    assert_eq!(sent(&mut a, edit, "a deleted set that is no set"), 4);
+    redis_raw(&redis, &[b"SET", b"chinwag:rx:h:1", b"not a hash"]);
+    let react = json!({"type": "react", "room": "h", "seq": 1, "emoji": "👍", "on": true});
+    assert_eq!(sent(&mut b, react, "reactions that are no hash"), 5);
+
+    // A counter that is no number while the subscribers reconnect (their
+    // resync restores the counters), then a new node, which knows nothing
+    // of the room, sends with the counter lost again: the log is ahead,
+    // and its seq goes on after the log's last entry.
+    redis_raw(&redis, &[b"SET", b"chinwag:seq:h", b"not a number"]);
+    redis_cli(&redis, &["CLIENT", "KILL", "TYPE", "pubsub"]);
+    let six = support::send_until_acked(&mut a, "h", "six", Duration::from_secs(10));
+    assert_eq!(six["seq"].as_u64(), Some(6));
+    redis_raw(&redis, &[b"SET", b"chinwag:seq:h", b"not a number"]);
+    nodes.push(node(&redis, "n3"));
+    let mut c = nodes[2].client("c");
+    c.join("h");
+    let seven = json!({"type": "send", "room": "h", "text": "seven"});
+    assert_eq!(sent(&mut c, seven, "a new node, the counter lost"), 7);
+
+    // b saw each event once, in order; the nodes that were there have the
+    // whole room, and nobody panicked.
+    let got: Vec<u64> = b
+        .collect_until(|v| v["seq"] == 7)
+        .iter()
+        .filter(|v| ["message", "edit", "reaction"].contains(&ty(v)))
+        .map(|v| v["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(got, (2..=7).collect::<Vec<_>>());
+    a.collect_until(|v| v["room"] == "h" && v["seq"] == 7);
+    for n in &nodes[..2] {
+        let mut auditor = n.client("auditor");
+        auditor.join("h");
+        let items = crate::events::all_history(&mut auditor, "h");
+        let seqs: Vec<u64> = items.iter().map(|m| m["seq"].as_u64().unwrap()).collect();
+        assert_eq!(seqs, (1..=7).collect::<Vec<_>>(), "{items:?}");
+        assert_eq!(items[0]["text"], "one, edited", "{items:?}");
+    }
+    // Redis claims seqs the nodes never saw, and its log cannot be read,
+    // while the subscribers reconnect: each node's resync cannot repair
+    // the room, says so, and comes up anyway; the room goes on.
+    redis_raw(&redis, &[b"SET", b"chinwag:seq:h", b"9"]);
+    redis_raw(&redis, &[b"SET", b"chinwag:log:h", b"not a stream"]);
+    redis_cli(&redis, &["CLIENT", "KILL", "TYPE", "pubsub"]);
+    wait_for(Duration::from_secs(10), "both resyncs to find the log unreadable", || {
+        nodes[..2].iter().all(|n| n.log_text().contains("cannot be read"))
+    });
+    let ten = support::send_until_acked(&mut a, "h", "ten", Duration::from_secs(10));
+    assert_eq!(ten["seq"].as_u64(), Some(10));
+    assert_eq!(b.recv_where(|v| v["seq"] == 10)["text"], "ten");
+    for n in &nodes {
+        let log = n.log_text();
+        assert!(!log.contains("panicked"), "a node panicked:\n{log}");
+    }
+}

@@ -34,9 +34,22 @@ const GUARD_TTL_S: u64 = 7 * 24 * 3600;
 /// user pairs) to start the hash from.
 /// Returns the seq, or -1 (target deleted), -2 (emoji limit), -3 (no
 /// reaction counts here: send the node's own).
+///
+/// A key of ours that holds something else (overwritten by another
+/// program, or by hand) heals instead of failing every event of its room:
+/// a guard key of the wrong type is dropped, as if Redis had forgotten it
+/// (the node's own check comes first, and the reactions are seeded again);
+/// a counter that is not a number counts as lost, like one of a Redis that
+/// came back empty; a log that is not a stream is replaced; and where the
+/// log is ahead of the counter, the seq goes on after the log's last entry,
+/// so that no seq is given twice.
 pub(super) const SEQ_SCRIPT: &str = r#"
 local guard = ARGV[5]
 if guard ~= '' then
+  for i, want in ipairs({'set', 'hash'}) do
+    local t = redis.call('TYPE', KEYS[i + 2]).ok
+    if t ~= 'none' and t ~= want then redis.call('DEL', KEYS[i + 2]) end
+  end
   if redis.call('SISMEMBER', KEYS[3], ARGV[6]) == 1 then return -1 end
   if guard == 'd' then
     redis.call('SADD', KEYS[3], ARGV[6])
@@ -71,12 +84,22 @@ if guard ~= '' then
     redis.call('EXPIRE', rx, ARGV[4])
   end
 end
-local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
+local cur = tonumber(redis.pcall('GET', KEYS[1])) or 0
 local floor = tonumber(ARGV[2])
 if cur < floor then cur = floor end
 local seq = cur + 1
+local added = redis.pcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], seq .. '-1', 'm', ARGV[1])
+if type(added) == 'table' and added.err then
+  if redis.call('TYPE', KEYS[2]).ok ~= 'stream' then
+    redis.call('DEL', KEYS[2])
+  else
+    local top = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
+    local last = top[1] and tonumber(string.match(top[1][1], '^%d+')) or 0
+    if last >= seq then seq = last + 1 end
+  end
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], seq .. '-1', 'm', ARGV[1])
+end
 redis.call('SET', KEYS[1], seq)
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], seq .. '-1', 'm', ARGV[1])
 redis.call('PUBLISH', 'chinwag:events', 'M' .. seq .. ' ' .. ARGV[1])
 return seq
 "#;

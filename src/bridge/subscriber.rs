@@ -26,9 +26,10 @@ use std::{
 /// idle (one already buffered comes in a few µs; a wake-up takes longer).
 const QUIET: Duration = Duration::from_micros(50);
 
-/// Raises a room's seq counter to at least ARGV[1] (restore after an empty Redis).
+/// Raises a room's seq counter to at least ARGV[1] (restore after an empty
+/// Redis; a counter that is not a number counts as lost).
 const RESTORE_SCRIPT: &str = r#"
-local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
+local cur = tonumber(redis.pcall('GET', KEYS[1])) or 0
 if cur < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]) end
 return cur
 "#;
@@ -171,8 +172,19 @@ fn repair(
     upto: u64,
     con: &mut Connection,
 ) -> redis::RedisResult<u64> {
-    let reply: redis::streams::StreamRangeReply =
-        con.xrange(log_key(room), format!("{}-1", after + 1), format!("{upto}-1"))?;
+    let range = con.xrange(log_key(room), format!("{}-1", after + 1), format!("{upto}-1"));
+    let reply: redis::streams::StreamRangeReply = match range {
+        Ok(reply) => reply,
+        Err(e) if e.is_io_error() => return Err(e),
+        // Redis answered, but not with a stream (the key was overwritten):
+        // nothing to repair from now. The link stays up (a failed resync
+        // would keep the whole node off the cluster), the room's next send
+        // replaces the log, and a later gap tries again.
+        Err(e) => {
+            log::error!("room {room}: its log in Redis cannot be read ({e}); not repaired");
+            return Ok(after);
+        }
+    };
     let mut got = after;
     for entry in reply.ids {
         let Some(seq) = entry.id.split('-').next().and_then(|s| s.parse::<u64>().ok()) else {
@@ -232,11 +244,37 @@ fn ingest_message(
         return Ok(false);
     }
     let known = node.with_room(&body.room, |e| e.seq).unwrap_or(0);
-    if seq > known + 1 && repair(link, node, &body.room, known, seq - 1, con)? < seq - 1 {
+    if seq > known + 1
+        && repair(link, node, &body.room, known, seq - 1, con)? < seq - 1
+        && !logged_as(&body.room, seq, &payload[space + 1..], con)?
+    {
         return Ok(false);
     }
     apply_message(link, node, seq, &body);
     Ok(true)
+}
+
+/// Whether the room's log holds exactly `sealed` at `seq`: then that seq is
+/// the one Redis gave, even though the log no longer explains the seqs
+/// before it (they are gone from it: a Redis that lost its data while this
+/// node was behind, or a log overwritten), and the room goes on here with
+/// a hole, which `repair` has logged, instead of refusing it for ever.
+fn logged_as(
+    room: &str,
+    seq: u64,
+    sealed: &[u8],
+    con: &mut Connection,
+) -> redis::RedisResult<bool> {
+    let id = format!("{seq}-1");
+    let reply: redis::RedisResult<redis::streams::StreamRangeReply> =
+        con.xrange(log_key(room), &id, &id);
+    match reply {
+        Ok(r) => Ok(r.ids.first().is_some_and(|e| {
+            matches!(e.map.get("m"), Some(redis::Value::BulkString(b)) if b.as_slice() == sealed)
+        })),
+        Err(e) if e.is_io_error() => Err(e),
+        Err(_) => Ok(false),
+    }
 }
 
 /// Stores one room event if it is new here, under its room's lock, and

@@ -215,10 +215,7 @@ impl Link {
         reply: ReplyTo,
     ) -> Result<(), Refusal> {
         if !self.is_up() {
-            return Err(Refusal::new(
-                Code::Unavailable,
-                "cluster unavailable: nothing was accepted",
-            ));
+            return Err(Refusal::new(Code::Unavailable, crate::fanout::CLUSTER_DOWN));
         }
         let dm_new = !known && wire::dm_users(room).is_some();
         let (origin, boot, n) = (self.node.clone(), self.boot, self.next());

@@ -12,6 +12,8 @@ use std::sync::Arc;
 
 /// The `unavailable` message when a write could not be made durable.
 pub const STORAGE_DOWN: &str = "storage unavailable: nothing was accepted";
+/// The `unavailable` message when the cluster could not take a write.
+pub const CLUSTER_DOWN: &str = "cluster unavailable: nothing was accepted";
 /// The 503 message of an API post that could not be made durable.
 const POST_DOWN: &str = "storage or cluster unavailable: nothing was accepted";
 
@@ -69,6 +71,14 @@ impl ReplyTo {
     pub fn down(&self) -> &'static str {
         match self {
             ReplyTo::Ws { .. } => STORAGE_DOWN,
+            ReplyTo::Http { .. } => POST_DOWN,
+        }
+    }
+
+    /// The `unavailable` message for a write the cluster failed.
+    pub fn cluster_down(&self) -> &'static str {
+        match self {
+            ReplyTo::Ws { .. } => CLUSTER_DOWN,
             ReplyTo::Http { .. } => POST_DOWN,
         }
     }

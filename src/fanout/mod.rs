@@ -10,6 +10,6 @@ mod cmd;
 mod deliver;
 mod mailbox;
 
-pub use cmd::{Cmd, ConnId, Reply, ReplyTo, UserAction, STORAGE_DOWN};
+pub use cmd::{Cmd, ConnId, Reply, ReplyTo, UserAction, CLUSTER_DOWN, STORAGE_DOWN};
 pub use deliver::Fanout;
 pub use mailbox::{mailbox, Inbox, Mailbox};
