@@ -556,6 +556,18 @@ fn redis_raw(redis: &Redis, args: &[&[u8]]) -> Resp {
     read(&mut BufReader::new(s))
 }
 
+/// The sealed body of the first entry of `room`'s log in Redis.
+fn first_logged(redis: &Redis, room: &str) -> Vec<u8> {
+    let key = format!("chinwag:log:{room}");
+    let Resp::Array(entries) = redis_raw(redis, &[b"XRANGE", key.as_bytes(), b"-", b"+"]) else {
+        panic!("no log")
+    };
+    let Some(Resp::Array(entry)) = entries.first() else { panic!("empty log") };
+    let Some(Resp::Array(fields)) = entry.get(1) else { panic!("no fields") };
+    let Some(Resp::Bulk(Some(sealed))) = fields.get(1) else { panic!("no body") };
+    sealed.clone()
+}
+
 fn rejected(server: &Server) -> u64 {
     let (_, text) = support::http_get(server.addr, "/metrics", &[]);
     text.lines()
@@ -575,12 +587,7 @@ fn forged_and_replayed_cluster_payloads_change_nothing() {
     assert_eq!(a.send_msg("f", "real")["seq"].as_u64(), Some(1));
     assert_eq!(b.recv_type("message")["text"], "real");
     // The real, sealed body of seq 1, from the room's log.
-    let Resp::Array(entries) = redis_raw(&redis, &[b"XRANGE", b"chinwag:log:f", b"-", b"+"]) else {
-        panic!("no log")
-    };
-    let Some(Resp::Array(entry)) = entries.first() else { panic!("empty log") };
-    let Some(Resp::Array(fields)) = entry.get(1) else { panic!("no fields") };
-    let Some(Resp::Bulk(Some(sealed))) = fields.get(1) else { panic!("no body") };
+    let sealed = &first_logged(&redis, "f");
     let before = rejected(&nodes[1]);
     let publish = |payload: Vec<u8>| {
         redis_raw(&redis, &[b"PUBLISH", b"chinwag:events", &payload]);
@@ -776,12 +783,7 @@ fn garbage_on_the_channel_and_in_our_keys_is_refused_or_healed() {
     b.join("h");
     assert_eq!(a.send_msg("h", "one")["seq"].as_u64(), Some(1));
     assert_eq!(b.recv_type("message")["seq"], 1);
-    let Resp::Array(entries) = redis_raw(&redis, &[b"XRANGE", b"chinwag:log:h", b"-", b"+"]) else {
-        panic!("no log")
-    };
-    let Some(Resp::Array(entry)) = entries.first() else { panic!("empty log") };
-    let Some(Resp::Array(fields)) = entry.get(1) else { panic!("no fields") };
-    let Some(Resp::Bulk(Some(sealed))) = fields.get(1) else { panic!("no body") };
+    let sealed = &first_logged(&redis, "h");
 
     // 300 payloads of garbage on the channel: random bytes, random bodies
     // behind both prefixes, the real body bit-flipped or cut short, and
