@@ -6,13 +6,21 @@
 //! must not panic, and afterwards the room's history must be gap-free and hold
 //! every event that was acked, in the order a member saw them live.
 //!
+//! The same for the HTTP endpoints: requests of every route with the
+//! method, path, query, headers or body mutated get a status of section 5
+//! (never a 5xx) with a JSON error body, and every message a 201 took is
+//! in the room's history.
+//!
 //! The generator is seeded, so a failure names its seed and repeats;
 //! `CHINWAG_FUZZ_SEED` and `CHINWAG_FUZZ_FRAMES` run other seeds and lengths.
 
 use serde_json::{json, Value};
 
+use std::io::{Read, Write};
+use std::time::Duration;
+
 use crate::events::all_history;
-use crate::support::{ty, Auth, Client, Enc, Server};
+use crate::support::{token, ty, Auth, Client, Enc, Server};
 
 /// The room the frames aim at; a second user watches it.
 const ROOM: &str = "fz";
@@ -271,4 +279,159 @@ fn mutated_json_frames_get_protocol_answers_and_lose_nothing() {
 #[test]
 fn mutated_msgpack_frames_get_protocol_answers_and_lose_nothing() {
     fuzz(Enc::MsgPack, seed_or(0x6d73_6770), frames());
+}
+
+/// One request of a route, valid, as (method, path, body).
+fn valid_request(rng: &mut Rng, top: u64) -> (&'static str, String, String) {
+    let s = 1 + rng.next() % top.max(1);
+    match rng.below(11) {
+        0 => ("GET", "/health".into(), String::new()),
+        1 => ("GET", "/metrics".into(), String::new()),
+        2 => ("GET", "/api/rooms?prefix=f&limit=5".into(), String::new()),
+        3 => ("GET", format!("/api/rooms/{ROOM}/messages?before={s}&limit=5"), String::new()),
+        4 => ("POST", format!("/api/rooms/{ROOM}/join"), String::new()),
+        5 | 6 => ("POST", format!("/api/rooms/{ROOM}/messages"), r#"{"text":"via http"}"#.into()),
+        7 => ("PATCH", format!("/api/rooms/{ROOM}/messages/{s}"), r#"{"text":"edited"}"#.into()),
+        8 => ("DELETE", format!("/api/rooms/{ROOM}/messages/{s}"), String::new()),
+        9 => ("GET", "/api/search?q=via&limit=3".into(), String::new()),
+        _ => ("POST", "/api/notify".into(), r#"{"user":"bob","kind":"k","text":"t"}"#.into()),
+    }
+}
+
+/// A path, query or header value of another shape than the route expects.
+fn odd_text(rng: &mut Rng) -> String {
+    match rng.below(14) {
+        0 => String::new(),
+        1 => "%ZZ".into(),
+        2 => "%00".into(),
+        3 => "a".repeat(300),
+        4 => "-1".into(),
+        5 => "99999999999999999999999".into(),
+        6 => "..".into(),
+        7 => "é".into(),
+        8 => "dm:alice:bob".into(),
+        9 => "x y".into(),
+        10 => "?limit=0".into(),
+        11 => "&limit=abc&after=1&before=2".into(),
+        12 => "Bearer".into(),
+        _ => format!("{}", rng.next()),
+    }
+}
+
+/// The request, mutated, as bytes; `Connection: close`, so that the
+/// server's answer ends with the connection.
+fn http_mutated(rng: &mut Rng, top: u64, bearer: &str) -> Vec<u8> {
+    let (mut method, mut path, mut body) = valid_request(rng, top);
+    let mut auth = format!("Bearer {bearer}");
+    let mut extra = String::new();
+    let mut length = None;
+    let valid = rng.below(4) == 0;
+    for _ in 0..=rng.below(3) {
+        if valid {
+            break;
+        }
+        match rng.below(8) {
+            0 => method = *rng.pick(&["PUT", "HEAD", "OPTIONS", "get", "BREW", "POST", "GET"]),
+            1 => {
+                // One segment of the path replaced.
+                let mut segs: Vec<String> = path.split('/').map(String::from).collect();
+                let at = 1 + rng.below(segs.len().max(2) - 1);
+                if at < segs.len() {
+                    segs[at] = odd_text(rng);
+                }
+                path = segs.join("/");
+            }
+            2 => path.push_str(&odd_text(rng)),
+            3 => auth = odd_text(rng),
+            4 => body = odd_value(rng).to_string(),
+            5 => body = body.chars().take(rng.below(body.len().max(1))).collect(),
+            6 => {
+                extra = match rng.below(4) {
+                    0 => "Content-Length: 3\r\nContent-Length: 4\r\n".into(),
+                    1 => "Content-Length: 70000\r\n".into(),
+                    2 => format!("X-Big: {}\r\n", "h".repeat(20_000)),
+                    _ => "no colon here\r\n".into(),
+                };
+                length = Some(());
+            }
+            _ => body = format!(r#"{{"text":{}}}"#, odd_value(rng)),
+        }
+    }
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: fuzz\r\nConnection: close\r\n");
+    if !auth.is_empty() {
+        req.push_str(&format!("Authorization: {auth}\r\n"));
+    }
+    req.push_str(&extra);
+    if length.is_none() {
+        req.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    req.push_str("\r\n");
+    let mut bytes = req.into_bytes();
+    if !extra.starts_with("Content-Length: 70000") {
+        bytes.extend_from_slice(body.as_bytes());
+    }
+    bytes
+}
+
+/// Status and body of the server's answer to `req`.
+fn http_raw(s: &Server, req: &[u8], what: &str) -> (u16, String) {
+    let mut c = std::net::TcpStream::connect(s.addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    c.write_all(req).unwrap_or_else(|e| panic!("{what}: write: {e}"));
+    let mut out = Vec::new();
+    if let Err(e) = c.read_to_end(&mut out) {
+        // A reset after the answer (a body the server would not read) is fine.
+        assert!(!out.is_empty(), "{what}: no answer ({e})");
+    }
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|t| t.get(..3))
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("{what}: not an HTTP answer: {text:?}"));
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+fn fuzz_http(seed: u64, n: usize) {
+    let mut s = Server::start(&["--rate", "1000000", "--burst", "1000000"]);
+    let bearer = token("alice");
+    let mut rng = Rng(seed | 1);
+    let mut taken: Vec<u64> = Vec::new();
+    for i in 0..n {
+        let what = format!("seed {seed}, request {i}");
+        let req = http_mutated(&mut rng, 1 + i as u64 / 8, &bearer);
+        let (status, body) = http_raw(&s, &req, &what);
+        let shown = String::from_utf8_lossy(&req[..req.len().min(300)]).into_owned();
+        assert!(
+            [200, 201, 202, 400, 401, 403, 404, 405, 413, 429, 431].contains(&status),
+            "{what}: status {status} for {shown:?}: {body}"
+        );
+        if status >= 400 {
+            let v: Value = serde_json::from_str(&body)
+                .unwrap_or_else(|e| panic!("{what}: {status} body is not JSON ({e}): {body:?}"));
+            assert!(v["error"].is_string() && v["message"].is_string(), "{what}: {status} {v}");
+        } else if status == 201 {
+            let v: Value = serde_json::from_str(&body).unwrap();
+            taken.push(v["seq"].as_u64().unwrap_or_else(|| panic!("{what}: 201 {v}")));
+        }
+        if let Some(st) = s.has_exited() {
+            panic!("{what}: the server exited ({st}); log:\n{}", s.log_text());
+        }
+    }
+    let log = s.log_text();
+    assert!(!log.contains("panicked"), "seed {seed}: the server panicked:\n{log}");
+    s.assert_healthy(false);
+    let mut alice = Client::connect(s.addr, Auth::Bearer(&bearer), Enc::Json);
+    let history: Vec<u64> =
+        all_history(&mut alice, ROOM).iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    for t in &taken {
+        assert!(history.contains(t), "seed {seed}: seq {t} took a 201 and is not in history");
+    }
+    assert!(taken.len() >= 10, "seed {seed}: only {} of {n} posts were taken", taken.len());
+}
+
+#[test]
+fn mutated_http_requests_get_protocol_answers_and_lose_nothing() {
+    fuzz_http(seed_or(0x6874_7470), frames() / 3);
 }

@@ -21,7 +21,8 @@
 //!   refresh, `limit` rules, the new HTTP rows, recovery with `since`, `kill -9`, racing writes.
 //! * `cluster_events` — room events, search, threads, hello counts and names across two nodes,
 //!   a node back from `kill -9`, and the rules under writes racing on both nodes.
-//! * `fuzz`    — mutated frames of every type in both encodings: protocol answers only,
+//! * `fuzz`    — mutated frames of every type in both encodings, and mutated HTTP requests of
+//!   every route: protocol answers only,
 //!   no panic, nothing acked lost.
 //! * `search_index` — the search index catches up after `kill -9`, a lost index, an upgrade.
 
