@@ -92,6 +92,20 @@ impl From<sled::Error> for StorageError {
 
 pub(crate) type Result<T> = std::result::Result<T, StorageError>;
 
+/// sled's error on opening `dir`; a damaged database says what to do, since
+/// the operator reads it in the journal of a service that will not start.
+fn damaged(dir: &Path, e: sled::Error) -> StorageError {
+    match e {
+        sled::Error::Corruption { .. } => StorageError(format!(
+            "the database in {} is damaged ({e}) and the server will not start on it. Restore \
+             a backup (`chinwag backup` makes them) by pointing --data-dir at the copy, or move \
+             this directory aside (keep it) to start empty",
+            dir.join("db").display()
+        )),
+        e => e.into(),
+    }
+}
+
 /// The open database and its trees.
 #[derive(Debug)]
 struct Trees {
@@ -120,7 +134,8 @@ impl Trees {
             // The commit path flushes (`durable`); sled's timer flush
             // only adds background fsyncs.
             .flush_every_ms(None)
-            .open()?;
+            .open()
+            .map_err(|e| damaged(dir, e))?;
         Ok(Trees {
             messages: db.open_tree("messages")?,
             members: db.open_tree("members")?,
