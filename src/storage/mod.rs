@@ -93,13 +93,14 @@ impl From<sled::Error> for StorageError {
 pub(crate) type Result<T> = std::result::Result<T, StorageError>;
 
 /// sled's error on opening `dir`; a damaged database says what to do, since
-/// the operator reads it in the journal of a service that will not start.
+/// the operator reads it in the journal of a service that will not start
+/// (or that cannot reopen its database after a fault).
 fn damaged(dir: &Path, e: sled::Error) -> StorageError {
     match e {
         sled::Error::Corruption { .. } => StorageError(format!(
-            "the database in {} is damaged ({e}) and the server will not start on it. Restore \
-             a backup (`chinwag backup` makes them) by pointing --data-dir at the copy, or move \
-             this directory aside (keep it) to start empty",
+            "the database in {} is damaged ({e}). Restore a backup (`chinwag backup` makes \
+             them) by pointing --data-dir at the copy, or move this directory aside (keep it) \
+             to start empty",
             dir.join("db").display()
         )),
         e => e.into(),
