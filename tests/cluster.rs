@@ -761,18 +761,6 @@ fn a_full_disk_on_one_node_never_refuses_what_the_cluster_accepted() {
     assert_eq!(acked + 1, on_b.len(), "history holds something nobody was acked");
 }
 
-/// xorshift64*, for garbage that repeats.
-fn garbage(state: &mut u64, len: usize) -> Vec<u8> {
-    (0..len)
-        .map(|_| {
-            *state ^= *state >> 12;
-            *state ^= *state << 25;
-            *state ^= *state >> 27;
-            (state.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 56) as u8
-        })
-        .collect()
-}
-
 #[test]
 fn garbage_on_the_channel_and_in_our_keys_is_refused_or_healed() {
     let redis = Redis::start();
@@ -789,16 +777,16 @@ fn garbage_on_the_channel_and_in_our_keys_is_refused_or_healed() {
     // behind both prefixes, the real body bit-flipped or cut short, and
     // seqs that are no numbers.
     let before = rejected(&nodes[1]);
-    let mut st = 0x9e37_79b9_7f4a_7c15;
+    let mut rng = crate::fuzz::Rng(0x9e37_79b9_7f4a_7c15);
     for i in 0..300usize {
         let n = 1 + (i * 7) % 200;
         let payload = match i % 6 {
-            0 => garbage(&mut st, n),
-            1 => [b"M".as_slice(), &garbage(&mut st, n)].concat(),
-            2 => [b"E".as_slice(), &garbage(&mut st, n)].concat(),
+            0 => rng.bytes(n),
+            1 => [b"M".as_slice(), &rng.bytes(n)].concat(),
+            2 => [b"E".as_slice(), &rng.bytes(n)].concat(),
             3 => {
                 let mut body = sealed.clone();
-                let at = garbage(&mut st, 2);
+                let at = rng.bytes(2);
                 let at = (usize::from(at[0]) << 8 | usize::from(at[1])) % body.len();
                 body[at] ^= 1 << (i % 8);
                 [b"M2 ".as_slice(), &body].concat()

@@ -64,11 +64,12 @@ const SERVER_TYPES: [&str; 19] = [
     "error",
 ];
 
-/// xorshift64*: small, and enough to pick mutations.
-struct Rng(u64);
+/// xorshift64*: small, and enough to pick mutations (and garbage that
+/// repeats, in `cluster`).
+pub(crate) struct Rng(pub(crate) u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
@@ -81,6 +82,11 @@ impl Rng {
 
     fn pick<'a, T>(&mut self, from: &'a [T]) -> &'a T {
         &from[self.below(from.len())]
+    }
+
+    /// `len` random bytes.
+    pub(crate) fn bytes(&mut self, len: usize) -> Vec<u8> {
+        (0..len).map(|_| (self.next() >> 56) as u8).collect()
     }
 }
 
