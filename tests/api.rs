@@ -353,6 +353,17 @@ fn https_and_wss_on_the_same_port() {
     assert!(r.is_err() || r.unwrap().0 != 200);
 }
 
+/// The texts of `room`'s latest 100 messages on a node started on `copy`.
+pub(crate) fn texts_on_copy(copy: &std::path::Path, room: &str) -> Vec<String> {
+    let mut o = support::Opts::new(&["--open"]);
+    o.dir = Some(copy.to_path_buf());
+    let restored = Server::start_with(o);
+    let mut c = restored.client("a");
+    let r = c.call(json!({"type": "history", "room": room, "limit": 100}));
+    let items = r["messages"].as_array().unwrap_or_else(|| panic!("{r}"));
+    items.iter().map(|m| m["text"].as_str().unwrap().to_string()).collect()
+}
+
 #[test]
 fn backup_while_running_restores_every_message() {
     let s = Server::open(&["--rate", "1000", "--burst", "1000"]);
@@ -369,14 +380,7 @@ fn backup_while_running_restores_every_message() {
     assert_eq!(out.code(), 0, "{out:?}");
     // The original keeps serving; a node started on the copy has everything.
     a.send_msg("b", "after backup");
-    let mut o = support::Opts::new(&["--open"]);
-    o.dir = Some(copy.clone());
-    let restored = Server::start_with(o);
-    let mut c = restored.client("a");
-    let r = c.call(json!({"type": "history", "room": "b", "limit": 100}));
-    let texts: Vec<&str> =
-        r["messages"].as_array().unwrap().iter().map(|m| m["text"].as_str().unwrap()).collect();
-    assert_eq!(texts, (0..40).map(|i| format!("m{i}")).collect::<Vec<_>>());
+    assert_eq!(texts_on_copy(&copy, "b"), (0..40).map(|i| format!("m{i}")).collect::<Vec<_>>());
     // A second backup into the same place is refused rather than merged.
     let mut cmd = support::command();
     cmd.args(["backup", copy.to_str().unwrap(), "--data-dir", s.dir.to_str().unwrap()]);

@@ -477,13 +477,7 @@ fn a_damaged_database_stops_the_start_and_says_how_to_restore_a_backup() {
     assert!(why.contains("is damaged") && why.contains("chinwag backup"), "{why}");
     assert!(!why.contains("panicked"), "{why}");
     // What it says to do works: a node on the backup has every message.
-    let mut o = Opts::new(&["--open"]);
-    o.dir = Some(copy.clone());
-    let restored = Server::start_with(o);
-    let mut c = restored.client("a");
-    let h = c.call(json!({"type": "history", "room": "d", "limit": 100}));
-    let texts: Vec<&str> =
-        h["messages"].as_array().unwrap().iter().map(|m| m["text"].as_str().unwrap()).collect();
+    let texts = crate::api::texts_on_copy(&copy, "d");
     assert_eq!(texts, (0..20).map(|i| format!("m{i}")).collect::<Vec<_>>());
     let _ = std::fs::remove_dir_all(copy.parent().unwrap());
 }
