@@ -6,6 +6,10 @@
 //! must not panic, and afterwards the room's history must be gap-free and hold
 //! every event that was acked, in the order a member saw them live.
 //!
+//! Broken WebSocket frames (reserved bits and opcodes, no mask, oversized
+//! or fragmented control frames, random bytes) close only their own
+//! connection.
+//!
 //! The same for the HTTP endpoints: requests of every route with the
 //! method, path, query, headers or body mutated get a status of section 5
 //! (never a 5xx) with a JSON error body, and every message a 201 took is
@@ -462,4 +466,65 @@ fn fuzz_http(seed: u64, n: usize) {
 #[test]
 fn mutated_http_requests_get_protocol_answers_and_lose_nothing() {
     fuzz_http(seed_or(0x6874_7470), frames() / 3);
+}
+
+/// One masked client frame: `first` is FIN, RSV and opcode; `masked`
+/// false leaves the mask bit out (which a client must not).
+fn ws_frame(first: u8, payload: &[u8], masked: bool) -> Vec<u8> {
+    let mask = [0x37u8, 0xfa, 0x21, 0x3d];
+    let mut f = vec![first, if masked { 0x80 } else { 0 } | payload.len() as u8];
+    if masked {
+        f.extend_from_slice(&mask);
+        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    } else {
+        f.extend_from_slice(payload);
+    }
+    f
+}
+
+#[test]
+fn broken_websocket_frames_close_only_their_own_connection() {
+    let s = Server::open(&["--rate", "1000000", "--burst", "1000000"]);
+    let mut watch = Client::connect(s.addr, Auth::Open("watcher"), Enc::Json);
+    watch.join(ROOM);
+    let ping = br#"{"type":"ping"}"#;
+    // Complete frames that break RFC 6455: each must close its connection.
+    let broken: Vec<(&str, Vec<u8>)> = vec![
+        ("a reserved bit", ws_frame(0x80 | 0x40 | 0x1, ping, true)),
+        ("not masked", ws_frame(0x81, ping, false)),
+        ("a reserved opcode", ws_frame(0x83, ping, true)),
+        ("a continuation with nothing to continue", ws_frame(0x80, ping, true)),
+        ("a ping over 125 bytes", {
+            let mut f = vec![0x89, 0x80 | 126, 0, 200];
+            f.extend_from_slice(&[0x37, 0xfa, 0x21, 0x3d]);
+            f.extend(std::iter::repeat_n(0u8, 200));
+            f
+        }),
+        ("a fragmented ping", ws_frame(0x09, b"x", true)),
+    ];
+    for (what, bytes) in &broken {
+        let mut t = crate::support::tcp(s.addr);
+        crate::support::raw_upgrade(&mut t, s.addr, "/ws?user=broken");
+        t.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        t.write_all(bytes).unwrap();
+        let mut rest = Vec::new();
+        match t.read_to_end(&mut rest) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            Err(e) => panic!("{what}: the connection was not closed ({e})"),
+        }
+    }
+    // Random bytes after the upgrade, then gone: the server must shrug.
+    let mut rng = Rng(seed_or(0x7773));
+    for i in 0..200 {
+        let mut t = crate::support::tcp(s.addr);
+        crate::support::raw_upgrade(&mut t, s.addr, &format!("/ws?user=g{i}"));
+        let n = 1 + rng.below(300);
+        let _ = t.write_all(&rng.bytes(n));
+    }
+    let log = s.log_text();
+    assert!(!log.contains("panicked"), "the server panicked:\n{log}");
+    let p = watch.call(json!({"type": "ping"}));
+    assert_eq!(ty(&p), "pong", "the watcher's connection was hurt: {p}");
+    s.assert_healthy(true);
 }
