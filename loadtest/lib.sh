@@ -160,7 +160,7 @@ cw_start_redis() {
     cw_need_redis || return 1
     local port
     port=$(cw_free_port) || return 1
-    $(if [[ -n ${1:-} ]]; then cw_pin "$1"; fi) redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no \
+    ${1:+$(cw_pin "$1")} redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no \
         --dir "$CW_TMP" --daemonize no >"$CW_TMP/redis.log" 2>&1 &
     REDIS_PID=$!
     CW_PIDS+=("$REDIS_PID")

@@ -494,7 +494,7 @@ impl Shared {
                         let reply = if ok {
                             Reply::Ack { room, seq, ts }
                         } else {
-                            Reply::Unavailable(to.down())
+                            Reply::Unavailable(to.down(crate::fanout::STORAGE_DOWN))
                         };
                         self.w.fanout.send_to(to.reactor(), Cmd::Reply { to, reply });
                     }

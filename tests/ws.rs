@@ -7,8 +7,7 @@
 //! followed by a later frame from the same origin (a barrier), and the test asserts that the
 //! wrong frame is not among those before the barrier.
 
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 
@@ -512,16 +511,12 @@ fn offline_reaches_members_on_another_loop() {
         }
         // The gauge is refreshed once a second.
         let want = (users.len() + 1) as f64;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let per_loop = loop {
+        let mut per_loop = Vec::new();
+        wait_for(Duration::from_secs(10), &format!("the gauge to count {want}"), || {
             let m = crate::api::parse_prometheus(&http_get(s.addr, "/metrics", &[]).1);
-            let per_loop = m.get("chinwag_loop_connections").cloned().unwrap_or_default();
-            if per_loop.iter().sum::<f64>() == want {
-                break per_loop;
-            }
-            assert!(Instant::now() < deadline, "the gauge never counted {want}: {per_loop:?}");
-            thread::sleep(Duration::from_millis(100));
-        };
+            per_loop = m.get("chinwag_loop_connections").cloned().unwrap_or_default();
+            per_loop.iter().sum::<f64>() == want
+        });
         if per_loop.iter().filter(|&&n| n > 0.0).count() == 2 {
             break;
         }

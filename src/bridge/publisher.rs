@@ -223,7 +223,7 @@ fn fail_batch(link: &Link, node: &Node, batch: Vec<Outbound>) {
     for o in batch {
         if let Outbound::Send { n, .. } = o {
             if let Some(to) = link.take_pending(n) {
-                let down = to.cluster_down();
+                let down = to.down(crate::fanout::CLUSTER_DOWN);
                 node.send_to(to.reactor(), Cmd::Reply { to, reply: Reply::Unavailable(down) });
             }
         }

@@ -67,18 +67,12 @@ impl ReplyTo {
         self.conn().reactor
     }
 
-    /// What an unanswerable message tells this sender.
-    pub fn down(&self) -> &'static str {
+    /// What a write that could not be taken tells this sender: `why`
+    /// ([`STORAGE_DOWN`] or [`CLUSTER_DOWN`]) on a WebSocket; an API post
+    /// gets one 503 message for both.
+    pub fn down(&self, why: &'static str) -> &'static str {
         match self {
-            ReplyTo::Ws { .. } => STORAGE_DOWN,
-            ReplyTo::Http { .. } => POST_DOWN,
-        }
-    }
-
-    /// The `unavailable` message for a write the cluster failed.
-    pub fn cluster_down(&self) -> &'static str {
-        match self {
-            ReplyTo::Ws { .. } => CLUSTER_DOWN,
+            ReplyTo::Ws { .. } => why,
             ReplyTo::Http { .. } => POST_DOWN,
         }
     }
