@@ -353,6 +353,18 @@ fn https_and_wss_on_the_same_port() {
     assert!(r.is_err() || r.unwrap().0 != 200);
 }
 
+/// `chinwag backup` of `s` (running or not) into a fresh directory's
+/// `copy`: the directory (removed when dropped) and the copy's path.
+pub(crate) fn backed_up(s: &Server) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dest = tempfile::tempdir().unwrap();
+    let copy = dest.path().join("copy");
+    let mut cmd = support::command();
+    cmd.args(["backup", copy.to_str().unwrap(), "--data-dir", s.dir.to_str().unwrap()]);
+    let out = run_bounded(cmd, Duration::from_secs(30));
+    assert_eq!(out.code(), 0, "{out:?}");
+    (dest, copy)
+}
+
 /// The texts of `room`'s latest 100 messages on a node started on `copy`.
 pub(crate) fn texts_on_copy(copy: &std::path::Path, room: &str) -> Vec<String> {
     let mut o = support::Opts::new(&["--open"]);
@@ -372,12 +384,7 @@ fn backup_while_running_restores_every_message() {
     for i in 0..40 {
         a.send_msg("b", &format!("m{i}"));
     }
-    let dest = tempfile::tempdir().unwrap();
-    let copy = dest.path().join("copy");
-    let mut cmd = support::command();
-    cmd.args(["backup", copy.to_str().unwrap(), "--data-dir", s.dir.to_str().unwrap()]);
-    let out = run_bounded(cmd, Duration::from_secs(30));
-    assert_eq!(out.code(), 0, "{out:?}");
+    let (_dest, copy) = backed_up(&s);
     // The original keeps serving; a node started on the copy has everything.
     a.send_msg("b", "after backup");
     assert_eq!(texts_on_copy(&copy, "b"), (0..40).map(|i| format!("m{i}")).collect::<Vec<_>>());

@@ -457,11 +457,7 @@ fn a_damaged_database_stops_the_start_and_says_how_to_restore_a_backup() {
     for i in 0..20 {
         a.send_msg("d", &format!("m{i}"));
     }
-    let dest = tempfile::tempdir().unwrap();
-    let copy = dest.path().join("copy");
-    let mut cmd = command();
-    cmd.args(["backup", copy.to_str().unwrap(), "--data-dir", s.dir.to_str().unwrap()]);
-    assert_eq!(run_bounded(cmd, Duration::from_secs(30)).code(), 0);
+    let (_dest, copy) = crate::api::backed_up(&s);
     // A start after writes leaves sled a snapshot, by which it knows how
     // far its log reached. (Without one, a log cut short reads as a shorter
     // history: sled keeps the valid prefix. Left as is; see the README.)
